@@ -1,0 +1,34 @@
+"""Defaults and where the index lives."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+INDEX_DIR_ENV = "CLIPTOOL_INDEX_DIR"
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "datacomp_xl_s13b_b90k"
+
+
+def default_index_dir() -> Path:
+    """$CLIPTOOL_INDEX_DIR, else the platform's user data directory."""
+    env = os.environ.get(INDEX_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("cliptool", appauthor=False)) / "index"
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How videos are cut into scenes and sampled."""
+
+    detector: str = "content"
+    threshold: float | None = None  # detector's own default when None
+    min_scene_frames: int = 15
+    max_scene_seconds: float = 10.0  # long shots are split into windows of at most this length
+    samples_per_scene: int = 3
+    batch_size: int = 32
+    detect_width: int = 256  # width of the small frames the detector sees
