@@ -1,0 +1,98 @@
+"""Stage 8: search the index by text or by image."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .embed import ClipModel, ModelSpec
+from .errors import IndexMismatchError, UsageError
+from .vector_index import VectorIndex, load_vector_index
+
+
+@dataclass
+class Hit:
+    """One search result: a scene (or, with by_video, a video's best scene)."""
+
+    rank: int
+    score: float
+    path: str
+    start: float
+    end: float
+    best_time: float
+    scene_id: str
+    scene_index: int
+    video_id: str
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["score"] = round(self.score, 6)
+        return d
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as RGB uint8; UsageError when it is missing or not an image."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no such image: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise UsageError(f"not a readable image: {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class Searcher:
+    """An index opened for queries; loads the model it was built with on first need."""
+
+    def __init__(self, index_dir: Path, spec: ModelSpec | None = None) -> None:
+        self.index_dir = Path(index_dir)
+        self.vectors: VectorIndex = load_vector_index(self.index_dir)
+        recorded = ModelSpec(**self.vectors.model_spec)
+        if spec is not None and spec.resolved().identity() != self.vectors.meta["model_identity"]:
+            raise IndexMismatchError(
+                f"index at {self.index_dir} was built with {self.vectors.meta['model_identity']}; "
+                "search it without --model/--pretrained, or use another --index-dir"
+            )
+        self.spec = recorded
+        self._model: ClipModel | None = None
+
+    @property
+    def model(self) -> ClipModel:
+        if self._model is None:
+            self._model = ClipModel(self.spec)
+        return self._model
+
+    def text_vector(self, text: str) -> np.ndarray:
+        if not text or not text.strip():
+            raise UsageError("empty query: give some words to search for, or --image FILE")
+        return self.model.encode_text([text.strip()])[0]
+
+    def image_vector(self, path: Path) -> np.ndarray:
+        return self.model.encode_images([read_image(path)])[0]
+
+    def search(self, query: np.ndarray, top: int = 10, by_video: bool = False) -> list[Hit]:
+        """Ranked scenes for a query vector; with by_video, each video once, ranked by its best scene."""
+        if top < 1:
+            raise UsageError("--top must be at least 1")
+        k = self.vectors.size if by_video else top
+        scores, rows = self.vectors.scores(query, k)
+        hits: list[Hit] = []
+        seen: set[str] = set()
+        for score, row in zip(scores, rows):
+            pos = self.vectors.position(int(row))
+            if by_video:
+                if pos.video_id in seen:
+                    continue
+                seen.add(pos.video_id)
+            frame_scores = self.vectors.frame_vectors(int(row)) @ query
+            best = pos.sample_times[int(np.argmax(frame_scores))] if len(frame_scores) else pos.start_time
+            hits.append(Hit(len(hits) + 1, float(score), pos.path, pos.start_time, pos.end_time, best,
+                            pos.scene_id, pos.scene_index, pos.video_id))
+            if len(hits) >= top:
+                break
+        return hits

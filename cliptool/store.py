@@ -1,0 +1,366 @@
+"""Stage 6: the three LevelDB stores (videos, scenes, embeddings) and their commit protocol.
+
+Layout under the index directory::
+
+    videos.ldb/      video id -> metadata JSON (the commit record), plus !schema and !meta
+    scenes.ldb/      video id/version -> ordered scene list JSON
+    embeddings.ldb/  scene id (video id/version/number) -> scene vector + sample-frame vectors
+    generation       token that changes around every commit (readers use it to spot changes)
+    index.lock       held by the one `cliptool index` run allowed at a time
+
+Commit order for one video: embeddings, then scenes, under a fresh version; then the videos
+record that names that version (the commit point); then the old version is deleted. After a
+crash at any step each video is wholly its old or wholly its new version; what no record names
+is an orphan that `recover()` deletes.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import secrets
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CliptoolError, IndexBusyError, IndexMismatchError, IndexMissingError
+
+SCHEMA_VERSION = 1
+STORE_NAMES = ("videos", "scenes", "embeddings")
+_SCHEMA_KEY = b"!schema"
+_META_KEY = b"!meta"
+_VEC_MAGIC = b"CTV1"
+_VEC_HEADER = struct.Struct("<4sHH")  # magic, dim, number of frame vectors
+
+
+@dataclass
+class VideoRecord:
+    """Metadata of one indexed video; the record in the videos store."""
+
+    video_id: str
+    path: str
+    size: int
+    mtime: float
+    fingerprint: str
+    duration: float
+    fps: float
+    width: int
+    height: int
+    frame_count: int
+    scene_count: int
+    codec: str
+    model: str  # model identity
+    indexed_at: float
+    version: str  # which scene list and vectors belong to this record
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> VideoRecord:
+        d = json.loads(raw)
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class SceneRecord:
+    """One scene: its span in time and frames, and the times of its sample frames."""
+
+    index: int
+    start_time: float
+    end_time: float
+    start_frame: int
+    end_frame: int  # exclusive
+    sample_times: list[float] = field(default_factory=list)
+    sample_frames: list[int] = field(default_factory=list)
+    scene_id: str = ""
+
+
+@dataclass
+class SceneVectors:
+    scene: np.ndarray  # (D,) float32, L2-normalised
+    frames: np.ndarray  # (n, D) float32, one per sample frame
+
+
+def video_id_for(path: Path) -> str:
+    """Stable id of a video: derived from its absolute path."""
+    import hashlib
+
+    return hashlib.blake2b(str(Path(path).absolute()).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
+def scene_id(video_id: str, version: str, index: int) -> str:
+    return f"{video_id}/{version}/{index:05d}"
+
+
+def encode_vectors(v: SceneVectors) -> bytes:
+    scene = np.ascontiguousarray(v.scene, dtype="<f4")
+    frames = np.ascontiguousarray(v.frames, dtype="<f4").reshape(-1, scene.shape[0])
+    return _VEC_HEADER.pack(_VEC_MAGIC, scene.shape[0], frames.shape[0]) + scene.tobytes() + frames.tobytes()
+
+
+def decode_vectors(raw: bytes) -> SceneVectors:
+    magic, dim, n = _VEC_HEADER.unpack_from(raw)
+    if magic != _VEC_MAGIC or len(raw) != _VEC_HEADER.size + 4 * dim * (n + 1):
+        raise ValueError("malformed vector record")
+    arr = np.frombuffer(raw, dtype="<f4", offset=_VEC_HEADER.size)
+    return SceneVectors(arr[:dim].copy(), arr[dim:].reshape(n, dim).copy())
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("held" in text or "resource temporarily unavailable" in text or "unavailable" in text)
+
+
+class IndexStore:
+    """The three stores of one index directory, opened together for a short while.
+
+    Use as a context manager. LevelDB lets one process open a database at a time, so writers
+    and readers hold the stores only for one batch and retry while another process has them.
+    """
+
+    def __init__(self, root: Path, create: bool = False, lock_timeout: float = 30.0) -> None:
+        self.root = Path(root)
+        self.create = create
+        self.lock_timeout = lock_timeout
+        self._dbs: dict[str, Any] = {}
+
+    # -- opening -----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return all((self.root / f"{n}.ldb" / "CURRENT").exists() for n in STORE_NAMES)
+
+    def __enter__(self) -> IndexStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        import plyvel
+
+        if not self.create and not self.exists():
+            raise IndexMissingError(f"no index at {self.root} yet; run `cliptool index FOLDER` first")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CliptoolError(f"cannot create index directory {self.root}: {exc.strerror}") from None
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.02
+        while True:
+            try:
+                for name in STORE_NAMES:
+                    self._dbs[name] = plyvel.DB(str(self.root / f"{name}.ldb"), create_if_missing=self.create)
+                break
+            except plyvel.IOError as exc:
+                self.close()
+                if not _is_lock_error(exc):
+                    raise CliptoolError(f"cannot open index at {self.root}: {exc}") from None
+                if time.monotonic() >= deadline:
+                    raise IndexBusyError(f"index at {self.root} is held by another process; try again") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+            except plyvel.Error as exc:
+                self.close()
+                raise CliptoolError(f"index at {self.root} is damaged ({exc}); run `cliptool check --repair`") from None
+        if self.create:
+            for db in self._dbs.values():
+                if db.get(_SCHEMA_KEY) is None:
+                    db.put(_SCHEMA_KEY, str(SCHEMA_VERSION).encode(), sync=True)
+        self._check_schema()
+
+    def close(self) -> None:
+        for db in self._dbs.values():
+            db.close()
+        self._dbs.clear()
+
+    def _db(self, name: str) -> Any:
+        return self._dbs[name]
+
+    def _check_schema(self) -> None:
+        for name, db in self._dbs.items():
+            raw = db.get(_SCHEMA_KEY)
+            version = int(raw) if raw else None
+            if version is None and not any(True for _ in db.iterator(include_value=False)):
+                continue  # empty store
+            if version != SCHEMA_VERSION:
+                raise IndexMismatchError(
+                    f"index at {self.root} has schema version {version} in its {name} store, this "
+                    f"cliptool writes version {SCHEMA_VERSION}; index into a new --index-dir"
+                )
+
+    # -- meta: which model built this index -----------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        raw = self._db("videos").get(_META_KEY)
+        return json.loads(raw) if raw else {}
+
+    def _has_videos(self) -> bool:
+        return any(True for _ in self._db("videos").iterator(prefix=b"v/", include_value=False))
+
+    def check_model(self, identity: str) -> None:
+        """Raises IndexMismatchError if videos in this index were embedded by another model."""
+        recorded = self.meta().get("model_identity")
+        if recorded and recorded != identity and self._has_videos():
+            raise IndexMismatchError(
+                f"index at {self.root} was built with model {recorded}, not {identity}; "
+                "use that model, or a new --index-dir for this one"
+            )
+
+    def bind_model(self, identity: str, spec: dict[str, str]) -> None:
+        """Records the model of this index (checked first; an empty index may change model)."""
+        self.check_model(identity)
+        meta = self.meta()
+        if meta.get("model_identity") == identity:
+            return
+        meta = {"schema": SCHEMA_VERSION, "model_identity": identity, "model": spec, "created": time.time()}
+        self._db("videos").put(_META_KEY, json.dumps(meta).encode(), sync=True)
+
+    # -- reading -----------------------------------------------------------------------------
+    def videos(self) -> Iterator[VideoRecord]:
+        for key, raw in self._db("videos").iterator(prefix=b"v/"):
+            yield VideoRecord.from_json(raw)
+
+    def get_video(self, video_id: str) -> VideoRecord | None:
+        raw = self._db("videos").get(b"v/" + video_id.encode())
+        return VideoRecord.from_json(raw) if raw else None
+
+    def scenes(self, video: VideoRecord) -> list[SceneRecord]:
+        raw = self._db("scenes").get(_scenes_key(video.video_id, video.version))
+        if raw is None:
+            return []
+        return [SceneRecord(**d) for d in json.loads(raw)]
+
+    def vectors(self, video: VideoRecord) -> list[SceneVectors]:
+        prefix = f"{video.video_id}/{video.version}/".encode()
+        return [decode_vectors(raw) for _, raw in self._db("embeddings").iterator(prefix=prefix)]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "videos": sum(1 for _ in self._db("videos").iterator(prefix=b"v/", include_value=False)),
+            "scene_lists": sum(1 for _ in self._db("scenes").iterator(prefix=b"s/", include_value=False)),
+            "embeddings": sum(1 for k in self._db("embeddings").iterator(include_value=False) if not k.startswith(b"!")),
+        }
+
+    # -- writing -----------------------------------------------------------------------------
+    def put_video(self, record: VideoRecord, scenes: list[SceneRecord], vectors: list[SceneVectors]) -> VideoRecord:
+        """Stores a video's scenes and vectors under a new version, then commits its record."""
+        if len(scenes) != len(vectors):
+            raise ValueError("one vector record per scene")
+        old = self.get_video(record.video_id)
+        record.version = secrets.token_hex(4)
+        record.scene_count = len(scenes)
+        with self._db("embeddings").write_batch(sync=True) as batch:
+            for scene, vec in zip(scenes, vectors):
+                scene.scene_id = scene_id(record.video_id, record.version, scene.index)
+                batch.put(scene.scene_id.encode(), encode_vectors(vec))
+        self._db("scenes").put(
+            _scenes_key(record.video_id, record.version),
+            json.dumps([asdict(s) for s in scenes], separators=(",", ":")).encode(),
+            sync=True,
+        )
+        self._commit(lambda: self._db("videos").put(b"v/" + record.video_id.encode(), record.to_json(), sync=True))
+        if old is not None:
+            self._delete_version(old.video_id, old.version)
+        return record
+
+    def delete_video(self, video_id: str) -> bool:
+        old = self.get_video(video_id)
+        if old is None:
+            return False
+        self._commit(lambda: self._db("videos").delete(b"v/" + video_id.encode(), sync=True))
+        self._delete_version(old.video_id, old.version)
+        return True
+
+    def _commit(self, write: Any) -> None:
+        bump_generation(self.root)
+        write()
+        bump_generation(self.root)
+
+    def _delete_version(self, video_id: str, version: str) -> None:
+        self._db("scenes").delete(_scenes_key(video_id, version))
+        prefix = f"{video_id}/{version}/".encode()
+        with self._db("embeddings").write_batch() as batch:
+            for key in self._db("embeddings").iterator(prefix=prefix, include_value=False):
+                batch.delete(key)
+
+    def recover(self) -> int:
+        """Deletes scene lists and vectors that no video record names (left by a crash)."""
+        live = {(v.video_id, v.version) for v in self.videos()}
+        removed = 0
+        scenes_db = self._db("scenes")
+        for key in list(scenes_db.iterator(prefix=b"s/", include_value=False)):
+            _, vid, ver = key.decode().split("/", 2)
+            if (vid, ver) not in live:
+                scenes_db.delete(key)
+                removed += 1
+        emb = self._db("embeddings")
+        with emb.write_batch() as batch:
+            for key in emb.iterator(include_value=False):
+                if key.startswith(b"!"):
+                    continue
+                vid, ver, _ = key.decode().split("/", 2)
+                if (vid, ver) not in live:
+                    batch.delete(key)
+                    removed += 1
+        return removed
+
+
+def _scenes_key(video_id: str, version: str) -> bytes:
+    return f"s/{video_id}/{version}".encode()
+
+
+# -- generation token ---------------------------------------------------------------------------
+def generation(root: Path) -> str:
+    """The current generation token ('' when none was written yet)."""
+    try:
+        return (Path(root) / "generation").read_text().strip()
+    except OSError:
+        return ""
+
+
+def bump_generation(root: Path) -> None:
+    path = Path(root) / "generation"
+    tmp = path.with_name(f"generation.{os.getpid()}.tmp")
+    tmp.write_text(uuid.uuid4().hex)
+    os.replace(tmp, path)
+
+
+# -- one index run at a time --------------------------------------------------------------------
+class WriterLock:
+    """An exclusive lock on the index for one `cliptool index` run (flock: freed on any exit)."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / "index.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> WriterLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise IndexBusyError(f"index at {self.path.parent} is in use by process {holder}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
