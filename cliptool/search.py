@@ -11,6 +11,8 @@ from .embed import ClipModel, ModelSpec
 from .errors import IndexMismatchError, UsageError
 from .vector_index import VectorIndex, load_vector_index
 
+RERANK_CANDIDATES = 50  # scenes fetched by scene vector before re-scoring with their sample frames
+
 
 @dataclass
 class Hit:
@@ -76,22 +78,33 @@ class Searcher:
         return self.model.encode_images([read_image(path)])[0]
 
     def search(self, query: np.ndarray, top: int = 10, by_video: bool = False) -> list[Hit]:
-        """Ranked scenes for a query vector; with by_video, each video once, ranked by its best scene."""
+        """Ranked scenes for a query vector; with by_video, each video once, ranked by its best scene.
+
+        FAISS finds candidates by scene vector (the mean of a scene's sample frames); each
+        candidate then scores the better of that and its best sample frame, so a scene whose
+        look changes still matches a query that shows one of its moments.
+        """
         if top < 1:
             raise UsageError("--top must be at least 1")
-        k = self.vectors.size if by_video else top
-        scores, rows = self.vectors.scores(query, k)
+        k = self.vectors.size if by_video else max(4 * top, RERANK_CANDIDATES)
+        scene_scores, rows = self.vectors.scores(query, k)
+        candidates = []
+        for scene_score, row in zip(scene_scores, rows):
+            pos = self.vectors.position(int(row))
+            frame_scores = self.vectors.frame_vectors(int(row)) @ query
+            best = int(np.argmax(frame_scores)) if len(frame_scores) else -1
+            score = max(float(scene_score), float(frame_scores[best]) if best >= 0 else -1.0)
+            best_time = pos.sample_times[best] if best >= 0 else pos.start_time
+            candidates.append((score, best_time, pos))
+        candidates.sort(key=lambda c: -c[0])
         hits: list[Hit] = []
         seen: set[str] = set()
-        for score, row in zip(scores, rows):
-            pos = self.vectors.position(int(row))
+        for score, best_time, pos in candidates:
             if by_video:
                 if pos.video_id in seen:
                     continue
                 seen.add(pos.video_id)
-            frame_scores = self.vectors.frame_vectors(int(row)) @ query
-            best = pos.sample_times[int(np.argmax(frame_scores))] if len(frame_scores) else pos.start_time
-            hits.append(Hit(len(hits) + 1, float(score), pos.path, pos.start_time, pos.end_time, best,
+            hits.append(Hit(len(hits) + 1, score, pos.path, pos.start_time, pos.end_time, best_time,
                             pos.scene_id, pos.scene_index, pos.video_id))
             if len(hits) >= top:
                 break

@@ -1,0 +1,81 @@
+"""Shared fixtures: the seeded tiny open_clip model, synthetic clips, real test media, a CLI runner."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "testdata"
+
+_spec = importlib.util.spec_from_file_location("make_samples", REPO / "data" / "make_samples.py")
+make_samples = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(make_samples)  # type: ignore[union-attr]
+
+
+def shared(*parts: str) -> Path:
+    """A file of ../shared/testdata; skips the test when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared test data not present: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(config JSON, checkpoint) of a small CLIP with seeded random weights, loaded like user weights."""
+    return make_samples.write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def model_args(tiny_model: tuple[Path, Path]) -> list[str]:
+    config, ckpt = tiny_model
+    return ["--model", str(config), "--pretrained", str(ckpt)]
+
+
+@pytest.fixture(scope="session")
+def sample_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The quick start's synthetic sample clips (known content and cuts)."""
+    out = tmp_path_factory.mktemp("samples")
+    clips = {}
+    for name, segments in make_samples.SAMPLES.items():
+        clips[name] = out / name
+        make_samples.write_clip(clips[name], segments)
+    return clips
+
+
+@pytest.fixture
+def index_dir(tmp_path: Path) -> Path:
+    return tmp_path / "index"
+
+
+CliRun = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def cli(index_dir: Path) -> CliRun:
+    """Runs `python -m cliptool ARGS` in a fresh process against the test's index directory."""
+
+    def run(*args: str, check: bool = False, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "CLIPTOOL_INDEX_DIR": str(index_dir), "HF_HUB_OFFLINE": "1", **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "cliptool", *map(str, args)],
+            capture_output=True, text=True, timeout=timeout, env=full_env,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"cliptool {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+def run_json(cli: CliRun, *args: str) -> dict:
+    proc = cli(*args, "--json", check=True)
+    return json.loads(proc.stdout)

@@ -1,0 +1,66 @@
+"""Decoding: true presentation times, frame-accurate seeking, small frames for detection."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_samples, shared
+from cliptool.decode import VideoReader, detect_size, small_bgr, to_rgb
+from cliptool.errors import VideoError
+from cliptool.export import frame_at
+
+
+def test_counter_frames_have_exact_times() -> None:
+    with VideoReader(shared("scenes", "counter.mp4")) as reader:
+        times = [f.time for f in reader.frames()]
+    assert len(times) == 30
+    assert times == pytest.approx([i / 10 for i in range(30)], abs=1e-6)
+
+
+@pytest.mark.parametrize("t,expected", [(0.0, 0), (1.5, 15), (1.549, 15), (1.55, 15), (2.0, 20), (2.95, 29), (99.0, 29)])
+def test_frame_at_is_frame_accurate_on_counter(t: float, expected: int) -> None:
+    path = shared("scenes", "counter.mp4")
+    with VideoReader(path) as reader:
+        reference = [to_rgb(f.av_frame) for f in reader.frames()]
+    time, rgb = frame_at(path, t)
+    assert time == pytest.approx(expected / 10, abs=1e-6)
+    assert np.array_equal(rgb, reference[expected])
+
+
+def test_variable_frame_rate_times_come_from_timestamps() -> None:
+    with VideoReader(shared("scenes", "goldeneye-vfr-drop3.mp4")) as reader:
+        frames = [(f.index, f.time) for f in reader.frames()]
+    assert len(frames) == 160
+    steps = np.diff([t for _, t in frames])
+    assert steps.max() > 1.5 * np.median(steps)  # dropped frames show as longer gaps
+    assert frames[60][1] == pytest.approx(3.754, abs=0.002)  # not 60 / average fps
+
+
+def test_small_frames_match_a_full_conversion(tmp_path: Path) -> None:
+    path = shared("scenes", "bikes.mp4")
+    with VideoReader(path) as reader:
+        size = detect_size(reader.info.width, reader.info.height, 256)
+        for f in reader.frames():
+            if f.index == 100:
+                small = small_bgr(f.av_frame, size)
+                reference = f.av_frame.reformat(width=size[0], height=size[1], format="bgr24").to_ndarray()
+                break
+    assert small.shape == reference.shape == (size[1], size[0], 3)
+    assert np.abs(small.astype(int) - reference).mean() < 4
+
+
+def test_black_frames_are_black_after_range_conversion(tmp_path: Path) -> None:
+    clip = tmp_path / "black.mp4"
+    make_samples.write_clip(clip, [(lambda i, w, h: np.zeros((h, w, 3), np.uint8), 5)])
+    with VideoReader(clip) as reader:
+        frame = next(reader.frames())
+        assert small_bgr(frame.av_frame, (64, 48)).max() <= 8
+
+
+def test_garbage_file_raises_video_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"this is not a video" * 100)
+    with pytest.raises(VideoError, match="bad.mp4"):
+        with VideoReader(bad) as reader:
+            list(reader.frames())

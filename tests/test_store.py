@@ -1,0 +1,116 @@
+"""The three LevelDB stores and the FAISS cache, on real plyvel and FAISS."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cliptool.errors import IndexBusyError, IndexMismatchError, IndexMissingError
+from cliptool.store import (
+    IndexStore, SceneRecord, SceneVectors, VideoRecord, WriterLock, decode_vectors, encode_vectors, generation,
+)
+from cliptool.vector_index import load_vector_index
+
+DIM = 8
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.normal(size=(n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def put(store: IndexStore, vid: str, n_scenes: int, seed: int) -> VideoRecord:
+    rng = np.random.default_rng(seed)
+    record = VideoRecord(vid, f"/videos/{vid}.mp4", 1, 1.0, "fp", 10.0, 25.0, 64, 48, 250, 0, "h264", "m", 0.0, "")
+    scenes = [SceneRecord(i, i * 1.0, i + 1.0, i * 25, i * 25 + 25, [i + 0.5], [i * 25 + 12]) for i in range(n_scenes)]
+    vectors = [SceneVectors(v, v[None, :]) for v in unit(rng, n_scenes)]
+    return store.put_video(record, scenes, vectors)
+
+
+def test_vectors_round_trip_in_compact_binary() -> None:
+    v = SceneVectors(np.arange(DIM, dtype=np.float32), np.ones((3, DIM), np.float32))
+    raw = encode_vectors(v)
+    assert len(raw) == 8 + 4 * DIM * 4
+    back = decode_vectors(raw)
+    assert np.array_equal(back.scene, v.scene) and np.array_equal(back.frames, v.frames)
+    with pytest.raises(ValueError):
+        decode_vectors(raw[:-4])
+
+
+def test_reindexing_a_video_replaces_it(tmp_path: Path) -> None:
+    with IndexStore(tmp_path, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        put(store, "aaaa", 3, 1)
+        put(store, "bbbb", 2, 2)
+        first = store.get_video("aaaa")
+        put(store, "aaaa", 4, 3)
+        second = store.get_video("aaaa")
+        assert first is not None and second is not None and first.version != second.version
+        assert [s.index for s in store.scenes(second)] == [0, 1, 2, 3]
+        assert len(store.vectors(second)) == 4
+        assert store.scenes(first) == [] and store.vectors(first) == []
+        assert store.counts() == {"videos": 2, "scene_lists": 2, "embeddings": 6}
+
+
+def test_recover_removes_what_no_record_names(tmp_path: Path) -> None:
+    with IndexStore(tmp_path, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        put(store, "aaaa", 2, 1)
+        # a crash after writing vectors and scenes, before the commit record:
+        store._db("embeddings").put(b"cccc/deadbeef/00000", encode_vectors(SceneVectors(np.ones(DIM, np.float32), np.ones((1, DIM), np.float32))))
+        store._db("scenes").put(b"s/cccc/deadbeef", b"[]")
+        assert store.recover() == 2
+        assert store.counts() == {"videos": 1, "scene_lists": 1, "embeddings": 2}
+
+
+def test_model_mismatch_is_refused_once_videos_exist(tmp_path: Path) -> None:
+    with IndexStore(tmp_path, create=True) as store:
+        store.bind_model("model-a", {"name": "a", "pretrained": "x"})
+        store.bind_model("model-b", {"name": "b", "pretrained": "x"})  # empty index: may change model
+        put(store, "aaaa", 1, 1)
+        with pytest.raises(IndexMismatchError, match="model-b"):
+            store.bind_model("model-a", {"name": "a", "pretrained": "x"})
+
+
+def test_schema_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+    with IndexStore(tmp_path, create=True) as store:
+        store._db("scenes").put(b"!schema", b"0")
+    with pytest.raises(IndexMismatchError, match="schema version 0"):
+        IndexStore(tmp_path).open()
+
+
+def test_missing_index_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(IndexMissingError, match="cliptool index"):
+        IndexStore(tmp_path / "none").open()
+
+
+def test_second_writer_is_refused_with_the_holder_pid(tmp_path: Path) -> None:
+    import os
+
+    with WriterLock(tmp_path):
+        with pytest.raises(IndexBusyError, match=f"process {os.getpid()}"):
+            WriterLock(tmp_path).__enter__()
+    with WriterLock(tmp_path):
+        pass
+
+
+def test_faiss_cache_is_rebuilt_whenever_the_stores_change(tmp_path: Path) -> None:
+    with IndexStore(tmp_path, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        put(store, "aaaa", 3, 1)
+    first = load_vector_index(tmp_path)
+    assert first.size == 3
+    token = generation(tmp_path)
+    assert load_vector_index(tmp_path).directory == first.directory  # fresh: reused
+    with IndexStore(tmp_path) as store:
+        record = put(store, "bbbb", 2, 2)
+        vecs = store.vectors(record)
+    assert generation(tmp_path) != token
+    second = load_vector_index(tmp_path)
+    assert second.size == 5 and second.directory != first.directory
+    scores, rows = second.scores(vecs[1].scene, 1)
+    assert second.position(int(rows[0])).scene_id == f"bbbb/{record.version}/00001"
+    assert scores[0] == pytest.approx(1.0, abs=1e-5)
+    with IndexStore(tmp_path) as store:
+        store.delete_video("aaaa")
+    assert load_vector_index(tmp_path).size == 2
