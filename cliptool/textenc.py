@@ -984,7 +984,8 @@ def export_text_encoder(
         shutil.copyfile(oc_tok.default_bpe(), tmp / VOCAB_FILE)
         # The vocabulary must give exactly open_clip's ids (e.g. not a custom bpe_path).
         check = ClipBpeTokenizer(tmp / VOCAB_FILE, context_length, clean=clean)
-        if check.encoder != oc_tokenizer.encoder:
+        vocab = check.encoder  # must be duplicate-free: ids are derived from merge ranks
+        if len(vocab) != check.vocab_size or vocab != oc_tokenizer.encoder:
             raise _unsupported("tokenizer vocabulary differs from open_clip's default BPE vocabulary")
         for name, arr in arrays.items():
             _save_npy(tmp / f"{name}.npy", arr)
@@ -1010,4 +1011,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
     except BaseException:
         os.rename(old, dst)  # put the previous export back
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
