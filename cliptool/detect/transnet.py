@@ -129,6 +129,12 @@ def _build_model(path: Path, device: str) -> Any:
     return net
 
 
+_BRIGHTNESS_KEPT = 400  # frames of brightness history (cuts come at most ~75 frames late)
+_FADE_LOOKBACK = 60  # longest fade-in walked back over, in frames
+_FADE_STEP = 0.3  # a fade-in frame is at least this much brighter than the one before
+_BLACK_LEVEL = 16.0  # mean level (0-255) of a frame counted as black
+
+
 class TransitionCuts:
     """Turns per-frame transition probabilities, fed in frame order, into cuts.
 
@@ -215,6 +221,8 @@ class TransNetV2Detector(ShotDetector):
         self._next_window = 0  # window k covers padded positions [k*STEP, k*STEP + WINDOW)
         self._flushed = False
         self._cuts = TransitionCuts(self.threshold, self.min_scene_len)
+        self._brightness: dict[int, float] = {}  # mean level of recent frames, for fade starts
+        self._last_cut = 0
 
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
         return (WIDTH, HEIGHT)
@@ -233,6 +241,8 @@ class TransNetV2Detector(ShotDetector):
                 f"got {frame.dtype} {frame.shape}"
             )
         rgb = np.ascontiguousarray(frame[:, :, ::-1])
+        self._brightness[index] = float(frame.mean())
+        self._brightness.pop(index - _BRIGHTNESS_KEPT, None)
         if self._count == 0:
             self._buf.extend([rgb] * CONTEXT)
         self._buf.append(rgb)
@@ -289,4 +299,25 @@ class TransNetV2Detector(ShotDetector):
         probs = probs.reshape(-1)[: self._count - self._cuts.frames_seen]
         if self.probabilities is not None:
             self.probabilities.extend(float(p) for p in probs)
-        return self._cuts.feed(probs)
+        cuts = []
+        for cut in self._cuts.feed(probs):
+            start = self._fade_in_start(cut)
+            cut = start if start - self._last_cut >= self.min_scene_len else cut
+            cuts.append(cut)
+            self._last_cut = cut
+        return cuts
+
+    def _fade_in_start(self, cut: int) -> int:
+        """Where a fade-in from black that `cut` lands in began, else `cut` itself.
+
+        TransNetV2 marks the middle of a gradual transition; for a fade from black the new
+        shot starts at the first frame out of the dark, as people (and PySceneDetect) count it.
+        """
+        b = self._brightness
+        j = cut
+        while (j - 1) in b and cut - j < _FADE_LOOKBACK and b[j - 1] < b[j] - _FADE_STEP:
+            j -= 1
+        # j is now the last frame before the brightening began; it must be dark.
+        if j < cut - 2 and b.get(j, 255.0) <= _BLACK_LEVEL:
+            return j + 1
+        return cut
