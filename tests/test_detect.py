@@ -34,6 +34,7 @@ def assert_cuts(found: list[int], truth: list[int], tolerance: int = 1) -> None:
         ("bikes.mp4", "content", [30, 76, 137, 187, 242]),
         ("testvideo.mp4", "content", [30, 180, 394]),
         ("fades.mp4", "threshold", [84, 167]),
+        ("fades.mp4", "content", []),  # a flat fade: no false cuts from colour rounding
     ],
 )
 def test_cuts_match_ground_truth(video: str, detector: str, truth: list[int]) -> None:
