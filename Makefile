@@ -22,7 +22,7 @@ demo: install
 	$(PY) data/demo.py $(SAMPLES) $(DEMO_INDEX)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
 
 test-long: install
 	CLIPTOOL_KILLS=200 $(PY) -m pytest -q -m slow

@@ -51,14 +51,25 @@ def _run(action: Callable[[], Any]) -> Any:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         print("cliptool: interrupted; everything committed before this point is kept", file=sys.stderr)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        # Every store is closed by now. Exit at once: interpreter shutdown while a library
+        # thread (torch, the decoder) is still inside native code can abort the process.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0) from None
 
 
 def _print_json(data: object) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except UnicodeEncodeError:
+        # A path that is not valid UTF-8 (or a narrow terminal encoding): \u escapes keep the
+        # JSON valid, and json.loads + os.fsencode give back the exact bytes.
+        text = json.dumps(data, indent=2, ensure_ascii=True)
+    print(text)
 
 
 def _version(value: bool) -> None:
@@ -99,9 +110,20 @@ def index(
     threshold: Optional[float] = typer.Option(None, help="Detector threshold [default: the detector's own]."),
     max_scene: float = typer.Option(10.0, help="Split shots longer than this many seconds into windows (0: never)."),
     samples: int = typer.Option(3, min=1, max=16, help="Frames embedded per scene."),
+    prune: Optional[bool] = typer.Option(
+        None, "--prune/--no-prune",
+        help="Remove indexed videos whose files are gone from these folders [default: yes, except under "
+        "a folder that holds no videos at all, which may be an unmounted disk; --prune removes those too].",
+    ),
+    file_timeout: float = typer.Option(
+        120.0, "--file-timeout", help="Give up on a file after this many seconds without a decoded frame (0: never)."
+    ),
+    precision: Optional[str] = typer.Option(
+        None, help="Image tower numbers: bf16 (fast) or fp32 (exact) [default: the index's, else bf16]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Find videos, cut them into scenes, embed and store them."""
+    """Find videos, cut them into scenes, embed and store them; later runs redo only what changed."""
 
     def body() -> None:
         from .config import IndexOptions
@@ -112,20 +134,56 @@ def index(
             raise UsageError(f"unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
         if max_scene < 0:
             raise UsageError("--max-scene must not be negative")
+        if file_timeout < 0:
+            raise UsageError("--file-timeout must not be negative")
+        if precision not in (None, "bf16", "fp32"):
+            raise UsageError(f"unknown precision {precision!r} (choose from bf16, fp32)")
         options = IndexOptions(detector=detector, threshold=threshold, max_scene_seconds=max_scene, samples_per_scene=samples)
-        summary = index_paths(paths, _index_dir(), _model_spec(model, pretrained), options)
+        summary = index_paths(paths, _index_dir(), _model_spec(model, pretrained), options,
+                              prune=prune, file_timeout=file_timeout, precision=precision)
         if as_json:
             _print_json(summary.to_dict())
         else:
             speed = f", {summary.video_seconds / summary.seconds:.1f}x real time" if summary.video_seconds else ""
             print(
-                f"indexed {summary.added} new, {summary.updated} updated, {summary.skipped} unchanged, "
-                f"{len(summary.failed)} failed; {summary.scenes} scenes in {summary.seconds:.1f} s{speed}",
+                f"indexed {summary.added} new, {summary.updated} updated, {summary.moved} moved, "
+                f"{summary.removed} removed, {summary.skipped} unchanged, {len(summary.failed)} failed; "
+                f"{summary.scenes} scenes in {summary.seconds:.1f} s{speed}",
                 file=sys.stderr,
             )
+            for path, error in summary.failed:
+                print(f"failed: {path}: {error}", file=sys.stderr)
         if summary.failed:
-            done = summary.added + summary.updated + summary.skipped
+            done = summary.added + summary.updated + summary.moved + summary.skipped
             raise typer.Exit(EXIT_SOME_FAILED if done else 7)
+
+    _run(body)
+
+
+@app.command()
+def check(
+    repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed without decoding videos again."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Verify that the stores and the search cache agree; exit 1 while problems remain."""
+
+    def body() -> None:
+        from .check import check_index, printable
+
+        report = check_index(_index_dir(), repair=repair)
+        if as_json:
+            _print_json(report.to_dict())
+        else:
+            print(f"index:   {report.index_dir}\nvideos:  {report.videos}\nscenes:  {report.scenes}\n"
+                  f"cache:   {report.cache}")
+            for p in report.problems:
+                print(f"{'repaired' if p.repaired else 'problem'}: {printable(p.message)}")
+            if report.ok:
+                print("ok" if not report.problems else "ok after repair")
+            elif not repair:
+                print("run `cliptool check --repair` to fix what can be fixed", file=sys.stderr)
+        if not report.ok:
+            raise typer.Exit(1)
 
     _run(body)
 
@@ -287,6 +345,85 @@ def scenes(
     _run(body)
 
 
+@app.command()
+def keyframes(
+    video: Path = typer.Argument(..., help="A video file."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the images and manifest.json."),
+    count: Optional[str] = typer.Option(
+        None, "--count", help="Exactly this many pictures (k-means per scene), or 'auto' (best silhouette) "
+        "[default: every distinct moment, near-duplicates removed by a threshold learned from the video]."),
+    min_count: int = typer.Option(2, "--min-count", help="Smallest count --count auto may choose."),
+    max_count: int = typer.Option(24, "--max-count", help="Largest count --count auto may choose."),
+    step: float = typer.Option(1 / 3, show_default="0.333", help="Seconds between candidate frames."),
+    chapters: bool = typer.Option(False, "--chapters", help="Group the pictures into chapters (contiguous)."),
+    keep_blank: bool = typer.Option(False, "--keep-blank", help="Keep black, white, solid and featureless frames."),
+    keep_blurry: bool = typer.Option(False, "--keep-blurry", help="Keep frames much blurrier than those around them."),
+    no_quality_filter: bool = typer.Option(False, "--no-quality-filter", help="Both --keep-blank and --keep-blurry."),
+    keep_repeats: bool = typer.Option(
+        False, "--keep-repeats", help="Keep a picture again when a later scene shows it again."),
+    image_format: str = typer.Option("jpg", "--format", help="Image format: jpg or png."),
+    detector: Optional[str] = typer.Option(
+        None, help="Shot detector: content, adaptive, threshold, transnetv2 [default: the index's scenes "
+        "when the video is indexed with this model, else content]."),
+    threshold: Optional[float] = typer.Option(None, help="Detector threshold [default: the detector's own]."),
+    no_index: bool = typer.Option(False, "--no-index", help="Do not reuse the index's scenes and embeddings."),
+    model: Optional[str] = typer.Option(None, help="open_clip model name or config JSON [default: the index's]."),
+    pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or a local checkpoint file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Write one picture per distinct moment of a video (no near-duplicates, blanks or blur)."""
+
+    def body() -> None:
+        from .detect import DETECTORS
+
+        if not video.is_file():
+            raise UsageError(f"no such video: {video}")
+        if detector is not None and detector not in DETECTORS:
+            raise UsageError(f"unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
+        auto = count is not None and count.strip().lower() == "auto"
+        fixed: int | None = None
+        if count is not None and not auto:
+            try:
+                fixed = int(count)
+            except ValueError:
+                raise UsageError(f"--count must be a number or 'auto', not {count!r}") from None
+        from .embed import ClipModel
+        from .indexer import resolve_model_spec
+        from .keyframes import KeyframeOptions, extract_keyframes
+
+        options = KeyframeOptions(
+            step=step, count=fixed, auto_count=auto, min_count=min_count, max_count=max_count, chapters=chapters,
+            blank_filter=not (keep_blank or no_quality_filter), blur_filter=not (keep_blurry or no_quality_filter),
+            keep_repeats=keep_repeats, image_format=image_format.lower().lstrip("."),
+            detector=detector or "content", detector_threshold=threshold, use_index=not no_index and detector is None,
+        )
+        options.check()
+        spec = resolve_model_spec(_index_dir(), _model_spec(model, pretrained))
+        loaded: list[Any] = []
+
+        def get_model() -> Any:
+            if not loaded:
+                loaded.append(ClipModel(spec))
+            return loaded[0]
+
+        manifest = extract_keyframes(video, output, get_model, spec.identity(), options, index_dir=_index_dir())
+        if as_json:
+            _print_json(manifest)
+            return
+        for k in manifest["keyframes"]:
+            print(f"{output / k['file']}  {k['timecode']}  scene {k['scene']}")
+        c = manifest["counts"]
+        print(f"{c['kept']} pictures from {c['candidates']} candidates; dropped {c['duplicate']} near-duplicates, "
+              f"{c['repeat']} repeats, {c['blank']} blank, {c['blurry']} blurry; manifest: "
+              f"{output / 'manifest.json'}", file=sys.stderr)
+
+    _run(body)
+
+
 def run() -> None:
     """Console-script entry point."""
+    # File names that are not valid UTF-8 print as their raw bytes, as `ls` prints them.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     app(prog_name="cliptool")

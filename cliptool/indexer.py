@@ -1,152 +1,78 @@
-"""The indexing pipeline: discover -> decode -> detect -> sample -> embed -> store -> index."""
+"""An index run: discover -> plan (skip, move, remove) -> analyse each changed video -> store ->
+rebuild the FAISS cache.
+
+Incremental: a file whose size and mtime match its record is skipped without reading it; one
+whose mtime changed but whose content fingerprint did not gets its record refreshed. A new
+path whose size and fingerprint match a record whose file is gone is a move: the stored scenes
+and vectors are carried over to the new path (no decoding). Records of files that are gone from
+the folders indexed in this run are removed. Files that failed to decode are remembered with
+their size and mtime and not retried until they change.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
+from .analyse import ModelLoadError, analyse_video
 from .config import IndexOptions
-from .decode import VideoInfo, VideoReader, small_bgr, to_rgb
-from .detect import make_detector
 from .discover import discover_videos
-from .embed import ClipModel, ModelSpec, _file_fingerprint
-from .errors import CliptoolError, IndexMismatchError, NothingToDoError, VideoError
-from .sample import ClosedScene, SceneCutter
-from .store import IndexStore, SceneRecord, SceneVectors, VideoRecord, WriterLock, video_id_for
+from .embed import ClipModel, ModelSpec, file_fingerprint
+from .errors import CliptoolError, ModelUnavailableError, NothingToDoError, VideoError
+from .store import IndexStore, VideoRecord, WriterLock, video_id_for
 
 Reporter = Callable[[str], None]
 
-
-@dataclass
-class AnalysedVideo:
-    """What one decode pass of a video produced, before it is stored."""
-
-    info: VideoInfo
-    frame_count: int
-    duration: float
-    scenes: list[SceneRecord]
-    vectors: list[SceneVectors]
+DEFAULT_FILE_TIMEOUT = 120.0  # seconds without a decoded frame before a file is given up
+HARD_TIMEOUT_GRACE = 30.0  # then this long for a decoder stuck in C before the run is ended
+EXIT_HUNG = 9
+WRITER_LOCK_TIMEOUT = 120.0  # how long a writer waits for a reader to let go of the stores
 
 
 @dataclass
 class IndexSummary:
+    """What an index run did."""
+
     added: int = 0
     updated: int = 0
+    moved: int = 0
+    removed: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    kept_missing: int = 0  # gone files kept because their folder looked unmounted (or --no-prune)
     scenes: int = 0
     seconds: float = 0.0
     video_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "added": self.added, "updated": self.updated, "skipped": self.skipped,
-            "failed": [{"path": p, "error": e} for p, e in self.failed],
+            "added": self.added, "updated": self.updated, "moved": self.moved, "removed": self.removed,
+            "skipped": self.skipped, "kept_missing": self.kept_missing,
+            "failed": [{"path": printable(p), "error": printable(e)} for p, e in self.failed],
             "scenes": self.scenes, "seconds": round(self.seconds, 3),
             "video_seconds": round(self.video_seconds, 3),
         }
 
 
+def printable(text: str) -> str:
+    """A path or message that can be written as UTF-8 (undecodable name bytes become U+FFFD)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+class FileTimeoutError(Exception):
+    """Raised in the main thread when the file being analysed made no progress for too long."""
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-class _Embedder:
-    """Collects sample frames of closed scenes and embeds them in batches."""
-
-    def __init__(self, model: ClipModel, batch_size: int) -> None:
-        self.model = model
-        self.batch_size = batch_size
-        self._inputs: list[np.ndarray] = []
-        self._owners: list[int] = []  # scene number of each queued input
-        self.frame_vectors: dict[int, list[np.ndarray]] = {}
-
-    def add(self, scene_no: int, scene: ClosedScene) -> None:
-        self.frame_vectors[scene_no] = []
-        for frame in scene.samples:
-            self._inputs.append(self.model.preprocess(to_rgb(frame.av_frame)))
-            self._owners.append(scene_no)
-        if len(self._inputs) >= self.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._inputs:
-            return
-        vectors = self.model.encode_preprocessed(np.stack(self._inputs))
-        for owner, vec in zip(self._owners, vectors):
-            self.frame_vectors[owner].append(vec)
-        self._inputs.clear()
-        self._owners.clear()
-
-
-def analyse_video(
-    path: Path, model: ClipModel, options: IndexOptions, on_frame: Callable[[float], None] | None = None
-) -> AnalysedVideo:
-    """One sequential decode pass: detect shots, pick sample frames, embed them."""
-    with VideoReader(path) as reader:
-        info = reader.info
-        detector = make_detector(options.detector, options.threshold, options.min_scene_frames, options.detect_width)
-        size = detector.frame_size(max(2, info.width), max(2, info.height))
-        cutter = SceneCutter(options.max_scene_seconds, options.samples_per_scene, info.width * info.height * 3 // 2)
-        embedder = _Embedder(model, options.batch_size)
-        closed: list[ClosedScene] = []
-
-        def take(scenes: list[ClosedScene]) -> None:
-            for scene in scenes:
-                embedder.add(len(closed), scene)
-                scene.samples = [_Sample(f.index, f.time) for f in scene.samples]  # type: ignore[misc]
-                closed.append(scene)
-
-        last_time, last_step, count = 0.0, 0.0, 0
-        for frame in reader.frames():
-            take(cutter.add_frame(frame))
-            take(cutter.add_cuts(detector.push(frame.index, small_bgr(frame.av_frame, size))))
-            last_step = frame.time - last_time if count else 0.0
-            last_time = frame.time
-            count += 1
-            if on_frame is not None:
-                on_frame(frame.time)
-        take(cutter.add_cuts(detector.flush()))
-        frame_step = _frame_duration(last_step, info.fps)
-        end_time = last_time + frame_step
-        take(cutter.finish(end_time))
-        embedder.flush()
-
-    scenes: list[SceneRecord] = []
-    vectors: list[SceneVectors] = []
-    for i, scene in enumerate(closed):
-        frame_vecs = np.array(embedder.frame_vectors[i], dtype=np.float32)
-        if len(frame_vecs) == 0:
-            continue
-        mean = frame_vecs.mean(axis=0)
-        scenes.append(SceneRecord(
-            index=len(scenes),
-            start_time=round(scene.start_time, 6),
-            end_time=round(scene.end_time, 6),
-            start_frame=scene.start_frame,
-            end_frame=scene.end_frame,
-            sample_times=[round(s.time, 6) for s in scene.samples],
-            sample_frames=[s.index for s in scene.samples],
-        ))
-        vectors.append(SceneVectors(mean / max(float(np.linalg.norm(mean)), 1e-12), frame_vecs))
-    return AnalysedVideo(info, count, end_time, scenes, vectors)
-
-
-@dataclass
-class _Sample:
-    index: int
-    time: float
-
-
-def _frame_duration(last_step: float, fps: float) -> float:
-    if last_step > 0:
-        return last_step
-    return 1.0 / fps if fps > 0 else 0.0
 
 
 def resolve_model_spec(index_dir: Path, spec: ModelSpec | None) -> ModelSpec:
@@ -162,6 +88,134 @@ def resolve_model_spec(index_dir: Path, spec: ModelSpec | None) -> ModelSpec:
     return ModelSpec().resolved()
 
 
+# -- per-file time limit ---------------------------------------------------------------------------
+class _Watchdog:
+    """Gives up on a file that makes no progress for `limit` seconds.
+
+    Soft: SIGALRM to the main thread, whose handler raises FileTimeoutError as soon as the
+    decoder returns to Python. Hard: a decoder stuck inside C never returns, so after a further
+    grace period the file is remembered as failed and the process ends (the next run goes on
+    without it).
+    """
+
+    def __init__(self, limit: float, index_dir: Path, report: Reporter) -> None:
+        self.limit = limit
+        self.index_dir = index_dir
+        self.report = report
+        self._lock = threading.RLock()
+        self._token = 0
+        self._path: Path | None = None
+        self._stat: os.stat_result | None = None
+        self._last = 0.0
+        self._fired: int | None = None
+        self._fired_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._previous: Any = None
+
+    def __enter__(self) -> _Watchdog:
+        if self.limit > 0 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGALRM, self._on_alarm)
+            self._thread = threading.Thread(target=self._watch, name="cliptool-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            signal.signal(signal.SIGALRM, self._previous or signal.SIG_DFL)
+
+    @contextmanager
+    def file(self, path: Path, st: os.stat_result) -> Iterator[None]:
+        """Times the work on one file (not its commit)."""
+        with self._lock:
+            self._token += 1
+            self._path, self._stat, self._last, self._fired = path, st, time.monotonic(), None
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._path = None
+                self._token += 1
+
+    def progress(self, _t: float = 0.0) -> None:
+        self._last = time.monotonic()
+
+    def _on_alarm(self, signum: int, frame: Any) -> None:
+        with self._lock:
+            live = self._path is not None and self._fired == self._token
+        if live:
+            raise FileTimeoutError(f"no progress for {self.limit:g} s (--file-timeout)")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(0.25, max(0.005, self.limit / 4))):
+            with self._lock:
+                if self._path is None:
+                    continue
+                now = time.monotonic()
+                if self._fired is None and now - self._last > self.limit:
+                    self._fired, self._fired_at = self._token, now
+                    send = True
+                elif self._fired == self._token and now - self._fired_at > HARD_TIMEOUT_GRACE:
+                    self._hung(self._path, self._stat)
+                    return
+                elif self._fired == self._token and now - self._fired_at > 1.0:
+                    send = True  # the first signal may have landed where it could not act
+                else:
+                    send = False
+            if send:
+                try:
+                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGALRM)
+                except (OSError, ValueError):
+                    pass
+
+    def _hung(self, path: Path, st: os.stat_result | None) -> None:
+        message = f"{path}: decoder hung for over {self.limit + HARD_TIMEOUT_GRACE:g} s"
+        try:
+            with IndexStore(self.index_dir, lock_timeout=5) as store:
+                store.put_failure(video_id_for(path), str(path), st.st_size if st else -1,
+                                  st.st_mtime if st else -1.0, message)
+            tail = "; it is marked as failed: run `cliptool index` again to go on without it"
+        except Exception:  # noqa: BLE001 - ending the process matters more than the note
+            tail = "; run `cliptool index` again"
+        try:
+            print(f"cliptool: error: {message}{tail}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(EXIT_HUNG)
+
+
+# -- planning --------------------------------------------------------------------------------------
+def _under(path: str, root: Path, root_is_dir: bool) -> bool:
+    if not root_is_dir:
+        return path == str(root)
+    prefix = str(root).rstrip(os.sep) + os.sep
+    return path.startswith(prefix)
+
+
+def _gone(path: str) -> bool:
+    """True only when the file is certainly absent (not for permission or I/O errors)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _safe_fingerprint(path: Path) -> str | None:
+    try:
+        return file_fingerprint(path)
+    except OSError:
+        return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text
+
+
 def index_paths(
     paths: Iterable[Path],
     index_dir: Path,
@@ -169,12 +223,16 @@ def index_paths(
     options: IndexOptions | None = None,
     report: Reporter = _stderr,
     progress: bool | None = None,
+    prune: bool | None = None,
+    file_timeout: float = DEFAULT_FILE_TIMEOUT,
+    precision: str | None = None,
 ) -> IndexSummary:
-    """Indexes every video under `paths` into the index at `index_dir`.
+    """Indexes every video under `paths` into the index at `index_dir`; see the module docstring.
 
-    Unchanged videos (same size and mtime, same model) are skipped; a video that cannot be
-    decoded is reported and skipped. Each video is committed on its own, so an interruption
-    loses at most the one being processed.
+    prune: None removes records of files gone from the indexed folders, except under a folder
+    that now holds no videos at all (an unmounted disk looks like that); True removes those
+    too; False removes nothing. Each video is committed on its own, so an interruption loses
+    at most the one being processed.
     """
     from tqdm import tqdm
 
@@ -182,79 +240,276 @@ def index_paths(
 
     options = options or IndexOptions()
     started = time.monotonic()
+    paths = [Path(p).expanduser() for p in paths]
     files = list(discover_videos(paths))
-    if not files:
-        raise NothingToDoError("no video files found in " + ", ".join(str(p) for p in paths))
+    roots = [(p.absolute(), p.is_dir()) for p in paths]
     summary = IndexSummary()
     index_dir = Path(index_dir)
     with WriterLock(index_dir):
         spec = resolve_model_spec(index_dir, spec)
+        if precision:  # image tower bf16 or fp32; part of the model identity
+            spec = ModelSpec(spec.name, spec.pretrained, precision)
         identity = spec.identity()
-        with IndexStore(index_dir, create=True) as store:
+        with IndexStore(index_dir, create=True, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
             store.check_model(identity)
             store.recover()
             known = {v.video_id: v for v in store.videos()}
-        todo: list[tuple[Path, VideoRecord | None]] = []
+            failures = store.failures()
+        changed_store = False
+
+        # 1. Classify the files found.
+        todo: list[tuple[Path, os.stat_result, VideoRecord | None]] = []
+        refresh: list[VideoRecord] = []
+        file_ids = set()
         for path in files:
-            old = known.get(video_id_for(path))
+            vid = video_id_for(path)
+            file_ids.add(vid)
+            old = known.get(vid)
             try:
                 st = path.stat()
             except OSError as exc:
-                summary.failed.append((str(path), exc.strerror or str(exc)))
-                report(f"warning: skipped {path}: {exc.strerror or exc}")
+                _fail(summary, report, path, exc.strerror or str(exc))
                 continue
-            if old and old.size == st.st_size and old.mtime == st.st_mtime and old.model == identity:
-                summary.skipped += 1
+            if old and old.model == identity and old.size == st.st_size:
+                if old.mtime == st.st_mtime:
+                    summary.skipped += 1
+                    continue
+                if _safe_fingerprint(path) == old.fingerprint:  # touched, not changed
+                    old.mtime = st.st_mtime
+                    refresh.append(old)
+                    summary.skipped += 1
+                    continue
+            if st.st_size == 0 and old is None:  # nothing to decode (checked each run: it costs nothing)
+                _fail(summary, report, path, "empty file (0 bytes)")
                 continue
-            todo.append((path, old))
+            fail = failures.get(vid)
+            if old is None and fail and fail.get("size") == st.st_size and fail.get("mtime") == st.st_mtime:
+                _fail(summary, report, path, f"{fail.get('error')} (unchanged since it failed; not retried)")
+                continue
+            todo.append((path, st, old))
+
+        # 2. Moves: a new or changed path whose content matches a record whose file is gone.
+        gone = {vid: rec for vid, rec in known.items() if vid not in file_ids and _gone(rec.path)}
+        by_size: dict[int, list[VideoRecord]] = {}
+        for rec in gone.values():
+            if rec.model == identity:
+                by_size.setdefault(rec.size, []).append(rec)
+        moves: list[tuple[Path, os.stat_result, VideoRecord]] = []
+        remaining: list[tuple[Path, os.stat_result, VideoRecord | None]] = []
+        for path, st, old in todo:
+            candidates = by_size.get(st.st_size)
+            fp = _safe_fingerprint(path) if candidates else None
+            match = next((r for r in candidates or [] if fp is not None and r.fingerprint == fp), None)
+            if match is not None:
+                candidates.remove(match)  # type: ignore[union-attr]
+                moves.append((path, st, match))
+            else:
+                remaining.append((path, st, old))
+        todo = remaining
+        moved_ids = {rec.video_id for _, _, rec in moves}
+
+        # 3. Removals: records of files gone from the folders indexed now.
+        removals: list[VideoRecord] = []
+        for rec in gone.values():
+            if rec.video_id in moved_ids:
+                continue
+            root = next(((r, d) for r, d in roots if _under(rec.path, r, d)), None)
+            if root is None:
+                continue  # not under this run's folders: another disk, maybe not mounted now
+            empty_folder = root[1] and not any(_under(str(f), root[0], True) for f in files)
+            if prune is False or (prune is None and empty_folder):
+                summary.kept_missing += 1
+                continue
+            removals.append(rec)
+        stale_failures = [vid for vid, f in failures.items()
+                          if vid not in file_ids and any(_under(str(f.get("path")), r, d) for r, d in roots)
+                          and _gone(str(f.get("path")))]
+
+        if refresh or moves or removals or stale_failures:
+            with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+                for rec in refresh:
+                    store.put_record(rec)
+                for path, st, src in moves:
+                    record = VideoRecord(**{**src.__dict__, "video_id": video_id_for(path), "path": str(path),
+                                            "size": st.st_size, "mtime": st.st_mtime, "indexed_at": time.time()})
+                    try:
+                        store.move_video(src.video_id, record)
+                    except ValueError:  # its stored scenes are incomplete: index the file afresh
+                        store.delete_video(src.video_id)
+                        todo.append((path, st, known.get(video_id_for(path))))
+                        continue
+                    summary.moved += 1
+                    report(f"moved {src.path} -> {path}")
+                for rec in removals:
+                    store.delete_video(rec.video_id)
+                    summary.removed += 1
+                    report(f"removed {rec.path} (file is gone)")
+                for vid in stale_failures:
+                    store.delete_failure(vid)
+            changed_store = True
+        if summary.kept_missing:
+            why = "--no-prune" if prune is False else "its folder holds no videos now (unmounted disk?); --prune removes them"
+            report(f"kept {summary.kept_missing} indexed video(s) whose files are missing: {why}")
+
+        if not files and not (summary.removed or summary.moved):
+            raise NothingToDoError("no video files found in " + ", ".join(str(p) for p in paths))
+
+        # 4. Decode, detect, sample and embed what is new or changed.
         if todo:
-            model = ClipModel(spec)
-            with IndexStore(index_dir, create=True) as store:
-                store.bind_model(identity, spec.to_dict())
-            bar = tqdm(total=len(todo), unit="video", desc="indexing", file=sys.stderr,
-                       disable=True if progress is False else None)  # None: only on a terminal
-            for path, old in todo:
-                bar.set_postfix_str(path.name[-40:])
-                try:
-                    st = path.stat()
-                    fingerprint = _file_fingerprint(path)
-                    analysed = analyse_video(path, model, options)
-                except KeyboardInterrupt:
-                    raise
-                except (VideoError, OSError) as exc:
-                    message = str(exc) if isinstance(exc, VideoError) else f"{path}: {exc.strerror or exc}"
-                    summary.failed.append((str(path), message))
-                    report(f"warning: skipped {message}")
-                    bar.update(1)
-                    continue
-                except Exception as exc:  # a decoder or library fault on one file must not end the run
-                    summary.failed.append((str(path), f"{type(exc).__name__}: {exc}"))
-                    report(f"warning: skipped {path}: {type(exc).__name__}: {exc}")
-                    bar.update(1)
-                    continue
-                record = VideoRecord(
-                    video_id=video_id_for(path), path=str(path), size=st.st_size, mtime=st.st_mtime,
-                    fingerprint=fingerprint, duration=analysed.duration, fps=analysed.info.fps,
-                    width=analysed.info.width, height=analysed.info.height, frame_count=analysed.frame_count,
-                    scene_count=len(analysed.scenes), codec=analysed.info.codec, model=identity,
-                    indexed_at=time.time(), version="",
-                )
-                with IndexStore(index_dir) as store:
-                    store.put_video(record, analysed.scenes, analysed.vectors)
-                if old is None:
-                    summary.added += 1
-                else:
-                    summary.updated += 1
-                summary.scenes += len(analysed.scenes)
-                summary.video_seconds += analysed.duration
-                bar.update(1)
-            bar.close()
-        try:
-            rebuild(index_dir)
-        except CliptoolError:
-            pass  # nothing indexed yet: search will say so
+            changed_store |= _analyse_all(todo, index_dir, spec, identity, options, summary, report,
+                                          progress, file_timeout, tqdm)
+        if changed_store or not _cache_current(index_dir):
+            try:
+                rebuild(index_dir)
+            except CliptoolError:
+                pass  # nothing indexed yet: search will say so
+            except OSError as exc:
+                report(f"warning: could not write the search cache ({exc.strerror or exc}); search will retry")
     summary.seconds = time.monotonic() - started
     return summary
 
 
-__all__ = ["AnalysedVideo", "IndexSummary", "analyse_video", "index_paths", "resolve_model_spec", "IndexMismatchError"]
+def _cache_current(index_dir: Path) -> bool:
+    from .vector_index import _built_from, _current_build
+    from .store import generation
+
+    build = _current_build(index_dir)
+    return build is not None and _built_from(build) == generation(index_dir)
+
+
+def _changed_since(path: Path, st: os.stat_result) -> bool:
+    try:
+        now = path.stat()
+    except OSError:
+        return True
+    return (now.st_size, now.st_mtime) != (st.st_size, st.st_mtime)
+
+
+def _fail(summary: IndexSummary, report: Reporter, path: Path, message: str) -> None:
+    summary.failed.append((str(path), message))
+    report(f"warning: failed {path}: {message}")
+
+
+def _analyse_all(
+    todo: list[tuple[Path, os.stat_result, VideoRecord | None]],
+    index_dir: Path,
+    spec: ModelSpec,
+    identity: str,
+    options: IndexOptions,
+    summary: IndexSummary,
+    report: Reporter,
+    progress: bool | None,
+    file_timeout: float,
+    tqdm: Any,
+) -> bool:
+    """Analyses and commits each file; returns whether the stores changed."""
+    try:
+        model = ClipModel(spec)
+        return _analyse_with(model, todo, index_dir, identity, options, summary, report, progress, file_timeout, tqdm)
+    except BaseException:
+        _settle_threads()
+        raise
+
+
+def _settle_threads(limit: float = 30.0) -> None:
+    """Waits (bounded) for cliptool's worker threads (model load, embedding) to stop.
+
+    A process that exits while such a daemon thread is inside torch's C++ code aborts
+    ("terminate called without an active exception") instead of exiting cleanly. A thread
+    counts as running while it has a Python frame (its Thread object may not say so when
+    Ctrl-C landed inside its start()).
+    """
+    deadline = time.monotonic() + limit
+    me = threading.get_ident()
+    try:
+        while time.monotonic() < deadline:
+            running = sys._current_frames()
+            if not any(t.ident in running and t.ident != me for t in threading.enumerate()
+                       if t.name.startswith("cliptool-") and t.name != "cliptool-watchdog"):
+                return
+            time.sleep(0.05)
+    except BaseException:  # noqa: BLE001 - a second Ctrl-C: stop waiting
+        return
+
+
+def _analyse_with(
+    model: ClipModel,
+    todo: list[tuple[Path, os.stat_result, VideoRecord | None]],
+    index_dir: Path,
+    identity: str,
+    options: IndexOptions,
+    summary: IndexSummary,
+    report: Reporter,
+    progress: bool | None,
+    file_timeout: float,
+    tqdm: Any,
+) -> bool:
+    with IndexStore(index_dir, create=True, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+        store.bind_model(identity, model.spec.to_dict())
+    changed = False
+    bar = tqdm(total=len(todo), unit="video", desc="indexing", file=sys.stderr,
+               disable=True if progress is False else None)  # None: only on a terminal
+    with _Watchdog(file_timeout, index_dir, report) as watchdog:
+        for path, st, old in todo:
+            bar.set_postfix_str(path.name[-40:])
+            error: str | None = None
+            remember = False  # remember content failures so unchanged bad files are not retried
+            try:
+                st = path.stat()  # as it is now: it may have been replaced since the run began
+                with watchdog.file(path, st):
+                    fingerprint = file_fingerprint(path)
+                    analysed = analyse_video(path, model, options, on_frame=watchdog.progress)
+            except KeyboardInterrupt:
+                raise
+            except FileTimeoutError as exc:
+                error = str(exc)
+            except VideoError as exc:
+                error, remember = _one_line(exc).removeprefix(f"{path}: "), True
+            except ModelLoadError as exc:  # the model, not this file: the run cannot go on
+                raise ModelUnavailableError(str(exc)) from None
+            except OSError as exc:
+                error = exc.strerror or str(exc)
+            except MemoryError:
+                error, remember = "out of memory", True
+            except Exception as exc:  # a decoder or library fault on one file must not end the run
+                error, remember = f"{type(exc).__name__}: {_one_line(exc)}", True
+            if error is None and _changed_since(path, st):
+                error = "changed while it was being indexed; run index again"
+            if error is not None:
+                vanished = _gone(str(path))
+                if vanished:
+                    error = "removed while it was being indexed"
+                elif _changed_since(path, st):  # a half-written file, say: try again next run
+                    error, remember = "changed while it was being indexed; run index again", False
+                _fail(summary, report, path, error)
+                with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+                    if old is not None and (vanished or remember):
+                        store.delete_video(old.video_id)  # its record described other content
+                        changed = True
+                    if remember and not vanished:
+                        store.put_failure(video_id_for(path), str(path), st.st_size, st.st_mtime, error)
+                bar.update(1)
+                continue
+            record = VideoRecord(
+                video_id=video_id_for(path), path=str(path), size=st.st_size, mtime=st.st_mtime,
+                fingerprint=fingerprint, duration=analysed.duration, fps=analysed.info.fps,
+                width=analysed.info.width, height=analysed.info.height, frame_count=analysed.frame_count,
+                scene_count=len(analysed.scenes), codec=analysed.info.codec, model=identity,
+                indexed_at=time.time(), version="",
+            )
+            with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+                store.put_video(record, analysed.scenes, analysed.vectors)
+            changed = True
+            if old is None:
+                summary.added += 1
+            else:
+                summary.updated += 1
+            summary.scenes += len(analysed.scenes)
+            summary.video_seconds += analysed.duration
+            bar.update(1)
+    bar.close()
+    model.export_text_encoder(index_dir)  # numpy text encoder for fast search; raises a model load error
+    return changed
+
+
+__all__ = ["DEFAULT_FILE_TIMEOUT", "FileTimeoutError", "IndexSummary", "index_paths", "printable", "resolve_model_spec"]

@@ -8,10 +8,13 @@ Layout under the index directory::
     generation       token that changes around every commit (readers use it to spot changes)
     index.lock       held by the one `cliptool index` run allowed at a time
 
-Commit order for one video: embeddings, then scenes, under a fresh version; then the videos
-record that names that version (the commit point); then the old version is deleted. After a
-crash at any step each video is wholly its old or wholly its new version; what no record names
-is an orphan that `recover()` deletes.
+Commit order for one video: embeddings, then scenes, under a fresh version (both synced); then
+the videos record that names that version (the commit point, one synced write); then the old
+version is deleted. After a crash at any step each video is wholly its old or wholly its new
+version; what no record names is an orphan that `recover()` deletes. A move writes the copy
+under the new id the same way and then, in one atomic batch of the videos store, adds the new
+record and deletes the old one. Ctrl-C during a commit is held back until the commit is done.
+Only a process holding the `WriterLock` may write or call `recover()`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import fcntl
 import json
 import os
 import secrets
+import signal
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +121,33 @@ def decode_vectors(raw: bytes) -> SceneVectors:
     return SceneVectors(arr[:dim].copy(), arr[dim:].reshape(n, dim).copy())
 
 
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Holds back SIGINT (Ctrl-C) while a commit runs; raises KeyboardInterrupt after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _write_error(root: Path, exc: BaseException) -> CliptoolError:
+    arg = exc.args[0] if exc.args else ""
+    text = arg.decode(errors="replace") if isinstance(arg, bytes) else (getattr(exc, "strerror", None) or str(exc))
+    text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return CliptoolError(f"cannot write to the index at {root}: {text}")
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("held" in text or "resource temporarily unavailable" in text or "unavailable" in text)
@@ -174,7 +207,7 @@ class IndexStore:
         if self.create:
             for db in self._dbs.values():
                 if db.get(_SCHEMA_KEY) is None:
-                    db.put(_SCHEMA_KEY, str(SCHEMA_VERSION).encode(), sync=True)
+                    self._write(lambda db=db: db.put(_SCHEMA_KEY, str(SCHEMA_VERSION).encode(), sync=True))
         self._check_schema()
 
     def close(self) -> None:
@@ -221,7 +254,7 @@ class IndexStore:
         if meta.get("model_identity") == identity:
             return
         meta = {"schema": SCHEMA_VERSION, "model_identity": identity, "model": spec, "created": time.time()}
-        self._db("videos").put(_META_KEY, json.dumps(meta).encode(), sync=True)
+        self._write(lambda: self._db("videos").put(_META_KEY, json.dumps(meta).encode(), sync=True))
 
     # -- reading -----------------------------------------------------------------------------
     def videos(self) -> Iterator[VideoRecord]:
@@ -231,6 +264,24 @@ class IndexStore:
     def get_video(self, video_id: str) -> VideoRecord | None:
         raw = self._db("videos").get(b"v/" + video_id.encode())
         return VideoRecord.from_json(raw) if raw else None
+
+    def failures(self) -> dict[str, dict[str, Any]]:
+        """Files that failed to decode, by video id: {path, size, mtime, error}."""
+        out = {}
+        for key, raw in self._db("videos").iterator(prefix=b"f/"):
+            try:
+                out[key[2:].decode()] = json.loads(raw)
+            except ValueError:
+                continue
+        return out
+
+    def put_failure(self, video_id: str, path: str, size: int, mtime: float, error: str) -> None:
+        """Remembers that this file (at this size and mtime) cannot be decoded."""
+        data = {"path": path, "size": size, "mtime": mtime, "error": error}
+        self._write(lambda: self._db("videos").put(b"f/" + video_id.encode(), json.dumps(data).encode(), sync=True))
+
+    def delete_failure(self, video_id: str) -> None:
+        self._write(lambda: self._db("videos").delete(b"f/" + video_id.encode()))
 
     def scenes(self, video: VideoRecord) -> list[SceneRecord]:
         raw = self._db("scenes").get(_scenes_key(video.video_id, video.version))
@@ -250,39 +301,100 @@ class IndexStore:
         }
 
     # -- writing -----------------------------------------------------------------------------
+    def _write(self, action: Any) -> Any:
+        """Runs a write; a storage failure (disk full, read-only) becomes a one-line error."""
+        import plyvel
+
+        try:
+            return action()
+        except (plyvel.Error, OSError) as exc:
+            raise _write_error(self.root, exc) from None
+
     def put_video(self, record: VideoRecord, scenes: list[SceneRecord], vectors: list[SceneVectors]) -> VideoRecord:
         """Stores a video's scenes and vectors under a new version, then commits its record."""
         if len(scenes) != len(vectors):
             raise ValueError("one vector record per scene")
-        old = self.get_video(record.video_id)
-        record.version = secrets.token_hex(4)
-        record.scene_count = len(scenes)
-        with self._db("embeddings").write_batch(sync=True) as batch:
-            for scene, vec in zip(scenes, vectors):
+        with deferred_interrupt():
+            old = self.get_video(record.video_id)
+            record.version = secrets.token_hex(4)
+            record.scene_count = len(scenes)
+            for scene in scenes:
                 scene.scene_id = scene_id(record.video_id, record.version, scene.index)
-                batch.put(scene.scene_id.encode(), encode_vectors(vec))
+            self._write(lambda: self._put_version(record, scenes, [encode_vectors(v) for v in vectors]))
+            key = b"v/" + record.video_id.encode()
+
+            def commit() -> None:
+                with self._db("videos").write_batch(sync=True) as batch:
+                    batch.put(key, record.to_json())
+                    batch.delete(b"f/" + record.video_id.encode())
+
+            self._commit(commit)
+            if old is not None:
+                self._write(lambda: self._delete_version(old.video_id, old.version))
+        return record
+
+    def put_record(self, record: VideoRecord) -> None:
+        """Rewrites a video's record only (same version: its scenes and vectors stay)."""
+        with deferred_interrupt():
+            self._commit(lambda: self._db("videos").put(b"v/" + record.video_id.encode(), record.to_json(), sync=True))
+
+    def _put_version(self, record: VideoRecord, scenes: list[SceneRecord], vectors: list[bytes]) -> None:
+        with self._db("embeddings").write_batch(sync=True) as batch:
+            for scene, raw in zip(scenes, vectors):
+                batch.put(scene.scene_id.encode(), raw)
         self._db("scenes").put(
             _scenes_key(record.video_id, record.version),
             json.dumps([asdict(s) for s in scenes], separators=(",", ":")).encode(),
             sync=True,
         )
-        self._commit(lambda: self._db("videos").put(b"v/" + record.video_id.encode(), record.to_json(), sync=True))
-        if old is not None:
-            self._delete_version(old.video_id, old.version)
+
+    def move_video(self, old_id: str, record: VideoRecord) -> VideoRecord:
+        """Gives the video stored under `old_id` the new path and id of `record`, without
+        re-embedding: its scenes and vectors are copied under the new id, then one atomic batch
+        of the videos store adds the new record and deletes the old one."""
+        with deferred_interrupt():
+            old = self.get_video(old_id)
+            if old is None:
+                raise KeyError(old_id)
+            scenes = self.scenes(old)
+            prefix = f"{old.video_id}/{old.version}/".encode()
+            raws = [raw for _, raw in self._db("embeddings").iterator(prefix=prefix)]
+            if len(scenes) != old.scene_count or len(raws) != old.scene_count:
+                raise ValueError(f"stored video {old.path} is incomplete")
+            replaced = self.get_video(record.video_id)
+            record.version = secrets.token_hex(4)
+            record.scene_count = len(scenes)
+            for scene in scenes:
+                scene.scene_id = scene_id(record.video_id, record.version, scene.index)
+            self._write(lambda: self._put_version(record, scenes, raws))
+
+            def commit() -> None:
+                with self._db("videos").write_batch(sync=True) as batch:
+                    batch.put(b"v/" + record.video_id.encode(), record.to_json())
+                    batch.delete(b"f/" + record.video_id.encode())
+                    batch.delete(b"v/" + old_id.encode())
+
+            self._commit(commit)
+            self._write(lambda: self._delete_version(old.video_id, old.version))
+            if replaced is not None:
+                self._write(lambda: self._delete_version(replaced.video_id, replaced.version))
         return record
 
     def delete_video(self, video_id: str) -> bool:
-        old = self.get_video(video_id)
-        if old is None:
-            return False
-        self._commit(lambda: self._db("videos").delete(b"v/" + video_id.encode(), sync=True))
-        self._delete_version(old.video_id, old.version)
+        """Removes a video (record first, the commit point; then its scenes and vectors)."""
+        with deferred_interrupt():
+            old = self.get_video(video_id)
+            self._write(lambda: self._db("videos").delete(b"f/" + video_id.encode()))
+            if old is None:
+                return False
+            self._commit(lambda: self._db("videos").delete(b"v/" + video_id.encode(), sync=True))
+            self._write(lambda: self._delete_version(old.video_id, old.version))
         return True
 
     def _commit(self, write: Any) -> None:
-        bump_generation(self.root)
-        write()
-        bump_generation(self.root)
+        self._write(lambda: bump_generation(self.root))
+        self._write(write)
+        self._write(lambda: bump_generation(self.root))
 
     def _delete_version(self, video_id: str, version: str) -> None:
         self._db("scenes").delete(_scenes_key(video_id, version))
@@ -291,26 +403,36 @@ class IndexStore:
             for key in self._db("embeddings").iterator(prefix=prefix, include_value=False):
                 batch.delete(key)
 
-    def recover(self) -> int:
-        """Deletes scene lists and vectors that no video record names (left by a crash)."""
+    def orphans(self) -> tuple[list[bytes], list[bytes]]:
+        """Keys of scene lists and of vectors that no video record names (left by a crash)."""
         live = {(v.video_id, v.version) for v in self.videos()}
-        removed = 0
-        scenes_db = self._db("scenes")
-        for key in list(scenes_db.iterator(prefix=b"s/", include_value=False)):
-            _, vid, ver = key.decode().split("/", 2)
-            if (vid, ver) not in live:
-                scenes_db.delete(key)
-                removed += 1
-        emb = self._db("embeddings")
-        with emb.write_batch() as batch:
-            for key in emb.iterator(include_value=False):
-                if key.startswith(b"!"):
-                    continue
-                vid, ver, _ = key.decode().split("/", 2)
-                if (vid, ver) not in live:
+        scene_keys = [
+            key for key in self._db("scenes").iterator(prefix=b"s/", include_value=False)
+            if tuple(key.decode(errors="replace").split("/", 2)[1:]) not in live
+        ]
+        vector_keys = [
+            key for key in self._db("embeddings").iterator(include_value=False)
+            if not key.startswith(b"!") and tuple(key.decode(errors="replace").split("/", 2)[:2]) not in live
+        ]
+        return scene_keys, vector_keys
+
+    def recover(self) -> int:
+        """Deletes scene lists and vectors that no video record names (left by a crash).
+
+        Call only while holding the WriterLock: a writer's uncommitted version looks orphaned."""
+        scene_keys, vector_keys = self.orphans()
+
+        def delete() -> None:
+            with self._db("scenes").write_batch() as batch:
+                for key in scene_keys:
                     batch.delete(key)
-                    removed += 1
-        return removed
+            with self._db("embeddings").write_batch() as batch:
+                for key in vector_keys:
+                    batch.delete(key)
+
+        if scene_keys or vector_keys:
+            self._write(delete)
+        return len(scene_keys) + len(vector_keys)
 
 
 def _scenes_key(video_id: str, version: str) -> bytes:
@@ -342,8 +464,11 @@ class WriterLock:
         self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CliptoolError(f"cannot write to the index at {self.path.parent}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -353,8 +478,12 @@ class WriterLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise IndexBusyError(f"index at {self.path.parent} is in use by process {holder}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise CliptoolError(f"cannot write to the index at {self.path.parent}: {exc.strerror or exc}") from None
         self._fd = fd
         return self
 

@@ -162,15 +162,20 @@ def test_export_at_time_is_frame_accurate_on_counter(index_dir: Path, tmp_path: 
 
 def test_indexing_twice_keeps_the_same_scenes(tmp_path: Path, sample_clips: dict[str, Path], model_args: list[str]) -> None:
     index_dir = tmp_path / "ix"
-    folder = sample_clips["shapes.mp4"].parent
+    folder = tmp_path / "clips"
+    shutil.copytree(sample_clips["shapes.mp4"].parent, folder)
     ok(run(index_dir, "index", folder, *model_args))
     first = json.loads(ok(run(index_dir, "status", "--json")).stdout)
     again = json.loads(ok(run(index_dir, "index", folder, "--json")).stdout)
     assert again["added"] == 0 and again["skipped"] == len(sample_clips)
-    # a changed file is re-indexed in place, never duplicated
-    os.utime(sample_clips["shapes.mp4"], (1, 1))
+    # touched but unchanged content: nothing is re-embedded
+    os.utime(folder / "shapes.mp4", (1, 1))
+    touched = json.loads(ok(run(index_dir, "index", folder, "--json")).stdout)
+    assert touched["added"] == touched["updated"] == 0
+    # the same pictures re-encoded (new bytes): re-indexed in place, never duplicated
+    make_samples.write_clip(folder / "shapes.mp4", make_samples.SAMPLES["shapes.mp4"], codec="mpeg4")
     changed = json.loads(ok(run(index_dir, "index", folder, "--json")).stdout)
-    assert changed["updated"] == 1
+    assert changed["updated"] == 1 and changed["added"] == 0
     second = json.loads(ok(run(index_dir, "status", "--json")).stdout)
     assert (second["videos"], second["scenes"]) == (first["videos"], first["scenes"])
 

@@ -1,0 +1,229 @@
+"""`cliptool check`: do the three stores and the FAISS cache agree? `repair` fixes what can be
+fixed without decoding anything again."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CliptoolError
+from .store import IndexStore, VideoRecord, WriterLock, decode_vectors, generation, scene_id
+
+# Kinds of problem: "orphan" (scene lists or vectors no record names: left by an interrupted
+# write, harmless), "video" (a record whose scene list or vectors are missing or malformed),
+# "cache" (the FAISS cache is corrupt or disagrees with the stores), "failure" (a malformed
+# failure note).
+ORPHAN, VIDEO, CACHE, FAILURE = "orphan", "video", "cache", "failure"
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the index, in words."""
+
+    kind: str
+    message: str
+    video_id: str = ""
+    repaired: bool = False
+
+
+@dataclass
+class CheckReport:
+    """The outcome of a check (and repair)."""
+
+    index_dir: str
+    videos: int = 0
+    scenes: int = 0
+    cache: str = "missing"  # missing, current, stale
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> list[Problem]:
+        return [p for p in self.problems if not p.repaired]
+
+    @property
+    def ok(self) -> bool:
+        return not self.remaining
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index_dir": self.index_dir, "ok": self.ok, "videos": self.videos, "scenes": self.scenes,
+            "cache": self.cache,
+            "problems": [{**asdict(p), "message": printable(p.message)} for p in self.problems],
+        }
+
+
+def printable(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> list[str]:
+    """What is wrong with one video's scene list and vectors ([] when it is whole)."""
+    raw = store._db("scenes").get(f"s/{video.video_id}/{video.version}".encode())
+    if raw is None:
+        return [f"{video.path}: its scene list is missing"]
+    try:
+        scenes = json.loads(raw)
+        ids = [s["scene_id"] for s in scenes]
+        indices = [s["index"] for s in scenes]
+    except (ValueError, KeyError, TypeError):
+        return [f"{video.path}: its scene list is malformed"]
+    wrong: list[str] = []
+    if len(scenes) != video.scene_count:
+        wrong.append(f"{video.path}: {len(scenes)} scenes stored, its record says {video.scene_count}")
+    if indices != list(range(len(scenes))) or ids != [scene_id(video.video_id, video.version, i) for i in indices]:
+        wrong.append(f"{video.path}: its scene list is out of order or names other scenes")
+    prefix = f"{video.video_id}/{video.version}/".encode()
+    keys = []
+    for key, value in store._db("embeddings").iterator(prefix=prefix):
+        keys.append(key.decode(errors="replace"))
+        try:
+            vec = decode_vectors(value)
+        except (ValueError, Exception):  # noqa: BLE001 - struct errors too
+            wrong.append(f"{video.path}: vector record {key.decode(errors='replace')} is malformed")
+            continue
+        dims.add(vec.scene.shape[0])
+        if not np.all(np.isfinite(vec.scene)) or not np.all(np.isfinite(vec.frames)):
+            wrong.append(f"{video.path}: vector record {key.decode(errors='replace')} holds NaN or infinity")
+    if keys != ids:
+        missing = len(set(ids) - set(keys))
+        extra = len(set(keys) - set(ids))
+        wrong.append(f"{video.path}: {missing} scene vector(s) missing, {extra} unexpected")
+    return wrong
+
+
+def _cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: list[VideoRecord]) -> list[str]:
+    """What is wrong with the current FAISS build, compared with the stores."""
+    from .vector_index import VectorIndex, _current_build
+
+    build = _current_build(index_dir)
+    if build is None:
+        return []
+    try:
+        vi = VectorIndex(build)
+        rows = vi.size
+        ids = [str(x) for x in vi._table["scene_id"]]
+        mat = vi.faiss.reconstruct_n(0, rows) if rows else np.zeros((0, 0), np.float32)
+    except Exception as exc:  # noqa: BLE001 - any failure to load means a corrupt cache
+        return [f"the search cache {build.name} cannot be read ({type(exc).__name__})"]
+    wrong = []
+    if sorted(ids) != sorted(expected):
+        wrong.append(f"the search cache lists {len(ids)} scenes, the stores hold {len(expected)} (or other ones)")
+    else:
+        for row, sid in enumerate(ids):
+            if not np.allclose(mat[row], expected[sid], atol=1e-6):
+                wrong.append(f"the search cache's vector for scene {sid} differs from the store's")
+                break
+    cached_videos = sorted((v["video_id"], v["path"]) for v in vi.videos)
+    if cached_videos != sorted((r.video_id, r.path) for r in records):
+        wrong.append("the search cache's video list differs from the stores'")
+    return wrong
+
+
+def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -> CheckReport:
+    """Checks that the stores and the FAISS cache agree; with repair, fixes what it can.
+
+    Repair deletes orphans, removes a video whose scene list or vectors are damaged (the next
+    `cliptool index` redoes it) and rebuilds a corrupt or disagreeing cache. Holds the writer
+    lock (an index run in progress would look like orphans), unless take_lock is False.
+    """
+    from .vector_index import _built_from, _current_build, rebuild
+
+    index_dir = Path(index_dir)
+    if take_lock:
+        with _try_lock(index_dir):
+            return check_index(index_dir, repair, take_lock=False)
+    report = CheckReport(str(index_dir))
+    with IndexStore(index_dir) as store:
+        records = list(store.videos())
+        report.videos = len(records)
+        dims: set[int] = set()
+        damaged: list[VideoRecord] = []
+        expected: dict[str, np.ndarray] = {}
+        for video in records:
+            wrong = _video_problems(store, video, dims)
+            if wrong:
+                damaged.append(video)
+                report.problems += [Problem(VIDEO, w, video.video_id) for w in wrong]
+                continue
+            report.scenes += video.scene_count
+            for key, value in store._db("embeddings").iterator(prefix=f"{video.video_id}/{video.version}/".encode()):
+                expected[key.decode()] = decode_vectors(value).scene
+        if len(dims) > 1:
+            report.problems.append(Problem(VIDEO, f"vectors of {len(dims)} different sizes {sorted(dims)}: "
+                                           "videos embedded by different models"))
+        scene_keys, vector_keys = store.orphans()
+        damaged_ids = {v.video_id for v in damaged}
+        n_orphans = len(scene_keys) + len(vector_keys)
+        if n_orphans:
+            report.problems.append(Problem(
+                ORPHAN, f"{len(scene_keys)} scene list(s) and {len(vector_keys)} vector record(s) belong to no video "
+                "(left by an interrupted run)"))
+        for vid, note in _raw_failures(store):
+            if note is None:
+                report.problems.append(Problem(FAILURE, f"failure note {vid} is malformed", vid))
+        if repair:
+            for video in damaged:
+                store.delete_video(video.video_id)
+            n_removed = store.recover()
+            bad_notes = [vid for vid, note in _raw_failures(store) if note is None]
+            for vid in bad_notes:
+                store.delete_failure(vid)
+            for p in report.problems:
+                if p.kind in (ORPHAN, FAILURE) or (p.kind == VIDEO and p.video_id in damaged_ids):
+                    p.repaired = True
+            del n_removed
+    records = [r for r in records if r.video_id not in damaged_ids]
+    build = _current_build(index_dir)
+    if build is None:
+        report.cache = "missing"
+    elif _built_from(build) == generation(index_dir):
+        report.cache = "current"
+        for w in _cache_problems(index_dir, expected, records):
+            report.problems.append(Problem(CACHE, w))
+    else:
+        report.cache = "stale"  # not a problem: the next search rebuilds it
+    if repair and (damaged or any(p.kind == CACHE for p in report.problems) or report.cache != "current"):
+        try:
+            rebuild(index_dir)
+            report.cache = "current"
+            for p in report.problems:
+                if p.kind == CACHE:
+                    p.repaired = True
+        except CliptoolError:
+            pass  # no videos left: nothing to cache
+        except OSError as exc:
+            report.problems.append(Problem(CACHE, f"could not rebuild the search cache: {exc.strerror or exc}"))
+    return report
+
+
+def _raw_failures(store: IndexStore) -> list[tuple[str, dict[str, Any] | None]]:
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    for key, raw in store._db("videos").iterator(prefix=b"f/"):
+        try:
+            note = json.loads(raw)
+            ok = isinstance(note, dict) and "path" in note
+        except ValueError:
+            ok = False
+        out.append((key[2:].decode(errors="replace"), note if ok else None))
+    return out
+
+
+class _try_lock:
+    """The writer lock, when the index exists: an index run in progress makes a check an error."""
+
+    def __init__(self, index_dir: Path) -> None:
+        self._lock = WriterLock(index_dir)
+
+    def __enter__(self) -> None:
+        if self._lock.path.parent.is_dir():
+            self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+
+__all__ = ["CheckReport", "Problem", "check_index", "printable"]
