@@ -40,7 +40,9 @@ class Frame:
 
 
 def _error(path: Path, exc: BaseException) -> VideoError:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    strerror = getattr(exc, "strerror", None)  # FFmpeg's words, without errno and file name
+    text = strerror if isinstance(strerror, str) and strerror.strip() else str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
     return VideoError(f"{path}: cannot decode video ({text})")
 
 
@@ -207,12 +209,20 @@ def small_bgr(frame: Any, size: tuple[int, int]) -> np.ndarray:
     y = _plane(frame, 0, w, h)[::step, ::step]
     u = _plane(frame, 1, (w + 1) // 2, (h + 1) // 2)[::cstep, ::cstep]
     v = _plane(frame, 2, (w + 1) // 2, (h + 1) // 2)[::cstep, ::cstep]
-    yuv = cv2.merge(
-        [cv2.resize(np.ascontiguousarray(p), (tw, th), interpolation=cv2.INTER_AREA) for p in (y, u, v)]
-    )
+    yuv = cv2.merge([_area_resize(np.ascontiguousarray(p), tw, th) for p in (y, u, v)])
     full_range = frame.format.name == "yuvj420p" or frame.color_range == 2
     matrix = _YUV_TO_BGR_FULL if full_range else _YUV_TO_BGR_LIMITED
-    return cv2.transform(yuv.astype(np.float32), matrix).clip(0, 255).astype(np.uint8)
+    # Round, not truncate: truncation turns white into (255, 255, 254), which has a hue.
+    return np.rint(cv2.transform(yuv.astype(np.float32), matrix)).clip(0, 255).astype(np.uint8)
+
+
+def _area_resize(plane: np.ndarray, tw: int, th: int) -> np.ndarray:
+    """INTER_AREA downscale to (tw, th), halving first while the plane is at least twice the
+    target: OpenCV's exact-2x area path is ~20x faster than its general one, and the result
+    differs from a one-step area resize by a level or two at most."""
+    while plane.shape[1] >= 2 * tw and plane.shape[0] >= 2 * th:
+        plane = cv2.resize(plane, (plane.shape[1] // 2, plane.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    return cv2.resize(plane, (tw, th), interpolation=cv2.INTER_AREA)
 
 
 def _yuv_to_bgr_matrix(full_range: bool) -> np.ndarray:

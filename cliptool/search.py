@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .embed import ClipModel, ModelSpec
+from .embed import TEXTENC_DIR, ClipModel, ModelSpec, text_encoder_identity
 from .errors import IndexMismatchError, UsageError
 from .vector_index import VectorIndex, load_vector_index
 
@@ -54,7 +54,7 @@ class Searcher:
     def __init__(self, index_dir: Path, spec: ModelSpec | None = None) -> None:
         self.index_dir = Path(index_dir)
         self.vectors: VectorIndex = load_vector_index(self.index_dir)
-        recorded = ModelSpec(**self.vectors.model_spec)
+        recorded = ModelSpec(**{"precision": "fp32", **self.vectors.model_spec})  # older indexes: fp32
         if spec is not None and spec.resolved().identity() != self.vectors.meta["model_identity"]:
             raise IndexMismatchError(
                 f"index at {self.index_dir} was built with {self.vectors.meta['model_identity']}; "
@@ -62,6 +62,25 @@ class Searcher:
             )
         self.spec = recorded
         self._model: ClipModel | None = None
+        self._text_encoder: object = None  # None: not looked for yet; False: none usable
+        self.use_exported_text_encoder = True
+
+    def exported_text_encoder(self) -> object | None:
+        """The numpy text encoder exported into the index for this model (see textenc), if any.
+
+        It gives open_clip's text vectors without importing torch or open_clip, which is what
+        lets a search in a new process answer in a fraction of a second.
+        """
+        if self._text_encoder is None:
+            self._text_encoder = False
+            if text_encoder_identity(self.index_dir) == self.vectors.meta.get("model_identity"):
+                from .textenc import NumpyTextEncoder
+
+                try:
+                    self._text_encoder = NumpyTextEncoder.load(self.index_dir / TEXTENC_DIR)
+                except (OSError, ValueError, KeyError):
+                    self._text_encoder = False  # damaged or foreign export: open_clip instead
+        return self._text_encoder or None
 
     @property
     def model(self) -> ClipModel:
@@ -72,6 +91,9 @@ class Searcher:
     def text_vector(self, text: str) -> np.ndarray:
         if not text or not text.strip():
             raise UsageError("empty query: give some words to search for, or --image FILE")
+        encoder = self.exported_text_encoder() if self.use_exported_text_encoder else None
+        if encoder is not None:
+            return encoder.encode(text.strip())  # type: ignore[attr-defined]
         return self.model.encode_text([text.strip()])[0]
 
     def image_vector(self, path: Path) -> np.ndarray:

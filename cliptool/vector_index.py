@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .errors import IndexMissingError
 from .store import IndexStore, generation
 
 CACHE_DIR = "faiss"
+_FLAT_HEADER = struct.Struct("<4siqqqBiQ")
 
 
 @dataclass
@@ -39,19 +41,46 @@ class ScenePosition:
     sample_times: list[float]
 
 
+class _LazyTable(dict):
+    """table.npz columns, each read on first use (a cold search needs only a few rows)."""
+
+    def __init__(self, npz: Any) -> None:
+        super().__init__()
+        self._npz = npz
+
+    def __missing__(self, key: str) -> np.ndarray:
+        value = self[key] = self._npz[key]
+        return value
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(self._npz.files)
+
+    def keys(self):  # type: ignore[override]
+        return list(self._npz.files)
+
+
 class VectorIndex:
     """A loaded cache: FAISS index plus the table that maps rows back to scenes."""
 
     def __init__(self, directory: Path) -> None:
-        import faiss
-
         self.directory = directory
         self.meta: dict[str, Any] = json.loads((directory / "meta.json").read_text())
-        self.faiss = faiss.read_index(str(directory / "flat.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        table = np.load(directory / "table.npz", allow_pickle=False)
-        self._table = {k: table[k] for k in table.files}
+        self._faiss: Any = None
+        self.faiss  # opens (memory-maps) the index now, so a damaged cache fails here
+        self._npz = np.load(directory / "table.npz", allow_pickle=False)
+        self._table = _LazyTable(self._npz)
         self.frames = np.load(directory / "frames.npy", mmap_mode="r")
         self.videos: list[dict[str, Any]] = json.loads((directory / "videos.json").read_text())
+
+    @property
+    def faiss(self) -> Any:
+        """The FAISS flat index, memory-mapped (vectors are read from the page cache on use)."""
+        if self._faiss is None:
+            import faiss
+
+            self._faiss = faiss.read_index(str(self.directory / "flat.faiss"),
+                                           faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        return self._faiss
 
     @property
     def size(self) -> int:
@@ -93,9 +122,18 @@ class VectorIndex:
 
     def scores(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rows) for one L2-normalised query vector."""
+        import faiss
+
         k = max(1, min(k, self.size))
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        scores, rows = self.faiss.search(q, k)
+        # One query scans memory once: a single thread is as fast, and far steadier on a
+        # busy machine than OpenMP threads spinning for cores (2-5x slower under load).
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            scores, rows = self.faiss.search(q, k)
+        finally:
+            faiss.omp_set_num_threads(threads)
         keep = rows[0] >= 0
         return scores[0][keep], rows[0][keep]
 
@@ -136,72 +174,35 @@ def _built_from(build: Path) -> str | None:
 
 
 def rebuild(index_dir: Path) -> Path:
-    """Builds the cache from the stores and makes it current. Returns its directory."""
-    import faiss
+    """Builds the cache from the stores and makes it current. Returns its directory.
 
+    Vectors are streamed to the build's files one video at a time (the scene vectors straight
+    into FAISS's flat-index file format), so memory stays at one video's vectors plus the
+    row table, whatever the size of the index.
+    """
     index_dir = Path(index_dir)
     token = generation(index_dir)  # read before the stores: a later commit makes this build stale
+    root = _cache_root(index_dir)
+    name = secrets.token_hex(6)
+    tmp = root / f"tmp-{name}"
     with IndexStore(index_dir) as store:
         meta = store.meta()
         records = sorted(store.videos(), key=lambda v: v.path)
         if not meta or not records:
             raise IndexMissingError(f"index at {index_dir} holds no videos yet; run `cliptool index FOLDER`")
-        n_scenes = sum(v.scene_count for v in records)
-        dim = None
-        scene_mat: np.ndarray | None = None
-        frame_chunks: list[np.ndarray] = []
-        cols: dict[str, list[Any]] = {k: [] for k in (
-            "scene_id", "video_row", "scene_index", "start_time", "end_time", "frame_offset", "frame_count")}
-        sample_times: list[float] = []
-        videos: list[dict[str, Any]] = []
-        row = 0
-        frame_off = 0
-        for vrow, video in enumerate(records):
-            videos.append({"video_id": video.video_id, "path": video.path, "duration": video.duration})
-            scenes = store.scenes(video)
-            vectors = store.vectors(video)
-            for scene, vec in zip(scenes, vectors):
-                if scene_mat is None:
-                    dim = vec.scene.shape[0]
-                    scene_mat = np.empty((n_scenes, dim), dtype=np.float32)
-                scene_mat[row] = vec.scene
-                frame_chunks.append(vec.frames)
-                cols["scene_id"].append(scene.scene_id)
-                cols["video_row"].append(vrow)
-                cols["scene_index"].append(scene.index)
-                cols["start_time"].append(scene.start_time)
-                cols["end_time"].append(scene.end_time)
-                cols["frame_offset"].append(frame_off)
-                cols["frame_count"].append(len(vec.frames))
-                sample_times.extend(scene.sample_times[: len(vec.frames)])
-                sample_times.extend([scene.start_time] * (len(vec.frames) - len(scene.sample_times)))
-                frame_off += len(vec.frames)
-                row += 1
-    if scene_mat is None or dim is None:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        try:
+            with _FlatWriter(tmp / "flat.faiss") as flat, _NpyWriter(tmp / "frames.npy") as frames:
+                table, videos = _write_vectors(store, records, flat, frames)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    row, dim = flat.rows, flat.dim
+    if row == 0 or dim is None:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise IndexMissingError(f"index at {index_dir} holds no scenes yet; run `cliptool index FOLDER`")
-    scene_mat = scene_mat[:row]
-    root = _cache_root(index_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    name = secrets.token_hex(6)
-    tmp = root / f"tmp-{name}"
-    tmp.mkdir()
-    flat = faiss.IndexFlatIP(dim)
-    flat.add(scene_mat)
-    faiss.write_index(flat, str(tmp / "flat.faiss"))
-    del flat
-    frames = np.concatenate(frame_chunks).astype(np.float32) if frame_chunks else np.zeros((0, dim), np.float32)
-    np.save(tmp / "frames.npy", frames)
-    np.savez(
-        tmp / "table.npz",
-        scene_id=np.array(cols["scene_id"], dtype=str),
-        video_row=np.array(cols["video_row"], dtype=np.int32),
-        scene_index=np.array(cols["scene_index"], dtype=np.int32),
-        start_time=np.array(cols["start_time"], dtype=np.float64),
-        end_time=np.array(cols["end_time"], dtype=np.float64),
-        frame_offset=np.array(cols["frame_offset"], dtype=np.int64),
-        frame_count=np.array(cols["frame_count"], dtype=np.int32),
-        sample_times=np.array(sample_times, dtype=np.float64),
-    )
+    np.savez(tmp / "table.npz", **table)
     (tmp / "videos.json").write_text(json.dumps(videos))
     (tmp / "meta.json").write_text(json.dumps({
         "generation": token, "model": meta["model"], "model_identity": meta["model_identity"],
@@ -214,6 +215,132 @@ def rebuild(index_dir: Path) -> Path:
     os.replace(current_tmp, root / "CURRENT")
     _remove_old_builds(root, keep=name)
     return build
+
+
+def _write_vectors(store: IndexStore, records: list[Any], flat: _FlatWriter, frames: _NpyWriter
+                   ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Streams every scene's vectors into `flat` and `frames`; returns the row table and videos."""
+    from array import array
+
+    scene_ids: list[str] = []
+    cols = {"video_row": array("i"), "scene_index": array("i"), "start_time": array("d"),
+            "end_time": array("d"), "frame_offset": array("q"), "frame_count": array("i")}
+    sample_times = array("d")
+    videos: list[dict[str, Any]] = []
+    frame_off = 0
+    for vrow, video in enumerate(records):
+        videos.append({"video_id": video.video_id, "path": video.path, "duration": video.duration})
+        scenes = store.scenes(video)
+        vectors = store.vectors(video)
+        n = min(len(scenes), len(vectors))
+        if n == 0:
+            continue
+        flat.add(np.stack([v.scene for v in vectors[:n]]))
+        for scene, vec in zip(scenes[:n], vectors[:n]):
+            count = len(vec.frames)
+            frames.add(vec.frames)
+            scene_ids.append(scene.scene_id)
+            cols["video_row"].append(vrow)
+            cols["scene_index"].append(scene.index)
+            cols["start_time"].append(scene.start_time)
+            cols["end_time"].append(scene.end_time)
+            cols["frame_offset"].append(frame_off)
+            cols["frame_count"].append(count)
+            sample_times.extend(scene.sample_times[:count])
+            sample_times.extend([scene.start_time] * (count - len(scene.sample_times)))
+            frame_off += count
+        del scenes, vectors
+    dtypes = {"video_row": np.int32, "scene_index": np.int32, "start_time": np.float64,
+              "end_time": np.float64, "frame_offset": np.int64, "frame_count": np.int32}
+    table = {"scene_id": np.array(scene_ids, dtype=str)}
+    table.update({k: np.frombuffer(v, dtype=dtypes[k]) if len(v) else np.zeros(0, dtypes[k]) for k, v in cols.items()})
+    table["sample_times"] = np.frombuffer(sample_times, dtype=np.float64) if len(sample_times) else np.zeros(0)
+    if flat.dim is not None and frames.dim is None:
+        frames.dim = flat.dim
+    return table, videos
+
+
+class _FlatWriter:
+    """Writes float32 vectors straight into the file format of `faiss.write_index(IndexFlatIP)`.
+
+    Layout: fourcc "IxFI", d (int32), ntotal (int64), two int64 placeholders (1 << 20),
+    is_trained (uint8), metric type (int32, 0 = inner product), then the vectors: their number
+    of floats (uint64) and the raw little-endian float32 rows. Header fields that
+    depend on the row count are written when the file is closed. Tests check that FAISS reads it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self.dim: int | None = None
+        self._f: Any = None
+
+    def __enter__(self) -> _FlatWriter:
+        self._f = open(self.path, "wb")
+        self._f.write(b"\0" * _FLAT_HEADER.size)
+        return self
+
+    def add(self, vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype="<f4")
+        if self.dim is None:
+            self.dim = int(vectors.shape[1])
+        elif vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors of dimension {vectors.shape[1]} in an index of {self.dim}")
+        self._f.write(vectors.tobytes())
+        self.rows += len(vectors)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                d = self.dim or 0
+                self._f.seek(0)
+                self._f.write(_FLAT_HEADER.pack(b"IxFI", d, self.rows, 1 << 20, 1 << 20, 1, 0, self.rows * d))
+        finally:
+            self._f.close()
+
+
+class _NpyWriter:
+    """Writes an (N, D) float32 .npy file row block by row block (header fixed up at close)."""
+
+    _HEADER_BYTES = 128
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self.dim: int | None = None
+        self._f: Any = None
+
+    def __enter__(self) -> _NpyWriter:
+        self._f = open(self.path, "wb")
+        self._f.write(b"\0" * self._HEADER_BYTES)
+        return self
+
+    def add(self, vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype="<f4")
+        if vectors.size == 0:
+            return
+        if self.dim is None:
+            self.dim = int(vectors.shape[1])
+        self._f.write(vectors.tobytes())
+        self.rows += len(vectors)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self._f.seek(0)
+                self._f.write(_npy_header(self.rows, self.dim or 0, self._HEADER_BYTES))
+        finally:
+            self._f.close()
+
+
+def _npy_header(rows: int, dim: int, total: int) -> bytes:
+    """An NPY 1.0 header for a C-order (rows, dim) little-endian float32 array, `total` bytes long."""
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, dim)
+    pad = total - 10 - len(text) - 1
+    if pad < 0:
+        raise ValueError("npy header too long")
+    body = (text + " " * pad + "\n").encode("latin1")
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body
 
 
 def _remove_old_builds(root: Path, keep: str) -> None:

@@ -1,0 +1,514 @@
+"""`make bench`: indexing and search speed on a fixed corpus built from ../shared/testdata.
+
+    python -m cliptool.bench [--quick] [--out bench-out] [--repeat N]
+
+Builds (once, cached under bench-out/corpus/) 720p and 1080p H.264 files by looping and scaling
+real clips, then measures in this one run, on this machine:
+
+* bare decode time of each file (PyAV, 2 threads, no conversion; and `ffmpeg -threads 2` when
+  on PATH) and `cliptool index` wall time on it (a fresh process, default settings) -> real-time
+  factor and ratio to bare decode;
+* the seeds' approaches as small faithful baselines: a per-frame scan (every frame through the
+  model one at a time with open_clip's PIL preprocessing; run on a prefix and extrapolated per
+  frame) and detect-then-seek (a full PySceneDetect pass, then a seek to each of 3 frames per
+  scene, each embedded alone);
+* cold `cliptool search` (new process) and warm query latency on a synthetic 100k-scene index
+  built through the store API; `cliptool --help` latency; peak RSS of indexing and of a cache
+  rebuild; the cosine of bf16 to fp32 embeddings on real frames and top-10 overlap.
+
+Prints one table and writes the figures to bench-out/bench.json. It asserts nothing about time.
+Timings are medians over repeated runs (machines are shared and noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "testdata"
+SOURCES = [  # looped in this order; each clip is played in full, so its own cuts are kept
+    "scenes/testvideo.mp4",
+    "content/cockatoo.mp4",
+    "scenes/goldeneye-vfr-drop3.mp4",
+    "content/movie-hello.mp4",
+]
+FPS = 30
+
+
+# -- corpus -------------------------------------------------------------------------------------
+def _source_frames(width: int, height: int):
+    """Frames of the source clips, scaled to width x height yuv420p, looping forever."""
+    import av
+
+    paths = [SHARED / s for s in SOURCES if (SHARED / s).is_file()]
+    if not paths:
+        raise SystemExit(f"bench: no source clips under {SHARED}")
+    while True:
+        for p in paths:
+            with av.open(str(p)) as c:
+                for frame in c.decode(video=0):
+                    yield frame.reformat(width=width, height=height, format="yuv420p")
+
+
+def build_clip(path: Path, width: int, height: int, seconds: float, crf: int = 23) -> Path:
+    """A looped, scaled H.264 file (cached: built only when missing)."""
+    import av
+
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    n = int(round(seconds * FPS))
+    with av.open(str(tmp), mode="w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        stream.codec_context.time_base = Fraction(1, FPS)
+        for i, frame in zip(range(n), _source_frames(width, height)):
+            frame.pts = i
+            frame.time_base = Fraction(1, FPS)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    tmp.replace(path)
+    return path
+
+
+def build_corpus(out: Path, quick: bool) -> dict[str, Path]:
+    seconds = 40 if quick else 180
+    corpus = out / "corpus"
+    return {
+        "720p": build_clip(corpus / f"loop-720p-{seconds}s.mp4", 1280, 720, seconds),
+        "1080p": build_clip(corpus / f"loop-1080p-{seconds}s.mp4", 1920, 1080, seconds),
+    }
+
+
+def build_checkpoint(out: Path) -> Path:
+    """ViT-B-32 with seeded random weights (no model hub here): real size, real speed."""
+    ckpt = out / "vitb32-random.pt"
+    if not ckpt.is_file():
+        code = (
+            "import open_clip, torch, sys; torch.manual_seed(0); "
+            "m = open_clip.create_model('ViT-B-32', pretrained=None); "
+            "torch.save(m.state_dict(), sys.argv[1])"
+        )
+        tmp = ckpt.with_suffix(".tmp")
+        subprocess.run([sys.executable, "-c", code, str(tmp)], check=True)
+        tmp.replace(ckpt)
+    return ckpt
+
+
+
+# -- measuring helpers ----------------------------------------------------------------------------
+def run_child(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = True,
+              capture: Path | None = None) -> tuple[float, int, int]:
+    """Runs a command; returns (wall seconds, peak RSS in MB, exit code); RSS from wait4.
+
+    Started with posix_spawn (no fork): a forked child's peak RSS would count the pages it
+    shared with this (large) process until its exec. CPU seconds (user + system, all threads)
+    are kept in LAST_CPU[0]; stdout goes to `capture` when given.
+    """
+    import tempfile
+
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    with tempfile.NamedTemporaryFile(prefix="bench-stderr-", delete=False) as err:
+        err_path = err.name
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    if capture is not None:
+        actions.append((os.POSIX_SPAWN_OPEN, 1, str(capture), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+    elif quiet:
+        actions.append((os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0))
+    if quiet:
+        actions.append((os.POSIX_SPAWN_OPEN, 2, err_path, os.O_WRONLY | os.O_TRUNC, 0))
+    exe = shutil.which(cmd[0]) or cmd[0]
+    t0 = time.perf_counter()
+    pid = os.posix_spawn(exe, [str(c) for c in cmd], full_env, file_actions=actions)
+    _, status, usage = os.wait4(pid, 0)
+    wall = time.perf_counter() - t0
+    LAST_CPU[0] = usage.ru_utime + usage.ru_stime
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = Path(err_path).read_text(errors="replace")[-2000:]
+        print(f"bench: {' '.join(map(str, cmd))} exited {code}:\n{tail}", file=sys.stderr)
+    os.unlink(err_path)
+    return wall, usage.ru_maxrss // 1024, code
+
+
+LAST_CPU = [0.0]
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def video_facts(path: Path) -> dict[str, float]:
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        frames = s.frames or 0
+        duration = float(s.duration * s.time_base) if s.duration else c.duration / 1e6
+        return {"width": s.codec_context.width, "height": s.codec_context.height, "frames": frames,
+                "duration": duration, "mbps": path.stat().st_size * 8 / duration / 1e6}
+
+
+def bare_decode_pyav(path: Path) -> tuple[float, float]:
+    """Decode every frame with PyAV, 2 threads, no conversion (the floor for any indexer).
+    Returns (wall, CPU) seconds."""
+    import av
+
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        s.thread_count = 2
+        for _ in c.decode(s):
+            pass
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def bare_decode_ffmpeg(path: Path) -> float | None:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        return None
+    t0 = time.perf_counter()
+    subprocess.run([exe, "-v", "error", "-threads", "2", "-i", str(path), "-f", "null", "-"], check=True)
+    return time.perf_counter() - t0
+
+
+# -- the seeds' approaches, as small faithful baselines ------------------------------------------
+_BASELINE = r"""
+import sys, time, json
+t0 = time.perf_counter()
+import av, torch, open_clip
+from PIL import Image
+mode, path, ckpt, arg = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+model, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=ckpt)
+model.eval()
+load = time.perf_counter() - t0
+
+def embed(frame):
+    with torch.inference_mode():
+        x = preprocess(frame.to_image()).unsqueeze(0)          # PIL path, one frame at a time
+        v = model.encode_image(x)
+        return (v / v.norm(dim=-1, keepdim=True))[0].numpy()
+
+if mode == "scan":  # every frame through the model, one at a time; a prefix of `arg` frames
+    t1 = time.perf_counter(); n = 0
+    with av.open(path) as c:
+        for frame in c.decode(video=0):
+            embed(frame); n += 1
+            if n >= arg:
+                break
+    per_frame = (time.perf_counter() - t1) / n
+    print(json.dumps({"load": load, "per_frame": per_frame, "frames": n}))
+else:  # detect-then-seek: a full PySceneDetect pass, then seek to 3 frames per scene
+    from scenedetect import ContentDetector, detect
+    t1 = time.perf_counter()
+    scenes = detect(path, ContentDetector())
+    t_detect = time.perf_counter() - t1
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        fps = float(s.average_rate)
+        if not scenes:
+            total = s.frames or int(float(s.duration * s.time_base) * fps)
+            spans = [(0, total)]
+        else:
+            spans = [(a.frame_num, b.frame_num) for a, b in scenes]
+        n = 0
+        for start, end in spans:
+            for i in range(3):
+                target = start + (i + 1) * (end - start) // 4
+                t = target / fps
+                c.seek(int(t / s.time_base) + (s.start_time or 0), stream=s, backward=True)
+                for frame in c.decode(s):
+                    if frame.time is not None and frame.time >= t - 0.5 / fps:
+                        embed(frame); n += 1
+                        break
+    print(json.dumps({"load": load, "detect": t_detect, "scenes": len(spans), "embedded": n,
+                      "total": time.perf_counter() - t0}))
+"""
+
+
+def run_baseline(mode: str, path: Path, ckpt: Path, arg: float = 0) -> dict:
+    out = subprocess.run([sys.executable, "-c", _BASELINE, mode, str(path), str(ckpt), str(arg)],
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if out.returncode != 0:
+        print(f"bench: baseline {mode} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        return {}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- indexing -----------------------------------------------------------------------------------
+def index_once(path: Path, ckpt: Path, work: Path, extra: list[str] | None = None) -> tuple[float, int, float]:
+    index_dir = work / "index"
+    shutil.rmtree(index_dir, ignore_errors=True)
+    wall, rss, code = run_child([sys.executable, "-m", "cliptool", "--index-dir", str(index_dir), "index", str(path),
+                                 "--model", "ViT-B-32", "--pretrained", str(ckpt), *(extra or [])])
+    return (wall if code == 0 else float("nan")), rss, LAST_CPU[0]
+
+
+# -- search on a synthetic 100k-scene index ---------------------------------------------------------
+def build_search_index(out: Path, ckpt: Path, scenes: int) -> Path:
+    """An index of `scenes` random unit vectors written through the store API (cached), with
+    the ViT-B-32 text encoder exported as `cliptool index` does."""
+    from .embed import ModelSpec
+    from .store import IndexStore, SceneRecord, SceneVectors, VideoRecord
+    from .vector_index import load_vector_index
+
+    index_dir = out / f"search-{scenes}"
+    done = index_dir / "bench-complete"
+    if done.is_file():
+        return index_dir
+    shutil.rmtree(index_dir, ignore_errors=True)
+    spec = ModelSpec("ViT-B-32", str(ckpt)).resolved()
+    rng = np.random.default_rng(0)
+    per_video, dim = 1000, 512
+    with IndexStore(index_dir, create=True) as store:
+        store.bind_model(spec.identity(), spec.to_dict())
+        for v in range(scenes // per_video):
+            vid = f"{v:016x}"
+            frames = rng.standard_normal((per_video, 3, dim), dtype=np.float32)
+            frames /= np.linalg.norm(frames, axis=2, keepdims=True)
+            mean = frames.mean(axis=1)
+            mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+            recs = [SceneRecord(i, i * 10.0, i * 10.0 + 10, i * 300, i * 300 + 300,
+                                [i * 10 + 2.5, i * 10 + 5.0, i * 10 + 7.5], [i * 300 + 75, i * 300 + 150, i * 300 + 225])
+                    for i in range(per_video)]
+            vecs = [SceneVectors(mean[i], frames[i]) for i in range(per_video)]
+            record = VideoRecord(vid, f"/videos/synthetic-{v:04d}.mp4", 1, 0.0, vid, per_video * 10.0, 30.0, 1920,
+                                 1080, per_video * 300, per_video, "h264", spec.identity(), time.time(), "")
+            store.put_video(record, recs, vecs)
+    load_vector_index(index_dir)  # builds the cache
+    code = ("import sys; from cliptool.embed import ClipModel, ModelSpec; "
+            "ClipModel(ModelSpec('ViT-B-32', sys.argv[1])).export_text_encoder(sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(ckpt), str(index_dir)], check=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done.write_text("ok")
+    return index_dir
+
+
+def warm_search(index_dir: Path, repeat: int) -> dict[str, float]:
+    from .search import Searcher
+
+    searcher = Searcher(index_dir)
+    queries = ["a dog running on a beach", "a red car at night", "two people talking in a kitchen",
+               "snow on mountains", "a cat", "fireworks over a city skyline"]
+    searcher.search(searcher.text_vector("warm up"), top=10)
+    text_ms, search_ms, total_ms = [], [], []
+    for _ in range(repeat):
+        for q in queries:
+            t0 = time.perf_counter()
+            v = searcher.text_vector(q)
+            t1 = time.perf_counter()
+            searcher.search(v, top=10)
+            t2 = time.perf_counter()
+            text_ms.append((t1 - t0) * 1e3)
+            search_ms.append((t2 - t1) * 1e3)
+            total_ms.append((t2 - t0) * 1e3)
+    return {"text_ms": median(text_ms), "search_ms": median(search_ms), "query_ms": median(total_ms),
+            "numpy_text_encoder": searcher.exported_text_encoder() is not None}
+
+
+# -- bf16 against fp32 on real frames --------------------------------------------------------------
+def precision_accuracy(ckpt: Path, clips: list[Path], per_clip: int) -> dict[str, float]:
+    from .decode import VideoReader, to_rgb
+    from .embed import ClipModel, ModelSpec
+
+    frames = []
+    for clip in clips:
+        with VideoReader(clip) as reader:
+            info = reader.info
+            step = max(1, int(info.duration * max(info.fps, 1) / per_clip))
+            frames += [to_rgb(f.av_frame) for f in reader.frames() if f.index % step == 0][:per_clip]
+    fp32 = ClipModel(ModelSpec("ViT-B-32", str(ckpt), "fp32"))
+    bf16 = ClipModel(ModelSpec("ViT-B-32", str(ckpt), "bf16"))
+    batch = np.stack([fp32.preprocess(f) for f in frames])
+    a = np.concatenate([fp32.encode_preprocessed(batch[i:i + 16]) for i in range(0, len(batch), 16)])
+    t0 = time.perf_counter()
+    b = np.concatenate([bf16.encode_preprocessed(batch[i:i + 16]) for i in range(0, len(batch), 16)])
+    t_bf16 = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    np.concatenate([fp32.encode_preprocessed(batch[i:i + 16]) for i in range(0, len(batch), 16)])
+    t_fp32 = time.perf_counter() - t0
+    cos = np.sum(a * b, axis=1)
+    queries = fp32.encode_text([f"a photo of {w}" for w in (
+        "a deer", "a bird", "a man", "a city at night", "leaves", "text on a screen", "a car", "water",
+        "a face", "a street", "an explosion", "a parrot")])
+    overlaps = []
+    for q in queries:
+        ta = set(np.argsort(-(a @ q))[:10])
+        tb = set(np.argsort(-(b @ q))[:10])
+        overlaps.append(len(ta & tb) / 10)
+    return {"frames": len(frames), "cos_min": float(cos.min()), "cos_median": float(np.median(cos)),
+            "top10_overlap_mean": float(np.mean(overlaps)), "top10_overlap_min": float(np.min(overlaps)),
+            "fp32_img_s": len(frames) / t_fp32, "bf16_img_s": len(frames) / t_bf16}
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m cliptool.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short clips, fewer repeats, 20k-scene search index")
+    ap.add_argument("--out", type=Path, default=REPO / "bench-out")
+    ap.add_argument("--repeat", type=int, default=None, help="runs per timing (median) [3; quick: 2]")
+    args = ap.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    repeat = args.repeat or (2 if args.quick else 3)
+    results: dict[str, object] = {"quick": args.quick, "repeat": repeat, "cpus": os.cpu_count(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    t_start = time.perf_counter()
+    print("bench: building corpus and checkpoint (cached in %s)" % out, file=sys.stderr)
+    corpus = build_corpus(out, args.quick)
+    ckpt = build_checkpoint(out)
+    work = out / "work"
+    work.mkdir(exist_ok=True)
+
+    rows = []
+    for label, path in corpus.items():
+        facts = video_facts(path)
+        print(f"bench: {label} {path.name} ({facts['duration']:.0f} s, {facts['mbps']:.1f} Mbps)", file=sys.stderr)
+        decodes = [bare_decode_pyav(path) for _ in range(repeat)]
+        decode = median([d[0] for d in decodes])
+        decode_cpu = median([d[1] for d in decodes])
+        ff = [x for x in (bare_decode_ffmpeg(path) for _ in range(repeat)) if x is not None]
+        runs = [index_once(path, ckpt, work) for _ in range(repeat)]
+        wall = median([r[0] for r in runs])
+        rss = max(r[1] for r in runs)
+        cpu = median([r[2] for r in runs])
+        prefix = 20 if args.quick else 60
+        scan = run_baseline("scan", path, ckpt, prefix)
+        seek = run_baseline("seek", path, ckpt)
+        scan_total = scan.get("load", 0) + scan.get("per_frame", float("nan")) * facts["frames"] if scan else float("nan")
+        row = {
+            "file": label, "path": str(path), **facts,
+            "bare_decode_pyav_s": decode, "bare_decode_fps": facts["frames"] / decode,
+            "bare_decode_ffmpeg_s": median(ff) if ff else None,
+            "index_s": wall, "index_runs_s": [r[0] for r in runs], "index_peak_rss_mb": rss,
+            "bare_decode_cpu_s": decode_cpu, "index_cpu_s": cpu, "cpu_ratio_to_decode": cpu / decode_cpu,
+            "realtime_x": facts["duration"] / wall, "ratio_to_decode": wall / decode,
+            "scan_s_extrapolated": scan_total, "scan_prefix_frames": scan.get("frames"),
+            "scan_per_frame_s": scan.get("per_frame"), "x_vs_scan": scan_total / wall,
+            "seek_s": seek.get("total", float("nan")), "seek_scenes": seek.get("scenes"),
+            "x_vs_seek": seek.get("total", float("nan")) / wall,
+        }
+        rows.append(row)
+        results["index"] = rows
+        (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+        print(f"bench:   index {wall:.1f} s, decode {decode:.1f} s, scan {scan_total:.0f} s (extrapolated), "
+              f"seek {row['seek_s']:.1f} s", file=sys.stderr)
+    results["index"] = rows
+
+    # exact path one flag away: fp32 indexing of the first file
+    first = next(iter(corpus.values()))
+    fp32_runs = [index_once(first, ckpt, work, ["--precision", "fp32"])[0] for _ in range(1 if args.quick else 2)]
+    results["index_fp32_s"] = {"file": next(iter(corpus)), "index_s": median(fp32_runs)}
+
+
+    n_scenes = 20_000 if args.quick else 100_000
+    print(f"bench: search on a synthetic {n_scenes}-scene index", file=sys.stderr)
+    sdir = build_search_index(out, ckpt, n_scenes)
+    cold = []
+    for _ in range(max(3, repeat + 2)):
+        wall, rss, _ = run_child([sys.executable, "-m", "cliptool", "--index-dir", str(sdir), "search",
+                                  "a dog running on a beach", "--top", "10"])
+        cold.append(wall)
+    rb_wall, rb_rss, _ = run_child([sys.executable, "-c", "import sys; from cliptool.vector_index import rebuild; "
+                                    "rebuild(sys.argv[1])", str(sdir)])
+    vec_mb = n_scenes * 4 * 512 * 4 / 2**20  # scene + 3 frame vectors
+    warm_out = work / "warm.json"
+    run_child([sys.executable, "-c", "import sys, json; from cliptool.bench import warm_search; "
+               "print(json.dumps(warm_search(sys.argv[1], int(sys.argv[2]))))", str(sdir), str(repeat)],
+              capture=warm_out)
+    try:
+        warm = json.loads(warm_out.read_text())
+    except (OSError, ValueError):
+        warm = {}
+    results["search"] = {"scenes": n_scenes, "cold_s": median(cold), "cold_runs_s": cold,
+                         **warm, "rebuild_s": rb_wall, "rebuild_peak_rss_mb": rb_rss,
+                         "vectors_mb": vec_mb}
+    (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+    helps = [run_child([sys.executable, "-m", "cliptool", "--help"])[0] for _ in range(5)]
+    results["help_s"] = median(helps)
+
+    print("bench: bf16 vs fp32 on real frames", file=sys.stderr)  # last: it loads torch in this process
+    clips = [SHARED / s for s in SOURCES if (SHARED / s).is_file()]
+    results["precision"] = precision_accuracy(ckpt, clips, 16 if args.quick else 48)
+
+    try:
+        from .detect.evaluate import detector_rows  # type: ignore[import-not-found]
+    except ImportError:
+        detector_rows = None
+    if detector_rows is not None:
+        try:
+            results["detectors"] = detector_rows()
+        except Exception as exc:  # noqa: BLE001 - another module's failure must not lose this run
+            results["detectors_error"] = f"{type(exc).__name__}: {exc}"
+    results["bench_seconds"] = time.perf_counter() - t_start
+    (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+    print_table(results)
+    print(f"\nfigures: {out / 'bench.json'}")
+    return 0
+
+
+def print_table(r: dict) -> None:
+    def f(x: object, fmt: str = "{:.1f}") -> str:
+        return "-" if x is None or (isinstance(x, float) and x != x) else fmt.format(x)
+
+    print(f"\ncliptool bench ({'quick' if r['quick'] else 'full'}; medians of {r['repeat']} runs; "
+          f"{r['cpus']} CPUs; ViT-B-32, default settings)")
+    head = ("file", "length", "Mbps", "decode s", "dec fps", "ffmpeg s", "index s", "x realtime",
+            "/decode", "CPU /decode", "x vs scan", "x vs seek", "peak RSS MB")
+    rows = [head]
+    for x in r["index"]:
+        rows.append((x["file"], f(x["duration"], "{:.0f} s"), f(x["mbps"]), f(x["bare_decode_pyav_s"]),
+                     f(x["bare_decode_fps"], "{:.0f}"), f(x["bare_decode_ffmpeg_s"]), f(x["index_s"]),
+                     f(x["realtime_x"]), f(x["ratio_to_decode"], "{:.2f}"), f(x["cpu_ratio_to_decode"], "{:.2f}"),
+                     f(x["x_vs_scan"], "{:.0f}"),
+                     f(x["x_vs_seek"]), f(x["index_peak_rss_mb"], "{:.0f}")))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    for row in rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+    s = r["search"]
+    p = r["precision"]
+    print(f"\nscan = per-frame scan extrapolated from a prefix of {r['index'][0].get('scan_prefix_frames')} frames "
+          f"(+ its model load); seek = full PySceneDetect pass + seek to 3 frames/scene, one at a time")
+    print(f"index with --precision fp32 ({r['index_fp32_s']['file']}): {f(r['index_fp32_s']['index_s'])} s")
+    print(f"search, {s['scenes']} scenes: cold `cliptool search` {f(s['cold_s'], '{:.2f}')} s; warm query "
+          f"{f(s['query_ms'])} ms (text {f(s['text_ms'])} ms + search {f(s['search_ms'])} ms; "
+          f"numpy text encoder: {s['numpy_text_encoder']})")
+    print(f"cache rebuild, {s['scenes']} scenes: {f(s['rebuild_s'])} s, peak RSS {s['rebuild_peak_rss_mb']} MB "
+          f"(vectors {s['vectors_mb']:.0f} MB)")
+    print(f"cliptool --help: {f(r['help_s'], '{:.2f}')} s")
+    print(f"bf16 vs fp32 on {p['frames']} real frames (random-weight ViT-B-32): cosine min {p['cos_min']:.4f}, "
+          f"median {p['cos_median']:.4f}; top-10 overlap mean {p['top10_overlap_mean']:.2f}, min "
+          f"{p['top10_overlap_min']:.2f}; {p['fp32_img_s']:.1f} img/s fp32, {p['bf16_img_s']:.1f} img/s bf16")
+    if r.get("detectors"):
+        det = r["detectors"]
+        keys = list(det[0].keys())
+        print("\nshot detectors")
+        table = [keys] + [[f(d.get(k), "{:.3f}") if isinstance(d.get(k), float) else str(d.get(k)) for k in keys]
+                          for d in det]
+        widths = [max(len(str(row[i])) for row in table) for i in range(len(keys))]
+        for row in table:
+            print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+    elif r.get("detectors_error"):
+        print(f"\nshot detectors: {r['detectors_error']}")
+    print(f"\nbench took {r['bench_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

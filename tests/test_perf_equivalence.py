@@ -1,0 +1,145 @@
+"""The fast paths compute what the plain ones do: the pipelined analysis (embedding in a
+background thread, model loading in the background, batches of any size), the streamed cache
+build, and bf16 staying close to fp32."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cliptool.analyse import analyse_video
+from cliptool.config import IndexOptions
+from cliptool.decode import VideoReader, to_rgb
+from cliptool.embed import ClipModel, ModelSpec
+from cliptool.sample import SceneCutter
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tiny_model: tuple[Path, Path]) -> ClipModel:
+    return ClipModel(ModelSpec(str(tiny_model[0]), str(tiny_model[1]), "fp32"))
+
+
+def _reference_vectors(path: Path, model: ClipModel, frames: list[int]) -> np.ndarray:
+    """Sequential reference: decode every frame, embed each wanted one alone."""
+    wanted = set(frames)
+    found = {}
+    with VideoReader(path) as reader:
+        for frame in reader.frames():
+            if frame.index in wanted:
+                found[frame.index] = model.encode_images([to_rgb(frame.av_frame)])[0]
+    return np.array([found[i] for i in frames])
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 32])
+def test_pipelined_analysis_matches_one_by_one_embedding(sample_clips: dict[str, Path], fp32_model: ClipModel,
+                                                          batch_size: int) -> None:
+    path = next(iter(sample_clips.values()))
+    base = analyse_video(path, fp32_model, IndexOptions())
+    got = analyse_video(path, fp32_model, replace(IndexOptions(), batch_size=batch_size))
+    assert [(s.start_frame, s.end_frame, s.sample_frames) for s in got.scenes] == \
+        [(s.start_frame, s.end_frame, s.sample_frames) for s in base.scenes]
+    frames = [f for s in got.scenes for f in s.sample_frames]
+    ref = _reference_vectors(path, fp32_model, frames)
+    mine = np.concatenate([v.frames for v in got.vectors])
+    np.testing.assert_allclose(mine, ref, atol=1e-5)
+    for v in got.vectors:
+        mean = v.frames.mean(axis=0)
+        np.testing.assert_allclose(v.scene, mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_background_model_load_gives_the_same_vectors(sample_clips: dict[str, Path], tiny_model: tuple[Path, Path],
+                                                      fp32_model: ClipModel) -> None:
+    path = next(iter(sample_clips.values()))
+    spec = ModelSpec(str(tiny_model[0]), str(tiny_model[1]), "fp32")
+    background = ClipModel(spec, background=True)  # analysis starts while it loads
+    a = analyse_video(path, background, IndexOptions())
+    b = analyse_video(path, fp32_model, IndexOptions())
+    np.testing.assert_allclose(np.stack([v.scene for v in a.vectors]), np.stack([v.scene for v in b.vectors]), atol=1e-5)
+
+
+def test_bf16_stays_close_to_fp32(sample_clips: dict[str, Path], tiny_model: tuple[Path, Path],
+                                  fp32_model: ClipModel) -> None:
+    bf16 = ClipModel(ModelSpec(str(tiny_model[0]), str(tiny_model[1]), "bf16"))
+    assert bf16.spec.identity() != fp32_model.spec.identity()  # precision is part of the identity
+    frames = []
+    for path in sample_clips.values():
+        with VideoReader(path) as reader:
+            frames += [to_rgb(f.av_frame) for f in reader.frames() if f.index % 10 == 0]
+    a, b = bf16.encode_images(frames), fp32_model.encode_images(frames)
+    cos = np.sum(a * b, axis=1)
+    assert cos.min() > 0.98, cos.min()
+    # text is always encoded in fp32
+    np.testing.assert_allclose(bf16.encode_text(["a cat"]), fp32_model.encode_text(["a cat"]), atol=1e-6)
+
+
+def test_model_errors_still_fail_at_construction(tmp_path: Path, tiny_model: tuple[Path, Path]) -> None:
+    from cliptool.errors import ModelUnavailableError
+
+    with pytest.raises(ModelUnavailableError, match="checkpoint file not found"):
+        ClipModel(ModelSpec(str(tiny_model[0]), str(tmp_path / "missing.pt")))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    model = ClipModel(ModelSpec(str(tiny_model[0]), str(bad)))  # loads in the background
+    with pytest.raises(ModelUnavailableError, match="cannot load checkpoint"):
+        model.wait()
+
+
+def test_streamed_cache_build_is_what_faiss_writes(sample_clips: dict[str, Path], tiny_model: tuple[Path, Path],
+                                                   tmp_path: Path) -> None:
+    import faiss
+
+    from cliptool.indexer import index_paths
+    from cliptool.store import IndexStore
+    from cliptool.vector_index import load_vector_index
+
+    index_dir = tmp_path / "index"
+    index_paths(list(sample_clips.values()), index_dir, ModelSpec(str(tiny_model[0]), str(tiny_model[1])),
+                report=lambda m: None, progress=False)
+    with IndexStore(index_dir) as store:
+        records = sorted(store.videos(), key=lambda v: v.path)
+        scene_vecs = np.concatenate([np.stack([v.scene for v in store.vectors(r)]) for r in records])
+        frame_vecs = np.concatenate([v.frames for r in records for v in store.vectors(r)])
+    vi = load_vector_index(index_dir)
+    flat = faiss.read_index(str(vi.directory / "flat.faiss"))  # plain (not memory-mapped) read
+    assert isinstance(flat, faiss.IndexFlatIP) and flat.ntotal == len(scene_vecs)
+    np.testing.assert_array_equal(flat.reconstruct_n(0, flat.ntotal), scene_vecs)
+    np.testing.assert_array_equal(np.load(vi.directory / "frames.npy"), frame_vecs)
+    expected = faiss.IndexFlatIP(scene_vecs.shape[1])
+    expected.add(scene_vecs)
+    q = scene_vecs[3]
+    np.testing.assert_array_equal(vi.scores(q, 5)[1], expected.search(q[None], 5)[1][0])
+
+
+def test_scene_cutter_memory_is_bounded_on_an_endless_shot() -> None:
+    from cliptool.decode import Frame
+
+    cutter = SceneCutter(0.0, 3, 1920 * 1080 * 3 // 2)  # never split: one shot of an hour
+    for i in range(30 * 3600):
+        cutter.add_frame(Frame(i, i / 30, None))
+        assert len(cutter._candidates) <= cutter.max_candidates
+    scene = cutter.finish(3600.0)[0]
+    assert len(scene.samples) == 3
+
+
+def test_fast_checkpoint_load_gives_open_clip_model(tiny_model: tuple[Path, Path], fp32_model: ClipModel) -> None:
+    import open_clip
+    import torch
+
+    from cliptool.embed import _load_plain_checkpoint
+
+    open_clip.add_model_config(tiny_model[0])
+    fast = _load_plain_checkpoint(tiny_model[0].stem, tiny_model[1], "cpu")
+    assert fast is not None
+    plain = open_clip.create_model(tiny_model[0].stem, pretrained=str(tiny_model[1]))
+    fast_sd, plain_sd = fast.state_dict(), plain.state_dict()
+    assert set(fast_sd) == set(plain_sd)
+    for k in plain_sd:
+        assert torch.equal(fast_sd[k], plain_sd[k]), k
+    for (n1, b1), (n2, b2) in zip(fast.named_buffers(), plain.named_buffers()):
+        assert n1 == n2 and torch.equal(b1, b2), n1
+    tokens = open_clip.get_tokenizer(tiny_model[0].stem)(["a red circle"])
+    with torch.inference_mode():
+        assert torch.equal(fast.eval().encode_text(tokens), plain.eval().encode_text(tokens))
