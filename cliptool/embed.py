@@ -276,17 +276,22 @@ def text_encoder_identity(index_dir: Path) -> str | None:
         return None
 
 
+def _validate_config(cfg: Path) -> None:
+    """A model config JSON must exist and parse."""
+    if not cfg.is_file():
+        raise ModelUnavailableError(f"model config not found: {cfg}")
+    try:
+        json.loads(cfg.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(f"model config {cfg} is not valid JSON ({exc})") from None
+
+
 def _quick_check(spec: ModelSpec) -> bool:
     """Checks a spec without importing open_clip; True when loading may go to the background
     (a local checkpoint file and a model open_clip is sure to know)."""
     cfg = spec.config_path
     if cfg is not None:
-        if not cfg.is_file():
-            raise ModelUnavailableError(f"model config not found: {cfg}")
-        try:
-            json.loads(cfg.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailableError(f"model config {cfg} is not valid JSON ({exc})") from None
+        _validate_config(cfg)
     ckpt = spec.checkpoint_path
     if ckpt is None:
         return False  # a pretrained tag: check and download in the foreground
@@ -333,12 +338,7 @@ def _load(spec: ModelSpec, device: str, visual_dtype: Any = None) -> tuple[Any, 
         logging.getLogger(None if name == "root" else name).setLevel(logging.CRITICAL)
     cfg = spec.config_path
     if cfg is not None:
-        if not cfg.is_file():
-            raise ModelUnavailableError(f"model config not found: {cfg}")
-        try:
-            json.loads(cfg.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailableError(f"model config {cfg} is not valid JSON ({exc})") from None
+        _validate_config(cfg)
         open_clip.add_model_config(cfg)
     name = spec.model_name
     if name not in open_clip.list_models():

@@ -356,8 +356,13 @@ def index_paths(
 
         # 4. Decode, detect, sample and embed what is new or changed.
         if todo:
-            changed_store |= _analyse_all(todo, index_dir, spec, identity, options, summary, report,
-                                          progress, file_timeout, tqdm)
+            try:
+                model = ClipModel(spec)
+                changed_store |= _analyse_with(model, todo, index_dir, identity, options, summary, report,
+                                               progress, file_timeout, tqdm)
+            except BaseException:
+                _settle_threads()
+                raise
         if changed_store or not _cache_current(index_dir):
             try:
                 rebuild(index_dir)
@@ -388,27 +393,6 @@ def _changed_since(path: Path, st: os.stat_result) -> bool:
 def _fail(summary: IndexSummary, report: Reporter, path: Path, message: str) -> None:
     summary.failed.append((str(path), message))
     report(f"warning: failed {path}: {message}")
-
-
-def _analyse_all(
-    todo: list[tuple[Path, os.stat_result, VideoRecord | None]],
-    index_dir: Path,
-    spec: ModelSpec,
-    identity: str,
-    options: IndexOptions,
-    summary: IndexSummary,
-    report: Reporter,
-    progress: bool | None,
-    file_timeout: float,
-    tqdm: Any,
-) -> bool:
-    """Analyses and commits each file; returns whether the stores changed."""
-    try:
-        model = ClipModel(spec)
-        return _analyse_with(model, todo, index_dir, identity, options, summary, report, progress, file_timeout, tqdm)
-    except BaseException:
-        _settle_threads()
-        raise
 
 
 def _settle_threads(limit: float = 30.0) -> None:
