@@ -28,7 +28,7 @@ test-long: install
 	CLIPTOOL_KILLS=200 $(PY) -m pytest -q -m slow
 
 bench: install
-	$(PY) -m cliptool.bench
+	$(PY) -m cliptool.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(SAMPLES) $(DEMO_INDEX) data/offline-model bench-out .pytest_cache
