@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -40,7 +41,11 @@ def write_tiny_model(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     config.write_text(json.dumps(TINY_CONFIG, indent=2))
     open_clip.add_model_config(config)
     torch.manual_seed(seed)
-    model = open_clip.create_model("TinyCLIP", pretrained=None)
+    logging.disable(logging.WARNING)  # "initialized randomly" is the point here
+    try:
+        model = open_clip.create_model("TinyCLIP", pretrained=None)
+    finally:
+        logging.disable(logging.NOTSET)
     tmp = ckpt.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(ckpt)
