@@ -31,4 +31,4 @@ bench: install
 	$(PY) -m cliptool.bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(SAMPLES) $(DEMO_INDEX) data/offline-model bench-out .pytest_cache
+	rm -rf $(SAMPLES) $(DEMO_INDEX) $(DEMO_INDEX)-offline data/offline-model bench-out .pytest_cache
