@@ -117,17 +117,12 @@ def export_best(
 ) -> ExportResult:
     """Finds the best scene for the query (in `video` if given), then the best frame in it."""
     output = check_output(output)
-    vectors = searcher.vectors  # type: ignore[attr-defined]
     if video is not None:
-        rows = vectors.rows_of_video(video_id_for(Path(video).expanduser()))
-        if len(rows) == 0:
+        hit = searcher.best_in_video(query, video_id_for(Path(video).expanduser()))  # type: ignore[attr-defined]
+        if hit is None:
             raise UsageError(f"not in the index: {video} (run `cliptool index` on it first)")
-        scene_scores = np.array([float(vectors.faiss.reconstruct(int(r)) @ query) for r in rows])
-        row = int(rows[int(np.argmax(scene_scores))])
     else:
-        _, rows = vectors.scores(query, 1)
-        row = int(rows[0])
-    pos = vectors.position(row)
-    time, score, rgb = best_frame_in_span(searcher.model, Path(pos.path), query, pos.start_time, pos.end_time, step)  # type: ignore[attr-defined]
+        hit = searcher.search(query, top=1)[0]  # type: ignore[attr-defined]
+    time, score, rgb = best_frame_in_span(searcher.model, Path(hit.path), query, hit.start, hit.end, step)  # type: ignore[attr-defined]
     write_image(output, rgb)
-    return ExportResult(str(output), pos.path, time, rgb.shape[1], rgb.shape[0], score)
+    return ExportResult(str(output), hit.path, time, rgb.shape[1], rgb.shape[0], score)

@@ -9,7 +9,7 @@ import numpy as np
 
 from .embed import TEXTENC_DIR, ClipModel, ModelSpec, text_encoder_identity
 from .errors import IndexMismatchError, UsageError
-from .vector_index import VectorIndex, load_vector_index
+from .vector_index import ScenePosition, VectorIndex, load_vector_index
 
 RERANK_CANDIDATES = 50  # scenes fetched by scene vector before re-scoring with their sample frames
 
@@ -99,25 +99,19 @@ class Searcher:
     def image_vector(self, path: Path) -> np.ndarray:
         return self.model.encode_images([read_image(path)])[0]
 
-    def search(self, query: np.ndarray, top: int = 10, by_video: bool = False) -> list[Hit]:
-        """Ranked scenes for a query vector; with by_video, each video once, ranked by its best scene.
+    def _candidate(self, row: int, scene_score: float, query: np.ndarray) -> tuple[float, float, ScenePosition]:
+        """(score, best sample time, position) of a scene: it scores the better of its scene
+        vector and its best sample frame, so a scene whose look changes still matches a query
+        that shows one of its moments."""
+        pos = self.vectors.position(row)
+        frame_scores = self.vectors.frame_vectors(row) @ query
+        if len(frame_scores) == 0:
+            return scene_score, pos.start_time, pos
+        best = int(np.argmax(frame_scores))
+        return max(scene_score, float(frame_scores[best])), pos.sample_times[best], pos
 
-        FAISS finds candidates by scene vector (the mean of a scene's sample frames); each
-        candidate then scores the better of that and its best sample frame, so a scene whose
-        look changes still matches a query that shows one of its moments.
-        """
-        if top < 1:
-            raise UsageError("--top must be at least 1")
-        k = self.vectors.size if by_video else max(4 * top, RERANK_CANDIDATES)
-        scene_scores, rows = self.vectors.scores(query, k)
-        candidates = []
-        for scene_score, row in zip(scene_scores, rows):
-            pos = self.vectors.position(int(row))
-            frame_scores = self.vectors.frame_vectors(int(row)) @ query
-            best = int(np.argmax(frame_scores)) if len(frame_scores) else -1
-            score = max(float(scene_score), float(frame_scores[best]) if best >= 0 else -1.0)
-            best_time = pos.sample_times[best] if best >= 0 else pos.start_time
-            candidates.append((score, best_time, pos))
+    @staticmethod
+    def _hits(candidates: list[tuple[float, float, ScenePosition]], top: int, by_video: bool) -> list[Hit]:
         candidates.sort(key=lambda c: -c[0])
         hits: list[Hit] = []
         seen: set[str] = set()
@@ -131,3 +125,24 @@ class Searcher:
             if len(hits) >= top:
                 break
         return hits
+
+    def search(self, query: np.ndarray, top: int = 10, by_video: bool = False) -> list[Hit]:
+        """Ranked scenes for a query vector; with by_video, each video once, ranked by its best scene.
+
+        FAISS finds candidates by scene vector (the mean of a scene's sample frames); each
+        candidate is then scored by `_candidate`.
+        """
+        if top < 1:
+            raise UsageError("--top must be at least 1")
+        k = self.vectors.size if by_video else max(4 * top, RERANK_CANDIDATES)
+        scene_scores, rows = self.vectors.scores(query, k)
+        candidates = [self._candidate(int(r), float(s), query) for s, r in zip(scene_scores, rows)]
+        return self._hits(candidates, top, by_video)
+
+    def best_in_video(self, query: np.ndarray, video_id: str) -> Hit | None:
+        """The best scene of one video for a query, scored as `search` scores scenes."""
+        rows = self.vectors.rows_of_video(video_id)
+        candidates = [self._candidate(int(r), float(self.vectors.faiss.reconstruct(int(r)) @ query), query)
+                      for r in rows]
+        hits = self._hits(candidates, 1, False)
+        return hits[0] if hits else None

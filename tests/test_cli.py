@@ -124,6 +124,8 @@ def test_export_frame_writes_a_full_resolution_image(indexed: tuple[Path, subpro
     index_dir, _ = indexed
     out = tmp_path / "best.jpg"
     result = json.loads(ok(run(index_dir, "export-frame", "stripes", "-o", out, "--json")).stdout)
+    top = json.loads(ok(run(index_dir, "search", "stripes", "--json", "-n", "1")).stdout)["results"][0]
+    assert result["video"] == top["path"] and top["start"] <= result["time"] < top["end"]  # the scene search ranks first
     image = cv2.imread(str(out))
     assert image is not None
     assert (image.shape[1], image.shape[0]) == (result["width"], result["height"])
