@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CliptoolError
+from .errors import CliptoolError, printable
 from .store import IndexStore, VideoRecord, WriterLock, decode_vectors, generation, scene_id
 
 # Kinds of problem: "orphan" (scene lists or vectors no record names: left by an interrupted
@@ -54,10 +54,6 @@ class CheckReport:
             "cache": self.cache,
             "problems": [{**asdict(p), "message": printable(p.message)} for p in self.problems],
         }
-
-
-def printable(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> list[str]:
@@ -168,14 +164,13 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
         if repair:
             for video in damaged:
                 store.delete_video(video.video_id)
-            n_removed = store.recover()
+            store.recover()
             bad_notes = [vid for vid, note in _raw_failures(store) if note is None]
             for vid in bad_notes:
                 store.delete_failure(vid)
             for p in report.problems:
                 if p.kind in (ORPHAN, FAILURE) or (p.kind == VIDEO and p.video_id in damaged_ids):
                     p.repaired = True
-            del n_removed
     records = [r for r in records if r.video_id not in damaged_ids]
     build = _current_build(index_dir)
     if build is None:
@@ -226,4 +221,4 @@ class _try_lock:
         self._lock.__exit__(*exc)
 
 
-__all__ = ["CheckReport", "Problem", "check_index", "printable"]
+__all__ = ["CheckReport", "Problem", "check_index"]

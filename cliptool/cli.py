@@ -168,7 +168,8 @@ def check(
     """Verify that the stores and the search cache agree; exit 1 while problems remain."""
 
     def body() -> None:
-        from .check import check_index, printable
+        from .check import check_index
+        from .errors import printable
 
         report = check_index(_index_dir(), repair=repair)
         if as_json:

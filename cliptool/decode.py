@@ -11,7 +11,7 @@ import av
 import cv2
 import numpy as np
 
-from .errors import VideoError
+from .errors import VideoError, one_line
 
 _PLANAR_420 = {"yuv420p", "yuvj420p"}
 _TIME_EPS = 1e-4
@@ -41,8 +41,7 @@ class Frame:
 
 def _error(path: Path, exc: BaseException) -> VideoError:
     strerror = getattr(exc, "strerror", None)  # FFmpeg's words, without errno and file name
-    text = strerror if isinstance(strerror, str) and strerror.strip() else str(exc).strip()
-    text = text.splitlines()[0] if text else type(exc).__name__
+    text = one_line(exc, strerror if isinstance(strerror, str) and strerror.strip() else None)
     return VideoError(f"{path}: cannot decode video ({text})")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from .errors import ModelUnavailableError
+from .errors import ModelUnavailableError, one_line
 
 _HASH_CHUNK = 1 << 20
 PRECISIONS = ("bf16", "fp32")
@@ -362,7 +362,7 @@ def _load(spec: ModelSpec, device: str, visual_dtype: Any = None) -> tuple[Any, 
         if model is None:
             model = open_clip.create_model(name, pretrained=pretrained, device=device)
     except Exception as exc:  # open_clip raises many kinds; all mean the weights are unusable
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        detail = one_line(exc)[:200]
         if ckpt is not None:
             raise ModelUnavailableError(f"cannot load checkpoint {ckpt} into {name}: {detail}") from None
         raise ModelUnavailableError(

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, text: str | None = None) -> str:
+    """The first line of `text` (default: the exception's message), else the exception's type."""
+    text = (str(exc) if text is None else text).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def printable(text: str) -> str:
+    """A path or message that can be written as UTF-8 (undecodable name bytes become U+FFFD)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 class CliptoolError(Exception):
     """Base of every error cliptool reports to a user in one line."""
 

