@@ -119,7 +119,8 @@ def index(
         120.0, "--file-timeout", help="Give up on a file after this many seconds without a decoded frame (0: never)."
     ),
     precision: Optional[str] = typer.Option(
-        None, help="Image tower numbers: bf16 (fast) or fp32 (exact) [default: the index's, else bf16]."
+        None, help="Image tower numbers: int8 (fastest; ONNX Runtime), bf16 (open_clip, bfloat16) or fp32 "
+        "(open_clip, exact) [default: the index's, else int8]."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -128,6 +129,7 @@ def index(
     def body() -> None:
         from .config import IndexOptions
         from .detect import DETECTORS
+        from .embed import PRECISIONS
         from .indexer import index_paths
 
         if detector not in DETECTORS:
@@ -136,8 +138,8 @@ def index(
             raise UsageError("--max-scene must not be negative")
         if file_timeout < 0:
             raise UsageError("--file-timeout must not be negative")
-        if precision not in (None, "bf16", "fp32"):
-            raise UsageError(f"unknown precision {precision!r} (choose from bf16, fp32)")
+        if precision is not None and precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
         options = IndexOptions(detector=detector, threshold=threshold, max_scene_seconds=max_scene, samples_per_scene=samples)
         summary = index_paths(paths, _index_dir(), _model_spec(model, pretrained), options,
                               prune=prune, file_timeout=file_timeout, precision=precision)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 INDEX_DIR_ENV = "CLIPTOOL_INDEX_DIR"
+CACHE_DIR_ENV = "CLIPTOOL_CACHE_DIR"
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "datacomp_xl_s13b_b90k"
 
@@ -19,6 +20,16 @@ def default_index_dir() -> Path:
     from platformdirs import user_data_dir
 
     return Path(user_data_dir("cliptool", appauthor=False)) / "index"
+
+
+def default_cache_dir() -> Path:
+    """$CLIPTOOL_CACHE_DIR, else the platform's user cache directory (derived models)."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("cliptool", appauthor=False))
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ import numpy as np
 
 from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from .errors import ModelUnavailableError, one_line
+from .onnx_tower import is_cached
 
 _HASH_CHUNK = 1 << 20
-PRECISIONS = ("bf16", "fp32")
-DEFAULT_PRECISION = "bf16"
+PRECISIONS = ("int8", "bf16", "fp32")
+DEFAULT_PRECISION = "int8"
 
 
 def file_fingerprint(path: Path) -> str:
@@ -38,9 +39,10 @@ class ModelSpec:
 
     `name` is an open_clip model name or the path of a model config JSON file;
     `pretrained` is an open_clip pretrained tag (downloaded once) or a local checkpoint file.
-    `precision` is the image tower's number format: "bf16" (default: about twice as fast on
-    CPUs with bf16 instructions, cosine to fp32 above 0.99) or "fp32" (exact). Text is always
-    encoded in fp32.
+    `precision` is the image tower's number format: "int8" (default: the tower exported once
+    to ONNX Runtime with int8 weights; no torch at index time), "bf16" (open_clip with bfloat16
+    weights, about twice fp32's speed on CPUs with bf16 instructions) or "fp32" (open_clip as
+    is: the exact path). Text is always encoded in fp32.
     """
 
     name: str = DEFAULT_MODEL
@@ -114,10 +116,11 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 class ClipModel:
     """An open_clip model on the CPU (or a given device), ready to embed images and text.
 
-    With a local checkpoint file the model loads in a background thread (importing torch and
-    open_clip and reading the weights take seconds), so a caller can start decoding at once;
-    every method waits for the load and raises its error. Cheap checks (config file, model
-    name, checkpoint file present) still fail here, at construction.
+    With a local checkpoint file (or an int8 tower already cached) the model loads in a
+    background thread, so a caller can start decoding at once; every method waits for the load
+    and raises its error. Cheap checks (config file, model name, checkpoint file present) still
+    fail here, at construction. At int8 the open_clip model itself is loaded only when needed:
+    to export the tower the first time, or to encode text.
     """
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", precision: str | None = None,
@@ -130,40 +133,79 @@ class ClipModel:
         if self.precision not in PRECISIONS:
             raise ModelUnavailableError(f"unknown precision {self.precision!r} (choose from {', '.join(PRECISIONS)})")
         self._lock = threading.Lock()
+        self._open_clip_lock = threading.Lock()
         self._loaded = threading.Event()
         self._error: BaseException | None = None
         self._thread: Any = None
+        self._model: Any = None
+        self._tower: Any = None  # the OnnxImageTower at int8
         if "torch" not in sys.modules:
             # Idle OpenMP threads sleep instead of spinning: the decoder's threads need those
             # cores between batches (about 12% less CPU for an index run on 2 cores).
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        quick = _quick_check(self.spec)
         if background is None:
-            background = _quick_check(self.spec)
+            background = quick or (self.precision == "int8" and is_cached(self.spec.identity()))
         if background:
             self._thread = threading.Thread(target=self._load_in_background, name="cliptool-model-load", daemon=True)
             self._thread.start()
+            _join_at_exit(self._thread)
         else:
             self._load()
             self._wait()
 
     def _load(self) -> None:
         try:
-            import torch
-
-            bf16 = torch.bfloat16 if self.precision == "bf16" else None
-            self._model, self._tokenizer = _load(self.spec, self.device, bf16)
-            if bf16 is not None:
-                self._model.visual.to(bf16)  # no-op when loaded so
-            cfg = _preprocess_cfg(self._model)
-            size = cfg.get("size", 224)
-            self._image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-            self._mean = np.asarray(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), dtype=np.float32)
-            self._std = np.asarray(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), dtype=np.float32)
-            self._dim = int(self._encode_text([""]).shape[1])
+            if self.precision == "int8":
+                self._load_tower()
+            else:
+                self._load_open_clip()
         except BaseException as exc:  # kept and raised by every later call
             self._error = exc
         finally:
             self._loaded.set()
+
+    def _load_open_clip(self) -> None:
+        import torch
+
+        bf16 = torch.bfloat16 if self.precision == "bf16" else None
+        self._model, self._tokenizer = _load(self.spec, self.device, bf16)
+        if bf16 is not None:
+            self._model.visual.to(bf16)  # no-op when loaded so
+        cfg = _preprocess_cfg(self._model)
+        size = cfg.get("size", 224)
+        self._image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self._mean = np.asarray(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), dtype=np.float32)
+        self._std = np.asarray(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), dtype=np.float32)
+        self._dim = int(self._encode_text([""]).shape[1])
+
+    def _load_tower(self) -> None:
+        from . import onnx_tower
+
+        identity = self.spec.identity()
+        tower = onnx_tower.load_cached(identity)
+        if tower is None:  # first use of this model at int8: export it once from open_clip
+            self._load_open_clip()
+            try:
+                tower = onnx_tower.export(self._model.visual, identity, self._image_size, self._mean, self._std, self._dim)
+            except Exception as exc:  # noqa: BLE001 - exporter and quantiser raise many kinds
+                raise ModelUnavailableError(
+                    f"cannot prepare the int8 image tower of {self.spec.model_name} ({one_line(exc)[:200]}); "
+                    "use --precision bf16 or fp32"
+                ) from None
+        self._tower = tower
+        self._image_size, self._mean, self._std, self._dim = tower.image_size, tower.mean, tower.std, tower.dim
+
+    def _need_open_clip(self) -> None:
+        """Loads the open_clip model too, at int8 where only the tower was loaded."""
+        self._wait()
+        with self._open_clip_lock:
+            if self._model is None:
+                try:
+                    self._load_open_clip()
+                except BaseException as exc:
+                    self._error = exc
+                    raise
 
     def _load_in_background(self) -> None:
         # Importing torch and open_clip is mostly Python holding the GIL; with the default 5 ms
@@ -200,7 +242,7 @@ class ClipModel:
 
     @property
     def torch_model(self) -> Any:
-        self._wait()
+        self._need_open_clip()
         return self._model
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
@@ -209,11 +251,13 @@ class ClipModel:
 
     def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) float32 -> (N, D) L2-normalised float32."""
-        import torch
-
         self._wait()
         if len(batch) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self._tower is not None:
+            return _normalise(self._tower.encode(batch))
+        import torch
+
         with self._lock, torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             if self.precision == "bf16":
@@ -229,7 +273,7 @@ class ClipModel:
         return self.encode_preprocessed(np.stack([self.preprocess(im) for im in images]))
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
-        self._wait()
+        self._need_open_clip()
         return self._encode_text(texts)
 
     def _encode_text(self, texts: list[str]) -> np.ndarray:
@@ -251,6 +295,7 @@ class ClipModel:
         identity = self.spec.identity()
         if text_encoder_identity(index_dir) == identity:
             return True
+        self._need_open_clip()
         from .textenc import export_text_encoder
 
         try:
@@ -262,6 +307,19 @@ class ClipModel:
         tmp.write_text(json.dumps({"model_identity": identity}))
         os.replace(tmp, marker)
         return True
+
+
+_LOADERS: list[Any] = []
+
+
+def _join_at_exit(thread: Any) -> None:
+    """Lets a background load finish before the interpreter shuts down: a thread still inside
+    ONNX Runtime's or torch's C++ code at shutdown aborts the process."""
+    import atexit
+
+    if not _LOADERS:
+        atexit.register(lambda: [t.join() for t in _LOADERS])
+    _LOADERS[:] = [t for t in _LOADERS if t.is_alive()] + [thread]
 
 
 TEXTENC_DIR = "textenc"

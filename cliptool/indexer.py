@@ -237,7 +237,7 @@ def index_paths(
     index_dir = Path(index_dir)
     with WriterLock(index_dir):
         spec = resolve_model_spec(index_dir, spec)
-        if precision:  # image tower bf16 or fp32; part of the model identity
+        if precision:  # image tower int8, bf16 or fp32; part of the model identity
             spec = ModelSpec(spec.name, spec.pretrained, precision)
         identity = spec.identity()
         with IndexStore(index_dir, create=True, lock_timeout=WRITER_LOCK_TIMEOUT) as store:

@@ -97,7 +97,8 @@ class Searcher:
         return self.model.encode_text([text.strip()])[0]
 
     def image_vector(self, path: Path) -> np.ndarray:
-        return self.model.encode_images([read_image(path)])[0]
+        image = read_image(path)  # a bad file fails before the model starts loading
+        return self.model.encode_images([image])[0]
 
     def _candidate(self, row: int, scene_score: float, query: np.ndarray) -> tuple[float, float, ScenePosition]:
         """(score, best sample time, position) of a scene: it scores the better of its scene

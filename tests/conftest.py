@@ -28,6 +28,20 @@ def shared(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A cache directory of the test session's own (exported int8 image towers), for every
+    cliptool call, in-process or in a subprocess."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("CLIPTOOL_CACHE_DIR")
+    os.environ["CLIPTOOL_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CLIPTOOL_CACHE_DIR", None)
+    else:
+        os.environ["CLIPTOOL_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(config JSON, checkpoint) of a small CLIP with seeded random weights, loaded like user weights."""

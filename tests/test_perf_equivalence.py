@@ -1,6 +1,6 @@
 """The fast paths compute what the plain ones do: the pipelined analysis (embedding in a
 background thread, model loading in the background, batches of any size), the streamed cache
-build, and bf16 staying close to fp32."""
+build, and bf16 and int8 staying close to fp32."""
 
 from __future__ import annotations
 
@@ -73,6 +73,77 @@ def test_bf16_stays_close_to_fp32(sample_clips: dict[str, Path], tiny_model: tup
     assert cos.min() > 0.98, cos.min()
     # text is always encoded in fp32
     np.testing.assert_allclose(bf16.encode_text(["a cat"]), fp32_model.encode_text(["a cat"]), atol=1e-6)
+
+
+def _photos_and_frames(sample_clips: dict[str, Path]) -> list[np.ndarray]:
+    import cv2
+
+    from conftest import SHARED
+
+    images = []
+    for path in sample_clips.values():
+        with VideoReader(path) as reader:
+            images += [to_rgb(f.av_frame) for f in reader.frames() if f.index % 10 == 0]
+    for photo in sorted((SHARED / "images").glob("*.*"))[:8] if (SHARED / "images").is_dir() else []:
+        images.append(cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB))
+    return images
+
+
+def test_int8_stays_close_to_fp32_and_ranks_alike(sample_clips: dict[str, Path], tiny_model: tuple[Path, Path],
+                                                  fp32_model: ClipModel) -> None:
+    int8 = ClipModel(ModelSpec(str(tiny_model[0]), str(tiny_model[1]), "int8"))
+    assert int8.spec.identity() not in (fp32_model.spec.identity(),
+                                        replace(fp32_model.spec, precision="bf16").identity())
+    images = _photos_and_frames(sample_clips)
+    a, b = int8.encode_images(images), fp32_model.encode_images(images)
+    cos = np.sum(a * b, axis=1)
+    assert cos.min() > 0.99, cos.min()
+    # each image as a query against the fp32 vectors of all: int8 finds itself (or an identical
+    # frame: the sample clips hold still segments) first
+    first = np.argmax(a @ b.T, axis=1)
+    assert (np.sum(b[first] * b, axis=1) > 0.9999).all()
+    np.testing.assert_allclose(int8.encode_text(["a cat"]), fp32_model.encode_text(["a cat"]), atol=1e-6)
+
+
+def test_int8_tower_is_exported_once_and_loads_without_torch(sample_clips: dict[str, Path],
+                                                           tiny_model: tuple[Path, Path], tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from cliptool import onnx_tower
+
+    spec = ModelSpec(str(tiny_model[0]), str(tiny_model[1]), "int8")
+    images = _photos_and_frames(sample_clips)[:6]
+    here = ClipModel(spec).encode_images(images)
+    entry = onnx_tower.cache_path(spec.resolved().identity())
+    assert onnx_tower.is_cached(spec.resolved().identity()) and entry.is_dir()
+    np.save(tmp_path / "images.npy", np.stack([np.ascontiguousarray(im[:64, :64]) for im in images]))
+    code = (
+        "import json, sys, numpy as np\n"
+        "from cliptool.embed import ClipModel, ModelSpec\n"
+        "m = ClipModel(ModelSpec(*sys.argv[1:4]))\n"
+        "v = m.encode_images(list(np.load(sys.argv[4])))\n"
+        "print(json.dumps({'heavy': [k for k in ('torch', 'open_clip') if k in sys.modules], 'v': v.tolist()}))\n"
+    )
+
+    def fresh_process() -> dict:
+        out = subprocess.run([sys.executable, "-c", code, *map(str, (tiny_model[0], tiny_model[1], "int8")),
+                              str(tmp_path / "images.npy")], capture_output=True, text=True, check=True,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        return json.loads(out.stdout)
+
+    got = fresh_process()
+    assert got["heavy"] == []  # a cached tower needs neither torch nor open_clip
+    crops = ClipModel(spec).encode_images([np.ascontiguousarray(im[:64, :64]) for im in images])
+    np.testing.assert_allclose(np.array(got["v"]), crops, atol=1e-6)  # same file, same numbers
+    # A damaged entry is exported again, giving the same vectors.
+    (entry / "image-int8.onnx").write_bytes(b"damaged")
+    again = fresh_process()
+    assert again["heavy"] != [] and onnx_tower.is_cached(spec.resolved().identity())
+    np.testing.assert_allclose(np.array(again["v"]), crops, atol=1e-6)
+    assert len(here) == len(images)
 
 
 def test_model_errors_still_fail_at_construction(tmp_path: Path, tiny_model: tuple[Path, Path]) -> None:
