@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import IndexOptions
-from .decode import VideoInfo, VideoReader, small_bgr, to_rgb
+from .decode import VideoInfo, VideoReader, detect_bgr, to_rgb
 from .detect import make_detector
 from .embed import ClipModel
 from .errors import ModelUnavailableError
@@ -142,7 +142,7 @@ def analyse_video(
         try:
             for frame in reader.frames():
                 take(cutter.add_frame(frame))
-                take(cutter.add_cuts(detector.push(frame.index, small_bgr(frame.av_frame, size))))
+                take(cutter.add_cuts(detector.push(frame.index, detect_bgr(frame.av_frame, size))))
                 last_step = frame.time - last_time if count else 0.0
                 last_time = frame.time
                 count += 1

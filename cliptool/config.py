@@ -32,6 +32,14 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("cliptool", appauthor=False))
 
 
+def cache_entry(kind: str, identity: str, version: int) -> Path:
+    """The cache folder for something derived from a model (`kind`), keyed by its identity."""
+    import hashlib
+
+    key = hashlib.sha256(f"{version}\0{identity}".encode()).hexdigest()[:24]
+    return default_cache_dir() / kind / key
+
+
 @dataclass(frozen=True)
 class IndexOptions:
     """How videos are cut into scenes and sampled."""

@@ -215,6 +215,42 @@ def small_bgr(frame: Any, size: tuple[int, int]) -> np.ndarray:
     return np.rint(cv2.transform(yuv.astype(np.float32), matrix)).clip(0, 255).astype(np.uint8)
 
 
+def detect_bgr(frame: Any, size: tuple[int, int]) -> np.ndarray:
+    """A small BGR copy of the frame for shot detection, subsampled by plain slicing.
+
+    Like PySceneDetect's own downscaling (every k-th pixel), it reads only the rows it keeps:
+    about a fifth of `small_bgr`'s cost. Detectors compare whole frames, so the aliasing this
+    allows does not matter to them; use `small_bgr` where pixel statistics do (blur, detail).
+    """
+    tw, th = size
+    w, h = frame.width, frame.height
+    step = min(w // tw, h // th) if tw > 0 and th > 0 else 0
+    if frame.format.name not in _PLANAR_420 or step < 2:
+        return small_bgr(frame, size)
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    y = _plane(frame, 0, w, h)[::step, ::step]
+    u = _plane(frame, 1, cw, ch)[::step, ::step]  # chroma rows/columns 0, k, 2k... sit under
+    v = _plane(frame, 2, cw, ch)[::step, ::step]  # luma rows/columns 0, 2k, 4k...: half its size
+    yh, yw = min(y.shape[0], 2 * u.shape[0]) & ~1, min(y.shape[1], 2 * u.shape[1]) & ~1
+    i420 = np.empty((yh * 3 // 2, yw), dtype=np.uint8)
+    i420[:yh] = y[:yh, :yw]
+    chroma = i420[yh:].reshape(-1)
+    quarter = (yh // 2) * (yw // 2)
+    chroma[:quarter] = u[: yh // 2, : yw // 2].reshape(-1)
+    chroma[quarter:] = v[: yh // 2, : yw // 2].reshape(-1)
+    if frame.format.name == "yuvj420p" or frame.color_range == 2:  # full range: to video range
+        i420[:yh] = cv2.LUT(i420[:yh], _FULL_TO_VIDEO_LUMA)
+        i420[yh:] = cv2.LUT(i420[yh:], _FULL_TO_VIDEO_CHROMA)
+    bgr = cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)  # BT.601, video range, fixed point
+    if (yw, yh) != (tw, th):  # a few percent larger: linear is as good as area here, and cheap
+        bgr = cv2.resize(bgr, (tw, th), interpolation=cv2.INTER_LINEAR)
+    return bgr
+
+
+_FULL_TO_VIDEO_LUMA = np.rint(16 + np.arange(256) * (219 / 255)).astype(np.uint8)
+_FULL_TO_VIDEO_CHROMA = np.rint(128 + (np.arange(256) - 128) * (224 / 255)).astype(np.uint8)
+
+
 def _area_resize(plane: np.ndarray, tw: int, th: int) -> np.ndarray:
     """INTER_AREA downscale to (tw, th), halving first while the plane is at least twice the
     target: OpenCV's exact-2x area path is ~20x faster than its general one, and the result

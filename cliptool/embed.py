@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED, cache_entry
 from .errors import ModelUnavailableError, one_line
 from .onnx_tower import is_cached
 
@@ -85,6 +85,9 @@ class ModelSpec:
         if self.precision != "fp32":  # fp32 identities stay those of indexes made before precisions
             parts.append(self.precision)
         return "/".join(parts)
+
+    def with_precision(self, precision: str) -> ModelSpec:
+        return ModelSpec(self.name, self.pretrained, precision)
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "pretrained": self.pretrained, "precision": self.precision}
@@ -295,13 +298,20 @@ class ClipModel:
         identity = self.spec.identity()
         if text_encoder_identity(index_dir) == identity:
             return True
-        self._need_open_clip()
-        from .textenc import export_text_encoder
+        # Exported once per model into the user cache (text is fp32 at every precision), then
+        # copied into each index, which stays whole if the cache is cleared.
+        cached = cache_entry("text-towers", self.spec.with_precision("fp32").identity(), TEXTENC_CACHE_VERSION)
+        from .textenc import META_FILE, copy_export, export_text_encoder
 
-        try:
-            export_text_encoder(self._model, self.spec.model_name, index_dir / TEXTENC_DIR, tokenizer=self._tokenizer)
-        except NotImplementedError:
-            return False
+        if not (cached / META_FILE).is_file():
+            self._need_open_clip()
+
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                export_text_encoder(self._model, self.spec.model_name, cached, tokenizer=self._tokenizer)
+            except NotImplementedError:
+                return False
+        copy_export(cached, index_dir / TEXTENC_DIR)
         marker = index_dir / TEXTENC_MARKER
         tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"model_identity": identity}))
@@ -322,6 +332,7 @@ def _join_at_exit(thread: Any) -> None:
     _LOADERS[:] = [t for t in _LOADERS if t.is_alive()] + [thread]
 
 
+TEXTENC_CACHE_VERSION = 1
 TEXTENC_DIR = "textenc"
 TEXTENC_MARKER = "textenc-model.json"
 

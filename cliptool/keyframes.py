@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from .decode import VideoReader, detect_size, small_bgr, to_rgb
+from .decode import VideoReader, detect_bgr, detect_size, small_bgr, to_rgb
 from .errors import UsageError
 from .quality import FrameQuality, blank_reason, blurry, local_median, measure
 from .timecode import format_time
@@ -481,12 +481,8 @@ def _decode_pass(video: Path, spill_dir: Path, get_model: Callable[[], Any], opt
                 last_step = frame.time - times[-1]
             times.append(frame.time)
             bar.update(1)
-            qsmall = None
             if detector is not None:
-                small = small_bgr(frame.av_frame, dsize)
-                cuts.extend(detector.push(frame.index, small))
-                if dsize == qsize:
-                    qsmall = small
+                cuts.extend(detector.push(frame.index, detect_bgr(frame.av_frame, dsize)))
             in_dense = any(a <= frame.index < b for a, b in dense_starts) if dense_starts else False
             on_step = frame.time + 1e-6 >= next_t
             if on_step:
@@ -495,9 +491,7 @@ def _decode_pass(video: Path, spill_dir: Path, get_model: Callable[[], Any], opt
             take = (on_step and not in_dense) or frame.index in index_frames
             if not take:
                 continue
-            if qsmall is None:
-                qsmall = small_bgr(frame.av_frame, qsize)
-            cand = Candidate(frame.index, frame.time, measure(qsmall))
+            cand = Candidate(frame.index, frame.time, measure(small_bgr(frame.av_frame, qsize)))
             reason = blank_reason(cand.quality) if options.blank_filter else None
             if reason is not None:
                 cand.status, cand.reason = "blank", reason

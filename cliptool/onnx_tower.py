@@ -9,7 +9,6 @@ a fraction of a second and ~150 MB instead of ~5 s and ~1.4 GB.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import default_cache_dir
+from .config import cache_entry
 
 FORMAT = 1  # bump when the export changes, so old cache entries are not reused
 _MODEL_FILE = "image-int8.onnx"
@@ -29,8 +28,7 @@ _MIN_FREE_BYTES = 1 << 30
 
 def cache_path(identity: str) -> Path:
     """Where the tower for a model identity is (or would be) cached."""
-    key = hashlib.sha256(f"{FORMAT}\0{identity}".encode()).hexdigest()[:24]
-    return default_cache_dir() / "image-towers" / key
+    return cache_entry("image-towers", identity, FORMAT)
 
 
 def usable_cores() -> int:
@@ -102,12 +100,22 @@ def export(visual: Any, identity: str, image_size: int, mean: np.ndarray, std: n
     try:
         fp32 = tmp / "image-fp32.onnx"
         dummy = torch.zeros((2, 3, image_size, image_size), dtype=torch.float32)
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                visual.float().eval(), (dummy,), str(fp32), input_names=["pixels"], output_names=["features"],
-                dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}}, opset_version=17, dynamo=False,
-            )
+        params = list(visual.parameters())
+        trainable = [p.requires_grad for p in params]
+        # With grad on and weights that require it, nn.MultiheadAttention keeps to plain ops: its
+        # inference fast path (a fused kernel) has no ONNX export.
+        for p in params:
+            p.requires_grad_(True)
+        try:
+            with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    visual.float().eval(), (dummy,), str(fp32), input_names=["pixels"], output_names=["features"],
+                    dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}}, opset_version=17, dynamo=False,
+                )
+        finally:
+            for p, flag in zip(params, trainable):
+                p.requires_grad_(flag)
         quiet = logging.getLogger()
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # the quantiser logs advice at WARNING on the root logger

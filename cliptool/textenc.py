@@ -40,6 +40,7 @@ __all__ = [
     "VOCAB_FILE",
     "ClipBpeTokenizer",
     "NumpyTextEncoder",
+    "copy_export",
     "export_text_encoder",
     "is_text_encoder_dir",
 ]
@@ -992,6 +993,27 @@ def export_text_encoder(
         meta_tmp = tmp / META_FILE
         meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def copy_export(src: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """Copy an export (hard links where the file system allows) to `out_dir`, renamed into place."""
+    src, out_dir = Path(src), Path(out_dir)
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        os.rmdir(tmp)
+        shutil.copytree(src, tmp, copy_function=link_or_copy)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from conftest import make_samples, shared
-from cliptool.decode import VideoReader, detect_size, small_bgr, to_rgb
+from cliptool.decode import VideoReader, detect_bgr, detect_size, small_bgr, to_rgb
 from cliptool.errors import VideoError
 from cliptool.export import frame_at
 
@@ -48,6 +49,26 @@ def test_small_frames_match_a_full_conversion(tmp_path: Path) -> None:
                 break
     assert small.shape == reference.shape == (size[1], size[0], 3)
     assert np.abs(small.astype(int) - reference).mean() < 4
+
+
+@pytest.mark.parametrize("fmt", ["yuv420p", "yuvj420p"])
+@pytest.mark.parametrize("width,height", [(1280, 720), (1920, 1080), (640, 360)])
+def test_detection_frames_are_the_picture_subsampled(fmt: str, width: int, height: int) -> None:
+    import av
+
+    rng = np.random.default_rng(width)
+    blocks = rng.integers(0, 256, (height // 40 + 1, width // 40 + 1, 3), dtype=np.uint8)
+    rgb = np.ascontiguousarray(np.repeat(np.repeat(blocks, 40, 0), 40, 1)[:height, :width])  # flat 40 px blocks
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=fmt)
+    size = detect_size(width, height, 256)
+    small = detect_bgr(frame, size)
+    assert small.shape == (size[1], size[0], 3)
+    step = min(width // size[0], height // size[1])
+    expected = cv2.resize(np.ascontiguousarray(rgb[::step, ::step][:, :, ::-1]), size, interpolation=cv2.INTER_LINEAR)
+    assert np.median(np.abs(small.astype(int) - expected)) <= 3  # off only at block edges (chroma siting)
+    for value in (0, 255):  # black stays black, white stays white, in either range
+        flat = av.VideoFrame.from_ndarray(np.full((height, width, 3), value, np.uint8), format="rgb24").reformat(format=fmt)
+        assert np.abs(detect_bgr(flat, size).astype(int) - value).max() <= 3
 
 
 def test_black_frames_are_black_after_range_conversion(tmp_path: Path) -> None:

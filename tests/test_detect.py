@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import make_samples, shared
-from cliptool.decode import VideoReader, small_bgr
+from cliptool.decode import VideoReader, detect_bgr
 from cliptool.detect import make_detector
 
 
@@ -18,7 +18,7 @@ def detect(path: Path, name: str = "content") -> tuple[list[int], dict[int, floa
         size = detector.frame_size(reader.info.width, reader.info.height)
         for f in reader.frames():
             times[f.index] = f.time
-            cuts += detector.push(f.index, small_bgr(f.av_frame, size))
+            cuts += detector.push(f.index, detect_bgr(f.av_frame, size))
     return cuts + detector.flush(), times
 
 

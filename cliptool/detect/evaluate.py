@@ -3,7 +3,7 @@
     python -m cliptool.detect.evaluate [--detectors content,transnetv2] [--videos bikes,fades] [--json]
 
 Every detector runs the way `cliptool index` runs it: one sequential decode pass with
-`VideoReader`, small frames from `small_bgr` at the detector's `frame_size`, default threshold and
+`VideoReader`, small frames from `detect_bgr` at the detector's `frame_size`, default threshold and
 a minimum scene length of 15 frames. A found cut matches a true cut at most `TOLERANCE` frames
 away (each true cut matches at most one found cut): precision, recall, F1. A second score,
 "transitions", also counts the measured fades and dissolves of a video as true transitions,
@@ -84,7 +84,7 @@ def match_cuts(found: list[int], truth: list[int] | list[tuple[int, int]], toler
 def run_detector(name: str, path: Path, min_scene_len: int = 15, max_frames: int | None = None) -> dict[str, Any]:
     """Cuts of one detector on one video (its first `max_frames` frames) through cliptool's
     decode path, with timings."""
-    from ..decode import VideoReader, small_bgr
+    from ..decode import VideoReader, detect_bgr
     from . import make_detector
 
     detector = make_detector(name, None, min_scene_len)
@@ -98,7 +98,7 @@ def run_detector(name: str, path: Path, min_scene_len: int = 15, max_frames: int
         for frame in reader.frames():
             if max_frames is not None and frames >= max_frames:
                 break
-            small = small_bgr(frame.av_frame, size)
+            small = detect_bgr(frame.av_frame, size)
             t0 = time.perf_counter()
             cuts.extend(detector.push(frame.index, small))
             detect_s += time.perf_counter() - t0
