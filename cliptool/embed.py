@@ -189,6 +189,8 @@ class ClipModel:
         tower = onnx_tower.load_cached(identity)
         if tower is None:  # first use of this model at int8: export it once from open_clip
             self._load_open_clip()
+            if sys.stderr.isatty():
+                print(f"preparing the int8 image tower of {self.spec.model_name} (once per model)", file=sys.stderr)
             try:
                 tower = onnx_tower.export(self._model.visual, identity, self._image_size, self._mean, self._std, self._dim)
             except Exception as exc:  # noqa: BLE001 - exporter and quantiser raise many kinds
