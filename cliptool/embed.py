@@ -206,11 +206,7 @@ class ClipModel:
         self._wait()
         with self._open_clip_lock:
             if self._model is None:
-                try:
-                    self._load_open_clip()
-                except BaseException as exc:
-                    self._error = exc
-                    raise
+                self._load_open_clip()  # its error is raised here, and the image tower keeps working
 
     def _load_in_background(self) -> None:
         # Importing torch and open_clip is mostly Python holding the GIL; with the default 5 ms

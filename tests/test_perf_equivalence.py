@@ -116,7 +116,9 @@ def test_int8_tower_is_exported_once_and_loads_without_torch(sample_clips: dict[
 
     spec = ModelSpec(str(tiny_model[0]), str(tiny_model[1]), "int8")
     images = _photos_and_frames(sample_clips)[:6]
-    here = ClipModel(spec).encode_images(images)
+    model = ClipModel(spec)
+    here = model.encode_images(images)
+    assert model.export_text_encoder(tmp_path / "first-index")  # also fills the text cache
     entry = onnx_tower.cache_path(spec.resolved().identity())
     assert onnx_tower.is_cached(spec.resolved().identity()) and entry.is_dir()
     np.save(tmp_path / "images.npy", np.stack([np.ascontiguousarray(im[:64, :64]) for im in images]))
@@ -125,22 +127,26 @@ def test_int8_tower_is_exported_once_and_loads_without_torch(sample_clips: dict[
         "from cliptool.embed import ClipModel, ModelSpec\n"
         "m = ClipModel(ModelSpec(*sys.argv[1:4]))\n"
         "v = m.encode_images(list(np.load(sys.argv[4])))\n"
+        "assert m.export_text_encoder(sys.argv[5])\n"
         "print(json.dumps({'heavy': [k for k in ('torch', 'open_clip') if k in sys.modules], 'v': v.tolist()}))\n"
     )
 
-    def fresh_process() -> dict:
+    def fresh_process(index_dir: Path) -> dict:
         out = subprocess.run([sys.executable, "-c", code, *map(str, (tiny_model[0], tiny_model[1], "int8")),
-                              str(tmp_path / "images.npy")], capture_output=True, text=True, check=True,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                              str(tmp_path / "images.npy"), str(index_dir)], capture_output=True, text=True,
+                             check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         return json.loads(out.stdout)
 
-    got = fresh_process()
-    assert got["heavy"] == []  # a cached tower needs neither torch nor open_clip
+    got = fresh_process(tmp_path / "second-index")
+    assert got["heavy"] == []  # cached towers need neither torch nor open_clip, for images or text
+    first, second = tmp_path / "first-index" / "textenc", tmp_path / "second-index" / "textenc"
+    assert sorted(p.name for p in first.iterdir()) == sorted(p.name for p in second.iterdir())
+    assert all((first / p.name).read_bytes() == p.read_bytes() for p in second.iterdir())
     crops = ClipModel(spec).encode_images([np.ascontiguousarray(im[:64, :64]) for im in images])
     np.testing.assert_allclose(np.array(got["v"]), crops, atol=1e-6)  # same file, same numbers
     # A damaged entry is exported again, giving the same vectors.
     (entry / "image-int8.onnx").write_bytes(b"damaged")
-    again = fresh_process()
+    again = fresh_process(tmp_path / "third-index")
     assert again["heavy"] != [] and onnx_tower.is_cached(spec.resolved().identity())
     np.testing.assert_allclose(np.array(again["v"]), crops, atol=1e-6)
     assert len(here) == len(images)
