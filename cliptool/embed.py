@@ -86,6 +86,10 @@ class ModelSpec:
             parts.append(self.precision)
         return "/".join(parts)
 
+    def same_model(self, other: ModelSpec) -> bool:
+        """Same architecture and weights, whatever the precision (both specs resolved)."""
+        return (self.name, self.pretrained) == (other.name, other.pretrained)
+
     def with_precision(self, precision: str) -> ModelSpec:
         return ModelSpec(self.name, self.pretrained, precision)
 

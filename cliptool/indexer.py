@@ -71,16 +71,22 @@ def _stderr(message: str) -> None:
 
 
 def resolve_model_spec(index_dir: Path, spec: ModelSpec | None) -> ModelSpec:
-    """The model to use: the given one, else the one the index was built with, else the default."""
-    if spec is not None:
-        return spec.resolved()
+    """The model to use: the given one, else the one the index was built with, else the default.
+
+    Given the model the index was built with, it keeps the index's precision (a default changed
+    between versions must not turn an existing index into a mismatch).
+    """
+    recorded = None
     store = IndexStore(index_dir)
     if store.exists():
         with store:
-            recorded = store.meta().get("model")
-        if recorded:
-            return ModelSpec(**recorded)
-    return ModelSpec().resolved()
+            meta = store.meta().get("model")
+        if meta:
+            recorded = ModelSpec(**{"precision": "fp32", **meta})  # indexes older than precisions: fp32
+    if spec is not None:
+        spec = spec.resolved()
+        return recorded if recorded is not None and recorded.same_model(spec) else spec
+    return recorded or ModelSpec().resolved()
 
 
 # -- per-file time limit ---------------------------------------------------------------------------

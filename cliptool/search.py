@@ -55,7 +55,9 @@ class Searcher:
         self.index_dir = Path(index_dir)
         self.vectors: VectorIndex = load_vector_index(self.index_dir)
         recorded = ModelSpec(**{"precision": "fp32", **self.vectors.model_spec})  # older indexes: fp32
-        if spec is not None and spec.resolved().identity() != self.vectors.meta["model_identity"]:
+        # a given model is compared in the index's precision (search has no precision of its own)
+        if spec is not None and spec.resolved().with_precision(recorded.precision).identity() != \
+                self.vectors.meta["model_identity"]:
             raise IndexMismatchError(
                 f"index at {self.index_dir} was built with {self.vectors.meta['model_identity']}; "
                 "search it without --model/--pretrained, or use another --index-dir"

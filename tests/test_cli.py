@@ -262,6 +262,34 @@ def test_other_model_on_existing_index_is_refused(indexed: tuple[Path, subproces
     assert_one_line_error(proc, 5, "was built with model")
 
 
+def test_an_index_keeps_its_precision(tmp_path: Path, sample_clips: dict[str, Path], model_args: list[str]) -> None:
+    index_dir = tmp_path / "index"
+    clip = sample_clips["shapes.mp4"]
+    ok(run(index_dir, "index", clip, *model_args, "--precision", "bf16"))
+    status = json.loads(ok(run(index_dir, "status", "--json")).stdout)
+    assert str(status).count("bf16") >= 1
+    # The same model named again, without --precision: the index's bf16, not the new default.
+    ok(run(index_dir, "index", sample_clips["titles.mp4"], *model_args))
+    hits = json.loads(ok(run(index_dir, "search", "--image", _first_frame(clip, tmp_path), "--json")).stdout)
+    assert Path(hits["results"][0]["path"]).name == "shapes.mp4"
+    from cliptool.embed import ModelSpec
+    from cliptool.search import Searcher
+
+    assert Searcher(index_dir, ModelSpec(model_args[1], model_args[3])).spec.precision == "bf16"
+    assert_one_line_error(run(index_dir, "index", clip, *model_args, "--precision", "int8"), 5, "was built with model")
+    assert_one_line_error(run(index_dir, "index", clip, "--precision", "fp16"), 2, "unknown precision")
+
+
+def _first_frame(video: Path, tmp_path: Path) -> Path:
+    from cliptool.decode import VideoReader, to_rgb
+
+    with VideoReader(video) as reader:
+        rgb = to_rgb(next(reader.frames()).av_frame)
+    out = tmp_path / "frame.png"
+    cv2.imwrite(str(out), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return out
+
+
 def test_help_is_light_and_python_m_works() -> None:
     code = "import sys; from cliptool.cli import app; heavy = [m for m in ('torch', 'open_clip', 'cv2', 'av', 'faiss', 'plyvel') if m in sys.modules]; print(heavy)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
