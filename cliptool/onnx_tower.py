@@ -68,6 +68,18 @@ class OnnxImageTower:
         return self._session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
+def _remove_stale_temporaries(parent: Path, age: float = 3600.0) -> None:
+    """Temporary folders left by an export that was killed (Ctrl-C exits at once)."""
+    import time
+
+    for entry in parent.glob(".*"):
+        try:
+            if entry.is_dir() and time.time() - entry.stat().st_mtime > age:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def load_cached(identity: str) -> OnnxImageTower | None:
     """The cached tower for `identity`, or None when there is none (or it is unreadable)."""
     folder = cache_path(identity)
@@ -94,6 +106,7 @@ def export(visual: Any, identity: str, image_size: int, mean: np.ndarray, std: n
 
     folder = cache_path(identity)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(folder.parent)
     if shutil.disk_usage(folder.parent).free < _MIN_FREE_BYTES:
         raise OSError(f"less than 1 GiB free in {folder.parent} for the int8 image tower")
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
