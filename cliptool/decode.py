@@ -208,7 +208,7 @@ def small_bgr(frame: Any, size: tuple[int, int]) -> np.ndarray:
     y = _plane(frame, 0, w, h)[::step, ::step]
     u = _plane(frame, 1, (w + 1) // 2, (h + 1) // 2)[::cstep, ::cstep]
     v = _plane(frame, 2, (w + 1) // 2, (h + 1) // 2)[::cstep, ::cstep]
-    yuv = cv2.merge([_area_resize(np.ascontiguousarray(p), tw, th) for p in (y, u, v)])
+    yuv = cv2.merge([area_resize(np.ascontiguousarray(p), tw, th) for p in (y, u, v)])
     full_range = frame.format.name == "yuvj420p" or frame.color_range == 2
     matrix = _YUV_TO_BGR_FULL if full_range else _YUV_TO_BGR_LIMITED
     # Round, not truncate: truncation turns white into (255, 255, 254), which has a hue.
@@ -251,9 +251,9 @@ _FULL_TO_VIDEO_LUMA = np.rint(16 + np.arange(256) * (219 / 255)).astype(np.uint8
 _FULL_TO_VIDEO_CHROMA = np.rint(128 + (np.arange(256) - 128) * (224 / 255)).astype(np.uint8)
 
 
-def _area_resize(plane: np.ndarray, tw: int, th: int) -> np.ndarray:
-    """INTER_AREA downscale to (tw, th), halving first while the plane is at least twice the
-    target: OpenCV's exact-2x area path is ~20x faster than its general one, and the result
+def area_resize(plane: np.ndarray, tw: int, th: int) -> np.ndarray:
+    """INTER_AREA downscale of a plane or an image to (tw, th), halving first while it is at
+    least twice the target: OpenCV's exact-2x area path is ~20x faster than its general one, and the result
     differs from a one-step area resize by a level or two at most."""
     while plane.shape[1] >= 2 * tw and plane.shape[0] >= 2 * th:
         plane = cv2.resize(plane, (plane.shape[1] // 2, plane.shape[0] // 2), interpolation=cv2.INTER_AREA)

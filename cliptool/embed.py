@@ -104,11 +104,15 @@ def preprocess_rgb(rgb: np.ndarray, size: int, mean: np.ndarray, std: np.ndarray
     """
     import cv2
 
+    from .decode import area_resize
+
     h, w = rgb.shape[:2]
     scale = size / min(h, w)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    resized = cv2.resize(rgb, (nw, nh), interpolation=interp)
+    if scale < 1:  # halvings first: 2-4x cheaper than one area resize of a full HD frame
+        resized = area_resize(np.ascontiguousarray(rgb), nw, nh)
+    else:
+        resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_CUBIC)
     top, left = (nh - size) // 2, (nw - size) // 2
     crop = resized[top : top + size, left : left + size].astype(np.float32) * (1.0 / 255.0)
     return ((crop - mean) / std).transpose(2, 0, 1)
