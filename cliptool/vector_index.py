@@ -260,14 +260,10 @@ def _write_vectors(store: IndexStore, records: list[Any], flat: _FlatWriter, fra
     return table, videos
 
 
-class _FlatWriter:
-    """Writes float32 vectors straight into the file format of `faiss.write_index(IndexFlatIP)`.
+class _RowWriter:
+    """Streams (N, D) float32 row blocks into a file whose fixed-size header is written at close."""
 
-    Layout: fourcc "IxFI", d (int32), ntotal (int64), two int64 placeholders (1 << 20),
-    is_trained (uint8), metric type (int32, 0 = inner product), then the vectors: their number
-    of floats (uint64) and the raw little-endian float32 rows. Header fields that
-    depend on the row count are written when the file is closed. Tests check that FAISS reads it.
-    """
+    _HEADER_BYTES = 0
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -275,42 +271,7 @@ class _FlatWriter:
         self.dim: int | None = None
         self._f: Any = None
 
-    def __enter__(self) -> _FlatWriter:
-        self._f = open(self.path, "wb")
-        self._f.write(b"\0" * _FLAT_HEADER.size)
-        return self
-
-    def add(self, vectors: np.ndarray) -> None:
-        vectors = np.ascontiguousarray(vectors, dtype="<f4")
-        if self.dim is None:
-            self.dim = int(vectors.shape[1])
-        elif vectors.shape[1] != self.dim:
-            raise ValueError(f"vectors of dimension {vectors.shape[1]} in an index of {self.dim}")
-        self._f.write(vectors.tobytes())
-        self.rows += len(vectors)
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if exc[0] is None:
-                d = self.dim or 0
-                self._f.seek(0)
-                self._f.write(_FLAT_HEADER.pack(b"IxFI", d, self.rows, 1 << 20, 1 << 20, 1, 0, self.rows * d))
-        finally:
-            self._f.close()
-
-
-class _NpyWriter:
-    """Writes an (N, D) float32 .npy file row block by row block (header fixed up at close)."""
-
-    _HEADER_BYTES = 128
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows = 0
-        self.dim: int | None = None
-        self._f: Any = None
-
-    def __enter__(self) -> _NpyWriter:
+    def __enter__(self) -> _RowWriter:
         self._f = open(self.path, "wb")
         self._f.write(b"\0" * self._HEADER_BYTES)
         return self
@@ -321,6 +282,8 @@ class _NpyWriter:
             return
         if self.dim is None:
             self.dim = int(vectors.shape[1])
+        elif vectors.shape[1] != self.dim:
+            raise ValueError(f"vectors of dimension {vectors.shape[1]} in an index of {self.dim}")
         self._f.write(vectors.tobytes())
         self.rows += len(vectors)
 
@@ -328,9 +291,37 @@ class _NpyWriter:
         try:
             if exc[0] is None:
                 self._f.seek(0)
-                self._f.write(_npy_header(self.rows, self.dim or 0, self._HEADER_BYTES))
+                self._f.write(self._header())
         finally:
             self._f.close()
+
+    def _header(self) -> bytes:
+        raise NotImplementedError
+
+
+class _FlatWriter(_RowWriter):
+    """Writes float32 vectors straight into the file format of `faiss.write_index(IndexFlatIP)`.
+
+    Layout: fourcc "IxFI", d (int32), ntotal (int64), two int64 placeholders (1 << 20),
+    is_trained (uint8), metric type (int32, 0 = inner product), then the vectors: their number
+    of floats (uint64) and the raw little-endian float32 rows. Header fields that
+    depend on the row count are written when the file is closed. Tests check that FAISS reads it.
+    """
+
+    _HEADER_BYTES = _FLAT_HEADER.size
+
+    def _header(self) -> bytes:
+        d = self.dim or 0
+        return _FLAT_HEADER.pack(b"IxFI", d, self.rows, 1 << 20, 1 << 20, 1, 0, self.rows * d)
+
+
+class _NpyWriter(_RowWriter):
+    """Writes an (N, D) float32 .npy file row block by row block (header fixed up at close)."""
+
+    _HEADER_BYTES = 128
+
+    def _header(self) -> bytes:
+        return _npy_header(self.rows, self.dim or 0, self._HEADER_BYTES)
 
 
 def _npy_header(rows: int, dim: int, total: int) -> bytes:
