@@ -160,7 +160,7 @@ class ClipModel:
         if background:
             self._thread = threading.Thread(target=self._load_in_background, name="cliptool-model-load", daemon=True)
             self._thread.start()
-            _join_at_exit(self._thread)
+            _settle_at_exit()
         else:
             self._load()
             self._wait()
@@ -325,17 +325,40 @@ class ClipModel:
         return True
 
 
-_LOADERS: list[Any] = []
+_AT_EXIT: list[bool] = []
 
 
-def _join_at_exit(thread: Any) -> None:
-    """Lets a background load finish before the interpreter shuts down: a thread still inside
-    ONNX Runtime's or torch's C++ code at shutdown aborts the process."""
-    import atexit
+def _settle_at_exit() -> None:
+    if not _AT_EXIT:
+        import atexit
 
-    if not _LOADERS:
-        atexit.register(lambda: [t.join() for t in _LOADERS])
-    _LOADERS[:] = [t for t in _LOADERS if t.is_alive()] + [thread]
+        atexit.register(settle_threads, 120.0)  # a first-use export can take a while
+        _AT_EXIT.append(True)
+
+
+def settle_threads(limit: float = 30.0) -> None:
+    """Waits (bounded) for cliptool's worker threads (model load, embedding) to stop.
+
+    A process that exits while such a daemon thread is inside torch's or ONNX Runtime's C++
+    code aborts ("terminate called without an active exception") instead of exiting cleanly;
+    a ClipModel loading in the background has it run at exit. A thread
+    counts as running while it has a Python frame (its Thread object may not say so when
+    Ctrl-C landed inside its start()).
+    """
+    import threading
+    import time
+
+    deadline = time.monotonic() + limit
+    me = threading.get_ident()
+    try:
+        while time.monotonic() < deadline:
+            running = sys._current_frames()
+            if not any(t.ident in running and t.ident != me for t in threading.enumerate()
+                       if t.name.startswith("cliptool-") and t.name != "cliptool-watchdog"):
+                return
+            time.sleep(0.05)
+    except BaseException:  # noqa: BLE001 - a second Ctrl-C: stop waiting
+        return
 
 
 TEXTENC_CACHE_VERSION = 1

@@ -25,7 +25,7 @@ from typing import Any
 from .analyse import ModelLoadError, analyse_video
 from .config import IndexOptions
 from .discover import discover_videos
-from .embed import ClipModel, ModelSpec, file_fingerprint
+from .embed import ClipModel, ModelSpec, file_fingerprint, settle_threads
 from .errors import CliptoolError, ModelUnavailableError, NothingToDoError, VideoError, one_line, printable
 from .store import IndexStore, VideoRecord, WriterLock, video_id_for
 
@@ -357,7 +357,7 @@ def index_paths(
                 changed_store |= _analyse_with(model, todo, index_dir, identity, options, summary, report,
                                                progress, file_timeout, tqdm)
             except BaseException:
-                _settle_threads()
+                settle_threads()
                 raise
         if changed_store or not _cache_current(index_dir):
             try:
@@ -389,27 +389,6 @@ def _changed_since(path: Path, st: os.stat_result) -> bool:
 def _fail(summary: IndexSummary, report: Reporter, path: Path, message: str) -> None:
     summary.failed.append((str(path), message))
     report(f"warning: failed {path}: {message}")
-
-
-def _settle_threads(limit: float = 30.0) -> None:
-    """Waits (bounded) for cliptool's worker threads (model load, embedding) to stop.
-
-    A process that exits while such a daemon thread is inside torch's C++ code aborts
-    ("terminate called without an active exception") instead of exiting cleanly. A thread
-    counts as running while it has a Python frame (its Thread object may not say so when
-    Ctrl-C landed inside its start()).
-    """
-    deadline = time.monotonic() + limit
-    me = threading.get_ident()
-    try:
-        while time.monotonic() < deadline:
-            running = sys._current_frames()
-            if not any(t.ident in running and t.ident != me for t in threading.enumerate()
-                       if t.name.startswith("cliptool-") and t.name != "cliptool-watchdog"):
-                return
-            time.sleep(0.05)
-    except BaseException:  # noqa: BLE001 - a second Ctrl-C: stop waiting
-        return
 
 
 def _analyse_with(
