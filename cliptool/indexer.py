@@ -27,6 +27,7 @@ from .config import IndexOptions
 from .discover import discover_videos
 from .embed import ClipModel, ModelSpec, file_fingerprint, settle_threads
 from .errors import CliptoolError, ModelUnavailableError, NothingToDoError, VideoError, one_line, printable
+from .onnx_tower import usable_cores
 from .store import IndexStore, VideoRecord, WriterLock, video_id_for
 
 Reporter = Callable[[str], None]
@@ -353,7 +354,7 @@ def index_paths(
         # 4. Decode, detect, sample and embed what is new or changed.
         if todo:
             try:
-                model = ClipModel(spec)
+                model = ClipModel(spec, threads=max(1, usable_cores() // 2))  # the decoder has the rest
                 changed_store |= _analyse_with(model, todo, index_dir, identity, options, summary, report,
                                                progress, file_timeout, tqdm)
             except BaseException:
