@@ -12,6 +12,14 @@ DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "datacomp_xl_s13b_b90k"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def default_index_dir() -> Path:
     """$CLIPTOOL_INDEX_DIR, else the platform's user data directory."""
     env = os.environ.get(INDEX_DIR_ENV)

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from .analyse import ModelLoadError, analyse_video
-from .config import IndexOptions
+from .config import IndexOptions, usable_cores
 from .discover import discover_videos
 from .embed import ClipModel, ModelSpec, file_fingerprint, settle_threads
 from .errors import CliptoolError, ModelUnavailableError, NothingToDoError, VideoError, one_line, printable
-from .onnx_tower import usable_cores
 from .store import IndexStore, VideoRecord, WriterLock, video_id_for
 
 Reporter = Callable[[str], None]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import cache_entry
+from .config import cache_entry, usable_cores
 
 FORMAT = 2  # bump when the export changes, so old cache entries are not reused
 _MODEL_FILE = "image-int8.onnx"
@@ -30,13 +30,6 @@ _MIN_FREE_BYTES = 1 << 30
 def cache_path(identity: str) -> Path:
     """Where the tower for a model identity is (or would be) cached."""
     return cache_entry("image-towers", identity, FORMAT)
-
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def is_cached(identity: str) -> bool:

@@ -492,8 +492,8 @@ class NumpyTextEncoder:
     def load(cls, directory: str | os.PathLike, *, blas_threads: int | None = 1) -> "NumpyTextEncoder":
         """Open an exported encoder. Weights are memory-mapped (read on first use only).
 
-        `blas_threads`: OpenBLAS threads used while encoding (restored afterwards); 1 is
-        fastest for queries and robust on busy machines; None leaves the setting alone.
+        `blas_threads`: OpenBLAS threads used while encoding (restored afterwards); None
+        leaves the setting alone.
         """
         directory = Path(directory)
         meta_path = directory / META_FILE

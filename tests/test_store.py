@@ -114,3 +114,32 @@ def test_faiss_cache_is_rebuilt_whenever_the_stores_change(tmp_path: Path) -> No
     with IndexStore(tmp_path) as store:
         store.delete_video("aaaa")
     assert load_vector_index(tmp_path).size == 2
+
+
+def test_split_scan_gives_the_single_scan_ranking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large indexes are scanned in two halves on two threads; the merged top-k, ties included,
+    is what one FAISS scan of the whole index returns."""
+    import cliptool.vector_index as vi
+
+    with IndexStore(tmp_path, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        record = put(store, "aaaa", 300, 1)
+        dup = store.vectors(record)[7].scene
+        put(store, "bbbb", 301, 2)
+    with IndexStore(tmp_path) as store:  # a scene equal to one of aaaa's: a tie across the halves
+        rec = VideoRecord("dddd", "/videos/dddd.mp4", 1, 1.0, "fp", 10.0, 25.0, 64, 48, 250, 0, "h264", "m", 0.0, "")
+        store.put_video(rec, [SceneRecord(0, 0.0, 1.0, 0, 25, [0.5], [12])], [SceneVectors(dup, dup[None, :])])
+    index = load_vector_index(tmp_path)
+    monkeypatch.setattr(vi, "_SPLIT_ROWS", 10)
+    monkeypatch.setattr(vi, "usable_cores", lambda: 2)
+    rng = np.random.default_rng(5)
+    for query in [dup, *unit(rng, 20)]:
+        for k in (1, 10, 50, index.size):
+            scores, rows = index.scores(query, k)
+            want_scores, want_rows = index.faiss.search(np.asarray(query, np.float32)[None, :], k)
+            assert len(rows) == k
+            assert np.allclose(scores, want_scores[0], atol=1e-6)
+            assert set(rows[np.abs(scores - scores[-1]) > 1e-6]) <= set(want_rows[0])  # same set above the cut
+    scores, rows = index.scores(dup, 2)
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)  # the two copies, in row order
+    assert rows[0] < index.size // 2 <= rows[1]
