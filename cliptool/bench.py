@@ -323,7 +323,8 @@ def warm_search(index_dir: Path, repeat: int) -> dict[str, float]:
             search_ms.append((t2 - t1) * 1e3)
             total_ms.append((t2 - t0) * 1e3)
     return {"text_ms": median(text_ms), "search_ms": median(search_ms), "query_ms": median(total_ms),
-            "numpy_text_encoder": searcher.exported_text_encoder() is not None}
+            "numpy_text_encoder": searcher.exported_text_encoder() is not None,
+            "text_layers": getattr(searcher.exported_text_encoder(), "runtime", "open_clip")}
 
 
 # -- int8 and bf16 against fp32 on real frames -------------------------------------------------------
@@ -519,7 +520,7 @@ def print_table(r: dict) -> None:
     print(f"index with --precision fp32 ({r['index_fp32_s']['file']}): {f(r['index_fp32_s']['index_s'])} s")
     print(f"search, {s['scenes']} scenes: cold `cliptool search` {f(s['cold_s'], '{:.2f}')} s; warm query "
           f"{f(s['query_ms'])} ms (text {f(s['text_ms'])} ms + search {f(s['search_ms'])} ms; "
-          f"numpy text encoder: {s['numpy_text_encoder']})")
+          f"exported text encoder: {s['numpy_text_encoder']}, layers in {s.get('text_layers', 'numpy')})")
     print(f"cache rebuild, {s['scenes']} scenes: {f(s['rebuild_s'])} s, peak RSS {s['rebuild_peak_rss_mb']} MB "
           f"(vectors {s['vectors_mb']:.0f} MB)")
     print(f"cliptool --help: {f(r['help_s'], '{:.2f}')} s")

@@ -485,6 +485,7 @@ class NumpyTextEncoder:
         self._act = _ACT_FUNCS[self.activation]
         self._tokenizer: ClipBpeTokenizer | None = None
         self._f32_cache: dict[str, np.ndarray] = {}
+        self._layers = None  # the transformer layers in ONNX Runtime, once enabled
 
     # -- loading --------------------------------------------------------------------------
 
@@ -536,6 +537,18 @@ class NumpyTextEncoder:
         if conv is None:
             conv = self._f32_cache[name] = np.asarray(arr, dtype=np.float32)
         return conv
+
+    @property
+    def runtime(self) -> str:
+        """What runs the transformer layers: "numpy" or "onnxruntime"."""
+        return "numpy" if self._layers is None else "onnxruntime"
+
+    def use_onnx_runtime(self, threads: int = 0) -> None:
+        """Runs the transformer layers in ONNX Runtime from now on (see textenc_ort): about
+        half the time per query, after ~0.3 s to start. Raises if it cannot be set up."""
+        from .textenc_ort import LAYER_ARRAYS, OrtTextLayers
+
+        self._layers = OrtTextLayers({name: self._f32(name) for name in LAYER_ARRAYS}, self.meta, threads)
 
     # -- encoding -------------------------------------------------------------------------
 
@@ -598,6 +611,9 @@ class NumpyTextEncoder:
         mask = None
         if self.causal and seq > 1:
             mask = np.triu(np.full((seq, seq), -np.inf, dtype=np.float32), 1)
+        if self._layers is not None:
+            full_mask = mask if mask is not None else np.zeros((seq, seq), dtype=np.float32)
+            return self._layers(x.reshape(n, seq, d), full_mask)[np.arange(n), pos]
         attn_in_w, attn_out_w = self._f32("attn_in_weight"), self._f32("attn_out_weight")
         fc_w, proj_w = self._f32("mlp_fc_weight"), self._f32("mlp_proj_weight")
         for layer in range(self.layers):

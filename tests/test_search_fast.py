@@ -54,6 +54,19 @@ def test_numpy_text_path_matches_open_clip(indexed: tuple[Path, ModelSpec]) -> N
         assert [h.best_time for h in hits_fast] == [h.best_time for h in hits_slow]
 
 
+def test_a_searcher_that_lives_on_moves_text_layers_to_onnx_runtime(indexed: tuple[Path, ModelSpec]) -> None:
+    """The first query runs in numpy (nothing to start), later ones in ONNX Runtime, with the
+    same vectors and hits."""
+    index_dir, _ = indexed
+    searcher = Searcher(index_dir)
+    first = searcher.text_vector(QUERIES[0])
+    assert searcher.exported_text_encoder().runtime == "numpy"  # type: ignore[union-attr]
+    again = searcher.text_vector(QUERIES[0])
+    assert searcher.exported_text_encoder().runtime == "onnxruntime"  # type: ignore[union-attr]
+    np.testing.assert_allclose(again, first, atol=1e-5)
+    assert [h.scene_id for h in searcher.search(again, top=8)] == [h.scene_id for h in searcher.search(first, top=8)]
+
+
 def test_search_falls_back_to_open_clip_without_a_usable_export(indexed: tuple[Path, ModelSpec], tmp_path: Path) -> None:
     import shutil
 

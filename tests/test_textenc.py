@@ -221,6 +221,22 @@ def test_embeddings_match_open_clip(exported, name):
     np.testing.assert_allclose(single, got[:6], atol=2e-6)
 
 
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_onnx_runtime_layers_match_numpy(exported, name):
+    """The layers rebuilt as an ONNX Runtime graph give the numpy encoder's vectors."""
+    pytest.importorskip("onnxruntime")
+    model, tok, d = exported[name]
+    plain = NumpyTextEncoder.load(d)
+    fast = NumpyTextEncoder.load(d)
+    fast.use_onnx_runtime()
+    assert (plain.runtime, fast.runtime) == ("numpy", "onnxruntime")
+    got, want = fast.encode_batch(TEXTS), plain.encode_batch(TEXTS)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    _, ref = _reference(model, tok, TEXTS)
+    assert np.sum(got * ref, axis=1).min() > 0.9999
+    np.testing.assert_allclose(np.stack([fast.encode(t) for t in TEXTS[:4]]), want[:4], atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["cliptool-tiny-gelu", "cliptool-tiny-custom"])
 def test_truncation_at_pool_position_is_exact(exported, name):
     """Causal mask: running only the prefix up to the pooled token changes nothing."""
