@@ -4,8 +4,8 @@ The first time a model is used at int8 precision its open_clip image tower is ex
 ONNX and its weights quantised to int8 (ONNX Runtime dynamic quantisation: int8 weights,
 activations quantised per batch; the patch-embedding convolution stays float32, as ONNX
 Runtime's integer convolution is slower than its float one), then cached under the user's
-cache directory, keyed by the model identity. Every later run loads only ONNX Runtime and that file: no torch, no open_clip,
-a fraction of a second and ~150 MB instead of ~5 s and ~1.4 GB.
+cache directory, keyed by the model identity. Every later run loads only ONNX Runtime and that
+file: no torch, no open_clip, a fraction of a second and ~150 MB instead of ~5 s and ~1.4 GB.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from .errors import IndexMissingError
 from .store import IndexStore, generation
 
 CACHE_DIR = "faiss"
-_SPLIT_ROWS = 20_000  # from here on a query scans its halves on two cores (9 -> 5-7 ms at 100k)
+_SPLIT_ROWS = 20_000  # from here on a query scans its halves on two cores (9-10 -> 5-8 ms at 100k)
 _FLAT_HEADER = struct.Struct("<4siqqqBiQ")
 
 
