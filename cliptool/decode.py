@@ -260,8 +260,8 @@ _FULL_TO_VIDEO_CHROMA = np.rint(128 + (np.arange(256) - 128) * (224 / 255)).asty
 
 def area_resize(plane: np.ndarray, tw: int, th: int) -> np.ndarray:
     """INTER_AREA downscale of a plane or an image to (tw, th), halving first while it is at
-    least twice the target: OpenCV's exact-2x area path is ~20x faster than its general one, and the result
-    differs from a one-step area resize by a level or two at most."""
+    least twice the target: OpenCV's exact-2x area path is ~20x faster than its general one,
+    and the result differs from a one-step area resize by a level or two at most."""
     while plane.shape[1] >= 2 * tw and plane.shape[0] >= 2 * th:
         plane = cv2.resize(plane, (plane.shape[1] // 2, plane.shape[0] // 2), interpolation=cv2.INTER_AREA)
     return cv2.resize(plane, (tw, th), interpolation=cv2.INTER_AREA)

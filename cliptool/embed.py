@@ -86,6 +86,11 @@ class ModelSpec:
             parts.append(self.precision)
         return "/".join(parts)
 
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> ModelSpec:
+        """The spec an index recorded; indexes made before precisions existed are fp32."""
+        return cls(**{"precision": "fp32", **record})
+
     def same_model(self, other: ModelSpec) -> bool:
         """Same architecture and weights, whatever the precision (both specs resolved)."""
         return (self.name, self.pretrained) == (other.name, other.pretrained)

@@ -82,7 +82,7 @@ def resolve_model_spec(index_dir: Path, spec: ModelSpec | None) -> ModelSpec:
         with store:
             meta = store.meta().get("model")
         if meta:
-            recorded = ModelSpec(**{"precision": "fp32", **meta})  # indexes older than precisions: fp32
+            recorded = ModelSpec.from_record(meta)
     if spec is not None:
         spec = spec.resolved()
         return recorded if recorded is not None and recorded.same_model(spec) else spec

@@ -54,7 +54,7 @@ class Searcher:
     def __init__(self, index_dir: Path, spec: ModelSpec | None = None) -> None:
         self.index_dir = Path(index_dir)
         self.vectors: VectorIndex = load_vector_index(self.index_dir)
-        recorded = ModelSpec(**{"precision": "fp32", **self.vectors.model_spec})  # older indexes: fp32
+        recorded = ModelSpec.from_record(self.vectors.model_spec)
         # a given model is compared in the index's precision (search has no precision of its own)
         if spec is not None and spec.resolved().with_precision(recorded.precision).identity() != \
                 self.vectors.meta["model_identity"]:
