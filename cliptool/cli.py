@@ -50,7 +50,7 @@ def _run(action: Callable[[], Any]) -> Any:
     except CliptoolError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        print("cliptool: interrupted; everything committed before this point is kept", file=sys.stderr)
+        _say_interrupted()
         # Every store is closed by now. Exit at once: interpreter shutdown while a library
         # thread (torch, the decoder) is still inside native code can abort the process.
         sys.stdout.flush()
@@ -59,6 +59,10 @@ def _run(action: Callable[[], Any]) -> Any:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0) from None
+
+
+def _say_interrupted() -> None:
+    print("cliptool: interrupted; everything committed before this point is kept", file=sys.stderr)
 
 
 def _print_json(data: object) -> None:
@@ -429,4 +433,16 @@ def run() -> None:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
-    app(prog_name="cliptool")
+    try:
+        app(prog_name="cliptool")
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:  # typer's own answer to a Ctrl-C outside a command body
+            _say_interrupted()
+        raise
+    finally:
+        # The command is over and has said so: a Ctrl-C while the interpreter shuts down (a
+        # few tenths of a second) must not turn its exit status into a death by SIGINT or
+        # print a traceback from the threading module.
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -132,6 +132,22 @@ def test_ctrl_c_at_any_moment_stops_cleanly(index_dir: Path, many_clips: Path, m
     assert check_index(index_dir).ok
 
 
+@pytest.mark.parametrize("delay", [0.01, 0.03, 0.06, 0.1])
+def test_ctrl_c_after_the_summary_keeps_the_outcome(tmp_path: Path, many_clips: Path, model_args, delay: float) -> None:
+    """SIGINT while the process exits after a finished run (it has printed its summary): exit 0,
+    or 130 with the message, and never a traceback or a death by SIGINT."""
+    proc = _start(tmp_path / "index", "index", str(many_clips), *model_args)
+    line = proc.stderr.readline()  # type: ignore[union-attr]
+    while line and not line.startswith("indexed"):
+        line = proc.stderr.readline()  # type: ignore[union-attr]
+    assert line.startswith("indexed 8 new")
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    assert proc.returncode == 0 or (proc.returncode == 130 and "interrupted" in err), (proc.returncode, err)
+
+
 def test_ctrl_c_during_model_load(index_dir: Path, many_clips: Path, model_args) -> None:
     """SIGINT once the run has taken the writer lock (model load and first video follow)."""
     proc = _start(index_dir, "index", str(many_clips), *model_args)
