@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 
 from .errors import CliptoolError, printable
-from .store import IndexStore, VideoRecord, WriterLock, decode_vectors, generation, scene_id
+from .store import IndexStore, VideoRecord, WriterLock, decode_vectors, scene_id
 
 # Kinds of problem: "orphan" (scene lists or vectors no record names: left by an interrupted
 # write, harmless), "video" (a record whose scene list or vectors are missing or malformed),
 # "cache" (the FAISS cache is corrupt or disagrees with the stores), "failure" (a malformed
-# failure note).
-ORPHAN, VIDEO, CACHE, FAILURE = "orphan", "video", "cache", "failure"
+# failure note), "identity" (a video filed under another spelling of its path: `..`, a symbolic
+# link, or an index made before ids came from real paths; a second such record is a duplicate).
+ORPHAN, VIDEO, CACHE, FAILURE, IDENTITY = "orphan", "video", "cache", "failure", "identity"
 
 
 @dataclass
@@ -58,7 +59,7 @@ class CheckReport:
 
 def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> list[str]:
     """What is wrong with one video's scene list and vectors ([] when it is whole)."""
-    raw = store._db("scenes").get(f"s/{video.video_id}/{video.version}".encode())
+    raw = store.raw_scene_list(video)
     if raw is None:
         return [f"{video.path}: its scene list is missing"]
     try:
@@ -72,18 +73,17 @@ def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> li
         wrong.append(f"{video.path}: {len(scenes)} scenes stored, its record says {video.scene_count}")
     if indices != list(range(len(scenes))) or ids != [scene_id(video.video_id, video.version, i) for i in indices]:
         wrong.append(f"{video.path}: its scene list is out of order or names other scenes")
-    prefix = f"{video.video_id}/{video.version}/".encode()
     keys = []
-    for key, value in store._db("embeddings").iterator(prefix=prefix):
-        keys.append(key.decode(errors="replace"))
+    for key, value in store.vector_records(video):
+        keys.append(key)
         try:
             vec = decode_vectors(value)
         except (ValueError, Exception):  # noqa: BLE001 - struct errors too
-            wrong.append(f"{video.path}: vector record {key.decode(errors='replace')} is malformed")
+            wrong.append(f"{video.path}: vector record {key} is malformed")
             continue
         dims.add(vec.scene.shape[0])
         if not np.all(np.isfinite(vec.scene)) or not np.all(np.isfinite(vec.frames)):
-            wrong.append(f"{video.path}: vector record {key.decode(errors='replace')} holds NaN or infinity")
+            wrong.append(f"{video.path}: vector record {key} holds NaN or infinity")
     if keys != ids:
         missing = len(set(ids) - set(keys))
         extra = len(set(keys) - set(ids))
@@ -93,16 +93,16 @@ def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> li
 
 def _cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: list[VideoRecord]) -> list[str]:
     """What is wrong with the current FAISS build, compared with the stores."""
-    from .vector_index import VectorIndex, _current_build
+    from .vector_index import VectorIndex, current_build
 
-    build = _current_build(index_dir)
+    build = current_build(index_dir)
     if build is None:
         return []
     try:
         vi = VectorIndex(build)
         rows = vi.size
-        ids = [str(x) for x in vi._table["scene_id"]]
-        mat = vi.faiss.reconstruct_n(0, rows) if rows else np.zeros((0, 0), np.float32)
+        ids = vi.scene_ids()
+        mat = vi.scene_matrix()
     except Exception as exc:  # noqa: BLE001 - any failure to load means a corrupt cache
         return [f"the search cache {build.name} cannot be read ({type(exc).__name__})"]
     wrong = []
@@ -126,7 +126,7 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
     `cliptool index` redoes it) and rebuilds a corrupt or disagreeing cache. Holds the writer
     lock (an index run in progress would look like orphans), unless take_lock is False.
     """
-    from .vector_index import _built_from, _current_build, rebuild
+    from .vector_index import cache_state, rebuild
 
     index_dir = Path(index_dir)
     if take_lock:
@@ -146,8 +146,8 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
                 report.problems += [Problem(VIDEO, w, video.video_id) for w in wrong]
                 continue
             report.scenes += video.scene_count
-            for key, value in store._db("embeddings").iterator(prefix=f"{video.video_id}/{video.version}/".encode()):
-                expected[key.decode()] = decode_vectors(value).scene
+            for key, value in store.vector_records(video):
+                expected[key] = decode_vectors(value).scene
         if len(dims) > 1:
             report.problems.append(Problem(VIDEO, f"vectors of {len(dims)} different sizes {sorted(dims)}: "
                                            "videos embedded by different models"))
@@ -161,7 +161,15 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
         for vid, note in _raw_failures(store):
             if note is None:
                 report.problems.append(Problem(FAILURE, f"failure note {vid} is malformed", vid))
+        misfiled = [(rec, real) for rec, real in store.misfiled() if rec.video_id not in {v.video_id for v in damaged}]
+        reals = [real for _, real in misfiled] + [r.path for r in records if r.video_id not in {m.video_id for m, _ in misfiled}]
+        for rec, real in misfiled:
+            twice = reals.count(real) > 1
+            report.problems.append(Problem(IDENTITY, f"{rec.path}: {'a duplicate of' if twice else 'filed under another spelling of'} "
+                                           f"{real}", rec.video_id))
         if repair:
+            for rec, real in misfiled:
+                store.refile(rec, real)
             for video in damaged:
                 store.delete_video(video.video_id)
             store.recover()
@@ -169,19 +177,19 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
             for vid in bad_notes:
                 store.delete_failure(vid)
             for p in report.problems:
-                if p.kind in (ORPHAN, FAILURE) or (p.kind == VIDEO and p.video_id in damaged_ids):
+                if p.kind in (ORPHAN, FAILURE, IDENTITY) or (p.kind == VIDEO and p.video_id in damaged_ids):
                     p.repaired = True
+            if misfiled:
+                records = list(store.videos())
+                expected = {key: decode_vectors(value).scene for r in records for key, value in store.vector_records(r)}
+                report.videos = len(records)
+                report.scenes = sum(r.scene_count for r in records)
     records = [r for r in records if r.video_id not in damaged_ids]
-    build = _current_build(index_dir)
-    if build is None:
-        report.cache = "missing"
-    elif _built_from(build) == generation(index_dir):
-        report.cache = "current"
+    report.cache = cache_state(index_dir)  # "stale" is no problem: a search adds what is newer
+    if report.cache == "current":
         for w in _cache_problems(index_dir, expected, records):
             report.problems.append(Problem(CACHE, w))
-    else:
-        report.cache = "stale"  # not a problem: the next search rebuilds it
-    if repair and (damaged or any(p.kind == CACHE for p in report.problems) or report.cache != "current"):
+    if repair and (damaged or misfiled or any(p.kind == CACHE for p in report.problems) or report.cache != "current"):
         try:
             rebuild(index_dir)
             report.cache = "current"
@@ -197,13 +205,13 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
 
 def _raw_failures(store: IndexStore) -> list[tuple[str, dict[str, Any] | None]]:
     out: list[tuple[str, dict[str, Any] | None]] = []
-    for key, raw in store._db("videos").iterator(prefix=b"f/"):
+    for vid, raw in store.raw_failures():
         try:
             note = json.loads(raw)
             ok = isinstance(note, dict) and "path" in note
         except ValueError:
             ok = False
-        out.append((key[2:].decode(errors="replace"), note if ok else None))
+        out.append((vid, note if ok else None))
     return out
 
 

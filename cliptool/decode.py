@@ -27,7 +27,6 @@ class VideoInfo:
     fps: float  # average frame rate; times never come from it
     duration: float  # seconds, container's estimate
     codec: str
-    rotation: int  # clockwise degrees to apply for display: 0, 90, 180 or 270
 
 
 @dataclass
@@ -88,7 +87,6 @@ class VideoReader:
             fps=fps,
             duration=duration,
             codec=cc.name or "",
-            rotation=0,
         )
 
     def __enter__(self) -> VideoReader:

@@ -21,7 +21,8 @@ def is_video_name(path: Path) -> bool:
 
 
 def discover_videos(paths: Iterable[Path]) -> Iterator[Path]:
-    """Yields absolute paths of video files under `paths`, recursively, each once, sorted per folder.
+    """Yields the real paths of video files under `paths` (absolute, `..` and symbolic links
+    resolved: one spelling per file), recursively, each once, sorted per folder.
 
     Hidden files and folders are skipped; symlinked folders are followed once (no loops).
     A path named explicitly is taken even if hidden. Raises UsageError for a missing path.
@@ -37,7 +38,7 @@ def discover_videos(paths: Iterable[Path]) -> Iterator[Path]:
             resolved = p.resolve()
             if resolved not in seen_files:
                 seen_files.add(resolved)
-                yield p.absolute()
+                yield resolved
             continue
         yield from _walk(p.absolute(), seen_files, seen_dirs)
 
@@ -66,6 +67,6 @@ def _walk(root: Path, seen_files: set[Path], seen_dirs: set[tuple[int, int]]) ->
                 resolved = path.resolve()
                 if resolved not in seen_files:
                     seen_files.add(resolved)
-                    yield path
+                    yield resolved
         except OSError:
             continue

@@ -27,7 +27,7 @@ from .config import IndexOptions, usable_cores
 from .discover import discover_videos
 from .embed import ClipModel, ModelSpec, file_fingerprint, settle_threads
 from .errors import CliptoolError, ModelUnavailableError, NothingToDoError, VideoError, one_line, printable
-from .store import IndexStore, VideoRecord, WriterLock, video_id_for
+from .store import IndexStore, VideoRecord, WriterLock, real_path, video_id_for
 
 Reporter = Callable[[str], None]
 
@@ -188,6 +188,8 @@ class _Watchdog:
 
 # -- planning --------------------------------------------------------------------------------------
 def _under(path: str, root: Path, root_is_dir: bool) -> bool:
+    """Whether `path` is `root` or lies under it, both as real paths (one spelling per file)."""
+    path = real_path(path)
     if not root_is_dir:
         return path == str(root)
     prefix = str(root).rstrip(os.sep) + os.sep
@@ -238,7 +240,7 @@ def index_paths(
     started = time.monotonic()
     paths = [Path(p).expanduser() for p in paths]
     files = list(discover_videos(paths))
-    roots = [(p.absolute(), p.is_dir()) for p in paths]
+    roots = [(Path(real_path(p)), p.is_dir()) for p in paths]
     summary = IndexSummary()
     index_dir = Path(index_dir)
     with WriterLock(index_dir):
@@ -249,9 +251,13 @@ def index_paths(
         with IndexStore(index_dir, create=True, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
             store.check_model(identity)
             store.recover()
+            misfiled = store.misfiled()
+            for record, real in misfiled:  # one record per file, however its path was spelled
+                outcome = store.refile(record, real)
+                report(f"{'removed duplicate' if outcome == 'duplicate' else 'refiled'} {record.path} -> {real}")
             known = {v.video_id: v for v in store.videos()}
             failures = store.failures()
-        changed_store = False
+        changed_store = bool(misfiled)
 
         # 1. Classify the files found.
         todo: list[tuple[Path, os.stat_result, VideoRecord | None]] = []
@@ -371,11 +377,9 @@ def index_paths(
 
 
 def _cache_current(index_dir: Path) -> bool:
-    from .vector_index import _built_from, _current_build
-    from .store import generation
+    from .vector_index import cache_state
 
-    build = _current_build(index_dir)
-    return build is not None and _built_from(build) == generation(index_dir)
+    return cache_state(index_dir) == "current"
 
 
 def _changed_since(path: Path, st: os.stat_result) -> bool:

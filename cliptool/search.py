@@ -9,7 +9,7 @@ import numpy as np
 
 from .embed import TEXTENC_DIR, ClipModel, ModelSpec, text_encoder_identity
 from .errors import IndexMismatchError, UsageError
-from .vector_index import ScenePosition, VectorIndex, load_vector_index
+from .vector_index import LiveIndex, ScenePosition, VectorIndex, load_vector_index
 
 RERANK_CANDIDATES = 50  # scenes fetched by scene vector before re-scoring with their sample frames
 
@@ -53,7 +53,7 @@ class Searcher:
 
     def __init__(self, index_dir: Path, spec: ModelSpec | None = None) -> None:
         self.index_dir = Path(index_dir)
-        self.vectors: VectorIndex = load_vector_index(self.index_dir)
+        self.vectors: VectorIndex | LiveIndex = load_vector_index(self.index_dir)
         recorded = ModelSpec.from_record(self.vectors.model_spec)
         # a given model is compared in the index's precision (search has no precision of its own)
         if spec is not None and spec.resolved().with_precision(recorded.precision).identity() != \
@@ -159,7 +159,6 @@ class Searcher:
     def best_in_video(self, query: np.ndarray, video_id: str) -> Hit | None:
         """The best scene of one video for a query, scored as `search` scores scenes."""
         rows = self.vectors.rows_of_video(video_id)
-        candidates = [self._candidate(int(r), float(self.vectors.faiss.reconstruct(int(r)) @ query), query)
-                      for r in rows]
+        candidates = [self._candidate(int(r), float(self.vectors.scene_vector(int(r)) @ query), query) for r in rows]
         hits = self._hits(candidates, 1, False)
         return hits[0] if hits else None

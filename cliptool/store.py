@@ -96,11 +96,16 @@ class SceneVectors:
     frames: np.ndarray  # (n, D) float32, one per sample frame
 
 
-def video_id_for(path: Path) -> str:
-    """Stable id of a video: derived from its absolute path."""
+def real_path(path: str | os.PathLike[str]) -> str:
+    """The one spelling of a file's path: absolute, `~`, `..` and symbolic links resolved."""
+    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
+def video_id_for(path: str | os.PathLike[str]) -> str:
+    """Stable id of a video: derived from its real path, so every spelling of one file agrees."""
     import hashlib
 
-    return hashlib.blake2b(str(Path(path).absolute()).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+    return hashlib.blake2b(real_path(path).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
 def scene_id(video_id: str, version: str, index: int) -> str:
@@ -267,9 +272,9 @@ class IndexStore:
     def failures(self) -> dict[str, dict[str, Any]]:
         """Files that failed to decode, by video id: {path, size, mtime, error}."""
         out = {}
-        for key, raw in self._db("videos").iterator(prefix=b"f/"):
+        for vid, raw in self.raw_failures():
             try:
-                out[key[2:].decode()] = json.loads(raw)
+                out[vid] = json.loads(raw)
             except ValueError:
                 continue
         return out
@@ -289,8 +294,50 @@ class IndexStore:
         return [SceneRecord(**d) for d in json.loads(raw)]
 
     def vectors(self, video: VideoRecord) -> list[SceneVectors]:
+        return [decode_vectors(raw) for _, raw in self.vector_records(video)]
+
+    def raw_scene_list(self, video: VideoRecord) -> bytes | None:
+        """The stored scene list of a video as written (None when missing), for `check`."""
+        return self._db("scenes").get(_scenes_key(video.video_id, video.version))
+
+    def vector_records(self, video: VideoRecord) -> Iterator[tuple[str, bytes]]:
+        """(scene id, encoded vectors) of a video's stored vector records, in scene order."""
         prefix = f"{video.video_id}/{video.version}/".encode()
-        return [decode_vectors(raw) for _, raw in self._db("embeddings").iterator(prefix=prefix)]
+        for key, raw in self._db("embeddings").iterator(prefix=prefix):
+            yield key.decode(errors="replace"), raw
+
+    def raw_failures(self) -> Iterator[tuple[str, bytes]]:
+        """(video id, note as written) of every failure note, malformed ones too, for `check`."""
+        for key, raw in self._db("videos").iterator(prefix=b"f/"):
+            yield key[2:].decode(errors="replace"), raw
+
+    def misfiled(self) -> list[tuple[VideoRecord, str]]:
+        """Records filed under another spelling of their file's path (`..`, a symbolic link, or
+        an index made before ids came from real paths), with the real path of each. Only files
+        that exist now are judged: a missing disk's paths cannot be resolved."""
+        out = []
+        for rec in self.videos():
+            if not os.path.exists(rec.path):
+                continue
+            real = real_path(rec.path)
+            if rec.path != real or rec.video_id != video_id_for(real):
+                out.append((rec, real))
+        return out
+
+    def refile(self, record: VideoRecord, real: str) -> str:
+        """Files a misfiled record under its real path: moved there (no decoding) when nothing
+        is there yet, else deleted as a duplicate of the record that is. Returns "moved" or
+        "duplicate"."""
+        target = video_id_for(real)
+        if target != record.video_id and self.get_video(target) is not None:
+            self.delete_video(record.video_id)
+            return "duplicate"
+        moved = VideoRecord(**{**asdict(record), "video_id": target, "path": real})
+        if target == record.video_id:
+            self.put_record(moved)
+        else:
+            self.move_video(record.video_id, moved)
+        return "moved"
 
     def counts(self) -> dict[str, int]:
         return {

@@ -1,20 +1,29 @@
-"""Stage 7: the FAISS index over all scene vectors, cached on disk and rebuilt when stale.
+"""Stage 7: the FAISS index over all scene vectors, cached on disk, and what was committed since.
 
 The cache lives in `<index dir>/faiss/<build>/` with `CURRENT` naming the live build:
 `flat.faiss` (exact inner-product index), `frames.npy` (sample-frame vectors), `table.npz`
-(FAISS row -> scene id, video, times) and `meta.json` (the generation token it was built from,
-and the model). A build is written aside and switched in by replacing `CURRENT`, so a reader
-never sees half a cache.
+(FAISS row -> scene id, video, times), `videos.json` (each video's id, version and path) and
+`meta.json` (the generation token it was built from, and the model). A build is written aside
+and switched in by replacing `CURRENT`, so a reader never sees half a cache; builds are made
+one at a time under `build.lock`, and only the builder holding it removes superseded builds.
+
+A search that finds the cache older than the stores does not rebuild it: it reads the video
+records, loads the vectors of only the videos committed since (a small in-memory overlay) and
+hides the rows of videos removed or replaced since (`LiveIndex`). The index run rebuilds the
+cache once at its end.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +31,13 @@ from typing import Any
 import numpy as np
 
 from .config import usable_cores
-from .errors import IndexMissingError
-from .store import IndexStore, generation
+from .errors import CliptoolError, IndexBusyError, IndexMissingError, one_line
+from .store import IndexStore, VideoRecord, generation
 
 CACHE_DIR = "faiss"
+BUILD_LOCK_TIMEOUT = 600.0  # seconds a process waits for another one's cache build
+_OVERLAY_LIMIT = 2_000  # scenes committed since the build that a search loads itself (or a quarter of the build)
+_LOAD_ATTEMPTS = 5
 _SPLIT_ROWS = 20_000  # from here on a query scans its halves on two cores (9-10 -> 5-8 ms at 100k)
 _FLAT_HEADER = struct.Struct("<4siqqqBiQ")
 
@@ -123,6 +135,23 @@ class VectorIndex:
             return np.zeros(0, dtype=np.int64)
         return np.flatnonzero(self._table["video_row"] == vrow)
 
+    def scene_vector(self, row: int) -> np.ndarray:
+        return np.asarray(self.faiss.reconstruct(int(row)), dtype=np.float32)
+
+    def scene_ids(self) -> list[str]:
+        return [str(x) for x in self._table["scene_id"]]
+
+    def scene_matrix(self) -> np.ndarray:
+        """Every row's scene vector, (size, dim)."""
+        return self.faiss.reconstruct_n(0, self.size) if self.size else np.zeros((0, self.dim), np.float32)
+
+    def video_states(self) -> dict[str, tuple[str, str]] | None:
+        """video id -> (version, path) of the videos this build holds; None for a build made
+        before versions were recorded."""
+        if any("version" not in v for v in self.videos):
+            return None
+        return {v["video_id"]: (v["version"], v["path"]) for v in self.videos}
+
     def scores(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rows) for one L2-normalised query vector, best first."""
         import faiss
@@ -164,26 +193,151 @@ class VectorIndex:
         return scores[order], rows[order]
 
 
-def load_vector_index(index_dir: Path) -> VectorIndex:
-    """The cache for `index_dir`, rebuilt first if the stores changed since it was built."""
+def load_vector_index(index_dir: Path) -> VectorIndex | LiveIndex:
+    """What a search needs for `index_dir`: the cache, with whatever was committed since it was
+    built laid over it, or, when no cache exists or too much changed, a fresh build."""
     index_dir = Path(index_dir)
-    for _ in range(3):
-        current = _current_build(index_dir)
+    unreadable: set[Path] = set()
+    why = ""
+    for _ in range(_LOAD_ATTEMPTS):
+        build = current_build(index_dir)
         token = generation(index_dir)
-        if current is not None and _built_from(current) == token:
+        if build is not None:
             try:
-                return VectorIndex(current)
-            except (OSError, ValueError, RuntimeError):
-                pass  # replaced under us: build again
-        rebuild(index_dir)
-    return VectorIndex(_current_build(index_dir))  # type: ignore[arg-type]
+                base = VectorIndex(build)
+            except (OSError, ValueError, RuntimeError) as exc:
+                why = one_line(exc)
+                if build in unreadable:  # damaged, not just replaced as we opened it: build anew
+                    rebuild(index_dir)
+                else:
+                    unreadable.add(build)
+                    time.sleep(0.05)
+                continue
+            if base.meta.get("generation") == token:
+                return base
+            live = _with_changes(index_dir, base)
+            if live is not None:
+                return live
+        rebuild(index_dir, only_if_stale=True)
+    raise CliptoolError(f"cannot read the search cache at {_cache_root(index_dir)} ({why or 'it keeps changing'}); "
+                        "run `cliptool check --repair`")
+
+
+def _with_changes(index_dir: Path, base: VectorIndex) -> LiveIndex | None:
+    """The build plus what was committed since, or None when a rebuild is the better answer."""
+    cached = base.video_states()
+    if cached is None:
+        return None
+    with IndexStore(index_dir) as store:
+        meta = store.meta()
+        if meta.get("model_identity") != base.meta.get("model_identity"):
+            return None
+        records = list(store.videos())
+        changed = [r for r in records if cached.get(r.video_id) != (r.version, r.path)]
+        if sum(r.scene_count for r in changed) > max(_OVERLAY_LIMIT, base.size // 4):
+            return None
+        current = {(r.video_id, r.version, r.path) for r in records}
+        retired_ids = [vid for vid, (version, path) in cached.items() if (vid, version, path) not in current]
+        overlay = _Overlay.read(store, sorted(changed, key=lambda r: r.path), base.size, base.dim)
+    retired = np.zeros(base.size, dtype=bool)
+    for vid in retired_ids:
+        retired[base.rows_of_video(vid)] = True
+    return LiveIndex(base, overlay, retired, len(records))
+
+
+@dataclass
+class _Overlay:
+    """Scenes committed after the build: their vectors and positions, rows after the build's."""
+
+    first_row: int
+    scenes: np.ndarray  # (n, dim)
+    frames: list[np.ndarray]
+    positions: list[ScenePosition]
+
+    @classmethod
+    def read(cls, store: IndexStore, records: list[VideoRecord], first_row: int, dim: int) -> _Overlay:
+        scenes, frames, positions = [], [], []
+        for video in records:
+            scene_list, vectors = store.scenes(video), store.vectors(video)
+            for scene, vec in zip(scene_list, vectors):
+                if vec.scene.shape[0] != dim:
+                    continue
+                positions.append(ScenePosition(
+                    first_row + len(positions), scene.scene_id, video.video_id, video.path, scene.index,
+                    scene.start_time, scene.end_time,
+                    list(scene.sample_times[: len(vec.frames)]) + [scene.start_time] * (len(vec.frames) - len(scene.sample_times))))
+                scenes.append(vec.scene)
+                frames.append(vec.frames)
+        matrix = np.stack(scenes).astype(np.float32) if scenes else np.zeros((0, dim), np.float32)
+        return cls(first_row, matrix, frames, positions)
+
+
+class LiveIndex:
+    """A build with the scenes committed since laid over it: new rows after the build's, and
+    the rows of videos removed or replaced since hidden. Answers like a VectorIndex."""
+
+    def __init__(self, base: VectorIndex, overlay: _Overlay, retired: np.ndarray, videos: int) -> None:
+        self.base = base
+        self.overlay = overlay
+        self.retired = retired
+        self.meta = {**base.meta, "scenes": self.size, "videos": videos, "overlay": len(overlay.positions),
+                     "retired": int(retired.sum())}
+
+    @property
+    def size(self) -> int:
+        """Live scenes (rows run up to `end_row`, hidden ones included)."""
+        return self.base.size - int(self.retired.sum()) + len(self.overlay.positions)
+
+    @property
+    def end_row(self) -> int:
+        return self.overlay.first_row + len(self.overlay.positions)
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    @property
+    def model_spec(self) -> dict[str, str]:
+        return self.base.model_spec
+
+    def _is_new(self, row: int) -> bool:
+        return row >= self.overlay.first_row
+
+    def position(self, row: int) -> ScenePosition:
+        return self.overlay.positions[row - self.overlay.first_row] if self._is_new(row) else self.base.position(row)
+
+    def frame_vectors(self, row: int) -> np.ndarray:
+        return self.overlay.frames[row - self.overlay.first_row] if self._is_new(row) else self.base.frame_vectors(row)
+
+    def scene_vector(self, row: int) -> np.ndarray:
+        return self.overlay.scenes[row - self.overlay.first_row] if self._is_new(row) else self.base.scene_vector(row)
+
+    def rows_of_video(self, video_id: str) -> np.ndarray:
+        old = self.base.rows_of_video(video_id)
+        old = old[~self.retired[old]]
+        new = [p.row for p in self.overlay.positions if p.video_id == video_id]
+        return np.concatenate([old, np.asarray(new, dtype=np.int64)])
+
+    def scores(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, rows), best first, ties by row, as VectorIndex.scores."""
+        hidden = int(self.retired.sum())
+        scores, rows = self.base.scores(query, k + hidden)
+        keep = ~self.retired[rows]
+        scores, rows = scores[keep], rows[keep]
+        if len(self.overlay.positions):
+            new_scores = self.overlay.scenes @ np.asarray(query, dtype=np.float32).reshape(-1)
+            scores = np.concatenate([scores, new_scores.astype(np.float32)])
+            rows = np.concatenate([rows, np.arange(len(new_scores)) + self.overlay.first_row])
+        order = np.lexsort((rows, -scores))[:k]
+        return scores[order], rows[order]
 
 
 def _cache_root(index_dir: Path) -> Path:
-    return index_dir / CACHE_DIR
+    return Path(index_dir) / CACHE_DIR
 
 
-def _current_build(index_dir: Path) -> Path | None:
+def current_build(index_dir: Path) -> Path | None:
+    """The folder of the live build, None when there is none."""
     try:
         name = (_cache_root(index_dir) / "CURRENT").read_text().strip()
     except OSError:
@@ -192,23 +346,78 @@ def _current_build(index_dir: Path) -> Path | None:
     return path if name and (path / "meta.json").exists() else None
 
 
-def _built_from(build: Path) -> str | None:
+def build_generation(build: Path) -> str | None:
+    """The generation token of the stores a build was made from."""
     try:
         return json.loads((build / "meta.json").read_text()).get("generation")
     except (OSError, ValueError):
         return None
 
 
-def rebuild(index_dir: Path) -> Path:
+def cache_state(index_dir: Path) -> str:
+    """"missing", "current" (built from the stores as they are) or "stale"."""
+    build = current_build(index_dir)
+    if build is None:
+        return "missing"
+    return "current" if build_generation(build) == generation(index_dir) else "stale"
+
+
+class _BuildLock:
+    """One cache build at a time per index (flock: freed on any exit)."""
+
+    def __init__(self, root: Path, timeout: float = BUILD_LOCK_TIMEOUT) -> None:
+        self.path = root / "build.lock"
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    def __enter__(self) -> _BuildLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise IndexBusyError(f"another process has been building the search cache at {self.path.parent} "
+                                         f"for over {self.timeout:g} s; try again") from None
+                time.sleep(0.05)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def rebuild(index_dir: Path, only_if_stale: bool = False) -> Path:
     """Builds the cache from the stores and makes it current. Returns its directory.
 
-    Vectors are streamed to the build's files one video at a time (the scene vectors straight
-    into FAISS's flat-index file format), so memory stays at one video's vectors plus the
-    row table, whatever the size of the index.
+    One process builds at a time; with only_if_stale, a build that became current while this
+    one waited for its turn is taken as it is. Vectors are streamed to the build's files one
+    video at a time (the scene vectors straight into FAISS's flat-index file format), so
+    memory stays at one video's vectors plus the row table, whatever the size of the index.
     """
     index_dir = Path(index_dir)
-    token = generation(index_dir)  # read before the stores: a later commit makes this build stale
     root = _cache_root(index_dir)
+    if not IndexStore(index_dir).exists():
+        raise IndexMissingError(f"no index at {index_dir} yet; run `cliptool index FOLDER` first")
+    with _BuildLock(root):
+        build = current_build(index_dir)
+        if only_if_stale and build is not None and build_generation(build) == generation(index_dir):
+            return build
+        return _build(index_dir, root)
+
+
+def _build(index_dir: Path, root: Path) -> Path:
+    token = generation(index_dir)  # read before the stores: a later commit makes this build stale
     name = secrets.token_hex(6)
     tmp = root / f"tmp-{name}"
     with IndexStore(index_dir) as store:
@@ -255,7 +464,8 @@ def _write_vectors(store: IndexStore, records: list[Any], flat: _FlatWriter, fra
     videos: list[dict[str, Any]] = []
     frame_off = 0
     for vrow, video in enumerate(records):
-        videos.append({"video_id": video.video_id, "path": video.path, "duration": video.duration})
+        videos.append({"video_id": video.video_id, "version": video.version, "path": video.path,
+                       "duration": video.duration})
         scenes = store.scenes(video)
         vectors = store.vectors(video)
         n = min(len(scenes), len(vectors))
@@ -361,13 +571,9 @@ def _npy_header(rows: int, dim: int, total: int) -> bytes:
 
 
 def _remove_old_builds(root: Path, keep: str) -> None:
-    """Deletes superseded builds; another process's build in progress (tmp-*) is left alone
-    unless it is old enough to be a crash's leftover."""
-    import time
-
+    """Deletes every build but `keep`, and leftovers of interrupted builds. Called only by the
+    holder of the build lock, so no other build is in progress; a search that still reads a
+    removed build keeps its open files."""
     for entry in root.iterdir():
-        if not entry.is_dir() or entry.name == keep:
-            continue
-        if entry.name.startswith("tmp-") and time.time() - entry.stat().st_mtime < 600:
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
+        if entry.is_dir() and entry.name != keep:
+            shutil.rmtree(entry, ignore_errors=True)

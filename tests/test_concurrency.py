@@ -67,11 +67,19 @@ def test_second_writer_gets_index_in_use(index_dir: Path, cli, many_clips: Path,
         pass
 
 
+def _builds(index_dir: Path) -> tuple[str, list[str]]:
+    root = index_dir / "faiss"
+    return (root / "CURRENT").read_text(), sorted(p.name for p in root.iterdir() if p.is_dir())
+
+
 def test_search_during_an_index_run(index_dir: Path, cli, many_clips: Path, model_args) -> None:
+    """A search beside an index run finds the videos committed so far, and does so without
+    rebuilding the search cache (it lays the new videos over the build it finds)."""
+    cli("index", str(many_clips / "clip0.mp4"), *model_args, check=True)
     proc = _start(index_dir, "index", str(many_clips), *model_args)
     try:
         deadline = time.monotonic() + 240
-        while not _committed(index_dir) and proc.poll() is None and time.monotonic() < deadline:
+        while len(_committed(index_dir)) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         # Pause the writer between commits (while it does not hold the stores), then search.
         paused = False
@@ -85,11 +93,14 @@ def test_search_during_an_index_run(index_dir: Path, cli, many_clips: Path, mode
                 time.sleep(0.05)
         assert paused, "the index run ended before a search could run beside it; make the clips longer"
         done = _committed(index_dir)
-        assert 0 < len(done) < N_CLIPS
-        found = cli("search", "a red circle", "--videos", "-n", "50", "--json", timeout=120)
-        assert found.returncode == 0, found.stderr
-        paths = {hit["path"] for hit in json.loads(found.stdout)["results"]}
-        assert paths == done  # what was finished so far, nothing half-written
+        assert 1 < len(done) < N_CLIPS
+        builds = _builds(index_dir)
+        for _ in range(2):
+            found = cli("search", "a red circle", "--videos", "-n", "50", "--json", timeout=120)
+            assert found.returncode == 0, found.stderr
+            paths = {hit["path"] for hit in json.loads(found.stdout)["results"]}
+            assert paths == done  # what was finished so far, nothing half-written
+        assert _builds(index_dir) == builds  # no search rebuilt the cache
         proc.send_signal(signal.SIGCONT)
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err

@@ -94,10 +94,11 @@ def test_second_writer_is_refused_with_the_holder_pid(tmp_path: Path) -> None:
         pass
 
 
-def test_faiss_cache_is_rebuilt_whenever_the_stores_change(tmp_path: Path) -> None:
+def test_search_sees_every_commit_without_rebuilding_the_cache(tmp_path: Path) -> None:
     with IndexStore(tmp_path, create=True) as store:
         store.bind_model("m", {"name": "m", "pretrained": "p"})
-        put(store, "aaaa", 3, 1)
+        old = put(store, "aaaa", 3, 1)
+        old_vecs = store.vectors(old)
     first = load_vector_index(tmp_path)
     assert first.size == 3
     token = generation(tmp_path)
@@ -107,13 +108,26 @@ def test_faiss_cache_is_rebuilt_whenever_the_stores_change(tmp_path: Path) -> No
         vecs = store.vectors(record)
     assert generation(tmp_path) != token
     second = load_vector_index(tmp_path)
-    assert second.size == 5 and second.directory != first.directory
+    assert second.size == 5 and second.base.directory == first.directory  # the new video laid over the build
+    assert sorted(p.name for p in (tmp_path / "faiss").iterdir() if p.is_dir()) == [first.directory.name]
     scores, rows = second.scores(vecs[1].scene, 1)
     assert second.position(int(rows[0])).scene_id == f"bbbb/{record.version}/00001"
     assert scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(second.scene_vector(int(rows[0])), vecs[1].scene)
     with IndexStore(tmp_path) as store:
         store.delete_video("aaaa")
-    assert load_vector_index(tmp_path).size == 2
+    third = load_vector_index(tmp_path)
+    assert third.size == 2 and third.base.directory == first.directory
+    scores, rows = third.scores(old_vecs[0].scene, 5)  # the removed video's rows are hidden
+    assert len(rows) == 2 and {third.position(int(r)).video_id for r in rows} == {"bbbb"}
+    assert len(third.rows_of_video("aaaa")) == 0 and len(third.rows_of_video("bbbb")) == 2
+    with IndexStore(tmp_path) as store:  # replaced: the old version hidden, the new one laid over
+        again = put(store, "bbbb", 1, 3)
+        new_vec = store.vectors(again)[0].scene
+    fourth = load_vector_index(tmp_path)
+    assert fourth.size == 1
+    scores, rows = fourth.scores(new_vec, 3)
+    assert [fourth.position(int(r)).scene_id for r in rows] == [f"bbbb/{again.version}/00000"]
 
 
 def test_split_scan_gives_the_single_scan_ranking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,3 +157,63 @@ def test_split_scan_gives_the_single_scan_ranking(tmp_path: Path, monkeypatch: p
     scores, rows = index.scores(dup, 2)
     assert scores[0] == pytest.approx(scores[1], abs=1e-6)  # the two copies, in row order
     assert rows[0] < index.size // 2 <= rows[1]
+
+
+_REBUILDER = """
+import os, sys, time
+from pathlib import Path
+from cliptool.vector_index import load_vector_index, rebuild
+real_replace = os.replace
+
+def slow_replace(src, dst):  # widen the moment between a build's rename and its switch-in
+    real_replace(src, dst)
+    if os.path.basename(str(src)).startswith("tmp-"):
+        time.sleep(0.02)
+
+os.replace = slow_replace
+root = Path(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    rebuild(root)
+    name = (root / "faiss" / "CURRENT").read_text()
+    assert (root / "faiss" / name / "meta.json").exists(), "CURRENT names a removed build"
+    index = load_vector_index(root)
+    assert index.size == 6, index.size
+print("ok")
+"""
+
+
+def test_concurrent_rebuilds_never_remove_each_others_build(tmp_path: Path) -> None:
+    """Processes that rebuild at once take turns: each one's build is whole when it is made
+    current, no search finds the cache missing, and one build is left at the end."""
+    import subprocess
+    import sys
+
+    with IndexStore(tmp_path, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        put(store, "aaaa", 3, 1)
+        put(store, "bbbb", 3, 2)
+    procs = [subprocess.Popen([sys.executable, "-c", _REBUILDER, str(tmp_path), "25"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, outs):
+        assert proc.returncode == 0 and out.strip() == "ok", err
+    builds = [p.name for p in (tmp_path / "faiss").iterdir() if p.is_dir()]
+    assert builds == [(tmp_path / "faiss" / "CURRENT").read_text()]
+    assert load_vector_index(tmp_path).size == 6
+
+
+def test_a_cache_that_cannot_be_loaded_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cliptool.vector_index as vi
+    from cliptool.errors import CliptoolError
+
+    with IndexStore(tmp_path, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        put(store, "aaaa", 3, 1)
+    load_vector_index(tmp_path)
+
+    def broken(self, directory):  # every build found is unreadable (disk trouble, say)
+        raise OSError("unreadable")
+
+    monkeypatch.setattr(vi.VectorIndex, "__init__", broken)
+    with pytest.raises(CliptoolError, match=r"cannot read the search cache .* \(unreadable\); run `cliptool check --repair`"):
+        load_vector_index(tmp_path)
