@@ -1,17 +1,27 @@
 """Stage 4: turn frames and cuts into scenes, and choose each scene's sample frames.
 
-Works inside the single decode pass: it keeps a bounded set of candidate frames (undecoded to
-RGB) for the scene still open, thins them as the scene grows, and when the scene closes picks
-frames spread across it, away from the cut edges.
+Works inside the single decode pass. A shot longer than ``max_scene_seconds`` is split into
+windows of equal length, none longer than that. The split needs the shot's end, so the cutter
+holds the open shot's frame times (8 bytes a frame) and a bounded set of candidate frames
+(undecoded to RGB), thinned as the shot grows; sample frames are picked when windows close.
+So that memory stays bounded on an endless shot, a shot longer than ``_HELD_WINDOWS`` windows
+gives up a full-length window from its front whenever it grows past that; only its last stretch
+(up to ``_HELD_WINDOWS`` windows) is then split equally.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
+from array import array
 from dataclasses import dataclass, field
 
 from .decode import Frame
 
-_CANDIDATE_BYTES = 256 << 20  # memory for held frames of the open scene
+_CANDIDATE_BYTES = 256 << 20  # memory for held frames of the open shot
+_HELD_WINDOWS = 2  # a long shot holds at most this many windows' worth of frames before splitting
+_MAX_HELD = 32 * _HELD_WINDOWS  # at most this many held frames (today's density: 32 a window)
+_TIME_EPS = 1e-6
 
 
 @dataclass
@@ -21,6 +31,7 @@ class ClosedScene:
     start_time: float
     end_time: float
     samples: list[Frame] = field(default_factory=list)
+    continues_shot: bool = False  # a window of a long shot after its first one (no cut before it)
 
 
 def sample_positions(start: int, end: int, count: int) -> list[int]:
@@ -36,56 +47,102 @@ class SceneCutter:
     def __init__(self, max_scene_seconds: float, samples_per_scene: int, frame_bytes: int) -> None:
         self.max_scene_seconds = max_scene_seconds
         self.samples_per_scene = samples_per_scene
-        self.max_candidates = max(2 * samples_per_scene, min(32, _CANDIDATE_BYTES // max(1, frame_bytes)))
-        self._start_frame = 0
-        self._start_time = 0.0
-        self._times: dict[int, float] = {}
+        self.max_candidates = max(2 * samples_per_scene * _HELD_WINDOWS,
+                                  min(_MAX_HELD, _CANDIDATE_BYTES // max(1, frame_bytes)))
+        self._start_frame = 0  # first frame of the open part of the shot
+        self._times = array("d")  # times of frames start_frame, start_frame + 1, ...
+        self._continues = False  # the open part follows a window of the same shot
+        self._origin = 0  # first frame of the shot: candidates sit at multiples of the stride from it
         self._candidates: list[Frame] = []
         self._stride = 1
         self._last: Frame | None = None
 
     def add_frame(self, frame: Frame) -> list[ClosedScene]:
-        closed: list[ClosedScene] = []
-        self._times[frame.index] = frame.time
         if self._last is None:
-            self._start_time = frame.time
-            self._start_frame = frame.index
-        elif self.max_scene_seconds > 0 and frame.time - self._start_time >= self.max_scene_seconds:
-            closed.append(self._close(frame.index))
+            self._start_frame = self._origin = frame.index
+        self._times.append(frame.time)
         self._last = frame
-        if (frame.index - self._start_frame) % self._stride == 0:
+        if (frame.index - self._origin) % self._stride == 0:
             self._candidates.append(frame)
-            if len(self._candidates) > self.max_candidates:
-                self._candidates = self._candidates[::2]
+            while len(self._candidates) > self.max_candidates:
                 self._stride *= 2
-        return closed
+                self._candidates = [f for f in self._candidates if (f.index - self._origin) % self._stride == 0]
+        limit = self.max_scene_seconds * _HELD_WINDOWS
+        if self.max_scene_seconds > 0 and frame.time - self._times[0] > limit + _TIME_EPS:
+            return [self._give_up_front_window()]
+        return []
 
     def add_cuts(self, cuts: list[int]) -> list[ClosedScene]:
-        closed = []
+        closed: list[ClosedScene] = []
         for cut in sorted(cuts):
             if self._last is not None and self._start_frame < cut <= self._last.index:
-                closed.append(self._close(cut))
+                closed += self._close_shot(cut, self._time_of(cut))
         return closed
 
     def finish(self, end_time: float) -> list[ClosedScene]:
-        """Closes the last scene at the end of the video."""
+        """Closes the last shot at the end of the video."""
         if self._last is None:
             return []
-        scene = self._close(self._last.index + 1, end_time)
+        scenes = self._close_shot(self._last.index + 1, end_time)
         self._last = None
-        return [scene]
+        return scenes
 
-    def _close(self, cut: int, end_time: float | None = None) -> ClosedScene:
-        if end_time is None:
-            end_time = self._times[cut]
-        held = [f for f in self._candidates if f.index < cut]
-        wanted = sample_positions(self._start_frame, cut, self.samples_per_scene)
+    def _time_of(self, frame_index: int) -> float:
+        return self._times[frame_index - self._start_frame]
+
+    def _give_up_front_window(self) -> ClosedScene:
+        """Closes a window of full length at the front of a shot that has grown too long."""
+        start = self._times[0]
+        offset = bisect.bisect_right(self._times, start + self.max_scene_seconds + _TIME_EPS) - 1
+        cut = self._start_frame + max(1, offset)
+        scene = self._window(self._start_frame, cut, start, self._time_of(cut))
+        self._advance(cut)
+        self._continues = True
+        return scene
+
+    def _close_shot(self, cut: int, end_time: float) -> list[ClosedScene]:
+        """Closes the open part of the shot at `cut`, split into equal windows."""
+        bounds = self._equal_split(cut, end_time)
+        scenes = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            scenes.append(self._window(a, b, self._time_of(a), self._time_of(b) if b < cut else end_time))
+            self._continues = True
+        self._advance(cut)
+        self._continues = False
+        self._origin = cut
+        self._stride = 1
+        self._candidates = [f for f in self._candidates if f.index >= cut]
+        return scenes
+
+    def _equal_split(self, cut: int, end_time: float) -> list[int]:
+        """Window bounds (frame numbers, from the open part's start to `cut`): the fewest equal
+        windows none of which is longer than the limit."""
+        start_time = self._times[0]
+        length = end_time - start_time
+        frames = cut - self._start_frame
+        if self.max_scene_seconds <= 0 or length <= self.max_scene_seconds + _TIME_EPS:
+            return [self._start_frame, cut]
+        times = self._times[:frames]
+        n = max(1, math.ceil(length / self.max_scene_seconds - _TIME_EPS))
+        while True:
+            inner = [self._start_frame + bisect.bisect_left(times, start_time + k * length / n - _TIME_EPS)
+                     for k in range(1, n)]
+            bounds = sorted({self._start_frame, *[b for b in inner if self._start_frame < b < cut], cut})
+            ends = [times[b - self._start_frame] if b < cut else end_time for b in bounds[1:]]
+            starts = [times[a - self._start_frame] for a in bounds[:-1]]
+            if n >= frames or all(e - s <= self.max_scene_seconds + _TIME_EPS for s, e in zip(starts, ends)):
+                return bounds
+            n += 1
+
+    def _window(self, start: int, end: int, start_time: float, end_time: float) -> ClosedScene:
+        held = [f for f in self._candidates if start <= f.index < end]
+        wanted = sample_positions(start, end, self.samples_per_scene)
         chosen = {min(held, key=lambda f: abs(f.index - pos)).index for pos in wanted} if held else set()
         samples = [f for f in held if f.index in chosen]
-        scene = ClosedScene(self._start_frame, cut, self._start_time, end_time, samples)
-        self._candidates = [f for f in self._candidates if f.index >= cut]
-        self._stride = 1
+        return ClosedScene(start, end, start_time, end_time, samples, self._continues)
+
+    def _advance(self, cut: int) -> None:
+        """Drops what the open part held before `cut`."""
+        del self._times[: cut - self._start_frame]
         self._start_frame = cut
-        self._start_time = self._times.get(cut, end_time)
-        self._times = {i: t for i, t in self._times.items() if i >= cut}
-        return scene
+        self._candidates = [f for f in self._candidates if f.index >= cut]
