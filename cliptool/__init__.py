@@ -1,3 +1,52 @@
-"""cliptool: search a folder of videos by meaning with CLIP embeddings."""
+"""cliptool: search a folder of videos by meaning with CLIP embeddings.
+
+    import cliptool
+    index = cliptool.Index.open("~/cliptool-index")
+    index.index(["~/Videos"])
+    hits = index.search("a dog in a park", top=5)        # or image="still.jpg"
+    more = index.similar(hits[0].scene_id)
+    index.export_frame("dog.jpg", "a dog in a park")
+    cliptool.extract_keyframes("clip.mp4", "pictures/")
+
+Names are imported on first use, so `import cliptool` (and `cliptool --help`) stays instant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Index": "api", "extract_keyframes": "api", "model_spec": "api",
+    "IndexOptions": "config", "KeyframeOptions": "keyframes", "Hit": "search", "IndexSummary": "indexer",
+    "CheckReport": "check", "ExportResult": "export", "VideoRecord": "store", "SceneRecord": "store",
+    "CliptoolError": "errors", "UsageError": "errors", "IndexMissingError": "errors",
+    "IndexBusyError": "errors", "IndexMismatchError": "errors", "ModelUnavailableError": "errors",
+    "VideoError": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from .api import Index, extract_keyframes, model_spec
+    from .check import CheckReport
+    from .config import IndexOptions
+    from .errors import (CliptoolError, IndexBusyError, IndexMismatchError, IndexMissingError,
+                         ModelUnavailableError, UsageError, VideoError)
+    from .export import ExportResult
+    from .indexer import IndexSummary
+    from .keyframes import KeyframeOptions
+    from .search import Hit
+    from .store import SceneRecord, VideoRecord
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cliptool' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -94,13 +94,10 @@ def main(
     _State.index_dir = index_dir
 
 
-def _model_spec(model: Optional[str], pretrained: Optional[str]) -> Any:
-    if model is None and pretrained is None:
-        return None
-    from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
-    from .embed import ModelSpec
+def _index() -> Any:
+    from .api import Index
 
-    return ModelSpec(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
+    return Index(_index_dir())
 
 
 @app.command()
@@ -134,7 +131,6 @@ def index(
         from .config import IndexOptions
         from .detect import DETECTORS
         from .embed import PRECISIONS
-        from .indexer import index_paths
 
         if detector not in DETECTORS:
             raise UsageError(f"unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
@@ -145,8 +141,8 @@ def index(
         if precision is not None and precision not in PRECISIONS:
             raise UsageError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
         options = IndexOptions(detector=detector, threshold=threshold, max_scene_seconds=max_scene, samples_per_scene=samples)
-        summary = index_paths(paths, _index_dir(), _model_spec(model, pretrained), options,
-                              prune=prune, file_timeout=file_timeout, precision=precision)
+        summary = _index().index(paths, model=model, pretrained=pretrained, options=options, prune=prune,
+                                 file_timeout=file_timeout, precision=precision)
         if as_json:
             _print_json(summary.to_dict())
         else:
@@ -174,10 +170,9 @@ def check(
     """Verify that the stores and the search cache agree; exit 1 while problems remain."""
 
     def body() -> None:
-        from .check import check_index
         from .errors import printable
 
-        report = check_index(_index_dir(), repair=repair)
+        report = _index().check(repair=repair)
         if as_json:
             _print_json(report.to_dict())
         else:
@@ -212,22 +207,42 @@ def search(
             raise UsageError("give either words or --image, not both")
         if image is not None and not image.is_file():
             raise UsageError(f"no such image: {image}")
-        from .search import Searcher
-        from .timecode import format_time
-
-        searcher = Searcher(_index_dir())
-        vector = searcher.image_vector(image) if image is not None else searcher.text_vector(query or "")
-        hits = searcher.search(vector, top=top, by_video=videos)
+        hits = _index().search(query if image is None else None, image=image, top=top, videos=videos)
         if as_json:
             _print_json({"query": query, "image": str(image) if image else None, "results": [h.to_dict() for h in hits]})
             return
-        if not hits:
-            print("no results", file=sys.stderr)
+        _print_hits(hits)
+
+    _run(body)
+
+
+def _print_hits(hits: list[Any]) -> None:
+    from .timecode import format_time
+
+    if not hits:
+        print("no results", file=sys.stderr)
+        return
+    print(f"{'#':>3}  {'score':>6}  {'start':>12}  {'end':>12}  {'best':>12}  file")
+    for h in hits:
+        print(f"{h.rank:>3}  {h.score:6.3f}  {format_time(h.start):>12}  {format_time(h.end):>12}  "
+              f"{format_time(h.best_time):>12}  {h.path}")
+
+
+@app.command()
+def similar(
+    scene_id: str = typer.Argument(..., help="A scene id, as search --json gives it."),
+    top: int = typer.Option(10, "--top", "-n", min=1, help="How many results."),
+    videos: bool = typer.Option(False, "--videos", help="Rank other videos by their best scene."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+) -> None:
+    """Moments most like an indexed scene ("more like this")."""
+
+    def body() -> None:
+        hits = _index().similar(scene_id, top=top, videos=videos)
+        if as_json:
+            _print_json({"scene_id": scene_id, "results": [h.to_dict() for h in hits]})
             return
-        print(f"{'#':>3}  {'score':>6}  {'start':>12}  {'end':>12}  {'best':>12}  file")
-        for h in hits:
-            print(f"{h.rank:>3}  {h.score:6.3f}  {format_time(h.start):>12}  {format_time(h.end):>12}  "
-                  f"{format_time(h.best_time):>12}  {h.path}")
+        _print_hits(hits)
 
     _run(body)
 
@@ -245,28 +260,16 @@ def export_frame(
     """Write the best matching frame (or the frame at a time) at full resolution."""
 
     def body() -> None:
-        from .export import check_output, export_at, export_best
+        from .export import check_output
         from .timecode import format_time, parse_time
 
         check_output(output)
-        if at is not None:
-            if video is None:
-                raise UsageError("--at needs --video")
-            if query or image:
-                raise UsageError("--at takes no query")
-            result = export_at(video, parse_time(at), output)
-        else:
-            if image is None and (query is None or not query.strip()):
-                raise UsageError("empty query: give some words, --image FILE, or --video with --at")
-            if video is not None and not video.is_file():
-                raise UsageError(f"no such video: {video}")
-            if step <= 0:
-                raise UsageError("--step must be positive")
-            from .search import Searcher
-
-            searcher = Searcher(_index_dir())
-            vector = searcher.image_vector(image) if image is not None else searcher.text_vector(query or "")
-            result = export_best(searcher, vector, output, video=video, step=step)
+        if at is None and image is None and (query is None or not query.strip()):
+            raise UsageError("empty query: give some words, --image FILE, or --video with --at")
+        if image is not None and query:
+            raise UsageError("give either words or --image, not both")
+        result = _index().export_frame(output, query if image is None else None, image=image, video=video,
+                                       at=parse_time(at) if at is not None else None, step=step)
         if as_json:
             _print_json(result.to_dict())
         else:
@@ -276,45 +279,21 @@ def export_frame(
     _run(body)
 
 
-def _dir_size(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
-    return total
-
-
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """What is indexed: videos, scenes, model, sizes."""
 
     def body() -> None:
-        from .store import STORE_NAMES, IndexStore
-
-        root = _index_dir()
-        with IndexStore(root) as store:
-            meta = store.meta()
-            records = list(store.videos())
-        info = {
-            "index_dir": str(root),
-            "model": meta.get("model"),
-            "model_identity": meta.get("model_identity"),
-            "videos": len(records),
-            "scenes": sum(v.scene_count for v in records),
-            "hours": round(sum(v.duration for v in records) / 3600, 3),
-            "bytes": {name: _dir_size(root / f"{name}.ldb") for name in STORE_NAMES} | {"faiss": _dir_size(root / "faiss")},
-        }
+        info = _index().status()
         if as_json:
             _print_json(info)
             return
         model = info["model"] or {}
-        print(f"index:   {root}")
+        print(f"index:   {info['index_dir']}")
         print(f"model:   {model.get('name', '-')} / {model.get('pretrained', '-')}")
         print(f"videos:  {info['videos']}  ({info['hours']} h)")
         print(f"scenes:  {info['scenes']}")
+        print(f"cache:   {info['cache']}")
         for name, size in info["bytes"].items():  # type: ignore[union-attr]
             print(f"{name + ':':<12}{size / 1e6:9.2f} MB")
 
@@ -331,14 +310,9 @@ def scenes(
     def body() -> None:
         from dataclasses import asdict
 
-        from .store import IndexStore, video_id_for
         from .timecode import format_time
 
-        with IndexStore(_index_dir()) as store:
-            record = store.get_video(video_id_for(video.expanduser()))
-            if record is None:
-                raise UsageError(f"not in the index: {video}")
-            scene_list = store.scenes(record)
+        record, scene_list = _index().scenes(video)
         if as_json:
             _print_json({"video": record.path, "duration": record.duration, "fps": record.fps,
                          "scenes": [asdict(s) for s in scene_list]})
@@ -394,9 +368,7 @@ def keyframes(
                 fixed = int(count)
             except ValueError:
                 raise UsageError(f"--count must be a number or 'auto', not {count!r}") from None
-        from .embed import ClipModel
-        from .indexer import resolve_model_spec
-        from .keyframes import KeyframeOptions, extract_keyframes
+        from .keyframes import KeyframeOptions
 
         options = KeyframeOptions(
             step=step, count=fixed, auto_count=auto, min_count=min_count, max_count=max_count, chapters=chapters,
@@ -404,16 +376,7 @@ def keyframes(
             keep_repeats=keep_repeats, image_format=image_format.lower().lstrip("."),
             detector=detector or "content", detector_threshold=threshold, use_index=not no_index and detector is None,
         )
-        options.check()
-        spec = resolve_model_spec(_index_dir(), _model_spec(model, pretrained))
-        loaded: list[Any] = []
-
-        def get_model() -> Any:
-            if not loaded:
-                loaded.append(ClipModel(spec))
-            return loaded[0]
-
-        manifest = extract_keyframes(video, output, get_model, spec.identity(), options, index_dir=_index_dir())
+        manifest = _index().keyframes(video, output, options, model=model, pretrained=pretrained)
         if as_json:
             _print_json(manifest)
             return

@@ -9,6 +9,7 @@ import numpy as np
 
 from .embed import TEXTENC_DIR, ClipModel, ModelSpec, text_encoder_identity
 from .errors import IndexMismatchError, UsageError
+from .store import generation
 from .vector_index import LiveIndex, ScenePosition, VectorIndex, load_vector_index
 
 RERANK_CANDIDATES = 50  # scenes fetched by scene vector before re-scoring with their sample frames
@@ -53,6 +54,7 @@ class Searcher:
 
     def __init__(self, index_dir: Path, spec: ModelSpec | None = None) -> None:
         self.index_dir = Path(index_dir)
+        self._generation = generation(self.index_dir)
         self.vectors: VectorIndex | LiveIndex = load_vector_index(self.index_dir)
         recorded = ModelSpec.from_record(self.vectors.model_spec)
         # a given model is compared in the index's precision (search has no precision of its own)
@@ -155,6 +157,25 @@ class Searcher:
         scene_scores, rows = self.vectors.scores(query, k)
         candidates = [self._candidate(int(r), float(s), query) for s, r in zip(scene_scores, rows)]
         return self._hits(candidates, top, by_video)
+
+    def similar(self, scene_id: str, top: int = 10, by_video: bool = False) -> list[Hit]:
+        """Scenes most like an indexed one ("more like this"), that scene itself left out."""
+        row = self.vectors.row_of_scene(scene_id)
+        if row is None:
+            raise UsageError(f"no scene {scene_id!r} in the index (scene ids come from search results)")
+        query = self.vectors.scene_vector(row)
+        hits = [h for h in self.search(query, top=top + 1, by_video=by_video) if h.scene_id != scene_id]
+        for rank, hit in enumerate(hits[:top], 1):
+            hit.rank = rank
+        return hits[:top]
+
+    def refresh(self) -> bool:
+        """Takes in what was committed since this searcher opened the index; True if anything was."""
+        if generation(self.index_dir) == self._generation:
+            return False
+        self._generation = generation(self.index_dir)
+        self.vectors = load_vector_index(self.index_dir)
+        return True
 
     def best_in_video(self, query: np.ndarray, video_id: str) -> Hit | None:
         """The best scene of one video for a query, scored as `search` scores scenes."""

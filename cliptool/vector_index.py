@@ -138,6 +138,10 @@ class VectorIndex:
     def scene_vector(self, row: int) -> np.ndarray:
         return np.asarray(self.faiss.reconstruct(int(row)), dtype=np.float32)
 
+    def row_of_scene(self, scene_id: str) -> int | None:
+        rows = np.flatnonzero(self._table["scene_id"] == scene_id)
+        return int(rows[0]) if len(rows) else None
+
     def scene_ids(self) -> list[str]:
         return [str(x) for x in self._table["scene_id"]]
 
@@ -311,6 +315,13 @@ class LiveIndex:
 
     def scene_vector(self, row: int) -> np.ndarray:
         return self.overlay.scenes[row - self.overlay.first_row] if self._is_new(row) else self.base.scene_vector(row)
+
+    def row_of_scene(self, scene_id: str) -> int | None:
+        new = next((p.row for p in self.overlay.positions if p.scene_id == scene_id), None)
+        if new is not None:
+            return new
+        row = self.base.row_of_scene(scene_id)
+        return None if row is None or self.retired[row] else row
 
     def rows_of_video(self, video_id: str) -> np.ndarray:
         old = self.base.rows_of_video(video_id)

@@ -1,0 +1,228 @@
+"""The public face of cliptool: one `Index` object over an index directory. The CLI uses it.
+
+    from cliptool import Index
+    index = Index.open("~/cliptool-index")
+    index.index(["~/Videos"])
+    for hit in index.search("a dog in a park", top=5):
+        print(hit.path, hit.start, hit.end, hit.score)
+    index.similar(hit.scene_id)
+    index.export_frame("dog.jpg", "a dog in a park")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import IndexOptions
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .check import CheckReport
+    from .embed import ModelSpec
+    from .export import ExportResult
+    from .indexer import IndexSummary
+    from .keyframes import KeyframeOptions
+    from .search import Hit, Searcher
+    from .store import SceneRecord, VideoRecord
+
+PathLike = str | os.PathLike[str]
+
+
+def model_spec(model: str | None = None, pretrained: str | None = None) -> ModelSpec | None:
+    """The model a user named (open_clip name or config JSON; pretrained tag or weights file),
+    None when neither is named (then the index's model, else the default, is used)."""
+    if model is None and pretrained is None:
+        return None
+    from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+    from .embed import ModelSpec
+
+    return ModelSpec(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
+
+
+class Index:
+    """An index directory: its stores, its search cache and the model it was built with.
+
+    Opening is cheap (nothing is read until asked). Methods raise `CliptoolError`s with
+    one-line messages; `IndexMissingError` before anything was indexed.
+    """
+
+    def __init__(self, directory: PathLike | None = None) -> None:
+        if directory is None:
+            from .config import default_index_dir
+
+            directory = default_index_dir()
+        self.directory = Path(directory).expanduser()
+        self._searcher: Searcher | None = None
+
+    @classmethod
+    def open(cls, directory: PathLike | None = None) -> Index:
+        """The index at `directory` (default: $CLIPTOOL_INDEX_DIR, else the user data dir)."""
+        return cls(directory)
+
+    # -- building ----------------------------------------------------------------------------
+    def index(
+        self,
+        paths: Iterable[PathLike],
+        *,
+        model: str | None = None,
+        pretrained: str | None = None,
+        precision: str | None = None,
+        options: IndexOptions | None = None,
+        prune: bool | None = None,
+        file_timeout: float | None = None,
+        progress: bool | None = None,
+        report: Callable[[str], None] | None = None,
+    ) -> IndexSummary:
+        """Indexes the videos under `paths`; later calls redo only what changed (see README)."""
+        from .indexer import DEFAULT_FILE_TIMEOUT, index_paths
+
+        kwargs: dict[str, Any] = {} if report is None else {"report": report}
+        return index_paths([Path(p) for p in paths], self.directory, model_spec(model, pretrained), options,
+                           progress=progress, prune=prune, precision=precision,
+                           file_timeout=DEFAULT_FILE_TIMEOUT if file_timeout is None else file_timeout, **kwargs)
+
+    def check(self, repair: bool = False) -> CheckReport:
+        """Whether the stores and the search cache agree; with repair, fixes what it can."""
+        from .check import check_index
+
+        return check_index(self.directory, repair=repair)
+
+    # -- reading -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Where the index is, its model, how many videos, scenes and hours, and its sizes."""
+        from .store import STORE_NAMES, IndexStore
+        from .vector_index import cache_state
+
+        with IndexStore(self.directory) as store:
+            meta = store.meta()
+            records = list(store.videos())
+        sizes = {name: _dir_size(self.directory / f"{name}.ldb") for name in STORE_NAMES}
+        return {
+            "index_dir": str(self.directory),
+            "model": meta.get("model"),
+            "model_identity": meta.get("model_identity"),
+            "videos": len(records),
+            "scenes": sum(v.scene_count for v in records),
+            "hours": round(sum(v.duration for v in records) / 3600, 3),
+            "cache": cache_state(self.directory),
+            "bytes": sizes | {"faiss": _dir_size(self.directory / "faiss")},
+        }
+
+    def videos(self) -> list[VideoRecord]:
+        """Every indexed video's record, by path."""
+        from .store import IndexStore
+
+        with IndexStore(self.directory) as store:
+            return sorted(store.videos(), key=lambda v: v.path)
+
+    def scenes(self, video: PathLike) -> tuple[VideoRecord, list[SceneRecord]]:
+        """An indexed video's record and scene list (any spelling of its path)."""
+        from .store import IndexStore, video_id_for
+
+        with IndexStore(self.directory) as store:
+            record = store.get_video(video_id_for(video))
+            if record is None:
+                raise UsageError(f"not in the index: {video}")
+            return record, store.scenes(record)
+
+    # -- searching ---------------------------------------------------------------------------
+    def searcher(self) -> Searcher:
+        """The index opened for queries, kept between calls and brought up to date on each."""
+        from .search import Searcher
+
+        if self._searcher is None:
+            self._searcher = Searcher(self.directory)
+        else:
+            self._searcher.refresh()
+        return self._searcher
+
+    def query_vector(self, text: str | None = None, image: PathLike | None = None) -> Any:
+        """The embedding of a text or an image file (exactly one of them)."""
+        if (text is None or not text.strip()) == (image is None):
+            raise UsageError("give either words or an image to search with" if image is None
+                             else "give either words or an image, not both")
+        searcher = self.searcher()
+        return searcher.image_vector(Path(image)) if image is not None else searcher.text_vector(text or "")
+
+    def search(self, text: str | None = None, *, image: PathLike | None = None, top: int = 10,
+               videos: bool = False) -> list[Hit]:
+        """Ranked moments for words or an image; with videos, each video once by its best scene."""
+        vector = self.query_vector(text, image)
+        return self.searcher().search(vector, top=top, by_video=videos)
+
+    def similar(self, scene_id: str, *, top: int = 10, videos: bool = False) -> list[Hit]:
+        """Moments most like an indexed scene (give a `Hit.scene_id`), that scene left out."""
+        return self.searcher().similar(scene_id, top=top, by_video=videos)
+
+    # -- pictures ----------------------------------------------------------------------------
+    def export_frame(self, output: PathLike, text: str | None = None, *, image: PathLike | None = None,
+                     video: PathLike | None = None, at: float | None = None, step: float = 0.2) -> ExportResult:
+        """Writes the best matching frame (in `video` if given), or with `at` the frame of
+        `video` at that time, at full resolution (.jpg or .png by the output's name)."""
+        from .export import check_output, export_at, export_best
+
+        output = check_output(Path(output))
+        if at is not None:
+            if video is None:
+                raise UsageError("--at needs --video")
+            if text or image:
+                raise UsageError("--at takes no query")
+            return export_at(Path(video), at, output)
+        if video is not None and not Path(video).is_file():
+            raise UsageError(f"no such video: {video}")
+        if step <= 0:
+            raise UsageError("--step must be positive")
+        vector = self.query_vector(text, image)
+        return export_best(self.searcher(), vector, output, video=Path(video) if video else None, step=step)
+
+    def keyframes(self, video: PathLike, output: PathLike, options: KeyframeOptions | None = None, *,
+                  model: str | None = None, pretrained: str | None = None,
+                  progress: bool | None = None) -> dict[str, Any]:
+        """A few distinct pictures of a video, written to `output` with manifest.json (see
+        README); uses this index's model, and its vectors when the video is indexed with it
+        (unless options.use_index is False)."""
+        return extract_keyframes(video, output, options, model=model, pretrained=pretrained,
+                                 index_dir=self.directory, progress=progress)
+
+
+def extract_keyframes(video: PathLike, output: PathLike, options: KeyframeOptions | None = None, *,
+              model: str | None = None, pretrained: str | None = None, index_dir: PathLike | None = None,
+              progress: bool | None = None) -> dict[str, Any]:
+    """A few distinct pictures of a video, written to `output` with manifest.json; returns the
+    manifest. With index_dir, the model defaults to that index's, and its vectors are reused."""
+    from .embed import ClipModel, ModelSpec
+    from .indexer import resolve_model_spec
+    from . import keyframes as stage
+
+    video = Path(video).expanduser()
+    if not video.is_file():
+        raise UsageError(f"no such video: {video}")
+    options = options or stage.KeyframeOptions()
+    options.check()
+    if index_dir is not None:
+        spec = resolve_model_spec(Path(index_dir), model_spec(model, pretrained))
+    else:
+        spec = (model_spec(model, pretrained) or ModelSpec()).resolved()
+    loaded: list[ClipModel] = []
+
+    def get_model() -> ClipModel:
+        if not loaded:
+            loaded.append(ClipModel(spec))
+        return loaded[0]
+
+    return stage.extract_keyframes(video, Path(output), get_model, spec.identity(), options,
+                             index_dir=Path(index_dir) if index_dir is not None else None, progress=progress)
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
