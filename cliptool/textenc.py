@@ -28,15 +28,19 @@ import os
 import shutil
 import string
 import tempfile
+import threading
 import zlib
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 __all__ = [
+    "EXPORTER_VERSION",
     "FORMAT_VERSION",
     "META_FILE",
+    "RUNTIMES",
     "VOCAB_FILE",
     "ClipBpeTokenizer",
     "NumpyTextEncoder",
@@ -47,6 +51,9 @@ __all__ = [
 
 FORMAT_NAME = "cliptool-textenc"
 FORMAT_VERSION = 1
+# Bump when export_text_encoder covers text towers it rejected before, so that rejections
+# recorded by cliptool (embed.ClipModel.export_text_encoder) are tried again.
+EXPORTER_VERSION = 1
 META_FILE = "textenc.json"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
@@ -59,6 +66,7 @@ VOCAB_SIZE = 256 * 2 + N_MERGES + 2  # byte tokens, byte+</w> tokens, merges, SO
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 POOL_TYPES = ("argmax", "eos", "first", "last")
 CLEAN_TYPES = ("lower", "whitespace", "canonicalize")
+RUNTIMES = ("numpy", "onnxruntime")  # what runs an encoder's transformer layers
 
 # Weight files: name -> shape template (L layers, D width, M mlp width, V vocab, C context, E out).
 _LAYER_FILES = (
@@ -349,83 +357,60 @@ _ACT_FUNCS = {"gelu": _gelu, "gelu_tanh": _gelu_tanh, "quick_gelu": _quick_gelu}
 # BLAS threads
 # --------------------------------------------------------------------------------------------
 
-# A query's matmuls are a handful of rows against large weight matrices: memory-bound, so
-# extra BLAS threads gain little, and on a busy machine OpenBLAS' thread hand-offs make them
-# several times slower (measured: ~35 ms single-threaded vs 150-1000 ms with 2 threads on 2
-# busy cores). The encoder therefore runs OpenBLAS single-threaded and restores the previous
-# setting afterwards. OpenBLAS' thread count is process-wide (even its "_local" setter), so
-# other threads' BLAS calls made during an encode also run single-threaded.
-_BLAS_SYMBOLS = (
-    ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-    ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-    ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-    ("openblas_get_num_threads", "openblas_set_num_threads"),
-)
-_blas_funcs: tuple | None = None  # (get, set) once resolved; () when unavailable
+# A query's matmuls are a handful of rows against large weight matrices: memory-bound, so many
+# BLAS threads gain little, and on a busy machine OpenBLAS' thread hand-offs make them several
+# times slower (measured: ~35 ms single-threaded vs 150-1000 ms with all threads on 2 busy
+# cores); two threads read the weights at about 1.5x the bandwidth of one. The encoder limits
+# BLAS threads (threadpoolctl) while it encodes and restores them afterwards. The setting is
+# process-wide (OpenBLAS has no per-thread count), so other threads' BLAS calls made meanwhile
+# get the same limit.
 
 
-def _openblas_libraries() -> list[str]:
-    """Paths of the OpenBLAS libraries mapped into this process (Linux), else numpy's wheel copy."""
-    paths: list[str] = []
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                path = line.rstrip("\n").split(maxsplit=5)[-1]
-                if "openblas" in os.path.basename(path).lower() and path.startswith("/") and path not in paths:
-                    paths.append(path)
-    except OSError:
-        pass
-    if not paths:
-        import glob
+class SharedScope:
+    """A process-wide setting changed while any thread is inside the scope, then restored.
 
-        libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-        paths = sorted(glob.glob(os.path.join(libs, "*openblas*")))
-    return paths
+    `apply(value)` changes the setting and returns what `restore(saved)` needs to put it back.
+    The first thread to enter applies its value, later ones share it, and the last to leave
+    restores: overlapping scopes in several threads never leave the setting changed (as a
+    save/restore per thread does when their exits interleave).
+    """
 
+    def __init__(self, apply: Callable[[Any], Any], restore: Callable[[Any], None]) -> None:
+        self._apply, self._restore = apply, restore
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: Any = None
 
-def _resolve_blas_funcs() -> tuple:
-    global _blas_funcs
-    if _blas_funcs is None:
-        _blas_funcs = ()
+    @contextmanager
+    def __call__(self, value: Any) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                self._saved = self._apply(value)
+            self._depth += 1
         try:
-            import ctypes
-
-            for path in _openblas_libraries():
-                lib = ctypes.CDLL(path)
-                for get_name, set_name in _BLAS_SYMBOLS:
-                    getter = getattr(lib, get_name, None)
-                    setter = getattr(lib, set_name, None)
-                    if getter is not None and setter is not None:
-                        getter.restype, getter.argtypes = ctypes.c_int, []
-                        setter.restype, setter.argtypes = None, [ctypes.c_int]
-                        _blas_funcs = (getter, setter)
-                        return _blas_funcs
-        except Exception:  # no ctypes, odd numpy build, ...: leave BLAS threading alone
-            _blas_funcs = ()
-    return _blas_funcs
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    saved, self._saved = self._saved, None
+                    self._restore(saved)
 
 
-class _BlasThreads:
-    """Context manager setting OpenBLAS' thread count (no-op if unknown or `n` is None)."""
+_blas_controller: Any = None
 
-    def __init__(self, n: int | None):
-        self.n = n
-        self.prev: int | None = None
 
-    def __enter__(self):
-        funcs = _resolve_blas_funcs() if self.n else ()
-        if funcs:
-            prev = funcs[0]()
-            if prev != self.n:
-                self.prev = prev
-                funcs[1](self.n)
-        return self
+def _limit_blas(threads: int) -> Any:
+    """Limits the BLAS libraries loaded in this process to `threads`; returns the limiter."""
+    global _blas_controller
+    from threadpoolctl import ThreadpoolController
 
-    def __exit__(self, *exc):
-        if self.prev is not None:
-            _resolve_blas_funcs()[1](self.prev)
-            self.prev = None
-        return False
+    if _blas_controller is None:  # finds the loaded libraries once (~0.5 ms)
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=threads, user_api="blas")
+
+
+blas_threads_limited = SharedScope(_limit_blas, lambda limiter: limiter.restore_original_limits())
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,12 +475,18 @@ class NumpyTextEncoder:
     # -- loading --------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, blas_threads: int | None = 1) -> "NumpyTextEncoder":
+    def load(cls, directory: str | os.PathLike, *, blas_threads: int | None = 1, runtime: str = "numpy",
+             threads: int = 0) -> "NumpyTextEncoder":
         """Open an exported encoder. Weights are memory-mapped (read on first use only).
 
-        `blas_threads`: OpenBLAS threads used while encoding (restored afterwards); None
-        leaves the setting alone.
+        `blas_threads`: BLAS threads used while encoding (restored afterwards); None leaves the
+        setting alone. `runtime` runs the transformer layers in "numpy" (nothing to start: best
+        for one query) or "onnxruntime" (about half the time per query after ~0.3 s packing
+        the weights, with `threads` intra-op threads, 0: up to 2; see textenc_ort: best for a
+        searcher that answers many queries). Raises if ONNX Runtime cannot be set up.
         """
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
         directory = Path(directory)
         meta_path = directory / META_FILE
         try:
@@ -515,7 +506,10 @@ class NumpyTextEncoder:
             if arr.shape != shape:
                 raise ValueError(f"{directory / name}.npy: shape {arr.shape}, expected {shape}")
             weights[name] = arr
-        return cls(directory, meta, weights, blas_threads)
+        encoder = cls(directory, meta, weights, blas_threads)
+        if runtime == "onnxruntime":
+            encoder.use_onnx_runtime(threads)
+        return encoder
 
     @property
     def tokenizer(self) -> ClipBpeTokenizer:
@@ -544,8 +538,8 @@ class NumpyTextEncoder:
         return "numpy" if self._layers is None else "onnxruntime"
 
     def use_onnx_runtime(self, threads: int = 0) -> None:
-        """Runs the transformer layers in ONNX Runtime from now on (see textenc_ort): about
-        half the time per query, after ~0.3 s to start. Raises if it cannot be set up."""
+        """Runs the transformer layers in ONNX Runtime from now on (what ``load(...,
+        runtime="onnxruntime")`` does). Raises if it cannot be set up."""
         from .textenc_ort import LAYER_ARRAYS, OrtTextLayers
 
         self._layers = OrtTextLayers({name: self._f32(name) for name in LAYER_ARRAYS}, self.meta, threads)
@@ -593,7 +587,7 @@ class NumpyTextEncoder:
             raise ValueError("token id out of range")
         pos = self.pool_positions(ids)
         seq = int(pos.max()) + 1 if (truncate and self.causal) else self.context_length
-        with _BlasThreads(self.blas_threads):
+        with blas_threads_limited(self.blas_threads) if self.blas_threads else nullcontext():
             feats = self._head(self._forward(ids[:, :seq], pos))
         norms = np.linalg.norm(feats, axis=1, keepdims=True)
         return (feats / np.maximum(norms, np.float32(1e-12))).astype(np.float32, copy=False)
@@ -888,13 +882,38 @@ def export_text_encoder(
     """
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', not {dtype!r}")
-    import torch
-    from open_clip import tokenizer as oc_tok
+    arrays, shape = _tower_arrays(model)
+    clean, oc_tokenizer = _tokenizer_spec(model_name, tokenizer, shape["context_length"])
+    for name in list(arrays):
+        arrays[name] = arrays[name].astype(dtype if name in _MATRICES else np.float32)
+    meta = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "model_name": model_name,
+        "dtype": dtype,
+        **shape,
+        "tokenizer": {
+            "type": "clip_bpe",
+            "vocab_file": VOCAB_FILE,
+            "clean": clean,
+            "sot_id": int(oc_tokenizer.sot_token_id),
+            "eot_id": int(oc_tokenizer.eot_token_id),
+        },
+        "files": {f"{name}.npy": {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()},
+    }
+    expected = _expected_shapes(meta)
+    if set(expected) != set(arrays) or any(tuple(arrays[k].shape) != s for k, s in expected.items()):
+        raise AssertionError("internal error: exported shapes do not match the format")
+    _write_export(Path(out_dir), arrays, meta, oc_tokenizer)
 
-    out_dir = Path(out_dir)
+
+def _tower_arrays(model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The text tower's weights (float32, by file name) and its shape and settings for the
+    meta file, or NotImplementedError for a tower the format does not cover."""
+    import torch
+
     parts = _text_tower_parts(model)
-    transformer = parts["transformer"]
-    blocks = list(transformer.resblocks)
+    blocks = list(parts["transformer"].resblocks)
     if not blocks:
         raise _unsupported("text transformer without blocks")
     token_embedding = parts["token_embedding"]
@@ -906,13 +925,43 @@ def export_text_encoder(
     context_length = pos_emb.shape[0]
     if pos_emb.shape[1] != width or vocab_size < VOCAB_SIZE:
         raise _unsupported(f"embedding shapes {tok_emb.shape} / {pos_emb.shape}")
-    heads = blocks[0].attn.num_heads
     causal = _causal_flag(parts["attn_mask"], context_length)
-    pool_type = parts["pool_type"]
-    eos_id = parts["eos_id"]
+    pool_type, eos_id = parts["pool_type"], parts["eos_id"]
     if pool_type == "eos" and eos_id is None:
         raise _unsupported("eos pooling without an eos id")
+    arrays, act, eps = _stacked_blocks(blocks, width)
+    lnf_w, lnf_b, eps_f = _layer_norm_params(parts["ln_final"], width)
+    if eps_f != eps:
+        raise _unsupported("blocks with different activations or layer norm eps")
+    proj_w, proj_b = _projection(parts["text_projection"], width)
+    arrays.update(token_embedding=tok_emb, positional_embedding=pos_emb, ln_final_weight=lnf_w,
+                  ln_final_bias=lnf_b)
+    if proj_w is not None:
+        arrays["text_projection"] = proj_w
+        if proj_b is not None:
+            arrays["text_projection_bias"] = proj_b
+    shape = {
+        "context_length": int(context_length),
+        "vocab_size": int(vocab_size),
+        "width": int(width),
+        "heads": int(blocks[0].attn.num_heads),
+        "layers": len(blocks),
+        "mlp_width": int(arrays["mlp_fc_weight"].shape[2]),
+        "output_dim": int(proj_w.shape[1]) if proj_w is not None else int(width),
+        "has_text_projection": proj_w is not None,
+        "text_projection_bias": proj_b is not None,
+        "activation": act,
+        "ln_eps": float(eps),
+        "pool_type": pool_type,
+        "eos_id": int(eos_id) if eos_id is not None else None,
+        "causal": causal,
+    }
+    return arrays, shape
 
+
+def _stacked_blocks(blocks: list, width: int) -> tuple[dict[str, np.ndarray], str, float]:
+    """The per-layer arrays of all blocks stacked over layers, their activation and eps."""
+    heads = blocks[0].attn.num_heads
     per_layer: dict[str, list[np.ndarray]] = {name: [] for name, _ in _LAYER_FILES}
     acts, epss = set(), set()
     for block in blocks:
@@ -923,91 +972,42 @@ def export_text_encoder(
         epss.add(eps)
         for name, arr in arrays.items():
             per_layer[name].append(arr)
-    lnf_w, lnf_b, eps_f = _layer_norm_params(parts["ln_final"], width)
-    epss.add(eps_f)
     if len(acts) != 1 or len(epss) != 1:
         raise _unsupported("blocks with different activations or layer norm eps")
-    mlp_shapes = {a.shape for a in per_layer["mlp_fc_weight"]}
-    if len(mlp_shapes) != 1:
+    if len({a.shape for a in per_layer["mlp_fc_weight"]}) != 1:
         raise _unsupported("blocks with different MLP widths")
-    mlp_width = per_layer["mlp_fc_weight"][0].shape[1]
+    return {name: np.stack(v) for name, v in per_layer.items()}, acts.pop(), epss.pop()
 
-    proj = parts["text_projection"]
-    proj_w = proj_b = None
+
+def _projection(proj, width: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The text projection as an (in, out) matrix and bias (None, None: no projection)."""
+    import torch
+
     if proj is None:
-        output_dim = width
-    elif isinstance(proj, torch.nn.Linear):
-        proj_w = _np(proj.weight).T
-        proj_b = _np(proj.bias) if proj.bias is not None else None
-        output_dim = proj_w.shape[1]
-    elif isinstance(proj, torch.Tensor) and proj.ndim == 2 and proj.shape[0] == width:
-        proj_w = _np(proj)
-        output_dim = proj_w.shape[1]
-    else:
-        raise _unsupported(f"text projection {type(proj).__name__}")
+        return None, None
+    if isinstance(proj, torch.nn.Linear):
+        return _np(proj.weight).T, (_np(proj.bias) if proj.bias is not None else None)
+    if isinstance(proj, torch.Tensor) and proj.ndim == 2 and proj.shape[0] == width:
+        return _np(proj), None
+    raise _unsupported(f"text projection {type(proj).__name__}")
 
-    clean, oc_tokenizer = _tokenizer_spec(model_name, tokenizer, context_length)
 
-    arrays: dict[str, np.ndarray] = {name: np.stack(v) for name, v in per_layer.items()}
-    arrays.update(
-        token_embedding=tok_emb,
-        positional_embedding=pos_emb,
-        ln_final_weight=lnf_w,
-        ln_final_bias=lnf_b,
-    )
-    if proj_w is not None:
-        arrays["text_projection"] = proj_w
-        if proj_b is not None:
-            arrays["text_projection_bias"] = proj_b
-    for name in list(arrays):
-        arrays[name] = arrays[name].astype(dtype if name in _MATRICES else np.float32)
-
-    meta = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "model_name": model_name,
-        "dtype": dtype,
-        "context_length": int(context_length),
-        "vocab_size": int(vocab_size),
-        "width": int(width),
-        "heads": int(heads),
-        "layers": len(blocks),
-        "mlp_width": int(mlp_width),
-        "output_dim": int(output_dim),
-        "has_text_projection": proj_w is not None,
-        "text_projection_bias": proj_b is not None,
-        "activation": acts.pop(),
-        "ln_eps": float(epss.pop()),
-        "pool_type": pool_type,
-        "eos_id": int(eos_id) if eos_id is not None else None,
-        "causal": causal,
-        "tokenizer": {
-            "type": "clip_bpe",
-            "vocab_file": VOCAB_FILE,
-            "clean": clean,
-            "sot_id": int(oc_tokenizer.sot_token_id),
-            "eot_id": int(oc_tokenizer.eot_token_id),
-        },
-        "files": {f"{name}.npy": {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()},
-    }
-    if set(_expected_shapes(meta)) != set(arrays) or any(
-        tuple(arrays[k].shape) != s for k, s in _expected_shapes(meta).items()
-    ):
-        raise AssertionError("internal error: exported shapes do not match the format")
+def _write_export(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any], oc_tokenizer) -> None:
+    """Writes the vocabulary, arrays and meta file beside `out_dir` and renames them into place."""
+    from open_clip import tokenizer as oc_tok
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         shutil.copyfile(oc_tok.default_bpe(), tmp / VOCAB_FILE)
         # The vocabulary must give exactly open_clip's ids (e.g. not a custom bpe_path).
-        check = ClipBpeTokenizer(tmp / VOCAB_FILE, context_length, clean=clean)
+        check = ClipBpeTokenizer(tmp / VOCAB_FILE, meta["context_length"], clean=meta["tokenizer"]["clean"])
         vocab = check.encoder  # must be duplicate-free: ids are derived from merge ranks
         if len(vocab) != check.vocab_size or vocab != oc_tokenizer.encoder:
             raise _unsupported("tokenizer vocabulary differs from open_clip's default BPE vocabulary")
         for name, arr in arrays.items():
             _save_npy(tmp / f"{name}.npy", arr)
-        meta_tmp = tmp / META_FILE
-        meta_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         _replace_dir(tmp, out_dir)
     except BaseException:

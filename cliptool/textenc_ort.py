@@ -3,8 +3,8 @@
 For a long-lived searcher: a query reads all of the text tower's weights (150 MB for
 ViT-B-32) for a handful of tokens, and numpy's BLAS repacks every weight matrix on each call,
 while ONNX Runtime packs them once when its session starts. Per query that is about half the
-time; the start costs ~0.3 s, so a one-shot `cliptool search` keeps to numpy (see
-`search.Searcher.text_vector`). The graph is built in memory from the same arrays and computes
+time; the start costs ~0.3 s, so a one-shot search is better off in numpy: the caller chooses
+(`NumpyTextEncoder.load(..., runtime="onnxruntime")`). The graph is built in memory from the same arrays and computes
 the same float32 operations, so vectors agree with the numpy encoder to ~1e-6.
 """
 

@@ -227,8 +227,7 @@ def test_onnx_runtime_layers_match_numpy(exported, name):
     pytest.importorskip("onnxruntime")
     model, tok, d = exported[name]
     plain = NumpyTextEncoder.load(d)
-    fast = NumpyTextEncoder.load(d)
-    fast.use_onnx_runtime()
+    fast = NumpyTextEncoder.load(d, runtime="onnxruntime")
     assert (plain.runtime, fast.runtime) == ("numpy", "onnxruntime")
     got, want = fast.encode_batch(TEXTS), plain.encode_batch(TEXTS)
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -268,14 +267,84 @@ def test_encoder_metadata_and_api(exported):
     assert NumpyTextEncoder.load(exported["cliptool-tiny-bidir"][2]).causal is False
 
 
-def test_blas_threads_restored(exported):
-    funcs = textenc._resolve_blas_funcs()
-    if not funcs:
-        pytest.skip("OpenBLAS thread control not available")
-    before = funcs[0]()
-    enc = NumpyTextEncoder.load(exported["cliptool-tiny-gelu"][2])
+def _blas_threads() -> list[tuple[str, int]]:
+    from threadpoolctl import threadpool_info
+
+    return [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_blas_threads_limited_while_encoding_then_restored(exported, monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    if not _blas_threads():
+        pytest.skip("no BLAS library threadpoolctl can control")
+    with threadpool_limits(limits=3, user_api="blas"):
+        before = _blas_threads()
+        enc = NumpyTextEncoder.load(exported["cliptool-tiny-gelu"][2], blas_threads=1)
+        during = []
+        head = enc._head
+        monkeypatch.setattr(enc, "_head", lambda pooled: (during.append(_blas_threads()), head(pooled))[1])
+        enc.encode("a dog")
+        assert during and all(n == 1 for _, n in during[0])
+        assert _blas_threads() == before
+        NumpyTextEncoder.load(exported["cliptool-tiny-gelu"][2], blas_threads=None).encode("a dog")
+        assert _blas_threads() == before
+
+
+def test_blas_limit_from_several_threads_is_restored(exported):
+    """Encodes overlapping in threads (exits interleaved) leave the setting as it was."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    if not _blas_threads():
+        pytest.skip("no BLAS library threadpoolctl can control")
+    enc = NumpyTextEncoder.load(exported["cliptool-tiny-gelu"][2], blas_threads=1)
+    with threadpool_limits(limits=3, user_api="blas"):
+        before = _blas_threads()
+
+        def work():
+            for i in range(20):
+                enc.encode(f"a dog in a park {i}")
+
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert _blas_threads() == before
+
+
+def test_shared_scope_restores_after_interleaved_exits():
+    """Thread A enters, B enters, A leaves, B leaves: a per-thread save/restore would leave
+    B's saved value (A's setting) in place; the shared scope restores the original."""
+    setting = {"value": 8}
+
+    def apply(v):
+        old, setting["value"] = setting["value"], v
+        return old
+
+    scope = textenc.SharedScope(apply, lambda old: setting.update(value=old))
+    a, b = scope(1), scope(2)
+    a.__enter__()
+    b.__enter__()
+    assert setting["value"] == 1  # the first one in sets it, later ones share it
+    a.__exit__(None, None, None)
+    assert setting["value"] == 1  # B is still inside
+    b.__exit__(None, None, None)
+    assert setting["value"] == 8
+
+
+def test_runtime_is_chosen_at_load(exported):
+    d = exported["cliptool-tiny-gelu"][2]
+    assert NumpyTextEncoder.load(d).runtime == "numpy"
+    with pytest.raises(ValueError, match="runtime"):
+        NumpyTextEncoder.load(d, runtime="gpu")
+    pytest.importorskip("onnxruntime")
+    enc = NumpyTextEncoder.load(d, runtime="onnxruntime")
+    assert enc.runtime == "onnxruntime"
     enc.encode("a dog")
-    assert funcs[0]() == before
+    assert enc.runtime == "onnxruntime"  # stays what was chosen
 
 
 def test_float16_export(oc, exported, tmp_path):
