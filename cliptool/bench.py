@@ -34,6 +34,7 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -391,7 +392,45 @@ def main(argv: list[str] | None = None) -> int:
     first_wall, first_rss, _ = index_once(first_file, ckpt, work)
     results["first_run"] = {"file": next(iter(corpus)), "index_s": first_wall, "peak_rss_mb": first_rss}
 
-    rows = []
+    results["index"] = bench_indexing(corpus, ckpt, work, repeat, args.quick, results, out)
+
+    # exact path one flag away: fp32 indexing of the first file
+    first = next(iter(corpus.values()))
+    fp32_runs = [index_once(first, ckpt, work, ["--precision", "fp32"])[0] for _ in range(1 if args.quick else 2)]
+    results["index_fp32_s"] = {"file": next(iter(corpus)), "index_s": median(fp32_runs)}
+
+    n_scenes = 20_000 if args.quick else 100_000
+    print(f"bench: search on a synthetic {n_scenes}-scene index", file=sys.stderr)
+    results["search"] = bench_search(out, ckpt, work, n_scenes, repeat)
+    (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+    helps = [run_child([sys.executable, "-m", "cliptool", "--help"])[0] for _ in range(5)]
+    results["help_s"] = median(helps)
+
+    print("bench: int8 and bf16 vs fp32 on real frames", file=sys.stderr)  # last: it loads torch in this process
+    clips = [SHARED / s for s in SOURCES if (SHARED / s).is_file()]
+    results["precision"] = precision_accuracy(ckpt, clips, 16 if args.quick else 48)
+
+    try:
+        from .detect.evaluate import detector_rows  # type: ignore[import-not-found]
+    except ImportError:
+        detector_rows = None
+    if detector_rows is not None:
+        try:
+            results["detectors"] = detector_rows()
+        except Exception as exc:  # noqa: BLE001 - another module's failure must not lose this run
+            results["detectors_error"] = f"{type(exc).__name__}: {exc}"
+    results["bench_seconds"] = time.perf_counter() - t_start
+    (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+    print_table(results)
+    print(f"\nfigures: {out / 'bench.json'}")
+    return 0
+
+
+def bench_indexing(corpus: dict[str, Path], ckpt: Path, work: Path, repeat: int, quick: bool,
+                   results: dict[str, object], out: Path) -> list[dict[str, Any]]:
+    """Each file of the corpus, then the corpus in one run: index time against bare decoding,
+    a per-frame scan and a seek baseline."""
+    rows: list[dict[str, Any]] = []
     for label, path in corpus.items():
         facts = video_facts(path)
         print(f"bench: {label} {path.name} ({facts['duration']:.0f} s, {facts['mbps']:.1f} Mbps)", file=sys.stderr)
@@ -403,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = median([r[0] for r in runs])
         rss = max(r[1] for r in runs)
         cpu = median([r[2] for r in runs])
-        prefix = 20 if args.quick else 60
+        prefix = 20 if quick else 60
         scan = run_baseline("scan", path, ckpt, prefix)
         seek = run_baseline("seek", path, ckpt)
         scan_total = scan.get("load", 0) + scan.get("per_frame", float("nan")) * facts["frames"] if scan else float("nan")
@@ -437,16 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         "realtime_x": total["duration"] / wall, "ratio_to_decode": wall / total["bare_decode_pyav_s"],
         "x_vs_scan": total["scan_s_extrapolated"] / wall, "x_vs_seek": total["seek_s"] / wall,
     })
-    results["index"] = rows
-
-    # exact path one flag away: fp32 indexing of the first file
-    first = next(iter(corpus.values()))
-    fp32_runs = [index_once(first, ckpt, work, ["--precision", "fp32"])[0] for _ in range(1 if args.quick else 2)]
-    results["index_fp32_s"] = {"file": next(iter(corpus)), "index_s": median(fp32_runs)}
+    return rows
 
 
-    n_scenes = 20_000 if args.quick else 100_000
-    print(f"bench: search on a synthetic {n_scenes}-scene index", file=sys.stderr)
+def bench_search(out: Path, ckpt: Path, work: Path, n_scenes: int, repeat: int) -> dict[str, Any]:
+    """Cold `cliptool search` (new process), a warm query and a cache rebuild on a synthetic index."""
     sdir = build_search_index(out, ckpt, n_scenes)
     cold = []
     for _ in range(max(3, repeat + 2)):
@@ -464,31 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         warm = json.loads(warm_out.read_text())
     except (OSError, ValueError):
         warm = {}
-    results["search"] = {"scenes": n_scenes, "cold_s": median(cold), "cold_runs_s": cold,
-                         **warm, "rebuild_s": rb_wall, "rebuild_peak_rss_mb": rb_rss,
-                         "vectors_mb": vec_mb}
-    (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
-    helps = [run_child([sys.executable, "-m", "cliptool", "--help"])[0] for _ in range(5)]
-    results["help_s"] = median(helps)
-
-    print("bench: int8 and bf16 vs fp32 on real frames", file=sys.stderr)  # last: it loads torch in this process
-    clips = [SHARED / s for s in SOURCES if (SHARED / s).is_file()]
-    results["precision"] = precision_accuracy(ckpt, clips, 16 if args.quick else 48)
-
-    try:
-        from .detect.evaluate import detector_rows  # type: ignore[import-not-found]
-    except ImportError:
-        detector_rows = None
-    if detector_rows is not None:
-        try:
-            results["detectors"] = detector_rows()
-        except Exception as exc:  # noqa: BLE001 - another module's failure must not lose this run
-            results["detectors_error"] = f"{type(exc).__name__}: {exc}"
-    results["bench_seconds"] = time.perf_counter() - t_start
-    (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
-    print_table(results)
-    print(f"\nfigures: {out / 'bench.json'}")
-    return 0
+    return {"scenes": n_scenes, "cold_s": median(cold), "cold_runs_s": cold,
+            **warm, "rebuild_s": rb_wall, "rebuild_peak_rss_mb": rb_rss, "vectors_mb": vec_mb}
 
 
 def print_table(r: dict) -> None:

@@ -214,6 +214,23 @@ def _safe_fingerprint(path: Path) -> str | None:
         return None
 
 
+Todo = list[tuple[Path, os.stat_result, "VideoRecord | None"]]
+
+
+@dataclass
+class _Plan:
+    """What an index run will do, decided before anything is decoded."""
+
+    todo: Todo = field(default_factory=list)  # (path, stat, its old record) to decode and embed
+    refresh: list[VideoRecord] = field(default_factory=list)  # touched, not changed: new mtime only
+    moves: list[tuple[Path, os.stat_result, VideoRecord]] = field(default_factory=list)
+    removals: list[VideoRecord] = field(default_factory=list)
+    stale_failures: list[str] = field(default_factory=list)  # notes of failed files that are gone
+
+    def writes(self) -> bool:
+        return bool(self.refresh or self.moves or self.removals or self.stale_failures)
+
+
 def index_paths(
     paths: Iterable[Path],
     index_dir: Path,
@@ -257,110 +274,23 @@ def index_paths(
                 report(f"{'removed duplicate' if outcome == 'duplicate' else 'refiled'} {record.path} -> {real}")
             known = {v.video_id: v for v in store.videos()}
             failures = store.failures()
-        changed_store = bool(misfiled)
-
-        # 1. Classify the files found.
-        todo: list[tuple[Path, os.stat_result, VideoRecord | None]] = []
-        refresh: list[VideoRecord] = []
-        file_ids = set()
-        for path in files:
-            vid = video_id_for(path)
-            file_ids.add(vid)
-            old = known.get(vid)
-            try:
-                st = path.stat()
-            except OSError as exc:
-                _fail(summary, report, path, exc.strerror or str(exc))
-                continue
-            if old and old.model == identity and old.size == st.st_size:
-                if old.mtime == st.st_mtime:
-                    summary.skipped += 1
-                    continue
-                if _safe_fingerprint(path) == old.fingerprint:  # touched, not changed
-                    old.mtime = st.st_mtime
-                    refresh.append(old)
-                    summary.skipped += 1
-                    continue
-            if st.st_size == 0 and old is None:  # nothing to decode (checked each run: it costs nothing)
-                _fail(summary, report, path, "empty file (0 bytes)")
-                continue
-            fail = failures.get(vid)
-            if old is None and fail and fail.get("size") == st.st_size and fail.get("mtime") == st.st_mtime:
-                _fail(summary, report, path, f"{fail.get('error')} (unchanged since it failed; not retried)")
-                continue
-            todo.append((path, st, old))
-
-        # 2. Moves: a new or changed path whose content matches a record whose file is gone.
-        gone = {vid: rec for vid, rec in known.items() if vid not in file_ids and _gone(rec.path)}
-        by_size: dict[int, list[VideoRecord]] = {}
-        for rec in gone.values():
-            if rec.model == identity:
-                by_size.setdefault(rec.size, []).append(rec)
-        moves: list[tuple[Path, os.stat_result, VideoRecord]] = []
-        remaining: list[tuple[Path, os.stat_result, VideoRecord | None]] = []
-        for path, st, old in todo:
-            candidates = by_size.get(st.st_size)
-            fp = _safe_fingerprint(path) if candidates else None
-            match = next((r for r in candidates or [] if fp is not None and r.fingerprint == fp), None)
-            if match is not None:
-                candidates.remove(match)  # type: ignore[union-attr]
-                moves.append((path, st, match))
-            else:
-                remaining.append((path, st, old))
-        todo = remaining
-        moved_ids = {rec.video_id for _, _, rec in moves}
-
-        # 3. Removals: records of files gone from the folders indexed now.
-        removals: list[VideoRecord] = []
-        for rec in gone.values():
-            if rec.video_id in moved_ids:
-                continue
-            root = next(((r, d) for r, d in roots if _under(rec.path, r, d)), None)
-            if root is None:
-                continue  # not under this run's folders: another disk, maybe not mounted now
-            empty_folder = root[1] and not any(_under(str(f), root[0], True) for f in files)
-            if prune is False or (prune is None and empty_folder):
-                summary.kept_missing += 1
-                continue
-            removals.append(rec)
-        stale_failures = [vid for vid, f in failures.items()
-                          if vid not in file_ids and any(_under(str(f.get("path")), r, d) for r, d in roots)
-                          and _gone(str(f.get("path")))]
-
-        if refresh or moves or removals or stale_failures:
-            with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
-                for rec in refresh:
-                    store.put_record(rec)
-                for path, st, src in moves:
-                    record = VideoRecord(**{**src.__dict__, "video_id": video_id_for(path), "path": str(path),
-                                            "size": st.st_size, "mtime": st.st_mtime, "indexed_at": time.time()})
-                    try:
-                        store.move_video(src.video_id, record)
-                    except ValueError:  # its stored scenes are incomplete: index the file afresh
-                        store.delete_video(src.video_id)
-                        todo.append((path, st, known.get(video_id_for(path))))
-                        continue
-                    summary.moved += 1
-                    report(f"moved {src.path} -> {path}")
-                for rec in removals:
-                    store.delete_video(rec.video_id)
-                    summary.removed += 1
-                    report(f"removed {rec.path} (file is gone)")
-                for vid in stale_failures:
-                    store.delete_failure(vid)
-            changed_store = True
+        plan = _classify(files, known, failures, identity, summary, report)
+        gone = {vid: rec for vid, rec in known.items() if vid not in {video_id_for(f) for f in files} and _gone(rec.path)}
+        _match_moves(plan, gone, identity)
+        _plan_removals(plan, gone, failures, roots, files, prune, summary)
+        if plan.writes():
+            _apply(plan, index_dir, known, summary, report)
         if summary.kept_missing:
             why = "--no-prune" if prune is False else "its folder holds no videos now (unmounted disk?); --prune removes them"
             report(f"kept {summary.kept_missing} indexed video(s) whose files are missing: {why}")
-
         if not files and not (summary.removed or summary.moved):
             raise NothingToDoError("no video files found in " + ", ".join(str(p) for p in paths))
 
-        # 4. Decode, detect, sample and embed what is new or changed.
-        if todo:
+        changed_store = bool(misfiled) or plan.writes()
+        if plan.todo:  # decode, detect, sample and embed what is new or changed
             try:
                 model = ClipModel(spec, threads=max(1, usable_cores() // 2))  # the decoder has the rest
-                changed_store |= _analyse_with(model, todo, index_dir, identity, options, summary, report,
+                changed_store |= _analyse_with(model, plan.todo, index_dir, identity, options, summary, report,
                                                progress, file_timeout, tqdm)
             except BaseException:
                 settle_threads()
@@ -374,6 +304,102 @@ def index_paths(
                 report(f"warning: could not write the search cache ({exc.strerror or exc}); search will retry")
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _classify(files: list[Path], known: dict[str, VideoRecord], failures: dict[str, dict[str, Any]], identity: str,
+              summary: IndexSummary, report: Reporter) -> _Plan:
+    """Step 1: which files found are unchanged, only touched, or to be (re)indexed."""
+    plan = _Plan()
+    for path in files:
+        vid = video_id_for(path)
+        old = known.get(vid)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            _fail(summary, report, path, exc.strerror or str(exc))
+            continue
+        if old and old.model == identity and old.size == st.st_size:
+            if old.mtime == st.st_mtime:
+                summary.skipped += 1
+                continue
+            if _safe_fingerprint(path) == old.fingerprint:  # touched, not changed
+                old.mtime = st.st_mtime
+                plan.refresh.append(old)
+                summary.skipped += 1
+                continue
+        if st.st_size == 0 and old is None:  # nothing to decode (checked each run: it costs nothing)
+            _fail(summary, report, path, "empty file (0 bytes)")
+            continue
+        fail = failures.get(vid)
+        if old is None and fail and fail.get("size") == st.st_size and fail.get("mtime") == st.st_mtime:
+            _fail(summary, report, path, f"{fail.get('error')} (unchanged since it failed; not retried)")
+            continue
+        plan.todo.append((path, st, old))
+    return plan
+
+
+def _match_moves(plan: _Plan, gone: dict[str, VideoRecord], identity: str) -> None:
+    """Step 2: a new or changed path whose content matches a record whose file is gone is a move."""
+    by_size: dict[int, list[VideoRecord]] = {}
+    for rec in gone.values():
+        if rec.model == identity:
+            by_size.setdefault(rec.size, []).append(rec)
+    remaining: Todo = []
+    for path, st, old in plan.todo:
+        candidates = by_size.get(st.st_size)
+        fp = _safe_fingerprint(path) if candidates else None
+        match = next((r for r in candidates or [] if fp is not None and r.fingerprint == fp), None)
+        if match is not None:
+            candidates.remove(match)  # type: ignore[union-attr]
+            plan.moves.append((path, st, match))
+        else:
+            remaining.append((path, st, old))
+    plan.todo = remaining
+
+
+def _plan_removals(plan: _Plan, gone: dict[str, VideoRecord], failures: dict[str, dict[str, Any]],
+                   roots: list[tuple[Path, bool]], files: list[Path], prune: bool | None, summary: IndexSummary) -> None:
+    """Step 3: records of files gone from the folders indexed now (not from other disks)."""
+    moved_ids = {rec.video_id for _, _, rec in plan.moves}
+    file_ids = {video_id_for(f) for f in files}
+    for rec in gone.values():
+        if rec.video_id in moved_ids:
+            continue
+        root = next(((r, d) for r, d in roots if _under(rec.path, r, d)), None)
+        if root is None:
+            continue  # not under this run's folders: another disk, maybe not mounted now
+        empty_folder = root[1] and not any(_under(str(f), root[0], True) for f in files)
+        if prune is False or (prune is None and empty_folder):
+            summary.kept_missing += 1
+            continue
+        plan.removals.append(rec)
+    plan.stale_failures = [vid for vid, f in failures.items()
+                           if vid not in file_ids and any(_under(str(f.get("path")), r, d) for r, d in roots)
+                           and _gone(str(f.get("path")))]
+
+
+def _apply(plan: _Plan, index_dir: Path, known: dict[str, VideoRecord], summary: IndexSummary, report: Reporter) -> None:
+    """Writes the plan's refreshes, moves and removals (no decoding)."""
+    with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+        for rec in plan.refresh:
+            store.put_record(rec)
+        for path, st, src in plan.moves:
+            record = VideoRecord(**{**src.__dict__, "video_id": video_id_for(path), "path": str(path),
+                                    "size": st.st_size, "mtime": st.st_mtime, "indexed_at": time.time()})
+            try:
+                store.move_video(src.video_id, record)
+            except ValueError:  # its stored scenes are incomplete: index the file afresh
+                store.delete_video(src.video_id)
+                plan.todo.append((path, st, known.get(video_id_for(path))))
+                continue
+            summary.moved += 1
+            report(f"moved {src.path} -> {path}")
+        for rec in plan.removals:
+            store.delete_video(rec.video_id)
+            summary.removed += 1
+            report(f"removed {rec.path} (file is gone)")
+        for vid in plan.stale_failures:
+            store.delete_failure(vid)
 
 
 def _cache_current(index_dir: Path) -> bool:
