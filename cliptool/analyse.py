@@ -1,10 +1,20 @@
-"""Stages 2-5 for one video in one sequential decode pass: decode, detect, sample, embed."""
+"""Stages 2-5 for one video in one sequential decode pass: decode, detect, sample, embed.
+
+`index` and `keyframes` both run on this pass. Index embeds each scene's sample frames;
+keyframes also hands it a `FrameTap`, which takes extra frames (its candidates) and sees every
+taken frame and sample in RGB, and may give it the scenes already known from an index
+(`KnownScenes`), whose sample vectors are then not computed again.
+"""
 
 from __future__ import annotations
 
+import bisect
+import queue
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -13,7 +23,7 @@ from .decode import Frame, VideoInfo, VideoReader, detect_bgr, to_rgb
 from .detect import make_detector
 from .embed import ClipModel
 from .errors import ModelUnavailableError
-from .sample import ClosedScene, SceneCutter
+from .sample import ClosedScene, KnownCutter, SceneCutter
 from .store import SceneRecord, SceneVectors
 
 
@@ -26,40 +36,64 @@ class AnalysedVideo:
     duration: float
     scenes: list[SceneRecord]
     vectors: list[SceneVectors]
+    continues_shot: list[bool] = field(default_factory=list)  # per scene: a window after the first of its shot
+    frame_vectors: dict[int, np.ndarray] = field(default_factory=dict)  # every embedded frame, by frame number
+
+
+class FrameTap(Protocol):
+    """Frames an analysis pass takes instead of the scenes' samples (keyframes' candidates)."""
+
+    def wants(self, frame: Frame) -> bool:
+        """Called for every frame in decode order: take it?"""
+
+    def picture(self, frame: Frame, rgb: np.ndarray) -> bool:
+        """Called once for each taken frame and each sample whose vector is known, in the
+        embedding thread; returns whether to embed it."""
+
+
+@dataclass
+class KnownScenes:
+    """Scenes and sample vectors an index already holds for the video."""
+
+    scenes: list[SceneRecord]
+    vectors: dict[int, np.ndarray]  # sample frame number -> vector
 
 
 class _Embedder:
-    """Embeds the sample frames of closed scenes in a background thread while decoding goes on.
+    """Embeds frames in a background thread while decoding goes on.
 
-    The decode loop hands over each closed scene's sample frames (still undecoded to RGB); the
-    worker converts and preprocesses them, and runs the model on a batch when it has
-    `batch_size` inputs, or a smaller one when nothing else is waiting (so it never sits idle,
-    and little is left to embed when decoding ends). torch, cv2 and PyAV's conversion release
-    the GIL, so decoding and embedding overlap on separate cores. The hand-over queue is bounded
-    in bytes of held frames, which keeps memory flat when the model is slower than the decoder.
+    The decode loop hands over frames (still undecoded to RGB): each closed scene's samples and
+    the tap's frames. The worker converts and preprocesses them, and runs the model on a batch
+    when it has `batch_size` inputs, or a smaller one when nothing else is waiting (so it never
+    sits idle, and little is left to embed when decoding ends). torch, cv2 and PyAV's
+    conversion release the GIL, so decoding and embedding overlap on separate cores. The
+    hand-over queue is bounded in bytes of held frames, which keeps memory flat when the model
+    is slower than the decoder. Vectors are kept by frame number; a frame is embedded once.
     """
 
     _MIN_BATCH = 8
     _HELD_BYTES = 192 << 20
 
-    def __init__(self, model: ClipModel, batch_size: int, frame_bytes: int) -> None:
-        import queue
-        import threading
-
+    def __init__(self, model: ClipModel, batch_size: int, frame_bytes: int, tap: FrameTap | None,
+                 known: dict[int, np.ndarray]) -> None:
         self.model = model
         self.batch_size = max(1, batch_size)
-        self.frame_vectors: dict[int, list[np.ndarray]] = {}
+        self.tap = tap
+        self.known = known
+        self.vectors: dict[int, np.ndarray] = {}
+        self._shown: set[int] = set()  # frames the tap has seen
+        self._queued: set[int] = set()  # frames embedded or waiting in the batch
         self._queue: queue.Queue = queue.Queue(maxsize=max(8, self._HELD_BYTES // max(1, 3 * frame_bytes)))
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cliptool-embed", daemon=True)
         self._thread.start()
 
-    def add(self, scene_no: int, scene: ClosedScene) -> None:
-        """Queues a scene's sample frames (blocks while the worker is far behind)."""
-        import queue
+    def add(self, frames: list[Frame], samples: bool) -> None:
+        """Queues frames (blocks while the worker is far behind)."""
+        self._put((frames, samples))
 
-        item = (scene_no, [f.av_frame for f in scene.samples])
+    def _put(self, item: tuple[list[Frame], bool] | None) -> None:
         while True:
             if self._error is not None:
                 raise self._error
@@ -69,20 +103,18 @@ class _Embedder:
             except queue.Full:
                 continue
 
-    def finish(self) -> dict[int, list[np.ndarray]]:
-        """Waits for every queued scene to be embedded; returns vectors by scene number."""
-        self.add(-1, ClosedScene(0, 0, 0.0, 0.0))  # end marker
+    def finish(self) -> dict[int, np.ndarray]:
+        """Waits for every queued frame to be embedded; returns vectors by frame number."""
+        self._put(None)  # end marker
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self.frame_vectors
+        return self.vectors
 
     def abort(self) -> None:
-        import queue
-
         self._stop.set()
         try:
-            self._queue.put_nowait((-1, []))
+            self._queue.put_nowait(None)
         except queue.Full:
             pass  # the worker is busy; it sees the stop flag after this item
 
@@ -91,14 +123,13 @@ class _Embedder:
         owners: list[int] = []
         try:
             while not self._stop.is_set():
-                scene_no, frames = self._queue.get()
-                if scene_no < 0:
+                item = self._queue.get()
+                if item is None:
                     break
-                self.frame_vectors[scene_no] = []
-                for av_frame in frames:
-                    inputs.append(self.model.preprocess(to_rgb(av_frame)))
-                    owners.append(scene_no)
-                frames = av_frame = None  # let the decoder reuse their buffers
+                frames, samples = item
+                for frame in frames:
+                    self._take(frame, samples, inputs, owners)
+                frames = frame = item = None  # let the decoder reuse their buffers
                 if len(inputs) >= self.batch_size or (len(inputs) >= self._MIN_BATCH and self._queue.empty()):
                     self._flush(inputs, owners)
             self._flush(inputs, owners)
@@ -109,67 +140,108 @@ class _Embedder:
         except BaseException as exc:  # handed to the decode loop, which raises it
             self._error = exc
 
+    def _take(self, frame: Frame, sample: bool, inputs: list[np.ndarray], owners: list[int]) -> None:
+        rgb = None
+        embed = sample
+        if self.tap is not None:  # the tap's frames and the known samples, each shown once
+            if (sample and frame.index not in self.known) or frame.index in self._shown:
+                return
+            self._shown.add(frame.index)
+            rgb = to_rgb(frame.av_frame)
+            embed = self.tap.picture(frame, rgb)
+        if not embed or frame.index in self._queued or frame.index in self.known:
+            return
+        self._queued.add(frame.index)
+        inputs.append(self.model.preprocess(to_rgb(frame.av_frame) if rgb is None else rgb))
+        owners.append(frame.index)
+
     def _flush(self, inputs: list[np.ndarray], owners: list[int]) -> None:
         if not inputs:
             return
         vectors = self.model.encode_preprocessed(np.stack(inputs))
         for owner, vec in zip(owners, vectors):
-            self.frame_vectors[owner].append(vec)
+            self.vectors[owner] = vec
         inputs.clear()
         owners.clear()
 
 
 def analyse_video(
-    path: Path, model: ClipModel, options: IndexOptions, on_frame: Callable[[float], None] | None = None
+    path: Path, model: ClipModel, options: IndexOptions, on_frame: Callable[[float], None] | None = None,
+    tap: FrameTap | None = None, known: KnownScenes | None = None,
 ) -> AnalysedVideo:
     """One sequential decode pass: detect shots, pick sample frames, embed them.
 
-    Non-reference frames are decoded without deblocking except at fp32, the exact path
-    (embeddings' cosine to fully decoded frames' is 0.99999 or more).
+    With `tap`, its frames are taken and embedded instead of the samples (see `FrameTap`), a
+    scene's vector is the mean of those inside it (empty when there are none), and every frame
+    is decoded fully, since the tap's pictures are for people. Without it, non-reference frames
+    are decoded without deblocking except at fp32, the exact path (embeddings' cosine to fully
+    decoded frames' is 0.99999 or more). With `known`, its scenes replace the detector and the
+    windows, and its sample vectors are used as they are.
     """
-    with VideoReader(path, skip_deblocking=model.precision != "fp32") as reader, _DecodeAhead(reader.frames()) as frames:
+    skip_deblocking = tap is None and model.precision != "fp32"
+    with VideoReader(path, skip_deblocking=skip_deblocking) as reader, _DecodeAhead(reader.frames()) as frames:
         info = reader.info
-        detector = make_detector(options.detector, options.threshold, options.min_scene_frames, options.detect_width)
-        size = detector.frame_size(max(2, info.width), max(2, info.height))
         frame_bytes = info.width * info.height * 3 // 2
-        cutter = SceneCutter(options.max_scene_seconds, options.samples_per_scene, frame_bytes)
-        embedder = _Embedder(model, options.batch_size, frame_bytes)
+        detector = None
+        cutter: SceneCutter | KnownCutter
+        if known is None:
+            detector = make_detector(options.detector, options.threshold, options.min_scene_frames,
+                                     options.detect_width)
+            size = detector.frame_size(max(2, info.width), max(2, info.height))
+            cutter = SceneCutter(options.max_scene_seconds, options.samples_per_scene, frame_bytes)
+        else:
+            cutter = KnownCutter(known.scenes)
+        embedder = _Embedder(model, options.batch_size, frame_bytes, tap, known.vectors if known else {})
         closed: list[ClosedScene] = []
 
         def take(scenes: list[ClosedScene]) -> None:
             for scene in scenes:
-                embedder.add(len(closed), scene)
-                scene.samples = [_Sample(f.index, f.time) for f in scene.samples]  # type: ignore[misc]
+                embedder.add(scene.samples, samples=True)
+                scene.samples = [Frame(f.index, f.time, None) for f in scene.samples]
                 closed.append(scene)
 
         last_time, last_step, count = 0.0, 0.0, 0
         try:
             for frame in frames:
                 take(cutter.add_frame(frame))
-                take(cutter.add_cuts(detector.push(frame.index, detect_bgr(frame.av_frame, size))))
+                if detector is not None:
+                    take(cutter.add_cuts(detector.push(frame.index, detect_bgr(frame.av_frame, size))))
+                if tap is not None and tap.wants(frame):
+                    embedder.add([frame], samples=False)
                 last_step = frame.time - last_time if count else 0.0
                 last_time = frame.time
                 count += 1
                 if on_frame is not None:
                     on_frame(frame.time)
-            take(cutter.add_cuts(detector.flush()))
-            frame_step = _frame_duration(last_step, info.fps)
-            end_time = last_time + frame_step
+            if detector is not None:
+                take(cutter.add_cuts(detector.flush()))
+            end_time = last_time + _frame_duration(last_step, info.fps)
             take(cutter.finish(end_time))
             frame_vectors = embedder.finish()
         except BaseException:
             embedder.abort()
             raise
+    return _assemble(info, count, end_time, closed, frame_vectors, known.vectors if known else {}, tap is not None)
 
-    scenes: list[SceneRecord] = []
-    vectors: list[SceneVectors] = []
-    for i, scene in enumerate(closed):
-        frame_vecs = np.array(frame_vectors[i], dtype=np.float32)
-        if len(frame_vecs) == 0:
-            continue
-        mean = frame_vecs.mean(axis=0)
-        scenes.append(SceneRecord(
-            index=len(scenes),
+
+def _assemble(info: VideoInfo, frame_count: int, end_time: float, closed: list[ClosedScene],
+              frame_vectors: dict[int, np.ndarray], known: dict[int, np.ndarray], tapped: bool) -> AnalysedVideo:
+    """Scene records and vectors (a scene's vector: the normalised mean of its frames')."""
+    out = AnalysedVideo(info, frame_count, end_time, [], [], [], frame_vectors)
+    every = {**known, **frame_vectors}
+    numbers = sorted(every)
+    for scene in closed:
+        if tapped:
+            lo, hi = bisect.bisect_left(numbers, scene.start_frame), bisect.bisect_left(numbers, scene.end_frame)
+            vecs = [every[i] for i in numbers[lo:hi]]
+        else:
+            vecs = [every[f.index] for f in scene.samples]
+            if not vecs:
+                continue
+        frame_vecs = np.array(vecs, dtype=np.float32) if vecs else np.zeros((0, 0), np.float32)
+        mean = frame_vecs.mean(axis=0) if vecs else np.zeros(0, np.float32)
+        out.scenes.append(SceneRecord(
+            index=len(out.scenes),
             start_time=round(scene.start_time, 6),
             end_time=round(scene.end_time, 6),
             start_frame=scene.start_frame,
@@ -177,8 +249,9 @@ def analyse_video(
             sample_times=[round(s.time, 6) for s in scene.samples],
             sample_frames=[s.index for s in scene.samples],
         ))
-        vectors.append(SceneVectors(mean / max(float(np.linalg.norm(mean)), 1e-12), frame_vecs))
-    return AnalysedVideo(info, count, end_time, scenes, vectors)
+        out.vectors.append(SceneVectors(mean / max(float(np.linalg.norm(mean)), 1e-12), frame_vecs))
+        out.continues_shot.append(scene.continues_shot)
+    return out
 
 
 class _DecodeAhead:
@@ -194,9 +267,6 @@ class _DecodeAhead:
     _DONE = object()
 
     def __init__(self, frames: Iterator[Frame]) -> None:
-        import queue
-        import threading
-
         self._frames = frames
         self._queue: queue.Queue = queue.Queue(maxsize=self._DEPTH)
         self._stop = threading.Event()
@@ -207,8 +277,6 @@ class _DecodeAhead:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import queue
-
         self._stop.set()
         while self._thread.is_alive():
             try:  # make room for a producer blocked on a full queue
@@ -227,8 +295,6 @@ class _DecodeAhead:
             yield item
 
     def _put(self, item: object) -> bool:
-        import queue
-
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -251,12 +317,6 @@ class _DecodeAhead:
 
 class ModelLoadError(OSError):
     """The model could not be loaded while a video was being analysed."""
-
-
-@dataclass
-class _Sample:
-    index: int
-    time: float
 
 
 def _frame_duration(last_step: float, fps: float) -> float:
