@@ -8,13 +8,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
 from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED, cache_entry
 from .errors import ModelUnavailableError, one_line
 from .onnx_tower import is_cached
+from .textenc import SharedScope
 
 _HASH_CHUNK = 1 << 20
 PRECISIONS = ("int8", "bf16", "fp32")
@@ -130,7 +131,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 class ClipModel:
-    """An open_clip model on the CPU (or a given device), ready to embed images and text.
+    """An open_clip model on the CPU, ready to embed images and text.
 
     With a local checkpoint file (or an int8 tower already cached) the model loads in a
     background thread, so a caller can start decoding at once; every method waits for the load
@@ -139,15 +140,13 @@ class ClipModel:
     to export the tower the first time, or to encode text.
     """
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", precision: str | None = None,
-                 background: bool | None = None, threads: int = 0) -> None:
+    def __init__(self, spec: ModelSpec, background: bool | None = None, threads: int = 0) -> None:
         """`threads`: the int8 tower's threads (0: one per core); an indexer decoding beside it
         gives it fewer, since on 2 cores one thread does the same work with 20% less CPU."""
         import threading
 
         self.spec = spec.resolved()
-        self.device = device
-        self.precision = precision or self.spec.precision
+        self.precision = self.spec.precision
         self.threads = threads
         if self.precision not in PRECISIONS:
             raise ModelUnavailableError(f"unknown precision {self.precision!r} (choose from {', '.join(PRECISIONS)})")
@@ -155,19 +154,15 @@ class ClipModel:
         self._open_clip_lock = threading.Lock()
         self._loaded = threading.Event()
         self._error: BaseException | None = None
-        self._thread: Any = None
         self._model: Any = None
+        self._tokenizer: Any = None
         self._tower: Any = None  # the OnnxImageTower at int8
-        if "torch" not in sys.modules:
-            # Idle OpenMP threads sleep instead of spinning: the decoder's threads need those
-            # cores between batches (about 12% less CPU for an index run on 2 cores).
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self._omp_env_set = _set_omp_passive()  # for torch's import; restored once loaded
         quick = _quick_check(self.spec)
         if background is None:
             background = quick or (self.precision == "int8" and is_cached(self.spec.identity()))
         if background:
-            self._thread = threading.Thread(target=self._load_in_background, name="cliptool-model-load", daemon=True)
-            self._thread.start()
+            threading.Thread(target=self._load_in_background, name="cliptool-model-load", daemon=True).start()
             _settle_at_exit()
         else:
             self._load()
@@ -182,15 +177,18 @@ class ClipModel:
         except BaseException as exc:  # kept and raised by every later call
             self._error = exc
         finally:
+            if self._omp_env_set:
+                os.environ.pop(_OMP_ENV, None)
+                self._omp_env_set = False
             self._loaded.set()
 
     def _load_open_clip(self) -> None:
-        import torch
+        bf16 = self.precision == "bf16"
+        self._model, self._tokenizer = _load(self.spec, visual_bf16=bf16)
+        if bf16:
+            import torch
 
-        bf16 = torch.bfloat16 if self.precision == "bf16" else None
-        self._model, self._tokenizer = _load(self.spec, self.device, bf16)
-        if bf16 is not None:
-            self._model.visual.to(bf16)  # no-op when loaded so
+            self._model.visual.to(torch.bfloat16)  # no-op when loaded so
         cfg = _preprocess_cfg(self._model)
         size = cfg.get("size", 224)
         self._image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -212,8 +210,8 @@ class ClipModel:
                                          self.threads)
             except Exception as exc:  # noqa: BLE001 - exporter and quantiser raise many kinds
                 raise ModelUnavailableError(
-                    f"cannot prepare the int8 image tower of {self.spec.model_name} ({one_line(exc)[:200]}); "
-                    "use --precision bf16 or fp32"
+                    _cause(exc, f"cannot prepare the int8 image tower of {self.spec.model_name}")
+                    + "; use --precision bf16 or fp32"
                 ) from None
         self._tower = tower
         self._image_size, self._mean, self._std, self._dim = tower.image_size, tower.mean, tower.std, tower.dim
@@ -229,14 +227,8 @@ class ClipModel:
         # Importing torch and open_clip is mostly Python holding the GIL; with the default 5 ms
         # switch interval a decode loop beside it waits up to 5 ms every time it takes the GIL
         # back from a C call (several times a frame). A short interval while loading keeps it going.
-        import sys
-
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, 0.0005))
-        try:
+        with _short_switch_interval(0.0005):
             self._load()
-        finally:
-            sys.setswitchinterval(interval)
 
     def _wait(self) -> None:
         self._loaded.wait()
@@ -250,20 +242,24 @@ class ClipModel:
 
     @property
     def image_size(self) -> int:
+        """The side of the square images the image tower takes."""
         self._wait()
         return self._image_size
 
     @property
     def dim(self) -> int:
+        """The embedding dimension."""
         self._wait()
         return self._dim
 
     @property
     def torch_model(self) -> Any:
+        """The open_clip model (loaded now at int8, where only the tower was loaded)."""
         self._need_open_clip()
         return self._model
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
+        """An RGB uint8 image as the image tower's (3, S, S) float32 input."""
         self._wait()
         return preprocess_rgb(rgb, self._image_size, self._mean, self._std)
 
@@ -277,11 +273,11 @@ class ClipModel:
         import torch
 
         with self._lock, torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
             if self.precision == "bf16":
                 x = x.to(torch.bfloat16)
             feats = self._model.encode_image(x)
-        return _normalise(feats.float().cpu().numpy())
+        return _normalise(feats.float().numpy())
 
     def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
         """RGB uint8 images of any size -> (N, D) L2-normalised vectors."""
@@ -291,6 +287,7 @@ class ClipModel:
         return self.encode_preprocessed(np.stack([self.preprocess(im) for im in images]))
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
+        """Texts -> (N, D) L2-normalised vectors, with open_clip (torch)."""
         self._need_open_clip()
         return self._encode_text(texts)
 
@@ -298,39 +295,53 @@ class ClipModel:
         import torch
 
         with self._lock, torch.inference_mode():
-            tokens = self._tokenizer(texts).to(self.device)
-            feats = self._model.encode_text(tokens)
-        return _normalise(feats.float().cpu().numpy())
+            feats = self._model.encode_text(self._tokenizer(texts))
+        return _normalise(feats.float().numpy())
 
-    def export_text_encoder(self, index_dir: Path) -> bool:
+    def export_text_encoder(self, index_dir: Path, report: Callable[[str], None] | None = None) -> bool:
         """Writes the text tower for torch-free search (textenc) into `index_dir`, once per model.
 
         Returns whether an export is in place. Waits for the model (and raises its load error).
-        A text tower the numpy encoder does not cover is skipped: search then uses open_clip.
+        A text tower the numpy encoder does not cover is recorded in the user cache (keyed by
+        the model's identity and the exporter's version) and said once, in one line through
+        `report` (default: stderr); later calls return False at once, without loading
+        open_clip, and search uses open_clip (see `fast_text_unavailable`). A failure to write
+        is reported and not recorded: the next run tries again.
         """
+        from .textenc import META_FILE, copy_export, export_text_encoder
+
         self._wait()
+        say = report or (lambda message: print(message, file=sys.stderr))
         index_dir = Path(index_dir)
         identity = self.spec.identity()
         if text_encoder_identity(index_dir) == identity:
             return True
         # Exported once per model into the user cache (text is fp32 at every precision), then
         # copied into each index, which stays whole if the cache is cleared.
-        cached = cache_entry("text-towers", self.spec.with_precision("fp32").identity(), TEXTENC_CACHE_VERSION)
-        from .textenc import META_FILE, copy_export, export_text_encoder
-
-        if not (cached / META_FILE).is_file():
-            self._need_open_clip()
-
-            try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                export_text_encoder(self._model, self.spec.model_name, cached, tokenizer=self._tokenizer)
-            except NotImplementedError:
-                return False
-        copy_export(cached, index_dir / TEXTENC_DIR)
-        marker = index_dir / TEXTENC_MARKER
-        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"model_identity": identity}))
-        os.replace(tmp, marker)
+        text_spec = self.spec.with_precision("fp32")
+        cached = _text_cache_entry(text_spec)
+        try:
+            if not (cached / META_FILE).is_file():
+                if fast_text_unavailable(text_spec) is not None:
+                    return False  # recorded by an earlier run, which said why
+                self._need_open_clip()
+                try:
+                    export_text_encoder(self._model, self.spec.model_name, cached, tokenizer=self._tokenizer)
+                except NotImplementedError as exc:
+                    reason = one_line(exc).removeprefix("numpy text encoder: ")
+                    _record_unsupported(text_spec, reason)
+                    say(f"note: the fast text search path cannot run {self.spec.model_name}'s text tower "
+                        f"({reason}); text search will use open_clip, which starts slower")
+                    return False
+            copy_export(cached, index_dir / TEXTENC_DIR)
+            marker = index_dir / TEXTENC_MARKER
+            tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"model_identity": identity}))
+            os.replace(tmp, marker)
+        except OSError as exc:
+            say(f"warning: could not write the fast text encoder ({exc.strerror or one_line(exc)}); "
+                "text search will use open_clip until an index run writes it")
+            return False
         return True
 
 
@@ -383,6 +394,118 @@ def text_encoder_identity(index_dir: Path) -> str | None:
         return None
 
 
+def _text_cache_entry(spec: ModelSpec) -> Path:
+    """Where the text tower of an fp32 spec is exported in the user cache."""
+    return cache_entry("text-towers", spec.identity(), TEXTENC_CACHE_VERSION)
+
+
+def _unsupported_marker(spec: ModelSpec) -> Path:
+    entry = _text_cache_entry(spec)
+    return entry.with_name(entry.name + ".unsupported.json")
+
+
+def _record_unsupported(spec: ModelSpec, reason: str) -> None:
+    """Remembers that the exporter rejects this model's text tower (see fast_text_unavailable)."""
+    from .textenc import EXPORTER_VERSION
+
+    marker = _unsupported_marker(spec)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"model_identity": spec.identity(), "exporter_version": EXPORTER_VERSION,
+                               "reason": reason}))
+    os.replace(tmp, marker)
+
+
+def fast_text_unavailable(spec: ModelSpec) -> str | None:
+    """Why the torch-free text encoder cannot run this model, as recorded when its export was
+    rejected (by this version of the exporter), else None. Any precision of the spec will do."""
+    from .textenc import EXPORTER_VERSION
+
+    spec = spec.resolved().with_precision("fp32")
+    try:
+        record = json.loads(_unsupported_marker(spec).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("model_identity") != spec.identity() \
+            or record.get("exporter_version") != EXPORTER_VERSION:
+        return None
+    return str(record.get("reason") or "text tower not supported")
+
+
+_SAID_SLOW_TEXT: set[str] = set()
+
+
+def warn_slow_text_path(spec: ModelSpec, stream: TextIO | None = None) -> None:
+    """Says once per process and model, in one line on stderr, that text queries run in
+    open_clip (torch), the slower path, and why."""
+    identity = spec.resolved().identity()
+    if identity in _SAID_SLOW_TEXT:
+        return
+    _SAID_SLOW_TEXT.add(identity)
+    reason = fast_text_unavailable(spec) or "the index holds no exported text encoder for its model"
+    print(f"cliptool: text queries run in open_clip (torch), the slower path: {reason}", file=stream or sys.stderr)
+
+
+# -- process-wide settings, changed only for as long as a model loads ------------------------
+
+_OMP_ENV = "OMP_WAIT_POLICY"
+
+
+def _set_omp_passive() -> bool:
+    """Sets OMP_WAIT_POLICY=PASSIVE for torch's OpenMP runtime, which reads it when torch is
+    imported: idle OpenMP threads then sleep instead of spinning, and the decoder's threads get
+    those cores between batches (about 12% less CPU for an index run on 2 cores). Returns
+    whether it was set (the user's own value and an imported torch are left alone); the model
+    removes it again once loaded."""
+    if "torch" in sys.modules or _OMP_ENV in os.environ:
+        return False
+    os.environ[_OMP_ENV] = "PASSIVE"
+    return True
+
+
+def _shorten_switch_interval(seconds: float) -> float:
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(min(saved, seconds))
+    return saved
+
+
+_short_switch_interval = SharedScope(_shorten_switch_interval, sys.setswitchinterval)
+
+_NOISY_LOGGERS = ("open_clip", "huggingface_hub", "timm", "")  # "": the root logger, which open_clip logs to
+
+
+def _silence_loggers(level: int) -> tuple[dict[str, int], Any]:
+    """Raises the noisy loggers to `level`; returns their levels and a handler added to the
+    root logger (so that open_clip's logging.warning calls do not install one of their own)."""
+    import logging
+
+    saved = {name: logging.getLogger(name or None).level for name in _NOISY_LOGGERS}
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name or None).setLevel(level)
+    root = logging.getLogger()
+    handler = None
+    if not root.handlers:
+        handler = logging.NullHandler()
+        root.addHandler(handler)
+    return saved, handler
+
+
+def _restore_loggers(state: tuple[dict[str, int], Any]) -> None:
+    import logging
+
+    saved, handler = state
+    for name, level in saved.items():
+        logging.getLogger(name or None).setLevel(level)
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+
+
+_quiet_loggers = SharedScope(_silence_loggers, _restore_loggers)
+
+
+# -- loading a model with open_clip ----------------------------------------------------------
+
+
 def _validate_config(cfg: Path) -> None:
     """A model config JSON must exist and parse."""
     if not cfg.is_file():
@@ -408,7 +531,10 @@ def _quick_check(spec: ModelSpec) -> bool:
         return True
     import importlib.util
 
-    found = importlib.util.find_spec("open_clip")
+    try:
+        found = importlib.util.find_spec("open_clip")
+    except (ImportError, ValueError):  # a broken install: the load says what is missing
+        return False
     locations = list(found.submodule_search_locations or []) if found else []
     return any((Path(loc) / "model_configs" / f"{spec.model_name}.json").is_file() for loc in locations)
 
@@ -419,97 +545,287 @@ def _preprocess_cfg(model: Any) -> dict[str, Any]:
     return dict(get_model_preprocess_cfg(model))
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the model hub answers at all (offline mode set by the user counts as no)."""
+# pip names of the packages a model load imports, where they differ from the module's name
+_PIP_NAMES = {"open_clip": "open_clip_torch", "cv2": "opencv-python", "PIL": "pillow", "sklearn": "scikit-learn"}
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    if isinstance(exc, OSError) and exc.errno == 12:  # ENOMEM
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("not enough memory", "can't allocate memory", "Cannot allocate memory", "out of memory"))
+
+
+def _detail(exc: BaseException, limit: int = 200) -> str:
+    """An error's message on one line (torch puts the useful part on the next lines), cut."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _cause(exc: BaseException, what: str) -> str:
+    """One line: `what` failed, and why (a missing package, memory, or the error itself)."""
+    detail = _detail(exc)
+    if isinstance(exc, ImportError):
+        module = (exc.name or "").split(".")[0]
+        if not module and "'" in detail:
+            module = detail.split("'")[1].split(".")[0]
+        pip = _PIP_NAMES.get(module, module)
+        return (f"{what}: the Python package {module or '?'!r} is missing or broken ({detail}); "
+                f"install it{f' (pip install {pip})' if pip else ''}")
+    if _is_out_of_memory(exc):
+        return f"{what}: not enough memory ({detail or type(exc).__name__})"
+    return f"{what}: {type(exc).__name__}: {detail}"
+
+
+def _hub_reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether `host` answers on the HTTPS port (asked only when weights must be downloaded)."""
     import socket
 
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        socket.create_connection((host, 443), timeout=timeout).close()
         return True
     except OSError:
         return False
 
 
-def _load(spec: ModelSpec, device: str, visual_dtype: Any = None) -> tuple[Any, Any]:
-    """Builds the model and tokenizer, turning every failure into one clear line."""
+def _load(spec: ModelSpec, visual_bf16: bool = False) -> tuple[Any, Any]:
+    """Builds the model and its tokenizer.
+
+    Every failure becomes a ModelUnavailableError whose one line names its cause: an unknown
+    model or tag, a config open_clip cannot build, weights that are not cached and cannot be
+    downloaded, a damaged checkpoint or one of another model, a missing package, memory.
+    Process-wide settings (log levels) are changed only while it runs.
+    """
     import logging
 
-    if spec.checkpoint_path is None and not _hub_reachable():
-        # Cached weights still load; missing ones fail at once instead of after a minute of retries.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    import open_clip
+    name = spec.model_name
+    try:
+        with _quiet_loggers(logging.CRITICAL):
+            import open_clip
 
-    for name in ("open_clip", "huggingface_hub", "root", "timm"):
-        logging.getLogger(None if name == "root" else name).setLevel(logging.CRITICAL)
+            _register_model(spec, open_clip)
+            weights, preprocess = _weights_file(spec, open_clip)
+            model = _build_with_weights(spec, weights, preprocess, visual_bf16)
+            model.eval()
+            try:
+                tokenizer = open_clip.get_tokenizer(name)
+            except Exception as exc:  # noqa: BLE001 - HF tokenizers download, and fail many ways
+                raise ModelUnavailableError(_cause(exc, f"cannot build the tokenizer of {name}")) from None
+        return model, tokenizer
+    except ModelUnavailableError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an import, memory or library failure outside the steps above
+        raise ModelUnavailableError(_cause(exc, f"cannot load model {name}")) from None
+
+
+def _register_model(spec: ModelSpec, open_clip: Any) -> None:
+    """Makes a config file's model known to open_clip; an unknown model name is an error."""
     cfg = spec.config_path
     if cfg is not None:
         _validate_config(cfg)
         open_clip.add_model_config(cfg)
-    name = spec.model_name
-    if name not in open_clip.list_models():
-        raise ModelUnavailableError(f"unknown model {name!r}; see open_clip.list_models() or pass a config JSON")
+    if spec.model_name not in open_clip.list_models():
+        raise ModelUnavailableError(
+            f"unknown model {spec.model_name!r}; see open_clip.list_models() or pass a config JSON")
+
+
+def _weights_file(spec: ModelSpec, open_clip: Any) -> tuple[Path, dict[str, Any]]:
+    """The local file of the spec's weights (downloaded first if a tag's weights are not in
+    the cache) and the preprocessing the weights were trained with (a tag's, else none)."""
     ckpt = spec.checkpoint_path
     if ckpt is not None:
         if not ckpt.is_file():
             raise ModelUnavailableError(f"checkpoint file not found: {ckpt}")
-        pretrained = str(ckpt)
-    else:
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if spec.pretrained not in tags:
-            known = ", ".join(tags) or "none"
-            raise ModelUnavailableError(
-                f"no pretrained weights {spec.pretrained!r} for {name} (known tags: {known}; "
-                "or pass a checkpoint file with --pretrained)"
-            )
-        pretrained = spec.pretrained
-    try:
-        model = _load_plain_checkpoint(name, ckpt, device, visual_dtype) if ckpt is not None else None
-        if model is None:
-            model = open_clip.create_model(name, pretrained=pretrained, device=device)
-    except Exception as exc:  # open_clip raises many kinds; all mean the weights are unusable
-        detail = one_line(exc)[:200]
-        if ckpt is not None:
-            raise ModelUnavailableError(f"cannot load checkpoint {ckpt} into {name}: {detail}") from None
+        return ckpt, {}
+    name = spec.model_name
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if spec.pretrained not in tags:
+        known = ", ".join(tags) or "none"
         raise ModelUnavailableError(
-            f"cannot obtain pretrained weights {name}/{spec.pretrained} (not cached and no network?); "
-            "download them elsewhere and pass the file: --pretrained /path/to/open_clip_pytorch_model.bin"
+            f"no pretrained weights {spec.pretrained!r} for {name} (known tags: {known}; "
+            "or pass a checkpoint file with --pretrained)"
+        )
+    pcfg = dict(open_clip.get_pretrained_cfg(name, spec.pretrained))
+    label = f"{name}/{spec.pretrained}"
+    path = _cached_weights(pcfg) or _download_weights(pcfg, label, open_clip)
+    return Path(path), {k: v for k, v in pcfg.items() if k != "size"}  # as open_clip applies a tag's
+
+
+_GET_FILE_ADVICE = "download them elsewhere and pass the file: --pretrained /path/to/open_clip_pytorch_model.bin"
+
+
+def _hub_files(pcfg: dict[str, Any]) -> tuple[str, list[str]]:
+    """The HF hub repository of a tag and its file names in the order open_clip tries them
+    (a .safetensors alternative first, when safetensors is installed)."""
+    import importlib.util
+
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    repo, filename = os.path.split(pcfg["hf_hub"])
+    filename = filename or HF_WEIGHTS_NAME
+    names = [filename]
+    if importlib.util.find_spec("safetensors") is not None:
+        if filename == HF_WEIGHTS_NAME:
+            names.insert(0, HF_SAFE_WEIGHTS_NAME)
+        elif filename.endswith((".bin", ".pth")):
+            names.insert(0, filename[:-4] + ".safetensors")
+    return repo, names
+
+
+def _uses_hub(pcfg: dict[str, Any]) -> bool:
+    from open_clip.pretrained import has_hf_hub
+
+    return bool(pcfg.get("hf_hub")) and has_hf_hub()
+
+
+def _cached_weights(pcfg: dict[str, Any]) -> str | None:
+    """A tag's weights file when it is already on disk (no network), else None."""
+    if pcfg.get("file"):
+        return pcfg["file"] if os.path.isfile(pcfg["file"]) else None
+    if _uses_hub(pcfg):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, names = _hub_files(pcfg)
+        for filename in names:
+            found = try_to_load_from_cache(repo, filename)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found
+        return None
+    url = pcfg.get("url", "")
+    if url and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))):
+        from open_clip.pretrained import download_pretrained_from_url
+
+        return download_pretrained_from_url(url)  # checks the file's checksum; downloads only if it is wrong
+    return None
+
+
+def _download_weights(pcfg: dict[str, Any], label: str, open_clip: Any) -> str:
+    """Downloads a tag's weights; says in one line why that is not possible."""
+    from urllib.parse import urlparse
+
+    hub = _uses_hub(pcfg)
+    if not hub and not pcfg.get("url"):
+        raise ModelUnavailableError(f"pretrained weights {label} have no download source; {_GET_FILE_ADVICE}")
+    if hub:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise ModelUnavailableError(
+                f"pretrained weights {label} are not in the local cache and HF_HUB_OFFLINE is set; {_GET_FILE_ADVICE}")
+    host = "huggingface.co" if hub else (urlparse(pcfg["url"]).hostname or "")
+    if not _hub_reachable(host):
+        raise ModelUnavailableError(
+            f"pretrained weights {label} are not in the local cache and {host} cannot be reached (no network?); "
+            + _GET_FILE_ADVICE)
+    try:
+        path = open_clip.download_pretrained(pcfg)
+    except Exception as exc:  # noqa: BLE001 - hub, HTTP and disk errors of many kinds
+        raise ModelUnavailableError(_cause(exc, f"cannot download pretrained weights {label}")) from None
+    if not path or not os.path.isfile(path):
+        raise ModelUnavailableError(f"cannot download pretrained weights {label}; {_GET_FILE_ADVICE}")
+    return path
+
+
+def _build_with_weights(spec: ModelSpec, weights: Path, preprocess: dict[str, Any], visual_bf16: bool) -> Any:
+    """The model with the weights of a local file, each failure said for what it is."""
+    name = spec.model_name
+    skeleton = _meta_skeleton(name, preprocess)
+    model = _build(spec, preprocess) if skeleton is None else None  # the config's own errors first
+    state = _read_state(weights)
+    if skeleton is not None:
+        model = _assign_plain(skeleton, state, visual_bf16) if state is not None else None
+        if model is not None:
+            return model
+        del skeleton
+        model = _build(spec, preprocess)
+    del state  # open_clip's loader reads the file again; no second copy meanwhile
+    import open_clip
+
+    try:
+        open_clip.load_checkpoint(model, str(weights), strict=True)
+    except Exception as exc:  # noqa: BLE001 - key, shape and conversion errors of many kinds
+        if isinstance(exc, ImportError) or _is_out_of_memory(exc):
+            raise ModelUnavailableError(_cause(exc, f"cannot load {weights} into {name}")) from None
+        raise ModelUnavailableError(
+            f"checkpoint {weights} does not fit model {name} (weights of another model?): "
+            f"{type(exc).__name__}: {_detail(exc)}") from None
+    return model
+
+
+def _meta_skeleton(name: str, preprocess: dict[str, Any]) -> Any | None:
+    """The model built on the "meta" device (no memory, no random init), or None when the
+    architecture cannot be built so (a real build then says what is wrong)."""
+    import open_clip
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return open_clip.create_model(name, pretrained=None, device="meta", pretrained_text=False,
+                                          force_preprocess_cfg=preprocess)
+    except Exception as exc:  # noqa: BLE001 - a bad config, or init code that needs real tensors
+        if isinstance(exc, ImportError) or _is_out_of_memory(exc):
+            raise
+        return None
+
+
+def _build(spec: ModelSpec, preprocess: dict[str, Any]) -> Any:
+    """The model with random weights; a config open_clip cannot build is said to be that."""
+    import open_clip
+
+    try:
+        return open_clip.create_model(spec.model_name, pretrained=None, pretrained_text=False,
+                                      force_preprocess_cfg=preprocess)
+    except Exception as exc:  # noqa: BLE001 - bad fields raise TypeError, ValueError, KeyError, ...
+        if isinstance(exc, ImportError) or _is_out_of_memory(exc):
+            raise ModelUnavailableError(_cause(exc, f"cannot build model {spec.model_name}")) from None
+        source = f"config {spec.config_path}" if spec.config_path else "open_clip's built-in config"
+        raise ModelUnavailableError(
+            f"model {spec.model_name} cannot be built from its {source}: {type(exc).__name__}: {_detail(exc)}"
         ) from None
-    model.eval()
-    return model, open_clip.get_tokenizer(name)
 
 
-def _load_plain_checkpoint(name: str, ckpt: Path, device: str, visual_dtype: Any = None) -> Any:
-    """The model with a checkpoint that is exactly its state dict, without a throwaway copy.
+def _read_state(weights: Path) -> dict[str, Any] | None:
+    """The state dict in a weights file (unwrapped as open_clip does), or None for formats
+    left to open_clip's loader (.npz/.npy); a file that cannot be read is said to be damaged."""
+    from open_clip.factory import load_state_dict
+
+    if weights.suffix in (".npz", ".npy"):
+        return None
+    try:
+        state = load_state_dict(str(weights))
+    except Exception as exc:  # noqa: BLE001 - zip, pickle, safetensors and EOF errors
+        if isinstance(exc, ImportError) or _is_out_of_memory(exc):
+            raise ModelUnavailableError(_cause(exc, f"cannot read checkpoint {weights}")) from None
+        raise ModelUnavailableError(
+            f"cannot load checkpoint {weights}: the file is damaged, truncated or not a model checkpoint "
+            f"({type(exc).__name__}: {_detail(exc, 160)})") from None
+    return state if isinstance(state, dict) else None
+
+
+def _assign_plain(skeleton: Any, state: dict[str, Any], visual_bf16: bool = False) -> Any | None:
+    """The skeleton with `state`'s tensors as its parameters, without a throwaway copy.
 
     open_clip builds the model with random weights, then copies the loaded checkpoint in: two
     copies of every weight at the peak (about 1.2 GB for ViT-B-32) and seconds spent drawing
-    random numbers. Here the model is built on the "meta" device (no memory, no init) and the
-    loaded tensors become its parameters. Returns None whenever the file is anything but a
-    plain state dict with exactly the model's keys and shapes (open_clip's loader handles
-    those: wrapped or prefixed dicts, resized position embeddings, JIT archives...).
+    random numbers. Here the loaded tensors become the meta-built model's parameters. Returns
+    None whenever `state` is anything but exactly the model's keys and shapes (open_clip's
+    loader handles those: prefixed keys, resized position embeddings, other layouts...).
     """
     import torch
-    import open_clip
 
-    with torch.device("meta"):  # built first: it allocates nothing and draws no random numbers
-        model = open_clip.create_model(name, pretrained=None, device="meta")
-    try:
-        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a plain torch file: open_clip decides
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
         return None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        return None
-    expected = model.state_dict()
+    expected = skeleton.state_dict()
     if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
         return None
     for k, ref in expected.items():  # one tensor at a time: no second copy of the model
-        dtype = visual_dtype if visual_dtype is not None and k.startswith("visual.") and ref.is_floating_point() else ref.dtype
+        dtype = torch.bfloat16 if visual_bf16 and k.startswith("visual.") and ref.is_floating_point() else ref.dtype
         state[k] = state[k].to(dtype)
-    model.load_state_dict(state, strict=True, assign=True)
-    del state
-    for module in model.modules():  # buffers not saved in checkpoints (the causal text mask)
+    skeleton.load_state_dict(state, strict=True, assign=True)
+    for module in skeleton.modules():  # buffers not saved in checkpoints (the causal text mask)
         for bname, buf in list(module.named_buffers(recurse=False)):
             if not buf.is_meta:
                 continue
@@ -517,6 +833,19 @@ def _load_plain_checkpoint(name: str, ckpt: Path, device: str, visual_dtype: Any
                 return None
             mask = torch.empty(buf.shape, dtype=buf.dtype).fill_(float("-inf")).triu_(1)
             module.register_buffer(bname, mask, persistent=False)
-    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
+    if any(t.is_meta for t in list(skeleton.parameters()) + list(skeleton.buffers())):
         return None
-    return model.to(device)
+    return skeleton
+
+
+def _load_plain_checkpoint(name: str, ckpt: Path, visual_bf16: bool = False) -> Any | None:
+    """The fast path alone: the model with a checkpoint that is exactly its state dict, or
+    None (see _assign_plain)."""
+    skeleton = _meta_skeleton(name, {})
+    if skeleton is None:
+        return None
+    try:
+        state = _read_state(Path(ckpt))
+    except ModelUnavailableError:
+        return None
+    return _assign_plain(skeleton, state, visual_bf16) if state is not None else None

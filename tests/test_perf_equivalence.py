@@ -208,7 +208,7 @@ def test_fast_checkpoint_load_gives_open_clip_model(tiny_model: tuple[Path, Path
     from cliptool.embed import _load_plain_checkpoint
 
     open_clip.add_model_config(tiny_model[0])
-    fast = _load_plain_checkpoint(tiny_model[0].stem, tiny_model[1], "cpu")
+    fast = _load_plain_checkpoint(tiny_model[0].stem, tiny_model[1])
     assert fast is not None
     plain = open_clip.create_model(tiny_model[0].stem, pretrained=str(tiny_model[1]))
     fast_sd, plain_sd = fast.state_dict(), plain.state_dict()
