@@ -65,6 +65,7 @@ _SAME_FLOOR = 1e-4  # in-shot steps below this are decoder noise
 _DEFAULT_THRESHOLD = 0.1
 _JUMP = 3.0  # a neighbour step this many times the usual one is part of a change, not drift
 _SILHOUETTE_SAMPLE = 3000  # candidates the silhouette is measured on (a fixed random sample)
+_KMEANS_SAMPLE = 2000  # rows k-means is fitted on (the rest are assigned to its centres)
 _SEED = 0
 
 
@@ -142,10 +143,6 @@ class Scene:
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _cos_dist(a: np.ndarray, b: np.ndarray) -> float:
-    return float(max(0.0, 1.0 - float(np.dot(_unit(a), _unit(b)))))
 
 
 def _steps(x: np.ndarray) -> np.ndarray:
@@ -263,10 +260,15 @@ def _initial_clusters(x: np.ndarray, shots: list[int], repeat_threshold: float |
 
 
 def _kmeans_labels(x: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """k-means labels (fitted on a fixed sample of at most `_KMEANS_SAMPLE` rows)."""
     from sklearn.cluster import KMeans
 
-    model = KMeans(n_clusters=k, n_init=3, random_state=_SEED).fit(x, sample_weight=weights)
-    return model.labels_
+    model = KMeans(n_clusters=k, n_init=3, random_state=_SEED)
+    if len(x) <= _KMEANS_SAMPLE:
+        return model.fit(x, sample_weight=weights).labels_
+    rows = np.random.default_rng(_SEED).choice(len(x), _KMEANS_SAMPLE, replace=False)
+    model.fit(x[rows], sample_weight=None if weights is None else weights[rows])
+    return model.predict(x)
 
 
 def _merged(x: np.ndarray, clusters: list[list[int]], k: int) -> list[list[int]]:
@@ -339,23 +341,36 @@ def _labels(n: int, clusters: list[list[int]]) -> np.ndarray:
     return labels
 
 
-def silhouette(vectors: np.ndarray, clusters: list[list[int]]) -> float:
-    """Mean silhouette (cosine distance) of a clustering, on a fixed sample of at most
-    `_SILHOUETTE_SAMPLE` rows; 0 for fewer than 2 clusters."""
-    import sklearn
-    from sklearn.metrics import silhouette_score
+class _Silhouette:
+    """Mean silhouette (cosine distance) of clusterings of the same vectors, measured on a fixed
+    sample of at most `_SILHOUETTE_SAMPLE` rows whose distances are computed once."""
 
-    n = len(vectors)
-    if len(clusters) < 2 or n < 3:
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.n = len(vectors)
+        self.rows = np.arange(self.n)
+        if self.n > _SILHOUETTE_SAMPLE:
+            self.rows = np.sort(np.random.default_rng(_SEED).choice(self.n, _SILHOUETTE_SAMPLE, replace=False))
+        x = _unit(vectors)[self.rows]
+        self.dist = np.clip(1.0 - x @ x.T, 0.0, 2.0)
+        np.fill_diagonal(self.dist, 0.0)
+
+    def __call__(self, clusters: list[list[int]]) -> float:
+        """0 for fewer than 2 clusters."""
+        import sklearn
+        from sklearn.metrics import silhouette_score
+
+        labels = _labels(self.n, clusters)[self.rows]
+        if not 2 <= len(np.unique(labels)) <= len(labels) - 1:
+            return 0.0
+        with sklearn.config_context(working_memory=64):
+            return float(silhouette_score(self.dist, labels, metric="precomputed"))
+
+
+def silhouette(vectors: np.ndarray, clusters: list[list[int]]) -> float:
+    """Mean silhouette (cosine distance) of a clustering (see `_Silhouette`)."""
+    if len(clusters) < 2 or len(vectors) < 3:
         return 0.0
-    x, labels = _unit(vectors), _labels(n, clusters)
-    if n > _SILHOUETTE_SAMPLE:
-        rows = np.sort(np.random.default_rng(_SEED).choice(n, _SILHOUETTE_SAMPLE, replace=False))
-        x, labels = x[rows], labels[rows]
-    if not 2 <= len(np.unique(labels)) <= len(x) - 1:
-        return 0.0
-    with sklearn.config_context(working_memory=64):
-        return float(silhouette_score(x, labels, metric="cosine"))
+    return _Silhouette(vectors)(clusters)
 
 
 def contiguous_segments(vectors: np.ndarray, max_segments: int = 12) -> list[list[int]]:
@@ -389,9 +404,10 @@ def contiguous_segments(vectors: np.ndarray, max_segments: int = 12) -> list[lis
         return [list(range(s, e)) for s, e in zip(bounds, bounds[1:] + [n])]
 
     best, best_score = [list(range(n))], 0.0
+    score_of = _Silhouette(x)
     for count in sorted(candidates):
         if 2 <= count < n:
-            score = silhouette(x, segments(candidates[count]))
+            score = score_of(segments(candidates[count]))
             if score > best_score + 1e-9:
                 best, best_score = segments(candidates[count]), score
     return best
@@ -443,10 +459,11 @@ def _select_distinct(candidates: list[Candidate], x: np.ndarray, threshold: floa
             best.status = "kept"
             best.reason = why + (f"; sharpest of {len(members)} near-duplicates" if len(members) > 1 else "")
             best.detail = {"moment_frames": len(members)}
-            for c in members:
+            dists = np.clip(1.0 - x[[rows[j] for j in moment]] @ best_unit, 0.0, 2.0)
+            for c, d in zip(members, dists):
                 if c is not best:
                     c.status, c.reason = "duplicate", "near-duplicate"
-                    c.detail = {"distance": round(_cos_dist(c.vector, best.vector), 6), "_of": best}
+                    c.detail = {"distance": round(float(d), 6), "_of": best}
             # a picture already kept is a repeat (or, in the same shot, a duplicate), not a new keyframe
             found = earlier.nearest(best_unit)
             if found is not None and found[1] <= threshold:
@@ -499,8 +516,9 @@ def _choose_clusters(x: np.ndarray, shots: list[int], options: KeyframeOptions,
     ks = list(range(min(options.min_count, hi), hi + 1))
     scores: dict[int, float] = {}
     best: tuple[float, list[list[int]]] | None = None
+    score_of = _Silhouette(x)
     for k, clusters in sorted(cluster_path(x, shots, ks, repeat_t).items()):
-        scores[k] = round(silhouette(x, clusters), 6)
+        scores[k] = round(score_of(clusters), 6)
         if best is None or scores[k] > best[0] + 1e-9:
             best = (scores[k], clusters)
     clusters = best[1] if best else scene_clusters(x, shots, options.min_count, repeat_t)

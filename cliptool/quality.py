@@ -75,11 +75,13 @@ def blurry(sharpness: list[float], ratio: float = BLUR_RATIO, window: int = BLUR
     s = np.asarray(sharpness, dtype=np.float64)
     if len(s) < BLUR_MIN_FRAMES:
         return [False] * len(s)
-    out = []
-    for i in range(len(s)):
-        local = s[max(0, i - window) : i + window + 1]
-        out.append(bool(s[i] < ratio * float(np.median(local))))
-    return out
+    medians = np.empty(len(s))
+    width = 2 * window + 1
+    if len(s) >= width:
+        medians[window : len(s) - window] = np.median(np.lib.stride_tricks.sliding_window_view(s, width), axis=1)
+    for i in [*range(min(window, len(s))), *range(max(window, len(s) - window), len(s))]:
+        medians[i] = np.median(s[max(0, i - window) : i + window + 1])
+    return (s < ratio * medians).tolist()
 
 
 def local_median(sharpness: list[float], i: int, window: int = BLUR_WINDOW) -> float:
