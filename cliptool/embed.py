@@ -52,10 +52,12 @@ class ModelSpec:
 
     @property
     def config_path(self) -> Path | None:
+        """The model config JSON file, when `name` is one."""
         return Path(self.name) if self.name.endswith(".json") else None
 
     @property
     def checkpoint_path(self) -> Path | None:
+        """The local checkpoint file, when `pretrained` names one rather than a tag."""
         p = Path(self.pretrained).expanduser()
         looks_like_path = os.sep in self.pretrained or p.suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
         return p if looks_like_path or p.is_file() else None
@@ -97,9 +99,11 @@ class ModelSpec:
         return (self.name, self.pretrained) == (other.name, other.pretrained)
 
     def with_precision(self, precision: str) -> ModelSpec:
+        """The same model at another precision."""
         return ModelSpec(self.name, self.pretrained, precision)
 
     def to_dict(self) -> dict[str, str]:
+        """The spec as an index records it."""
         return {"name": self.name, "pretrained": self.pretrained, "precision": self.precision}
 
 

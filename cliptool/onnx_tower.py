@@ -33,6 +33,7 @@ def cache_path(identity: str) -> Path:
 
 
 def is_cached(identity: str) -> bool:
+    """Whether the tower for a model identity is in the cache."""
     return (cache_path(identity) / _META_FILE).is_file()
 
 

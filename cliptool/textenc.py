@@ -41,6 +41,7 @@ __all__ = [
     "FORMAT_VERSION",
     "META_FILE",
     "RUNTIMES",
+    "SharedScope",
     "VOCAB_FILE",
     "ClipBpeTokenizer",
     "NumpyTextEncoder",
@@ -648,7 +649,7 @@ def _unsupported(msg: str) -> NotImplementedError:
     return NotImplementedError(f"numpy text encoder: {msg}")
 
 
-def _text_tower_parts(model) -> dict:
+def _text_tower_parts(model: Any) -> dict:
     """The pieces of a standard open_clip text tower, or NotImplementedError."""
     from open_clip.model import CLIP, CustomTextCLIP
     from open_clip.transformer import TextTransformer
@@ -699,7 +700,7 @@ def _text_tower_parts(model) -> dict:
     return parts
 
 
-def _layer_norm_params(norm, width: int) -> tuple[np.ndarray, np.ndarray, float]:
+def _layer_norm_params(norm: Any, width: int) -> tuple[np.ndarray, np.ndarray, float]:
     import torch
 
     if not isinstance(norm, torch.nn.LayerNorm) or type(norm).forward not in _ln_forwards():
@@ -713,18 +714,18 @@ def _layer_norm_params(norm, width: int) -> tuple[np.ndarray, np.ndarray, float]
     return weight, bias, float(norm.eps)
 
 
-def _ln_forwards():
+def _ln_forwards() -> set:
     import torch
     from open_clip.transformer import LayerNorm, LayerNormFp32
 
     return {torch.nn.LayerNorm.forward, LayerNorm.forward, LayerNormFp32.forward}
 
 
-def _np(t) -> np.ndarray:
+def _np(t: Any) -> np.ndarray:
     return t.detach().to("cpu").float().numpy().astype(np.float32, copy=True)
 
 
-def _activation_name(act) -> str:
+def _activation_name(act: Any) -> str:
     import torch
     from open_clip.transformer import QuickGELU
 
@@ -738,7 +739,7 @@ def _activation_name(act) -> str:
     raise _unsupported(f"activation {act!r}")
 
 
-def _layer_scale(ls, width: int) -> np.ndarray | None:
+def _layer_scale(ls: Any, width: int) -> np.ndarray | None:
     import torch
     from open_clip.transformer import LayerScale
 
@@ -752,7 +753,7 @@ def _layer_scale(ls, width: int) -> np.ndarray | None:
     raise _unsupported(f"layer scale {type(ls).__name__}")
 
 
-def _block_arrays(block, width: int) -> tuple[dict[str, np.ndarray], str, float]:
+def _block_arrays(block: Any, width: int) -> tuple[dict[str, np.ndarray], str, float]:
     import torch
     from open_clip.transformer import ResidualAttentionBlock
 
@@ -778,7 +779,7 @@ def _block_arrays(block, width: int) -> tuple[dict[str, np.ndarray], str, float]
     if eps1 != eps2:
         raise _unsupported("layer norms with different eps")
 
-    def bias(lin_bias, n):
+    def bias(lin_bias: Any, n: int) -> np.ndarray:
         return _np(lin_bias) if lin_bias is not None else np.zeros(n, np.float32)
 
     mlp_width = mlp.c_fc.out_features
@@ -810,7 +811,7 @@ def _block_arrays(block, width: int) -> tuple[dict[str, np.ndarray], str, float]
     return arrays, act, eps1
 
 
-def _causal_flag(attn_mask, ctx: int) -> bool:
+def _causal_flag(attn_mask: Any, ctx: int) -> bool:
     import torch
 
     if attn_mask is None:
@@ -822,7 +823,7 @@ def _causal_flag(attn_mask, ctx: int) -> bool:
     return True
 
 
-def _tokenizer_spec(model_name: str, tokenizer, context_length: int) -> tuple[str, object]:
+def _tokenizer_spec(model_name: str, tokenizer: Any, context_length: int) -> tuple[str, Any]:
     """The clean type of a standard CLIP BPE tokenizer (and the tokenizer), else raise."""
     import open_clip
     from open_clip import tokenizer as oc_tok
@@ -907,7 +908,7 @@ def export_text_encoder(
     _write_export(Path(out_dir), arrays, meta, oc_tokenizer)
 
 
-def _tower_arrays(model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _tower_arrays(model: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The text tower's weights (float32, by file name) and its shape and settings for the
     meta file, or NotImplementedError for a tower the format does not cover."""
     import torch
@@ -959,7 +960,7 @@ def _tower_arrays(model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, shape
 
 
-def _stacked_blocks(blocks: list, width: int) -> tuple[dict[str, np.ndarray], str, float]:
+def _stacked_blocks(blocks: list[Any], width: int) -> tuple[dict[str, np.ndarray], str, float]:
     """The per-layer arrays of all blocks stacked over layers, their activation and eps."""
     heads = blocks[0].attn.num_heads
     per_layer: dict[str, list[np.ndarray]] = {name: [] for name, _ in _LAYER_FILES}
@@ -979,7 +980,7 @@ def _stacked_blocks(blocks: list, width: int) -> tuple[dict[str, np.ndarray], st
     return {name: np.stack(v) for name, v in per_layer.items()}, acts.pop(), epss.pop()
 
 
-def _projection(proj, width: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _projection(proj: Any, width: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The text projection as an (in, out) matrix and bias (None, None: no projection)."""
     import torch
 
@@ -992,7 +993,7 @@ def _projection(proj, width: int) -> tuple[np.ndarray | None, np.ndarray | None]
     raise _unsupported(f"text projection {type(proj).__name__}")
 
 
-def _write_export(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any], oc_tokenizer) -> None:
+def _write_export(out_dir: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any], oc_tokenizer: Any) -> None:
     """Writes the vocabulary, arrays and meta file beside `out_dir` and renames them into place."""
     from open_clip import tokenizer as oc_tok
 
