@@ -47,7 +47,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,6 +56,10 @@ from .decode import Frame, VideoReader, detect_size, small_bgr
 from .errors import UsageError
 from .quality import FrameQuality, blank_reason, blurry, local_median, measure
 from .timecode import format_time
+
+if TYPE_CHECKING:
+    from .analyse import AnalysedVideo, KnownScenes
+    from .embed import ClipModel
 
 IMAGE_FORMATS = ("jpg", "png")
 MANIFEST = "manifest.json"
@@ -631,7 +635,8 @@ def _encode(rgb: np.ndarray, fmt: str) -> bytes:
     return buf.tobytes()
 
 
-def _from_index(video: Path, index_dir: Path | None, identity: str, step: float) -> tuple[Any, list[tuple[int, int]]] | None:
+def _from_index(video: Path, index_dir: Path | None, identity: str,
+                step: float) -> tuple[KnownScenes, list[tuple[int, int]]] | None:
     """The index's scenes and sample vectors for `video` (a `KnownScenes`), and the frame ranges
     of scenes whose samples alone are about as dense as `step`; None if not usable."""
     if index_dir is None:
@@ -666,8 +671,9 @@ def _from_index(video: Path, index_dir: Path | None, identity: str, step: float)
     return KnownScenes(scene_records, by_frame), dense
 
 
-def _analyse(video: Path, model: Any, options: KeyframeOptions, spill_dir: Path, indexed: Any,
-             progress: bool | None) -> tuple[Any, list[Scene], _CandidateTap]:
+def _analyse(video: Path, model: ClipModel, options: KeyframeOptions, spill_dir: Path,
+             indexed: tuple[KnownScenes, list[tuple[int, int]]] | None,
+             progress: bool | None) -> tuple[AnalysedVideo, list[Scene], _CandidateTap]:
     """Runs the analysis pass with the candidate tap; gives candidates their scene, shot and vector."""
     from tqdm import tqdm
 
@@ -799,7 +805,7 @@ def _manifest(sel: Selection, scenes: list[Scene], keyframes: list[dict[str, Any
 def extract_keyframes(
     video: Path,
     out_dir: Path,
-    get_model: Callable[[], Any],
+    get_model: Callable[[], ClipModel],
     identity: str,
     options: KeyframeOptions | None = None,
     index_dir: Path | None = None,
