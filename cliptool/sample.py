@@ -15,8 +15,12 @@ import bisect
 import math
 from array import array
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .decode import Frame
+
+if TYPE_CHECKING:
+    from .store import SceneRecord
 
 _CANDIDATE_BYTES = 256 << 20  # memory for held frames of the open shot
 _HELD_WINDOWS = 2  # a long shot holds at most this many windows' worth of frames before splitting
@@ -146,3 +150,40 @@ class SceneCutter:
         del self._times[: cut - self._start_frame]
         self._start_frame = cut
         self._candidates = [f for f in self._candidates if f.index >= cut]
+
+
+class KnownCutter:
+    """Replays scenes known beforehand (an index's) with their recorded sample frames; the same
+    interface as `SceneCutter`."""
+
+    def __init__(self, scenes: list[SceneRecord]) -> None:
+        self._scenes = sorted(scenes, key=lambda s: s.start_frame)
+        self._next = 0
+        self._held: list[Frame] = []
+        self._wanted = set(self._scenes[0].sample_frames) if self._scenes else set()
+
+    def add_frame(self, frame: Frame) -> list[ClosedScene]:
+        closed = []
+        while self._next < len(self._scenes) and frame.index >= self._scenes[self._next].end_frame:
+            closed.append(self._close())
+        if frame.index in self._wanted:
+            self._held.append(frame)
+        return closed
+
+    def add_cuts(self, cuts: list[int]) -> list[ClosedScene]:
+        return []
+
+    def finish(self, end_time: float) -> list[ClosedScene]:
+        closed = []
+        while self._next < len(self._scenes):
+            closed.append(self._close())
+        return closed
+
+    def _close(self) -> ClosedScene:
+        s = self._scenes[self._next]
+        samples = [f for f in self._held if s.start_frame <= f.index < s.end_frame]
+        self._held = [f for f in self._held if f.index >= s.end_frame]
+        self._next += 1
+        if self._next < len(self._scenes):
+            self._wanted = set(self._scenes[self._next].sample_frames)
+        return ClosedScene(s.start_frame, s.end_frame, s.start_time, s.end_time, samples)
