@@ -308,7 +308,7 @@ def build_search_index(out: Path, ckpt: Path, scenes: int) -> Path:
 def warm_search(index_dir: Path, repeat: int) -> dict[str, float]:
     from .search import Searcher
 
-    searcher = Searcher(index_dir)
+    searcher = Searcher(index_dir, text_runtime="onnxruntime")
     queries = ["a dog running on a beach", "a red car at night", "two people talking in a kitchen",
                "snow on mountains", "a cat", "fireworks over a city skyline"]
     searcher.search(searcher.text_vector("warm up"), top=10)

@@ -97,7 +97,7 @@ def main(
 def _index() -> Any:
     from .api import Index
 
-    return Index(_index_dir())
+    return Index(_index_dir(), text_runtime="numpy")  # one query per process: nothing to start
 
 
 @app.command()

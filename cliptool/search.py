@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .embed import TEXTENC_DIR, ClipModel, ModelSpec, text_encoder_identity
+from .embed import TEXTENC_DIR, ClipModel, ModelSpec, text_encoder_identity, warn_slow_text_path
 from .errors import IndexMismatchError, UsageError
 from .store import generation
 from .vector_index import LiveIndex, ScenePosition, VectorIndex, load_vector_index
@@ -50,10 +50,16 @@ def read_image(path: Path) -> np.ndarray:
 
 
 class Searcher:
-    """An index opened for queries; loads the model it was built with on first need."""
+    """An index opened for queries; loads the model it was built with on first need.
 
-    def __init__(self, index_dir: Path, spec: ModelSpec | None = None) -> None:
+    text_runtime: what runs the exported text tower's layers: "numpy" (nothing to start; best
+    for one query) or "onnxruntime" (packs the weights once, ~0.3 s, then about half the time
+    per query; for a searcher that lives on).
+    """
+
+    def __init__(self, index_dir: Path, spec: ModelSpec | None = None, *, text_runtime: str = "numpy") -> None:
         self.index_dir = Path(index_dir)
+        self.text_runtime = text_runtime
         self._generation = generation(self.index_dir)
         self.vectors: VectorIndex | LiveIndex = load_vector_index(self.index_dir)
         recorded = ModelSpec.from_record(self.vectors.model_spec)
@@ -68,7 +74,6 @@ class Searcher:
         self._model: ClipModel | None = None
         self._text_encoder: object = None  # None: not looked for yet; False: none usable
         self.use_exported_text_encoder = True
-        self._text_queries = 0
 
     def exported_text_encoder(self) -> object | None:
         """The numpy text encoder exported into the index for this model (see textenc), if any.
@@ -82,13 +87,17 @@ class Searcher:
                 from .config import usable_cores
                 from .textenc import NumpyTextEncoder
 
+                directory = self.index_dir / TEXTENC_DIR
+                # Two BLAS threads read the weights (150 MB for ViT-B-32) at about 1.5x the
+                # bandwidth of one: 19-21 ms against 29-33 ms per query on 2 busy cores.
+                threads = min(usable_cores(), 2)
                 try:
-                    # Two BLAS threads read the weights (150 MB for ViT-B-32) at about 1.5x the
-                    # bandwidth of one: 19-21 ms against 29-33 ms per query on 2 busy cores.
-                    self._text_encoder = NumpyTextEncoder.load(self.index_dir / TEXTENC_DIR,
-                                                               blas_threads=min(usable_cores(), 2))
+                    self._text_encoder = NumpyTextEncoder.load(directory, blas_threads=threads,
+                                                               runtime=self.text_runtime)
                 except (OSError, ValueError, KeyError):
                     self._text_encoder = False  # damaged or foreign export: open_clip instead
+                except Exception:  # noqa: BLE001 - ONNX Runtime could not set up: the numpy layers
+                    self._text_encoder = NumpyTextEncoder.load(directory, blas_threads=threads)
         return self._text_encoder or None
 
     @property
@@ -102,16 +111,9 @@ class Searcher:
             raise UsageError("empty query: give some words to search for, or --image FILE")
         encoder = self.exported_text_encoder() if self.use_exported_text_encoder else None
         if encoder is not None:
-            self._text_queries += 1
-            if self._text_queries == 2:
-                # A second query means a searcher that lives on: from now on the layers run in
-                # ONNX Runtime, which packs the weights once (~0.3 s) and then needs about half
-                # the time per query. A one-shot search never pays that start.
-                try:
-                    encoder.use_onnx_runtime()  # type: ignore[attr-defined]
-                except Exception:  # noqa: BLE001 - any failure there: numpy goes on
-                    pass
             return encoder.encode(text.strip())  # type: ignore[attr-defined]
+        if self.use_exported_text_encoder:
+            warn_slow_text_path(self.spec)
         return self.model.encode_text([text.strip()])[0]
 
     def image_vector(self, path: Path) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
@@ -55,32 +54,12 @@ def test_numpy_text_path_matches_open_clip(indexed: tuple[Path, ModelSpec]) -> N
         assert [h.best_time for h in hits_fast] == [h.best_time for h in hits_slow]
 
 
-# The text runtime is the searcher's explicit choice once Searcher takes `text_runtime`; until
-# then it moves the layers to ONNX Runtime at the second query (the first test goes with that).
-_EXPLICIT_RUNTIME = "text_runtime" in inspect.signature(Searcher).parameters
-
-
-@pytest.mark.skipif(_EXPLICIT_RUNTIME, reason="the runtime is chosen explicitly")
-def test_a_searcher_that_lives_on_moves_text_layers_to_onnx_runtime(indexed: tuple[Path, ModelSpec]) -> None:
-    """The first query runs in numpy (nothing to start), later ones in ONNX Runtime, with the
-    same vectors and hits."""
-    index_dir, _ = indexed
-    searcher = Searcher(index_dir)
-    first = searcher.text_vector(QUERIES[0])
-    assert searcher.exported_text_encoder().runtime == "numpy"  # type: ignore[union-attr]
-    again = searcher.text_vector(QUERIES[0])
-    assert searcher.exported_text_encoder().runtime == "onnxruntime"  # type: ignore[union-attr]
-    np.testing.assert_allclose(again, first, atol=1e-5)
-    assert [h.scene_id for h in searcher.search(again, top=8)] == [h.scene_id for h in searcher.search(first, top=8)]
-
-
-@pytest.mark.skipif(not _EXPLICIT_RUNTIME, reason="Searcher has no text_runtime yet")
 def test_the_text_runtime_is_the_searchers_choice(indexed: tuple[Path, ModelSpec]) -> None:
     """numpy stays numpy however many queries; ONNX Runtime runs from the first query; both give
     the same vectors and hits."""
     index_dir, _ = indexed
     plain = Searcher(index_dir)
-    fast = Searcher(index_dir, text_runtime="onnxruntime")  # type: ignore[call-arg]
+    fast = Searcher(index_dir, text_runtime="onnxruntime")
     for query in QUERIES[:3]:
         v_plain, v_fast = plain.text_vector(query), fast.text_vector(query)
         np.testing.assert_allclose(v_fast, v_plain, atol=1e-5)

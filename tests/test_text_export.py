@@ -111,8 +111,7 @@ def test_search_uses_open_clip_and_says_so_once(runs: dict, qk_norm_model: tuple
     assert json.loads(proc.stdout)["results"]
     import cliptool.search
 
-    if hasattr(cliptool.search, "warn_slow_text_path"):  # search says it once it calls this
-        assert len([line for line in proc.stderr.splitlines() if "slower path" in line]) == 1, proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if "slower path" in line]) == 1, proc.stderr
     # the line search says (cliptool.search calls this when it falls back to open_clip)
     monkeypatch.setenv("CLIPTOOL_CACHE_DIR", str(runs["cache"]))
     spec = ModelSpec(str(qk_norm_model[0]), str(qk_norm_model[1]))
