@@ -3,8 +3,10 @@
     python data/demo.py data/samples data/demo-index
 
 Uses the default model (ViT-B-32, DataComp-XL weights, downloaded once). Where its weights
-cannot be downloaded (no network), it says so and falls back to a small random-weight model
-built locally, which shows the whole pipeline working but whose text results mean nothing.
+cannot be downloaded (no network), it says so and uses the toy CLIP committed in
+data/toy-clip/ instead: a small model trained here on a world of coloured shapes, which knows
+16 captions ("a yellow star", "a blue square", ...) and nothing else, so the offline demo's
+text search still means something on the clips that show those shapes.
 """
 
 from __future__ import annotations
@@ -33,13 +35,23 @@ def main() -> None:
     index_dir = Path(sys.argv[2] if len(sys.argv) > 2 else HERE / "demo-index")
     proc = cliptool(index_dir, "index", samples, check=False)
     if proc.returncode == 6:  # weights unavailable
+        index_dir = index_dir.with_name(index_dir.name + "-offline")
+        toy = HERE / "toy-clip"
+        if (toy / "weights.safetensors").is_file():
+            print("\nThe default weights cannot be downloaded here; using the toy CLIP of data/toy-clip instead.\n"
+                  "It knows only coloured shapes (16 captions such as 'a yellow star'): ask it for those.\n", flush=True)
+            cliptool(index_dir, "index", samples, "--model", toy / "config.json", "--pretrained", toy / "weights.safetensors")
+            cliptool(index_dir, "status")
+            cliptool(index_dir, "search", "a yellow star", "--top", "3")
+            cliptool(index_dir, "search", "a blue square", "--top", "3")
+            cliptool(index_dir, "export-frame", "a yellow star", "-o", index_dir / "yellow-star.jpg")
+            return
         print("\nThe default weights cannot be downloaded here; using a local random-weight model instead.\n"
               "Text results below are meaningless; image search still finds the matching frame.\n", flush=True)
         sys.path.insert(0, str(HERE))
         from make_samples import write_tiny_model
 
         config, ckpt = write_tiny_model(HERE / "offline-model")
-        index_dir = index_dir.with_name(index_dir.name + "-offline")
         cliptool(index_dir, "index", samples, "--model", config, "--pretrained", ckpt)
     elif proc.returncode != 0:
         sys.exit(proc.returncode)

@@ -135,6 +135,39 @@ SAMPLES: dict[str, list[tuple[Painter, int]]] = {
 }
 
 
+def shape_world(events: Sequence[tuple[str, str, float, float, float, float]], seed: int) -> Painter:
+    """One shot over a drifting drawn background in which toy-world shapes come and go:
+    events are (shape, colour, start s, end s, x, y), x and y as fractions of the frame."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import toy_world
+
+    rng = np.random.default_rng(seed)
+    base = toy_world.background(rng, 480, 300)
+    colours = {(s, c): toy_world.jittered(c, rng) for s, c, *_ in events}
+    angles = {(s, c): float(rng.uniform(0, 6.283)) for s, c, *_ in events}
+
+    def paint(i: int, w: int, h: int) -> np.ndarray:
+        t = i / 25
+        dx = int(20 + 20 * np.sin(t / 4))  # a slow pan over the background
+        img = np.ascontiguousarray(base[20:20 + h, dx:dx + w]) if base.shape[0] >= h + 20 else _canvas(w, h, (90, 90, 90))
+        for shape, colour, start, end, x, y in events:
+            if start <= t < end:
+                toy_world.draw_shape(img, shape, colours[shape, colour], x * w, y * h, 0.4 * h, angles[shape, colour])
+        return img
+
+    return paint
+
+
+# Clips for the toy CLIP of data/toy-clip (it knows 16 captions such as "a yellow star"): one
+# 16 s shot each; the demo's text search finds the moment a shape is on screen.
+SHAPE_SAMPLES: dict[str, list[tuple[Painter, int]]] = {
+    "garden-shapes.mp4": [(shape_world([("circle", "red", 1.0, 4.0, 0.5, 0.5), ("star", "yellow", 9.0, 12.0, 0.45, 0.5)], 1), 400)],
+    "parade.mp4": [(shape_world([("square", "blue", 2.0, 5.0, 0.5, 0.5), ("triangle", "green", 8.0, 11.0, 0.55, 0.45)], 2), 400)],
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, nargs="?", default=Path("data/samples"))
@@ -144,7 +177,7 @@ def main() -> None:
         config, ckpt = write_tiny_model(args.tiny_model)
         print(f"{config}\n{ckpt}")
         return
-    for name, segments in SAMPLES.items():
+    for name, segments in {**SAMPLES, **SHAPE_SAMPLES}.items():
         target = args.out / name
         if not target.exists():
             write_clip(target, segments)
