@@ -40,6 +40,9 @@ class CheckReport:
     scenes: int = 0
     cache: str = "missing"  # missing, current, stale
     problems: list[Problem] = field(default_factory=list)
+    # derived pictures (thumbnails/): missing ones are made on request, extra ones (of scenes no
+    # longer indexed) only take space; neither is a problem. {"missing", "extra", "deleted"}
+    thumbnails: dict[str, int] = field(default_factory=dict)
 
     @property
     def remaining(self) -> list[Problem]:
@@ -52,7 +55,7 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "index_dir": self.index_dir, "ok": self.ok, "videos": self.videos, "scenes": self.scenes,
-            "cache": self.cache,
+            "cache": self.cache, "thumbnails": self.thumbnails,
             "problems": [{**asdict(p), "message": printable(p.message)} for p in self.problems],
         }
 
@@ -185,6 +188,7 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
                 report.videos = len(records)
                 report.scenes = sum(r.scene_count for r in records)
     records = [r for r in records if r.video_id not in damaged_ids]
+    _check_thumbnails(index_dir, report, records, repair)
     report.cache = cache_state(index_dir)  # "stale" is no problem: a search adds what is newer
     if report.cache == "current":
         for w in _cache_problems(index_dir, expected, records):
@@ -201,6 +205,19 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
         except OSError as exc:
             report.problems.append(Problem(CACHE, f"could not rebuild the search cache: {exc.strerror or exc}"))
     return report
+
+
+def _check_thumbnails(index_dir: Path, report: CheckReport, records: list[VideoRecord], repair: bool) -> None:
+    """Counts missing and extra thumbnails (harmless either way); repair deletes the extra ones."""
+    from . import thumbnails
+
+    with IndexStore(index_dir) as store:
+        scene_ids = {r.video_id: [(s.scene_id, len(s.sample_times)) for s in store.scenes(r)] for r in records}
+    missing, extra = thumbnails.survey(index_dir, records, scene_ids)
+    report.thumbnails = {"missing": missing, "extra": len(extra), "deleted": 0}
+    if repair and extra:
+        thumbnails.delete(extra)
+        report.thumbnails["deleted"] = len(extra)
 
 
 def _raw_failures(store: IndexStore) -> list[tuple[str, dict[str, Any] | None]]:

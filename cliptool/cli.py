@@ -390,6 +390,27 @@ def keyframes(
     _run(body)
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; a non-loopback one requires a token."),
+    port: int = typer.Option(8765, min=1, max=65535, help="Port to listen on."),
+    token: Optional[str] = typer.Option(None, help="Access token every request must carry [default: none on "
+                                         "loopback; generated and printed otherwise]."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in the web browser."),
+) -> None:
+    """A local web app over the index: search, see, play; a JSON API under /api."""
+
+    def body() -> None:
+        from .serve import serve as run_server
+
+        try:
+            run_server(_index_dir(), host=host, port=port, token=token, open_browser=open_browser)
+        except KeyboardInterrupt:
+            pass
+
+    _run(body)
+
+
 def run() -> None:
     """Console-script entry point."""
     # File names that are not valid UTF-8 print as their raw bytes, as `ls` prints them.

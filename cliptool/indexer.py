@@ -28,6 +28,7 @@ from .discover import discover_videos
 from .embed import ClipModel, ModelSpec, file_fingerprint, settle_threads
 from .errors import CliptoolError, ModelUnavailableError, NothingToDoError, VideoError, one_line, printable
 from .store import IndexStore, VideoRecord, WriterLock, real_path, video_id_for
+from .thumbnails import write_scene_thumbnails
 
 Reporter = Callable[[str], None]
 
@@ -487,7 +488,9 @@ def _analyse_with(
                 indexed_at=time.time(), version="",
             )
             with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
-                store.put_video(record, analysed.scenes, analysed.vectors)
+                record = store.put_video(record, analysed.scenes, analysed.vectors)
+            # derived data: the sample frames' JPEGs, when the analysis pass made them
+            write_scene_thumbnails(index_dir, record, analysed.scenes, getattr(analysed, "thumbnails", None))
             changed = True
             if old is None:
                 summary.added += 1

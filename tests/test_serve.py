@@ -1,0 +1,486 @@
+"""`cliptool serve`: every API route against a real uvicorn server over a real index, Range
+requests, the token, the Host check, traversal attempts, bad uploads and parameters, and
+concurrent requests while `cliptool index` commits more videos."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+import cliptool
+from cliptool import thumbnails
+from cliptool.check import check_index
+from cliptool.serve import create_app
+
+from conftest import make_samples
+
+KEYS = {"rank", "score", "path", "start", "end", "best_time", "scene_id", "scene_index", "video_id"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real uvicorn server on a free loopback port, in a thread."""
+
+    def __init__(self, index_dir: Path, *, host: str = "127.0.0.1", token: str | None = None) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        app = create_app(index_dir, host=host, port=self.port, token=token)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
+                                lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kw)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, sample_clips: dict[str, Path], tiny_model) -> tuple[Path, Path, tuple]:
+    folder = tmp_path_factory.mktemp("serve-videos")
+    for name, src in sample_clips.items():
+        shutil.copy2(src, folder / name)
+    make_samples.write_clip(folder / "shapes.webm", make_samples.SAMPLES["shapes.mp4"], codec="libvpx-vp9")
+    index_dir = tmp_path_factory.mktemp("serve-index")
+    config, ckpt = tiny_model
+    summary = cliptool.Index.open(index_dir).index([folder], model=str(config), pretrained=str(ckpt),
+                                                   progress=False, report=lambda m: None)
+    assert (summary.added, summary.failed) == (4, [])
+    return index_dir, folder, tiny_model
+
+
+@pytest.fixture(scope="module")
+def server(indexed) -> Iterator[Server]:
+    s = Server(indexed[0])
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+def one_line_error(r: httpx.Response, status: int) -> str:
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {"error"} and body["error"] and "\n" not in body["error"], body
+    assert "Traceback" not in r.text
+    return body["error"]
+
+
+def test_page_and_its_files(client: httpx.Client) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/static/app.js" in page.text and "http" not in page.text.replace('http-equiv', '')  # nothing remote
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for name in ("app.js", "app.css"):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and "http://" not in r.text and "https://" not in r.text
+    assert client.get("/?q=a+red+circle").status_code == 200  # the query lives in the URL
+    one_line_error(client.get("/static/index.html.bak"), 404)
+
+
+def test_status(client: httpx.Client) -> None:
+    s = client.get("/api/status").json()
+    assert (s["videos"], s["missing"], s["cache"]) == (4, False, "current")
+    assert s["scenes"] > 4 and s["model"]["name"].endswith("TinyCLIP.json")
+    assert s["server"] == {"loopback": True, "open_player": True, "token": False, "upload_limit": 20 * 1024 * 1024}
+
+
+def test_search_schema_thumbnails_and_media(client: httpx.Client, indexed) -> None:
+    index_dir, folder, _ = indexed
+    r = client.get("/api/search", params={"q": "a red circle", "top": 5})
+    assert r.status_code == 200
+    data = r.json()
+    assert data["query"] == "a red circle" and data["image"] is None and len(data["results"]) == 5
+    for rank, hit in enumerate(data["results"], 1):
+        assert KEYS <= set(hit) and hit["rank"] == rank
+        assert hit["start"] <= hit["best_time"] <= hit["end"]
+        assert hit["media"] == f"/media/{hit['video_id']}#t={hit['start']:.3f},{hit['end']:.3f}"
+        assert hit["thumbnail"] in hit["frames"] and len(hit["frames"]) == len(hit["sample_times"])
+        k = hit["frames"].index(hit["thumbnail"])
+        assert abs(hit["sample_times"][k] - hit["best_time"]) < 1e-6
+        pic = client.get(hit["thumbnail"])
+        assert pic.status_code == 200 and pic.headers["content-type"] == "image/jpeg"
+        img = cv2.imdecode(np.frombuffer(pic.content, np.uint8), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[1] <= thumbnails.WIDTH
+        assert (index_dir / "thumbnails" / hit["scene_id"].replace("/", os.sep)).parent.is_dir()  # cached
+    # the same answer as the CLI's JSON (scripts can switch between them)
+    cli_hits = cliptool.Index.open(index_dir).search("a red circle", top=5)
+    assert [h.scene_id for h in cli_hits] == [h["scene_id"] for h in data["results"]]
+    by_video = client.get("/api/search", params={"q": "a red circle", "videos": 1, "top": 10}).json()["results"]
+    assert len({h["video_id"] for h in by_video}) == len(by_video) == 4
+    types = {h["name"]: h["type"] for h in by_video}
+    assert types["shapes.webm"] == 'video/webm; codecs="vp9"' and types["shapes.mp4"].startswith("video/mp4")
+
+
+def test_search_by_uploaded_image(client: httpx.Client, indexed) -> None:
+    index_dir, folder, _ = indexed
+    record, scenes = cliptool.Index.open(index_dir).scenes(folder / "titles.mp4")
+    from cliptool.export import frame_at
+
+    _, rgb = frame_at(folder / "titles.mp4", scenes[-1].sample_times[1])
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    r = client.post("/api/search", params={"top": 3}, files={"image": ("still.png", png.tobytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["query"] is None and data["image"] == "upload" and len(data["results"]) == 3
+    assert data["results"][0]["video_id"] == record.video_id and data["results"][0]["thumbnail"]
+
+
+def test_similar_and_video_view(client: httpx.Client) -> None:
+    hit = client.get("/api/search", params={"q": "stripes", "top": 1}).json()["results"][0]
+    r = client.get("/api/similar", params={"scene": hit["scene_id"], "top": 4})
+    assert r.status_code == 200
+    data = r.json()
+    assert data["scene_id"] == hit["scene_id"] and len(data["results"]) == 4
+    assert hit["scene_id"] not in {h["scene_id"] for h in data["results"]}
+    assert [h["rank"] for h in data["results"]] == [1, 2, 3, 4] and all(h["thumbnail"] for h in data["results"])
+
+    v = client.get(f"/api/videos/{hit['video_id']}").json()
+    assert v["video"]["video_id"] == hit["video_id"] and v["video"]["path"] == hit["path"]
+    assert len(v["scenes"]) == v["video"]["scene_count"] and v["media"] == f"/media/{hit['video_id']}"
+    starts = [s["start"] for s in v["scenes"]]
+    assert starts == sorted(starts) and hit["scene_id"] in {s["scene_id"] for s in v["scenes"]}
+    for s in v["scenes"]:
+        assert client.get(s["thumbnail"]).status_code == 200
+    one_line_error(client.get("/api/videos/0123456789abcdef"), 404)
+    one_line_error(client.get("/api/similar", params={"scene": hit["video_id"] + "/nope/00000"}), 404)
+    one_line_error(client.get("/api/similar"), 400)
+
+
+def test_frames_for_the_frame_sequence_view(client: httpx.Client) -> None:
+    hit = client.get("/api/search", params={"q": "stripes", "top": 1}).json()["results"][0]
+    r = client.get(f"/frame/{hit['video_id']}", params={"t": hit["best_time"]})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    one_line_error(client.get(f"/frame/{hit['video_id']}", params={"t": "soon"}), 400)
+    one_line_error(client.get(f"/frame/{hit['video_id']}", params={"t": -1}), 400)
+    one_line_error(client.get(f"/frame/{hit['video_id']}", params={"t": 1e9}), 400)
+
+
+def test_media_range_requests(client: httpx.Client, indexed) -> None:
+    index_dir, folder, _ = indexed
+    record, _ = cliptool.Index.open(index_dir).scenes(folder / "shapes.webm")
+    raw = (folder / "shapes.webm").read_bytes()
+    size = len(raw)
+    url = f"/media/{record.video_id}"
+    full = client.get(url)
+    assert full.status_code == 200 and full.content == raw and full.headers["accept-ranges"] == "bytes"
+    assert full.headers["content-type"] == "video/webm"
+    part = client.get(url, headers={"Range": "bytes=100-1099"})
+    assert part.status_code == 206 and part.content == raw[100:1100]
+    assert part.headers["content-range"] == f"bytes 100-1099/{size}" and part.headers["content-length"] == "1000"
+    tail = client.get(url, headers={"Range": "bytes=-500"})
+    assert tail.status_code == 206 and tail.content == raw[-500:] and tail.headers["content-range"] == f"bytes {size - 500}-{size - 1}/{size}"
+    rest = client.get(url, headers={"Range": f"bytes={size - 10}-"})
+    assert rest.status_code == 206 and rest.content == raw[-10:]
+    past = client.get(url, headers={"Range": f"bytes={size - 10}-{size + 1000}"})
+    assert past.status_code == 206 and past.content == raw[-10:]
+    for bad in (f"bytes={size}-", f"bytes={size + 5}-{size + 9}", "bytes=50-10", "bytes=-0"):
+        r = client.get(url, headers={"Range": bad})
+        assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{size}", bad
+    assert client.get(url, headers={"Range": "pages=1-2"}).status_code == 200  # not bytes: ignored
+    head = client.head(url, headers={"Range": "bytes=0-9"})
+    assert head.status_code == 206 and head.headers["content-length"] == "10" and head.content == b""
+
+
+def raw_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """A GET with the path sent byte for byte (clients normalise `..` away)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_traversal_and_paths_get_404(client: httpx.Client, server: Server, indexed) -> None:
+    index_dir, folder, _ = indexed
+    vid = cliptool.Index.open(index_dir).videos()[0].video_id
+    target = str(folder / "shapes.mp4")
+    attempts = [
+        "/media/..%2F..%2F..%2Fetc%2Fpasswd", "/media/%2Fetc%2Fpasswd", "/media//etc/passwd",
+        "/media/" + target.replace("/", "%2F"), "/media/../../etc/passwd", "/media/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        f"/media/{vid}/../../etc/passwd", f"/media/{vid}%2F..%2F..", "/media/..",
+        "/thumb/../../../etc/passwd", f"/thumb/{vid}/..%2F..%2F/00000/0.jpg", f"/thumb/{vid}/x/..%2f..%2fsecret/0.jpg",
+        f"/thumb/{vid}/../00000/0.jpg", "/frame/..%2F..%2Fetc?t=1", "/static/..%2Fapp.py", "/static/%2e%2e%2fapp.py",
+        "/static/../app.py", "/static//etc/passwd", "/api/videos/..%2F..%2Fetc%2Fpasswd", "/etc/passwd",
+        "/api/videos/" + target.replace("/", "%2F"),
+    ]
+    for path in attempts:
+        status, headers, body = raw_get(server.port, path)
+        assert status == 404, (path, status, body[:200])
+        assert b"root:" not in body and headers["content-type"] == "application/json", path
+        assert set(json.loads(body)) == {"error"}
+
+
+def test_host_header_and_cross_origin_writes(client: httpx.Client, server: Server) -> None:
+    assert one_line_error(client.get("/api/status", headers={"Host": "evil.example"}), 400).startswith("bad Host")
+    assert client.get("/api/status", headers={"Host": f"evil.example:{server.port}"}).status_code == 400
+    for ok in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", f"[::1]:{server.port}"):
+        assert client.get("/api/status", headers={"Host": ok}).status_code == 200, ok
+    png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    files = {"image": ("x.png", png, "image/png")}
+    one_line_error(client.post("/api/search", files=files, headers={"Origin": "http://evil.example"}), 403)
+    one_line_error(client.post("/api/search", files=files, headers={"Sec-Fetch-Site": "cross-site"}), 403)
+    one_line_error(client.post("/api/open", json={"video": "x"}, headers={"Origin": "http://evil.example"}), 403)
+    same = client.post("/api/search", files=files, headers={"Origin": server.url})
+    assert same.status_code == 200, same.text
+
+
+def test_bad_parameters_are_one_line_4xx(client: httpx.Client) -> None:
+    for params in ({"q": "x", "top": 0}, {"q": "x", "top": "many"}, {"q": "x", "top": 10**6}, {"q": "x", "videos": 2},
+                   {}, {"q": "   "}, {"q": "x" * 2000}, {"q": ["a", "b"]}):
+        one_line_error(client.get("/api/search", params=params), 400)
+    one_line_error(client.get("/api/nothing"), 404)
+    one_line_error(client.delete("/api/search"), 405)
+
+
+def test_uploads_oversized_broken_and_malformed(client: httpx.Client) -> None:
+    big = b"\xff\xd8" + os.urandom(21 * 1024 * 1024)
+    msg = one_line_error(client.post("/api/search", files={"image": ("big.jpg", big, "image/jpeg")}), 413)
+    assert "20 MB" in msg
+    one_line_error(client.post("/api/search", files={"image": ("x.jpg", b"not a picture at all", "image/jpeg")}), 400)
+    png = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
+    one_line_error(client.post("/api/search", files={"image": ("x.png", png[: len(png) // 2], "image/png")}), 400)
+    one_line_error(client.post("/api/search", files={"image": ("x.png", b"", "image/png")}), 400)
+    one_line_error(client.post("/api/search", files={"picture": ("x.png", png, "image/png")}), 400)
+    one_line_error(client.post("/api/search", files={"image": (None, b"just text")}), 400)  # a field, not a file
+    one_line_error(client.post("/api/search", data={"image": "just text"}), 415)
+    one_line_error(client.post("/api/search", content=png, headers={"content-type": "image/png"}), 415)
+    one_line_error(client.post("/api/search", content=b"--xx\r\nbroken", headers={"content-type": "multipart/form-data; boundary=xx"}), 400)
+    one_line_error(client.post("/api/search", content=b"garbage", headers={"content-type": "multipart/form-data"}), 400)
+    one_line_error(client.post("/api/search", params={"top": 0}, files={"image": ("x.png", png, "image/png")}), 400)
+    assert client.get("/api/status").status_code == 200  # still up
+
+
+def test_open_in_player(client: httpx.Client, indexed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "player.log"
+    script = tmp_path / "fake-player"
+    script.write_text(f"#!/bin/sh\necho \"$@\" > {log}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("CLIPTOOL_PLAYER", f"{script} --start={{time}} {{path}}")
+    hit = client.get("/api/search", params={"q": "stripes", "top": 1}).json()["results"][0]
+    r = client.post("/api/open", json={"scene": hit["scene_id"], "t": 1.25})
+    assert r.status_code == 200 and r.json()["player"] == "fake-player", r.text
+    deadline = time.monotonic() + 10
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.read_text().split() == ["--start=1.250", hit["path"]]
+    one_line_error(client.post("/api/open", json={"scene": hit["scene_id"], "t": 1e9}), 400)
+    one_line_error(client.post("/api/open", content=b"{", headers={"content-type": "application/json"}), 400)
+    one_line_error(client.post("/api/open", json={"path": "/etc/passwd"}), 400)
+
+
+def test_token_required(indexed) -> None:
+    index_dir = indexed[0]
+    token = "s3cret-token"
+    s = Server(index_dir, token=token)
+    try:
+        with s.client() as c:
+            assert one_line_error(c.get("/api/status"), 401).startswith("a token is required")
+            assert c.get("/api/status").headers["www-authenticate"].startswith("Bearer")
+            for path in ("/", "/static/app.js", "/api/search?q=x", "/media/0123456789abcdef", "/thumb/a/b/00000/0.jpg"):
+                assert c.get(path).status_code == 401, path
+            assert c.get("/api/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert c.get("/api/status", params={"token": "wrong"}).status_code == 401
+            ok = c.get("/api/status", headers={"Authorization": f"Bearer {token}"})
+            assert ok.status_code == 200 and ok.json()["server"]["token"] is True
+            assert c.get("/api/status", params={"token": token}).status_code == 200
+            # the page: ?token= becomes a cookie and leaves the address bar
+            r = c.get("/", params={"token": token, "q": "a cat"})
+            assert r.status_code == 303 and r.headers["location"] == "/?q=a+cat"
+            cookie = r.headers["set-cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and token in cookie
+            assert c.get("/api/status").status_code == 200  # the client kept the cookie
+            vid = cliptool.Index.open(index_dir).videos()[0].video_id
+            assert c.get(f"/media/{vid}", headers={"Range": "bytes=0-9"}).status_code == 206
+        # a loopback server with a token still checks Host
+        with s.client(headers={"Authorization": f"Bearer {token}"}) as c:
+            assert c.get("/api/status", headers={"Host": "evil.example"}).status_code == 400
+    finally:
+        s.stop()
+    # open in player only on a loopback bind
+    s = Server(index_dir, host="0.0.0.0", token=token)
+    try:
+        with s.client(headers={"Authorization": f"Bearer {token}"}) as c:
+            assert c.get("/api/status", headers={"Host": "my-laptop.lan:1234"}).status_code == 200  # wildcard bind
+            assert c.get("/api/status").json()["server"]["open_player"] is False
+            one_line_error(c.post("/api/open", json={"video": vid}), 403)
+    finally:
+        s.stop()
+
+
+def test_cli_serve_non_loopback_generates_a_token(indexed) -> None:
+    index_dir = indexed[0]
+    port = free_port()
+    env = {**os.environ, "CLIPTOOL_INDEX_DIR": str(index_dir), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cliptool", "serve", "--host", "0.0.0.0", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = proc.stdout.readline()  # type: ignore[union-attr]
+        assert first.startswith("cliptool serve: http://") and f":{port}/?token=" in first, first
+        token = first.strip().split("?token=")[1]
+        assert len(token) >= 24
+        assert "access token" in proc.stdout.readline()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        assert r.status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/api/status", params={"token": token}).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    # the port is taken: one line, exit 1
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "cliptool", "serve", "--port", str(taken)], capture_output=True,
+                             text=True, env=env, timeout=60)
+    assert out.returncode == 1 and out.stderr.strip().startswith("cliptool: error: cannot listen on 127.0.0.1:")
+    assert "Traceback" not in out.stderr
+
+
+def test_thumbnails_at_commit_and_in_check(indexed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index run writes the analysis pass's JPEGs; check counts missing/extra ones as harmless."""
+    import cliptool.indexer as indexer
+
+    _, folder, (config, ckpt) = indexed
+    real = indexer.analyse_video
+
+    def with_pictures(*args: object, **kw: object):
+        analysed = real(*args, **kw)
+        analysed.thumbnails = [[f"jpeg {s.index} {k}".encode() for k in range(len(s.sample_times))]
+                               for s in analysed.scenes]
+        return analysed
+
+    monkeypatch.setattr(indexer, "analyse_video", with_pictures)
+    videos = tmp_path / "v"
+    videos.mkdir()
+    shutil.copy2(folder / "outdoors.mp4", videos / "outdoors.mp4")
+    index = cliptool.Index.open(tmp_path / "index")
+    index.index([videos], model=str(config), pretrained=str(ckpt), progress=False, report=lambda m: None)
+    record, scenes = index.scenes(videos / "outdoors.mp4")
+    for s in scenes:
+        for k in range(len(s.sample_times)):
+            assert thumbnails.read(index.directory, s.scene_id, k) == f"jpeg {s.index} {k}".encode()
+    report = check_index(index.directory)
+    assert report.ok and report.thumbnails == {"missing": 0, "extra": 0, "deleted": 0}
+    # a stale version's pictures and a lost one: reported, not problems; repair drops the stale
+    stale = thumbnails.root(index.directory) / record.video_id / "deadbeef"
+    stale.mkdir()
+    (stale / "00000-0.jpg").write_bytes(b"x")
+    thumbnails.path_for(index.directory, scenes[0].scene_id, 0).unlink()
+    report = check_index(index.directory)
+    assert report.ok and report.thumbnails == {"missing": 1, "extra": 1, "deleted": 0}
+    assert report.to_dict()["thumbnails"]["extra"] == 1
+    report = check_index(index.directory, repair=True)
+    assert report.ok and report.thumbnails["deleted"] == 1 and not stale.exists()
+    # re-indexing a changed file drops the old version's pictures
+    shutil.copy2(folder / "titles.mp4", videos / "outdoors.mp4")
+    index.index([videos], progress=False, report=lambda m: None)
+    new, _ = index.scenes(videos / "outdoors.mp4")
+    assert [p.name for p in (thumbnails.root(index.directory) / new.video_id).iterdir()] == [new.version]
+
+
+def test_concurrent_requests_during_an_index_run(indexed, tmp_path: Path, model_args: list[str]) -> None:
+    """50 requests at a time while `cliptool index` commits more videos: every one 200, the new
+    videos show up without a restart."""
+    index_dir, folder, _ = indexed
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    more = tmp_path / "more"
+    colours = [(220, 30, 30), (30, 60, 220), (30, 200, 30), (200, 200, 30), (200, 30, 200), (30, 200, 200)]
+    for i, c in enumerate(colours):
+        make_samples.write_clip(more / f"more{i}.mp4", [(make_samples.circle(c, (250, 250, 250)), 30),
+                                                         (make_samples.stripes((0, 0, 0), c), 30)], size=(160, 120))
+    s = Server(copy)
+    try:
+        with s.client(limits=httpx.Limits(max_connections=60)) as c:
+            hit = c.get("/api/search", params={"q": "a circle", "top": 1}).json()["results"][0]
+            vid = hit["video_id"]
+            urls = ["/api/search?q=a+red+circle&top=8", "/api/status", f"/api/videos/{vid}",
+                    f"/api/similar?scene={hit['scene_id']}&top=5", hit["thumbnail"], "/",
+                    f"/media/{vid}", "/api/search?q=stripes&videos=1"]
+            env = {**os.environ, "CLIPTOOL_INDEX_DIR": str(copy), "HF_HUB_OFFLINE": "1"}
+            proc = subprocess.Popen([sys.executable, "-m", "cliptool", "index", str(folder), str(more), *model_args],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            statuses: list[int] = []
+            seen_videos: set[int] = set()
+
+            def fetch(url: str) -> int:
+                r = c.get(url, headers={"Range": "bytes=0-999"} if url.startswith("/media/") else None)
+                if url == "/api/status" and r.status_code == 200:
+                    seen_videos.add(r.json()["videos"])
+                return r.status_code
+
+            with ThreadPoolExecutor(50) as pool:
+                rounds = 0
+                while proc.poll() is None or rounds < 2:
+                    statuses += list(pool.map(fetch, [urls[i % len(urls)] for i in range(50)]))
+                    rounds += 1
+                    assert rounds < 400
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            bad = [x for x in statuses if x not in (200, 206)]
+            assert not bad, (len(bad), sorted(set(bad)))
+            assert len(statuses) >= 100
+            status = c.get("/api/status").json()
+            assert status["videos"] == 4 + len(colours)
+            found = c.get("/api/search", params={"q": "a circle", "top": 50, "videos": 1}).json()["results"]
+            assert {f"more{i}.mp4" for i in range(len(colours))} <= {h["name"] for h in found}
+            assert all(client_ok(c, h["thumbnail"]) for h in found)
+    finally:
+        s.stop()
+
+
+def client_ok(c: httpx.Client, url: str) -> bool:
+    return c.get(url).status_code == 200
+
+
+def test_bench_serve_smoke(indexed, tmp_path: Path) -> None:
+    from cliptool.serve.bench import bench_serve
+
+    result = bench_serve(indexed[0], queries=20, browser=False)
+    assert result["queries"] == 20 and result["query_ms"] > 0 and result["rss_mb"] > 0
+    assert json.dumps(result)
