@@ -285,7 +285,7 @@
     const f = ev.dataTransfer && ev.dataTransfer.files[0];
     if (f) searchImage(f);
   });
-  $("video").addEventListener("timeupdate", () => drawTimeline());
+  $("video").addEventListener("timeupdate", () => { if (!$("video").hidden) drawTimeline(); });
   $("timeline").addEventListener("click", (ev) => {
     const r = ev.currentTarget.getBoundingClientRect();
     const t = duration() * (ev.clientX - r.left) / r.width;
