@@ -113,7 +113,8 @@ def test_search_see_thumbnails_click_and_play(driver, site: Server, tmp_path: Pa
     driver.find_elements(By.CSS_SELECTOR, "#results .card .similar")[0].click()
     wait(driver, "return location.search.startsWith('?similar=') && document.querySelectorAll('#results .card').length > 0")
     driver.back()
-    wait(driver, "return location.search.includes('q=a+red+circle') && document.getElementById('q').value === 'a red circle'")
+    wait(driver, "return location.search.includes('q=a+red+circle') && "
+                 "document.getElementById('summary').textContent.includes('for \u201ca red circle\u201d')")
     driver.find_elements(By.CSS_SELECTOR, "#results .card .whole")[0].click()
     strip = wait(driver, "const i = [...document.querySelectorAll('#strip img')];"
                          "return i.length && i.every(x => x.complete && x.naturalWidth > 0) && i.length")
