@@ -7,7 +7,7 @@ TORCH := torch==2.13.0,!=2.13.0+cpu
 SAMPLES := data/samples
 DEMO_INDEX := data/demo-index
 
-.PHONY: install demo test test-long bench clean
+.PHONY: install install-browser demo test test-long bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 install: $(VENV)/.installed
+
+# Headless Chromium and its driver for tests/test_browser.py (Debian/Ubuntu; the test skips without them).
+install-browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium and chromedriver present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	  || echo "could not install chromium: the browser test will skip"; \
+	else echo "not root or no apt-get: install chromium and chromium-driver yourself, or the browser test skips"; fi
 
 demo: install
 	$(PY) data/make_samples.py $(SAMPLES)
