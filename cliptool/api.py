@@ -190,6 +190,98 @@ class Index:
         return extract_keyframes(video, output, options, model=model, pretrained=pretrained,
                                  index_dir=self.directory, progress=progress)
 
+    # -- more like this, and results handed on (writers) --------------------------------------
+    def scene_at(self, video: PathLike, t: float) -> tuple[VideoRecord, SceneRecord]:
+        """The indexed scene of `video` on screen at `t` seconds (the last one for a time in
+        its final frame's span); UsageError for a time outside the video."""
+        from .errors import printable
+
+        if t < 0:
+            raise UsageError("time must not be negative")
+        record, scene_list = self.scenes(video)
+        if not scene_list:
+            raise UsageError(f"no scenes indexed for {printable(str(video))}")
+        for scene in scene_list:
+            if scene.start_time <= t < scene.end_time:
+                return record, scene
+        last = scene_list[-1]
+        if t < scene_list[0].start_time or t > max(last.end_time, record.duration) + 1e-3:
+            from .timecode import format_time
+
+            raise UsageError(f"{printable(str(video))} has no moment at {format_time(t)} "
+                             f"(it lasts {format_time(max(last.end_time, record.duration))})")
+        return record, last
+
+    def similar_at(self, video: PathLike, t: float, *, top: int = 10, videos: bool = False,
+                   other_videos: bool = False) -> list[Hit]:
+        """Moments that look like `video` at `t`: queried by the sample frame of that scene
+        nearest `t`; the scene itself left out (with other_videos, its whole video)."""
+        _, scene = self.scene_at(video, t)
+        return self.similar_scene(scene.scene_id, top=top, videos=videos, other_videos=other_videos, at=t)
+
+    def similar_scene(self, scene_id: str, *, top: int = 10, videos: bool = False, other_videos: bool = False,
+                      at: float | None = None) -> list[Hit]:
+        """Moments most like an indexed scene, that scene left out; other_videos leaves out its
+        whole video; with `at`, the query is the scene's sample frame nearest that time, else
+        the scene's vector. With videos, each video once, by its best scene."""
+        import dataclasses
+
+        import numpy as np
+
+        if top < 1:
+            raise UsageError("--top must be at least 1")
+        searcher = self.searcher()
+        vectors = searcher.vectors
+        row = vectors.row_of_scene(scene_id)
+        if row is None:
+            raise UsageError(f"no scene {scene_id!r} in the index (scene ids come from search results)")
+        position = vectors.position(row)
+        query = vectors.scene_vector(row)
+        if at is not None:
+            frames = vectors.frame_vectors(row)
+            if len(frames) and len(position.sample_times) == len(frames):
+                nearest = int(np.argmin([abs(s - at) for s in position.sample_times]))
+                query = np.asarray(frames[nearest], dtype=np.float32)
+                query = query / max(float(np.linalg.norm(query)), 1e-12)
+        if videos:
+            wanted = vectors.size  # as search ranks videos: every scene a candidate
+        elif other_videos:
+            wanted = top + 1 + len(vectors.rows_of_video(position.video_id))
+        else:
+            wanted = top + 1
+        hits = []
+        seen: set[str] = set()
+        for hit in searcher.search(query, top=wanted, by_video=False):
+            if hit.scene_id == scene_id or (other_videos and hit.video_id == position.video_id):
+                continue
+            if videos:
+                if hit.video_id in seen:
+                    continue
+                seen.add(hit.video_id)
+            hits.append(dataclasses.replace(hit, rank=len(hits) + 1))
+            if len(hits) >= top:
+                break
+        return hits
+
+    def records_of(self, hits: Iterable[Hit]) -> dict[str, VideoRecord]:
+        """video id -> record of the videos the hits come from (for frame rates and lengths)."""
+        from .store import IndexStore
+
+        ids = {h.video_id for h in hits}
+        with IndexStore(self.directory) as store:
+            found = {vid: store.get_video(vid) for vid in ids}
+        return {vid: rec for vid, rec in found.items() if rec is not None}
+
+    def clips(self, hits: list[Hit], output: PathLike, *, exact: bool = False, query: str | None = None,
+              image: PathLike | None = None, report: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Writes each hit's span as a video file in `output` plus manifest.json (see
+        cliptool.writers.clips): stream copy from the key frame at or before each start, or
+        with exact, re-encoded frame-accurately. Returns the manifest."""
+        from .writers.clips import write_clips
+
+        return write_clips(hits, Path(output), exact=exact, query=query,
+                           image=str(image) if image is not None else None, report=report)
+
 
 def extract_keyframes(video: PathLike, output: PathLike, options: KeyframeOptions | None = None, *,
               model: str | None = None, pretrained: str | None = None, index_dir: PathLike | None = None,

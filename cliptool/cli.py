@@ -197,6 +197,10 @@ def search(
     top: int = typer.Option(10, "--top", "-n", min=1, help="How many results."),
     videos: bool = typer.Option(False, "--videos", help="Rank whole videos by their best scene."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a contact sheet (self-contained HTML)."),
+    play: Optional[int] = typer.Option(None, "--play", min=1, help="Open result N in a video player at its time."),
+    edl: Optional[Path] = typer.Option(None, "--edl", help="Also write the results as a CMX 3600 EDL."),
+    otio: Optional[Path] = typer.Option(None, "--otio", help="Also write the results as an OpenTimelineIO timeline."),
 ) -> None:
     """Ranked moments for a text or image query."""
 
@@ -207,13 +211,65 @@ def search(
             raise UsageError("give either words or --image, not both")
         if image is not None and not image.is_file():
             raise UsageError(f"no such image: {image}")
-        hits = _index().search(query if image is None else None, image=image, top=top, videos=videos)
+        outputs = _HandOn.check(html, edl, otio, play)
+        index = _index()
+        hits = index.search(query if image is None else None, image=image, top=max(top, play or 0), videos=videos)
+        shown = hits[:top]
         if as_json:
-            _print_json({"query": query, "image": str(image) if image else None, "results": [h.to_dict() for h in hits]})
-            return
-        _print_hits(hits)
+            _print_json({"query": query, "image": str(image) if image else None, "results": [h.to_dict() for h in shown]})
+        else:
+            _print_hits(shown)
+        outputs.run(index, shown, hits, query=query if image is None else None, image=str(image) if image else None)
 
     _run(body)
+
+
+class _HandOn:
+    """What --html, --edl, --otio and --play do with a command's hits (outputs checked first)."""
+
+    def __init__(self, html: Path | None, edl: Path | None, otio: Path | None, play: int | None) -> None:
+        self.html, self.edl, self.otio, self.play = html, edl, otio, play
+
+    @classmethod
+    def check(cls, html: Path | None, edl: Path | None, otio: Path | None, play: int | None) -> _HandOn:
+        from .writers.html import HTML_SUFFIXES
+        from .writers._common import check_output_file
+        from .writers.timeline import check_outputs
+
+        html = check_output_file(html, HTML_SUFFIXES, "--html file") if html is not None else None
+        otio, edl = check_outputs(otio, edl)
+        return cls(html, edl, otio, play)
+
+    def run(self, index: Any, shown: list[Any], hits: list[Any], *, query: str | None, image: str | None) -> None:
+        from .errors import printable
+
+        def report(message: str) -> None:
+            print(f"cliptool: warning: {printable(message)}", file=sys.stderr)
+
+        if self.html is not None:
+            from .writers.html import write_contact_sheet
+
+            write_contact_sheet(shown, self.html, query=query, image=image, report=report)
+            print(f"contact sheet: {printable(str(self.html))}", file=sys.stderr)
+        if self.edl is not None or self.otio is not None:
+            from .writers.timeline import write_timelines
+
+            write_timelines(shown, index.records_of(shown), otio_path=self.otio, edl_path=self.edl,
+                            query=query, image=image, report=report)
+            for path in (self.otio, self.edl):
+                if path is not None:
+                    print(f"timeline: {printable(str(path))}", file=sys.stderr)
+        if self.play is not None:
+            from .timecode import format_time
+            from .writers.player import play as start_player
+
+            if self.play > len(hits):
+                raise UsageError(f"--play {self.play}: there {'is' if len(hits) == 1 else 'are'} only "
+                                 f"{len(hits)} result{'' if len(hits) == 1 else 's'}")
+            hit = hits[self.play - 1]
+            command = start_player(hit.path, hit.best_time)
+            at = f" at {format_time(hit.best_time)}" if command.seeks else " (from the start: it takes no time)"
+            print(f"playing #{hit.rank} in {command.name}{at}: {printable(hit.path)}", file=sys.stderr)
 
 
 def _print_hits(hits: list[Any]) -> None:
@@ -230,19 +286,110 @@ def _print_hits(hits: list[Any]) -> None:
 
 @app.command()
 def similar(
-    scene_id: str = typer.Argument(..., help="A scene id, as search --json gives it."),
+    video: Optional[Path] = typer.Argument(None, help="An indexed video (with --at)."),
+    at: Optional[str] = typer.Option(None, "--at", help="The moment of VIDEO to match (seconds or HH:MM:SS.mmm)."),
+    scene: Optional[str] = typer.Option(None, "--scene", help="A scene id, as search --json gives it."),
     top: int = typer.Option(10, "--top", "-n", min=1, help="How many results."),
-    videos: bool = typer.Option(False, "--videos", help="Rank other videos by their best scene."),
+    videos: bool = typer.Option(False, "--videos", help="Rank videos by their best scene."),
+    other_videos: bool = typer.Option(False, "--other-videos", help="Leave out the scene's own video."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a contact sheet (self-contained HTML)."),
+    play: Optional[int] = typer.Option(None, "--play", min=1, help="Open result N in a video player at its time."),
+    edl: Optional[Path] = typer.Option(None, "--edl", help="Also write the results as a CMX 3600 EDL."),
+    otio: Optional[Path] = typer.Option(None, "--otio", help="Also write the results as an OpenTimelineIO timeline."),
 ) -> None:
-    """Moments most like an indexed scene ("more like this")."""
+    """Moments that look like a moment of a video, or like an indexed scene ("more like this")."""
 
     def body() -> None:
-        hits = _index().similar(scene_id, top=top, videos=videos)
+        from .timecode import parse_time
+
+        if scene is not None and (video is not None or at is not None):
+            raise UsageError("give either VIDEO --at TIME or --scene SCENE_ID, not both")
+        if scene is None and (video is None or at is None):
+            raise UsageError("give VIDEO --at TIME (a moment of an indexed video) or --scene SCENE_ID"
+                             if video is None or at is not None else "--at TIME is needed with VIDEO")
+        if scene is not None and not scene.strip():
+            raise UsageError("empty --scene")
+        t = parse_time(at) if at is not None else None
+        outputs = _HandOn.check(html, edl, otio, play)
+        index = _index()
+        n = max(top, play or 0)
+        if scene is not None:
+            scene_id, hits = scene, index.similar_scene(scene, top=n, videos=videos, other_videos=other_videos)
+        else:
+            assert video is not None and t is not None
+            _, record = index.scene_at(video, t)
+            scene_id = record.scene_id
+            hits = index.similar_scene(scene_id, top=n, videos=videos, other_videos=other_videos, at=t)
+        shown = hits[:top]
         if as_json:
-            _print_json({"scene_id": scene_id, "results": [h.to_dict() for h in hits]})
-            return
-        _print_hits(hits)
+            _print_json({"query": None, "image": None, "scene_id": scene_id,
+                         "video": str(video) if video is not None else None, "at": t,
+                         "results": [h.to_dict() for h in shown]})
+        else:
+            _print_hits(shown)
+        outputs.run(index, shown, hits, query=None, image=None)
+
+    _run(body)
+
+
+@app.command()
+def clips(
+    query: Optional[str] = typer.Argument(None, help="What to look for, in words."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the clips and manifest.json (made if missing)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Search with a photo or frame instead of words."),
+    top: int = typer.Option(10, "--top", "-n", min=1, help="How many clips."),
+    videos: bool = typer.Option(False, "--videos", help="One clip per video: its best scene."),
+    exact: bool = typer.Option(False, "--exact", help="Re-encode (H.264) to start and end on the exact frames "
+                               "[default: stream copy from the key frame at or before each start]."),
+    edl: Optional[Path] = typer.Option(None, "--edl", help="Also write the hits as a CMX 3600 EDL."),
+    otio: Optional[Path] = typer.Option(None, "--otio", help="Also write the hits as an OpenTimelineIO timeline."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Write each hit's span as a video file, in rank order, with manifest.json."""
+
+    def body() -> None:
+        from .errors import printable
+        from .timecode import format_time
+        from .writers.clips import check_output_dir
+
+        if image is None and (query is None or not query.strip()):
+            raise UsageError("empty query: give some words to search for, or --image FILE")
+        if image is not None and query:
+            raise UsageError("give either words or --image, not both")
+        if image is not None and not image.is_file():
+            raise UsageError(f"no such image: {image}")
+        outputs = _HandOn.check(None, edl, otio, None)
+        if output.exists() and not output.is_dir():
+            raise UsageError(f"not a folder: {output}")
+        if not output.exists() and not output.expanduser().parent.is_dir():
+            raise UsageError(f"output folder's parent does not exist: {output.expanduser().parent}")
+        index = _index()
+        text = query if image is None else None
+        hits = index.search(text, image=image, top=top, videos=videos)
+        if not hits:
+            raise UsageError("no results to cut")
+        check_output_dir(output)
+
+        def report(message: str) -> None:
+            print(f"cliptool: warning: {printable(message)}", file=sys.stderr)
+
+        manifest = index.clips(hits, output, exact=exact, query=text, image=image, report=report)
+        if as_json:
+            _print_json(manifest)
+        else:
+            for c in manifest["clips"]:
+                early = c["start"] - c["clip_start"]
+                note = f"  (from the key frame {early:.3f} s before)" if early > 1e-3 else ""
+                print(f"{printable(str(output / c['file']))}  {format_time(c['clip_start'])}-"
+                      f"{format_time(c['clip_end'])}  {c['mode']}{note}")
+        done = {c["rank"] for c in manifest["clips"]}
+        outputs.run(index, [h for h in hits if h.rank in done], hits, query=text,
+                    image=str(image) if image else None)
+        print(f"{len(manifest['clips'])} clips, {len(manifest['failed'])} failed; manifest: "
+              f"{printable(str(output / 'manifest.json'))}", file=sys.stderr)
+        if manifest["failed"]:
+            raise typer.Exit(EXIT_SOME_FAILED if manifest["clips"] else 7)
 
     _run(body)
 
