@@ -182,7 +182,7 @@ def copy_span(source: Path, output: Path, start: float, end: float) -> tuple[flo
                     at = (pts - abase) * atb
                     if at < t0 - Fraction(1, 1000):
                         continue
-                    if at >= end:
+                    if at >= max(end, last_end):  # as far as the video goes
                         if video_done:
                             break
                         continue

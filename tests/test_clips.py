@@ -1,0 +1,186 @@
+"""`cliptool clips`: each hit's span as a video file in rank order, plus manifest.json; stream copy
+from the key frame at or before the start, or --exact re-encoding; checked by decoding the clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import shared
+
+
+def run(index_dir: Path, *args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cliptool", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CLIPTOOL_INDEX_DIR": str(index_dir), "HF_HUB_OFFLINE": "1"})
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int, needle: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cliptool: error: ") and needle in lines[0], proc.stderr
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory, sample_clips: dict[str, Path], model_args: list[str]):
+    root = tmp_path_factory.mktemp("clips-videos")
+    shutil.copy(shared("scenes", "bikes.mp4"), root / "bikes.mp4")  # key frames only at its cuts
+    shutil.copy(shared("scenes", "counter.mp4"), root / "counter.mp4")  # one key frame; frame n shows n+1
+    shutil.copy(sample_clips["shapes.mp4"], root / "shapes.mp4")
+    index_dir = tmp_path_factory.mktemp("clips-index")
+    # short windows: many scenes start between key frames
+    ok(run(index_dir, "index", root, "--max-scene", "1.5", *model_args))
+    return index_dir, root
+
+
+def decode(path: Path) -> list[tuple[float, np.ndarray]]:
+    from cliptool.decode import VideoReader, to_rgb
+
+    with VideoReader(path) as reader:
+        return [(f.time, to_rgb(f.av_frame)) for f in reader.frames()]
+
+
+def key_frame_times(path: Path) -> list[float]:
+    import av
+
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        return [float((p.pts - (v.start_time or 0)) * v.time_base) for p in c.demux(v) if p.is_keyframe and p.pts is not None]
+
+
+def check_clip(clip: dict, folder: Path, exact: bool) -> None:
+    from cliptool.export import frame_at
+
+    source = Path(clip["path"])
+    frames = decode(folder / clip["file"])
+    step = frames[1][0] - frames[0][0] if len(frames) > 1 else 0.04
+    length = frames[-1][0] - frames[0][0] + step
+    if exact:
+        assert clip["clip_start"] == pytest.approx(clip["start"], abs=1e-3)
+        assert length == pytest.approx(clip["end"] - clip["start"], abs=step + 1e-3)
+        _, expected = frame_at(source, clip["start"])
+        assert np.abs(frames[0][1].astype(int) - expected).mean() < 4
+    else:
+        keys = key_frame_times(source)
+        before = [k for k in keys if k <= clip["start"] + 1e-4]
+        assert clip["clip_start"] == pytest.approx(max(before), abs=1e-3)  # the nearest key frame at or before
+        assert clip["clip_end"] >= clip["end"] - 1e-3
+        assert length == pytest.approx(clip["clip_end"] - clip["clip_start"], abs=step + 1e-3)
+        assert length <= clip["end"] - clip["clip_start"] + 5 * step  # frames a B-frame before the end needs
+        _, expected = frame_at(source, clip["clip_start"])
+        assert np.abs(frames[0][1].astype(int) - expected).mean() < 1  # the very key frame, not re-encoded
+    assert len(frames) == clip["frames"]
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["copy", "exact"])
+def test_clips_in_rank_order_with_manifest_decode_to_their_spans(library: tuple[Path, Path], tmp_path: Path, exact: bool) -> None:
+    import opentimelineio as otio
+
+    index_dir, root = library
+    out = tmp_path / "out"
+    proc = ok(run(index_dir, "clips", "a street with bikes", "-o", out, "--top", "6", *(["--exact"] if exact else []),
+                  "--otio", tmp_path / "c.otio", "--edl", tmp_path / "c.edl"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    clips = manifest["clips"]
+    assert len(clips) == 6 and manifest["failed"] == [] and manifest["query"] == "a street with bikes"
+    assert [c["rank"] for c in clips] == list(range(1, 7))
+    assert sorted(p.name for p in out.iterdir()) == sorted([c["file"] for c in clips] + ["manifest.json"])
+    for c in clips:
+        stem = Path(c["path"]).stem
+        assert c["file"].startswith(f"{c['rank']:02d}_{stem}_") and c["file"].endswith(".mp4")
+        assert c["mode"] == ("exact" if exact else "copy")
+        check_clip(c, out, exact)
+    if not exact:  # windows that start between key frames start earlier, and say so
+        assert any(c["clip_start"] < c["start"] - 0.01 for c in clips) or \
+            all(c["start"] in key_frame_times(Path(c["path"])) for c in clips)
+    assert str(out / clips[0]["file"]) in proc.stdout
+    assert len(list(otio.adapters.read_from_file(str(tmp_path / "c.otio")).find_clips())) == 6
+    assert (tmp_path / "c.edl").read_text().count("FROM CLIP NAME") == 6
+
+
+def test_a_window_between_key_frames_copies_from_the_key_frame(library: tuple[Path, Path], tmp_path: Path) -> None:
+    from cliptool.api import Index
+    from cliptool.writers.clips import write_clips
+
+    index_dir, root = library
+    index = Index.open(index_dir, text_runtime="numpy")
+    record, scene = index.scene_at(root / "counter.mp4", 2.9)
+    assert scene.start_time > 0  # counter.mp4 has one key frame, at 0
+    hit = index.similar_scene(scene.scene_id, top=1)[0]
+    hit = type(hit)(1, 1.0, record.path, scene.start_time, scene.end_time, scene.start_time, scene.scene_id,
+                    scene.index, record.video_id)
+    manifest = write_clips([hit], tmp_path / "c")
+    clip = manifest["clips"][0]
+    assert clip["clip_start"] == 0.0 and clip["clip_end"] == pytest.approx(scene.end_time, abs=0.11)
+    check_clip(clip, tmp_path / "c", exact=False)
+    exact = write_clips([hit], tmp_path / "e", exact=True)["clips"][0]
+    check_clip(exact, tmp_path / "e", exact=True)
+    assert exact["frames"] == round((scene.end_time - scene.start_time) * 10)
+
+
+def _with_audio(path: Path, seconds: float = 3.0) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 160, 120, "yuv420p"
+        v.options = {"g": "25"}
+        a = out.add_stream("aac", rate=48000)
+        a.layout = "stereo"
+        for i in range(int(seconds * 25)):
+            f = av.VideoFrame.from_ndarray(np.full((120, 160, 3), (i * 3) % 255, np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 25)
+            for p in v.encode(f):
+                out.mux(p)
+        t = np.arange(int(seconds * 48000)) / 48000
+        samples = np.stack([np.sin(2 * np.pi * 440 * t)] * 2).astype(np.float32) * 0.2
+        for start in range(0, samples.shape[1], 1024):
+            f = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + 1024]), format="fltp",
+                                           layout="stereo")
+            f.sample_rate, f.pts, f.time_base = 48000, start, Fraction(1, 48000)
+            for p in a.encode(f):
+                out.mux(p)
+        for stream in (v, a):
+            for p in stream.encode(None):
+                out.mux(p)
+
+
+def test_audio_comes_along_in_both_modes(tmp_path: Path) -> None:
+    import av
+
+    from cliptool.search import Hit
+    from cliptool.writers.clips import write_clips
+
+    source = tmp_path / "tone.mp4"
+    _with_audio(source)
+    hit = Hit(1, 1.0, str(source), 1.4, 2.6, 1.5, "s", 0, "v")
+    for exact in (False, True):
+        manifest = write_clips([hit], tmp_path / f"out{exact}", exact=exact)
+        clip = manifest["clips"][0]
+        assert clip["clip_start"] == pytest.approx(1.4 if exact else 1.0, abs=1e-3)
+        with av.open(str(tmp_path / f"out{exact}" / clip["file"])) as c:
+            assert c.streams.audio, clip
+            audio = sum(f.samples for f in c.decode(c.streams.audio[0])) / 48000
+        assert audio == pytest.approx(clip["clip_end"] - clip["clip_start"], abs=0.1)
+
+
+def test_clips_errors_are_one_line(library: tuple[Path, Path], tmp_path: Path) -> None:
+    index_dir, _ = library
+    one_line_error(run(index_dir, "clips", "bikes", "-o", tmp_path / "no" / "out"), 2, "does not exist")
+    (tmp_path / "file").write_text("x")
+    one_line_error(run(index_dir, "clips", "bikes", "-o", tmp_path / "file"), 2, "not a folder")
+    one_line_error(run(index_dir, "clips", "", "-o", tmp_path / "o"), 2, "empty query")
+    one_line_error(run(index_dir, "clips", "bikes", "-o", tmp_path / "o", "--edl", tmp_path / "x.txt"), 2, ".edl")
+    assert not (tmp_path / "o").exists()
