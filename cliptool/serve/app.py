@@ -35,6 +35,7 @@ from .security import Guard, is_loopback
 UPLOAD_LIMIT = 20 * 1024 * 1024
 DRAIN_LIMIT = 128 * 1024 * 1024  # an oversized upload is read (and dropped) up to this, then cut off
 MAX_TOP = 500
+CACHED_SCENES = 500_000  # scenes kept in memory between requests (~150 bytes each)
 STATIC = Path(__file__).with_name("static")
 _STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -57,6 +58,17 @@ def _status_of(exc: CliptoolError) -> int:
     return 400
 
 
+class _Scene:
+    """What a request needs of a scene, small: 100k of them take ~15 MB, not SceneRecord's ~70."""
+
+    __slots__ = ("scene_id", "index", "start_time", "end_time", "sample_times")
+
+    def __init__(self, s: SceneRecord) -> None:
+        self.scene_id, self.index = s.scene_id, s.index
+        self.start_time, self.end_time = s.start_time, s.end_time
+        self.sample_times = tuple(s.sample_times)
+
+
 class ServeState:
     """What every request shares: the index, its lock, caches of records and frames."""
 
@@ -66,14 +78,17 @@ class ServeState:
         self.host, self.port, self.token = host, port, token
         self.loopback = is_loopback(host)
         self.lock = threading.RLock()
-        self._videos: dict[str, tuple[str, VideoRecord | None, list[SceneRecord]]] = {}
+        # video id -> (generation, record, scenes), least recently used first, at most
+        # CACHED_SCENES scenes in all (a long video has thousands)
+        self._videos: OrderedDict[str, tuple[str, VideoRecord | None, list[_Scene]]] = OrderedDict()
+        self._cached_scenes = 0
         self._status: tuple[str, float, dict[str, Any]] | None = None
         self._frames: OrderedDict[tuple[str, str, float], bytes] = OrderedDict()
         self._frames_lock = threading.Lock()
         self.decoding = threading.BoundedSemaphore(2)  # frames decoded at once (thumbnails made on request)
 
     # -- records ---------------------------------------------------------------------------------
-    def video(self, video_id: str) -> tuple[VideoRecord, list[SceneRecord]]:
+    def video(self, video_id: str) -> tuple[VideoRecord, list[_Scene]]:
         """An indexed video's record and scenes (cached until the next commit); 404 if none."""
         if not _ID.match(video_id or ""):
             raise ApiError(404, "no such video")
@@ -85,17 +100,25 @@ class ServeState:
                 try:
                     with IndexStore(self.index_dir) as store:
                         record = store.get_video(video_id)
-                        scenes = store.scenes(record) if record is not None else []
+                        scenes = [_Scene(x) for x in store.scenes(record)] if record is not None else []
                 except IndexMissingError:
                     record, scenes = None, []
-                if len(self._videos) > 4096:
-                    self._videos.clear()
+                old = self._videos.pop(video_id, None)
+                self._cached_scenes -= len(old[2]) if old else 0
                 self._videos[video_id] = cached = (gen, record, scenes)
+                self._cached_scenes += len(scenes)
+                while (self._cached_scenes > CACHED_SCENES or len(self._videos) > 4096) and len(self._videos) > 1:
+                    _, (_, _, dropped) = self._videos.popitem(last=False)
+                    self._cached_scenes -= len(dropped)
+        else:
+            with self.lock:
+                if video_id in self._videos:
+                    self._videos.move_to_end(video_id)
         if cached[1] is None:
             raise ApiError(404, "no such video")
         return cached[1], cached[2]
 
-    def scene(self, scene_id: str) -> tuple[VideoRecord, SceneRecord]:
+    def scene(self, scene_id: str) -> tuple[VideoRecord, _Scene]:
         parts = (scene_id or "").split("/")
         if len(parts) != 3 or not all(_ID.match(p) for p in parts) or not parts[2].isdigit():
             raise ApiError(404, "no such scene")
@@ -343,7 +366,12 @@ def create_app(index_dir: Path, *, host: str = "127.0.0.1", port: int = 8765, to
 
     @app.get("/api/videos/{video_id}")
     def api_video(video_id: str) -> Any:
-        record, scenes = state.video(video_id)
+        record, _ = state.video(video_id)
+        with state.lock:
+            with IndexStore(state.index_dir) as store:
+                scenes = [s for s in store.scenes(record)] if store.get_video(video_id) == record else None
+        if scenes is None:
+            raise ApiError(503, "the video was re-indexed just now; try again")
         return state.video_json(record, scenes)
 
     @app.post("/api/open")
