@@ -178,6 +178,8 @@ def test_similar_and_video_view(client: httpx.Client) -> None:
     one_line_error(client.get("/api/videos/0123456789abcdef"), 404)
     one_line_error(client.get("/api/similar", params={"scene": hit["video_id"] + "/nope/00000"}), 404)
     one_line_error(client.get("/api/similar"), 400)
+    others = client.get("/api/similar", params={"scene": hit["scene_id"], "top": 20, "other": 1}).json()["results"]
+    assert others and hit["video_id"] not in {h["video_id"] for h in others}
 
 
 def test_frames_for_the_frame_sequence_view(client: httpx.Client) -> None:

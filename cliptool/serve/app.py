@@ -354,12 +354,16 @@ def create_app(index_dir: Path, *, host: str = "127.0.0.1", port: int = 8765, to
         scene = _one_param(request, "scene")
         top = _int(_one_param(request, "top"), "top", 10, 1, MAX_TOP)
         videos = _flag(_one_param(request, "videos"), "videos")
+        other = _flag(_one_param(request, "other"), "other")
         if not scene:
             raise ApiError(400, "give scene=SCENE_ID (a search result's scene_id)")
         state.scene(scene)  # 404 unless it is an indexed scene
         with state.lock:
             try:
-                hits = state.index.similar(scene, top=top, videos=videos)
+                if other:  # leave out the scene's whole video
+                    hits = state.index.similar_scene(scene, top=top, videos=videos, other_videos=True)
+                else:
+                    hits = state.index.similar(scene, top=top, videos=videos)
             except UsageError as exc:
                 raise ApiError(404, one_line(exc)) from None
         return {"query": None, "image": None, "scene_id": scene, "results": [state.hit_json(h) for h in hits]}
