@@ -402,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     n_scenes = 20_000 if args.quick else 100_000
     print(f"bench: search on a synthetic {n_scenes}-scene index", file=sys.stderr)
     results["search"] = bench_search(out, ckpt, work, n_scenes, repeat)
+    from .serve.bench import bench_serve
+
+    print("bench: the web app on the same index", file=sys.stderr)
+    results["serve"] = bench_serve(build_search_index(out, ckpt, n_scenes), queries=1000)
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
     helps = [run_child([sys.executable, "-m", "cliptool", "--help"])[0] for _ in range(5)]
     results["help_s"] = median(helps)
@@ -534,6 +538,11 @@ def print_table(r: dict) -> None:
           f"exported text encoder: {s['numpy_text_encoder']}, layers in {s.get('text_layers', 'numpy')})")
     print(f"cache rebuild, {s['scenes']} scenes: {f(s['rebuild_s'])} s, peak RSS {s['rebuild_peak_rss_mb']} MB "
           f"(vectors {s['vectors_mb']:.0f} MB)")
+    v = r.get("serve") or {}
+    if v:
+        print(f"cliptool serve, {s['scenes']} scenes: /api/search {f(v.get('query_ms'))} ms median "
+              f"(p95 {f(v.get('query_p95_ms'))} ms), query to rendered page {f(v.get('page_ms'), '{:.0f}')} ms, "
+              f"{f(v.get('rss_mb'), '{:.0f}')} MB after {v.get('queries')} queries")
     print(f"cliptool --help: {f(r['help_s'], '{:.2f}')} s")
     print(f"image tower on {p['fp32']['frames']} real frames (random-weight ViT-B-32, batch 16): "
           f"fp32 {p['fp32']['img_s']:.1f} img/s")
