@@ -401,14 +401,23 @@ class SharedScope:
 _blas_controller: Any = None
 
 
+def numpy_blas(controller: Any) -> Any:
+    """The part of a threadpoolctl controller that is numpy's own BLAS (the one the encoder's
+    matrix products run in; OpenCV and FAISS bring BLAS libraries of their own), else every
+    BLAS library it found."""
+    marker = os.path.dirname(os.path.dirname(np.__file__)) + os.sep + "numpy"
+    own = [lib for lib in controller.lib_controllers if lib.user_api == "blas" and lib.filepath.startswith(marker)]
+    return controller.select(filepath=[lib.filepath for lib in own]) if own else controller.select(user_api="blas")
+
+
 def _limit_blas(threads: int) -> Any:
-    """Limits the BLAS libraries loaded in this process to `threads`; returns the limiter."""
+    """Limits numpy's BLAS library to `threads`; returns the limiter."""
     global _blas_controller
     from threadpoolctl import ThreadpoolController
 
-    if _blas_controller is None:  # finds the loaded libraries once (~0.5 ms)
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=threads, user_api="blas")
+    if _blas_controller is None:  # finds numpy's library once (~0.5 ms); numpy loads it at import
+        _blas_controller = numpy_blas(ThreadpoolController())
+    return _blas_controller.limit(limits=threads)
 
 
 blas_threads_limited = SharedScope(_limit_blas, lambda limiter: limiter.restore_original_limits())

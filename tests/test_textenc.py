@@ -268,9 +268,12 @@ def test_encoder_metadata_and_api(exported):
 
 
 def _blas_threads() -> list[tuple[str, int]]:
-    from threadpoolctl import threadpool_info
+    """(library, threads) of numpy's BLAS, the one the encoder limits."""
+    from threadpoolctl import ThreadpoolController
 
-    return [(i["filepath"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+    from cliptool.textenc import numpy_blas
+
+    return [(lib.filepath, lib.num_threads) for lib in numpy_blas(ThreadpoolController()).lib_controllers]
 
 
 def test_blas_threads_limited_while_encoding_then_restored(exported, monkeypatch):
