@@ -205,12 +205,7 @@ def search(
     """Ranked moments for a text or image query."""
 
     def body() -> None:
-        if image is None and (query is None or not query.strip()):
-            raise UsageError("empty query: give some words to search for, or --image FILE")
-        if image is not None and query:
-            raise UsageError("give either words or --image, not both")
-        if image is not None and not image.is_file():
-            raise UsageError(f"no such image: {image}")
+        _check_query(query, image)
         outputs = _HandOn.check(html, edl, otio, play)
         index = _index()
         hits = index.search(query if image is None else None, image=image, top=max(top, play or 0), videos=videos)
@@ -270,6 +265,16 @@ class _HandOn:
             command = start_player(hit.path, hit.best_time)
             at = f" at {format_time(hit.best_time)}" if command.seeks else " (from the start: it takes no time)"
             print(f"playing #{hit.rank} in {command.name}{at}: {printable(hit.path)}", file=sys.stderr)
+
+
+def _check_query(query: str | None, image: Path | None) -> None:
+    """Words or an image, exactly one, checked before anything is loaded."""
+    if image is None and (query is None or not query.strip()):
+        raise UsageError("empty query: give some words to search for, or --image FILE")
+    if image is not None and query:
+        raise UsageError("give either words or --image, not both")
+    if image is not None and not image.is_file():
+        raise UsageError(f"no such image: {image}")
 
 
 def _print_hits(hits: list[Any]) -> None:
@@ -353,12 +358,7 @@ def clips(
         from .timecode import format_time
         from .writers.clips import check_output_dir
 
-        if image is None and (query is None or not query.strip()):
-            raise UsageError("empty query: give some words to search for, or --image FILE")
-        if image is not None and query:
-            raise UsageError("give either words or --image, not both")
-        if image is not None and not image.is_file():
-            raise UsageError(f"no such image: {image}")
+        _check_query(query, image)
         outputs = _HandOn.check(None, edl, otio, None)
         if output.exists() and not output.is_dir():
             raise UsageError(f"not a folder: {output}")

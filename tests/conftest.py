@@ -90,6 +90,24 @@ def cli(index_dir: Path) -> CliRun:
     return run
 
 
+def run(index_dir: Path, *args: object) -> subprocess.CompletedProcess:
+    """`python -m cliptool ARGS` in a fresh process against `index_dir`."""
+    return subprocess.run([sys.executable, "-m", "cliptool", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "CLIPTOOL_INDEX_DIR": str(index_dir), "HF_HUB_OFFLINE": "1"})
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int, needle: str) -> None:
+    """Exit `code` with exactly one line on stderr, a cliptool error that mentions `needle`."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cliptool: error: ") and needle in lines[0], proc.stderr
+
+
 def run_json(cli: CliRun, *args: str) -> dict:
     proc = cli(*args, "--json", check=True)
     return json.loads(proc.stdout)

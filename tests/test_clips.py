@@ -4,33 +4,15 @@ from the key frame at or before the start, or --exact re-encoding; checked by de
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import shared
+from conftest import ok, one_line_error, run, shared
 
-
-def run(index_dir: Path, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cliptool", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "CLIPTOOL_INDEX_DIR": str(index_dir), "HF_HUB_OFFLINE": "1"})
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def one_line_error(proc: subprocess.CompletedProcess, code: int, needle: str) -> None:
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("cliptool: error: ") and needle in lines[0], proc.stderr
 
 
 @pytest.fixture(scope="module")
