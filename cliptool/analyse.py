@@ -38,6 +38,7 @@ class AnalysedVideo:
     vectors: list[SceneVectors]
     continues_shot: list[bool] = field(default_factory=list)  # per scene: a window after the first of its shot
     frame_vectors: dict[int, np.ndarray] = field(default_factory=dict)  # every embedded frame, by frame number
+    thumbnails: list[list[bytes]] = field(default_factory=list)  # per scene: a small JPEG per sample (none with a tap)
 
 
 class FrameTap(Protocol):
@@ -81,6 +82,7 @@ class _Embedder:
         self.tap = tap
         self.known = known
         self.vectors: dict[int, np.ndarray] = {}
+        self.thumbnails: dict[int, bytes] = {}  # sample frame number -> small JPEG (without a tap)
         self._shown: set[int] = set()  # frames the tap has seen
         self._queued: set[int] = set()  # frames embedded or waiting in the batch
         self._queue: queue.Queue = queue.Queue(maxsize=max(8, self._HELD_BYTES // max(1, 3 * frame_bytes)))
@@ -152,7 +154,13 @@ class _Embedder:
         if not embed or frame.index in self._queued or frame.index in self.known:
             return
         self._queued.add(frame.index)
-        inputs.append(self.model.preprocess(to_rgb(frame.av_frame) if rgb is None else rgb))
+        if rgb is None:
+            rgb = to_rgb(frame.av_frame)
+        if sample and self.tap is None:  # the web app's picture of it, from the RGB already made
+            from .thumbnails import encode
+
+            self.thumbnails[frame.index] = encode(rgb)
+        inputs.append(self.model.preprocess(rgb))
         owners.append(frame.index)
 
     def _flush(self, inputs: list[np.ndarray], owners: list[int]) -> None:
@@ -221,7 +229,10 @@ def analyse_video(
         except BaseException:
             embedder.abort()
             raise
-    return _assemble(info, count, end_time, closed, frame_vectors, known.vectors if known else {}, tap is not None)
+    out = _assemble(info, count, end_time, closed, frame_vectors, known.vectors if known else {}, tap is not None)
+    if tap is None and embedder.thumbnails:
+        out.thumbnails = [[embedder.thumbnails.get(f, b"") for f in scene.sample_frames] for scene in out.scenes]
+    return out
 
 
 def _assemble(info: VideoInfo, frame_count: int, end_time: float, closed: list[ClosedScene],

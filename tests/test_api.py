@@ -59,6 +59,18 @@ def test_search_similar_and_status(indexed: tuple[cliptool.Index, Path], tmp_pat
         index.search()
 
 
+def test_the_index_run_makes_a_thumbnail_per_sample(indexed: tuple[cliptool.Index, Path]) -> None:
+    from cliptool.thumbnails import WIDTH, path_for
+
+    index, folder = indexed
+    for name in ("shapes.mp4", "outdoors.mp4"):
+        _, scenes = index.scenes(folder / name)
+        for scene in scenes:
+            for k in range(len(scene.sample_times)):
+                picture = cv2.imread(str(path_for(index.directory, scene.scene_id, k)))
+                assert picture is not None and picture.shape[1] == WIDTH
+
+
 def test_export_frame_and_keyframes(indexed: tuple[cliptool.Index, Path], tmp_path: Path) -> None:
     index, folder = indexed
     out = tmp_path / "best.jpg"
