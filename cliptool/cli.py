@@ -190,6 +190,13 @@ def check(
     _run(body)
 
 
+# Hand-on options shared by search and similar.
+_HTML_OPTION = typer.Option(None, "--html", help="Also write a contact sheet (self-contained HTML).")
+_PLAY_OPTION = typer.Option(None, "--play", min=1, help="Open result N in a video player at its time.")
+_EDL_OPTION = typer.Option(None, "--edl", help="Also write the results as a CMX 3600 EDL.")
+_OTIO_OPTION = typer.Option(None, "--otio", help="Also write the results as an OpenTimelineIO timeline.")
+
+
 @app.command()
 def search(
     query: Optional[str] = typer.Argument(None, help="What to look for, in words."),
@@ -197,10 +204,10 @@ def search(
     top: int = typer.Option(10, "--top", "-n", min=1, help="How many results."),
     videos: bool = typer.Option(False, "--videos", help="Rank whole videos by their best scene."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
-    html: Optional[Path] = typer.Option(None, "--html", help="Also write a contact sheet (self-contained HTML)."),
-    play: Optional[int] = typer.Option(None, "--play", min=1, help="Open result N in a video player at its time."),
-    edl: Optional[Path] = typer.Option(None, "--edl", help="Also write the results as a CMX 3600 EDL."),
-    otio: Optional[Path] = typer.Option(None, "--otio", help="Also write the results as an OpenTimelineIO timeline."),
+    html: Optional[Path] = _HTML_OPTION,
+    play: Optional[int] = _PLAY_OPTION,
+    edl: Optional[Path] = _EDL_OPTION,
+    otio: Optional[Path] = _OTIO_OPTION,
 ) -> None:
     """Ranked moments for a text or image query."""
 
@@ -298,10 +305,10 @@ def similar(
     videos: bool = typer.Option(False, "--videos", help="Rank videos by their best scene."),
     other_videos: bool = typer.Option(False, "--other-videos", help="Leave out the scene's own video."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
-    html: Optional[Path] = typer.Option(None, "--html", help="Also write a contact sheet (self-contained HTML)."),
-    play: Optional[int] = typer.Option(None, "--play", min=1, help="Open result N in a video player at its time."),
-    edl: Optional[Path] = typer.Option(None, "--edl", help="Also write the results as a CMX 3600 EDL."),
-    otio: Optional[Path] = typer.Option(None, "--otio", help="Also write the results as an OpenTimelineIO timeline."),
+    html: Optional[Path] = _HTML_OPTION,
+    play: Optional[int] = _PLAY_OPTION,
+    edl: Optional[Path] = _EDL_OPTION,
+    otio: Optional[Path] = _OTIO_OPTION,
 ) -> None:
     """Moments that look like a moment of a video, or like an indexed scene ("more like this")."""
 
