@@ -259,6 +259,7 @@ def _assemble(info: VideoInfo, frame_count: int, end_time: float, closed: list[C
             end_frame=scene.end_frame,
             sample_times=[round(s.time, 6) for s in scene.samples],
             sample_frames=[s.index for s in scene.samples],
+            continues_shot=scene.continues_shot,
         ))
         out.vectors.append(SceneVectors(mean / max(float(np.linalg.norm(mean)), 1e-12), frame_vecs))
         out.continues_shot.append(scene.continues_shot)

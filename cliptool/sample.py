@@ -186,4 +186,4 @@ class KnownCutter:
         self._next += 1
         if self._next < len(self._scenes):
             self._wanted = set(self._scenes[self._next].sample_frames)
-        return ClosedScene(s.start_frame, s.end_frame, s.start_time, s.end_time, samples)
+        return ClosedScene(s.start_frame, s.end_frame, s.start_time, s.end_time, samples, s.continues_shot)

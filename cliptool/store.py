@@ -88,6 +88,7 @@ class SceneRecord:
     sample_times: list[float] = field(default_factory=list)
     sample_frames: list[int] = field(default_factory=list)
     scene_id: str = ""
+    continues_shot: bool = False  # a window of a long shot after its first (no cut before it); old records: False
 
 
 @dataclass
