@@ -23,7 +23,7 @@ from .decode import Frame, VideoInfo, VideoReader, detect_bgr, to_rgb
 from .detect import make_detector
 from .embed import ClipModel
 from .errors import ModelUnavailableError
-from .sample import ClosedScene, KnownCutter, SceneCutter
+from .sample import ChangeSampler, ClosedScene, KnownCutter, SceneCutter
 from .store import SceneRecord, SceneVectors
 
 
@@ -191,12 +191,16 @@ def analyse_video(
         info = reader.info
         frame_bytes = info.width * info.height * 3 // 2
         detector = None
+        changes: ChangeSampler | None = None
         cutter: SceneCutter | KnownCutter
         if known is None:
             detector = make_detector(options.detector, options.threshold, options.min_scene_frames,
                                      options.detect_width)
             size = detector.frame_size(max(2, info.width), max(2, info.height))
             cutter = SceneCutter(options.max_scene_seconds, options.samples_per_scene, frame_bytes)
+            if options.change_threshold > 0:
+                changes = ChangeSampler(options.change_threshold, options.change_min_gap, options.change_mean_gap,
+                                        options.change_burst)
         else:
             cutter = KnownCutter(known.scenes)
         embedder = _Embedder(model, options.batch_size, frame_bytes, tap, known.vectors if known else {})
@@ -213,7 +217,10 @@ def analyse_video(
             for frame in frames:
                 take(cutter.add_frame(frame))
                 if detector is not None:
-                    take(cutter.add_cuts(detector.push(frame.index, detect_bgr(frame.av_frame, size))))
+                    small = detect_bgr(frame.av_frame, size)
+                    take(cutter.add_cuts(detector.push(frame.index, small)))
+                    if changes is not None and changes.offer(frame.time, small):
+                        cutter.add_extra(frame)  # type: ignore[union-attr]
                 if tap is not None and tap.wants(frame):
                     embedder.add([frame], samples=False)
                 last_step = frame.time - last_time if count else 0.0

@@ -59,3 +59,11 @@ class IndexOptions:
     samples_per_scene: int = 3
     batch_size: int = 32
     detect_width: int = 256  # width of the small frames the detector sees
+    # Samples that follow the content (see sample.ChangeSampler): besides the scene's
+    # `samples_per_scene`, a frame is sampled when the picture has changed enough since the last
+    # such sample, no sooner than `change_min_gap` seconds after it, and on average no more often
+    # than one every `change_mean_gap` seconds (bursts of `change_burst`). 0 turns it off.
+    change_threshold: float = 0.02  # fraction of the picture's cells that changed visibly
+    change_min_gap: float = 0.3
+    change_mean_gap: float = 5.0
+    change_burst: int = 4

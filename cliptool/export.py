@@ -75,11 +75,23 @@ def export_at(video: Path, t: float, output: Path) -> ExportResult:
     return ExportResult(str(output), str(video), time, rgb.shape[1], rgb.shape[0])
 
 
+NEAR_SECONDS = 1.0  # export-frame looks this far either side of search's best time
+
+
 def best_frame_in_span(
-    model: object, video: Path, query: np.ndarray, start: float, end: float, step: float, batch: int = 32
+    model: object, video: Path, query: np.ndarray, start: float, end: float, step: float, batch: int = 32,
+    around: float | None = None,
 ) -> tuple[float, float, np.ndarray]:
     """Scores frames every `step` seconds in [start, end) against the query; returns the best
-    (time, score, full-resolution RGB)."""
+    (time, score, full-resolution RGB).
+
+    With `around` (search's best time: the sample frame that matched), only the frames within
+    NEAR_SECONDS (at least 5 steps) of it are scored, that sample frame itself included, so the
+    exported frame is the moment search found, however short, and not another part of a long
+    scene that the model happens to score a little higher."""
+    if around is not None and start <= around < end:
+        reach = max(NEAR_SECONDS, 5 * step)
+        start, end = max(start, around - reach), min(end, around + reach)
     best: tuple[float, float, np.ndarray] | None = None
     pending: list[tuple[float, np.ndarray, np.ndarray]] = []
 
@@ -99,7 +111,8 @@ def best_frame_in_span(
         for frame in reader.frames_from(start):
             if frame.time >= end and (pending or best is not None):
                 break
-            if frame.time + 1e-6 < next_time:
+            exact = around is not None and abs(frame.time - around) < 1e-4
+            if frame.time + 1e-6 < next_time and not exact:
                 continue
             rgb = to_rgb(frame.av_frame)
             pending.append((frame.time, model.preprocess(rgb), rgb))  # type: ignore[attr-defined]
@@ -115,7 +128,8 @@ def best_frame_in_span(
 def export_best(
     searcher: object, query: np.ndarray, output: Path, video: Path | None = None, step: float = 0.2
 ) -> ExportResult:
-    """Finds the best scene for the query (in `video` if given), then the best frame in it."""
+    """Finds the best scene for the query (in `video` if given), then the best frame in it near
+    the sample frame that made it the best (see `best_frame_in_span`)."""
     output = check_output(output)
     if video is not None:
         hit = searcher.best_in_video(query, video_id_for(Path(video).expanduser()))  # type: ignore[attr-defined]
@@ -123,6 +137,7 @@ def export_best(
             raise UsageError(f"not in the index: {video} (run `cliptool index` on it first)")
     else:
         hit = searcher.search(query, top=1)[0]  # type: ignore[attr-defined]
-    time, score, rgb = best_frame_in_span(searcher.model, Path(hit.path), query, hit.start, hit.end, step)  # type: ignore[attr-defined]
+    time, score, rgb = best_frame_in_span(searcher.model, Path(hit.path), query, hit.start, hit.end, step,  # type: ignore[attr-defined]
+                                          around=hit.best_time)
     write_image(output, rgb)
     return ExportResult(str(output), hit.path, time, rgb.shape[1], rgb.shape[0], score)

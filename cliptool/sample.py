@@ -17,6 +17,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .decode import Frame
 
 if TYPE_CHECKING:
@@ -45,11 +47,92 @@ def sample_positions(start: int, end: int, count: int) -> list[int]:
     return [start + int((i + 1) * length / (count + 1)) for i in range(count)]
 
 
+class ChangeSampler:
+    """Picks extra sample frames where the picture changes: samples that follow the content.
+
+    It looks at the small frames shot detection already makes, and only at their centre square,
+    which is what CLIP sees after its centre crop. Each is reduced to a 16x16 grid of cell
+    averages (its signature). A frame is sampled when enough of the grid (`threshold`, a
+    fraction of the cells) differs visibly (by more than `cell_delta` of 255 in a channel) from
+    the signature of the last sample, at the same cell and at each of its neighbours (so what
+    moved by less than a cell does not count), and then it becomes the reference. The rate is bounded:
+    never within `min_gap` seconds of the last sample, and a token bucket allows on average
+    one sample per `mean_gap` seconds, in bursts of up to `burst`. A change over most of the
+    picture (`global_change`: a cut, a flash, a whip pan) resets the reference without a
+    sample: the new scene's own samples cover a cut. Static footage costs nothing; a short
+    moment (something that appears and goes) gets a sample while it is on screen.
+    """
+
+    def __init__(self, threshold: float = 0.02, min_gap: float = 0.3, mean_gap: float = 5.0, burst: int = 4,
+                 cell_delta: float = 25.0, global_change: float = 0.5, grid: int = 16) -> None:
+        self.grid = grid
+        self.threshold = threshold
+        self.min_gap = min_gap
+        self.mean_gap = mean_gap
+        self.burst = max(1, burst)
+        self.cell_delta = cell_delta
+        self.global_change = global_change
+        self._ref: np.ndarray | None = None
+        self._last = -math.inf
+        self._tokens = float(self.burst)
+        self._clock: float | None = None
+        self.taken = 0
+
+    def signature(self, small: np.ndarray) -> np.ndarray:
+        import cv2
+
+        h, w = small.shape[:2]
+        side = min(h, w)
+        y, x = (h - side) // 2, (w - side) // 2
+        return cv2.resize(small[y:y + side, x:x + side], (self.grid, self.grid),
+                          interpolation=cv2.INTER_AREA).astype(np.int16)
+
+    def changed(self, sig: np.ndarray) -> float:
+        """The fraction of cells that differ visibly from the reference cell at the same place
+        and from each of its 8 neighbours: what moved by less than a cell (a slow pan, a shaky
+        hand, a swaying branch) does not count; what appeared, went or changed colour does."""
+        if self._ref is None:
+            return 1.0
+        g = self.grid
+        padded = np.pad(self._ref, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        best = None
+        for dy in range(3):
+            for dx in range(3):
+                d = np.abs(sig - padded[dy:dy + g, dx:dx + g]).max(axis=2)
+                best = d if best is None else np.minimum(best, d)
+        return float(np.mean(best > self.cell_delta))
+
+    def offer(self, time: float, small: np.ndarray) -> bool:
+        """Called for each frame in decode order with its small BGR copy; sample it?"""
+        return self.offer_signature(time, self.signature(small))
+
+    def offer_signature(self, time: float, sig: np.ndarray) -> bool:
+        if self._clock is not None and self.mean_gap > 0:
+            self._tokens = min(float(self.burst), self._tokens + max(0.0, time - self._clock) / self.mean_gap)
+        self._clock = time
+        if self._ref is None:
+            self._ref = sig
+            return False
+        change = self.changed(sig)
+        if change >= self.global_change:
+            self._ref = sig
+            return False
+        if change < self.threshold or time - self._last < self.min_gap - _TIME_EPS or self._tokens < 1.0:
+            return False
+        self._ref = sig
+        self._last = time
+        self._tokens -= 1.0
+        self.taken += 1
+        return True
+
+
 class SceneCutter:
     """Feed frames with `add_frame` and detector cuts with `add_cuts`; both return closed scenes."""
 
-    def __init__(self, max_scene_seconds: float, samples_per_scene: int, frame_bytes: int) -> None:
+    def __init__(self, max_scene_seconds: float, samples_per_scene: int, frame_bytes: int,
+                 extra_spacing: float = 0.75) -> None:
         self.max_scene_seconds = max_scene_seconds
+        self.extra_spacing = extra_spacing  # a scene takes extra samples only if its own are sparser than this
         self.samples_per_scene = samples_per_scene
         self.max_candidates = max(2 * samples_per_scene * _HELD_WINDOWS,
                                   min(_MAX_HELD, _CANDIDATE_BYTES // max(1, frame_bytes)))
@@ -60,6 +143,13 @@ class SceneCutter:
         self._candidates: list[Frame] = []
         self._stride = 1
         self._last: Frame | None = None
+        self._extra: list[Frame] = []  # extra samples of the open part (ChangeSampler's), held
+
+    def add_extra(self, frame: Frame) -> None:
+        """Adds an extra sample (a frame of the open part, already given to `add_frame`) to
+        whatever scene ends up holding it. A scene whose own samples lie closer together than
+        `extra_spacing` seconds (a short scene) has no use for extras and drops them."""
+        self._extra.append(frame)
 
     def add_frame(self, frame: Frame) -> list[ClosedScene]:
         if self._last is None:
@@ -143,6 +233,10 @@ class SceneCutter:
         wanted = sample_positions(start, end, self.samples_per_scene)
         chosen = {min(held, key=lambda f: abs(f.index - pos)).index for pos in wanted} if held else set()
         samples = [f for f in held if f.index in chosen]
+        spacing = (end_time - start_time) / (max(1, self.samples_per_scene) + 1)
+        extra = [f for f in self._extra if start <= f.index < end and f.index not in chosen]
+        if extra and spacing > self.extra_spacing:
+            samples = sorted(samples + extra, key=lambda f: f.index)
         return ClosedScene(start, end, start_time, end_time, samples, self._continues)
 
     def _advance(self, cut: int) -> None:
@@ -150,6 +244,7 @@ class SceneCutter:
         del self._times[: cut - self._start_frame]
         self._start_frame = cut
         self._candidates = [f for f in self._candidates if f.index >= cut]
+        self._extra = [f for f in self._extra if f.index >= cut]
 
 
 class KnownCutter:

@@ -12,7 +12,9 @@ from .errors import IndexMismatchError, UsageError
 from .store import generation
 from .vector_index import LiveIndex, ScenePosition, VectorIndex, load_vector_index
 
-RERANK_CANDIDATES = 50  # scenes fetched by scene vector before re-scoring with their sample frames
+RERANK_CANDIDATES = 50  # scenes fetched by scene vector (and by frame) before re-scoring with their frames
+FRAME_SCAN_LIMIT = 40_000  # up to this many frame vectors, each query also scans them all for candidates
+RANKINGS = ("frames", "scene+frames", "scene")
 
 
 @dataclass
@@ -74,6 +76,11 @@ class Searcher:
         self._model: ClipModel | None = None
         self._text_encoder: object = None  # None: not looked for yet; False: none usable
         self.use_exported_text_encoder = True
+        # How a candidate scene is scored: "frames" (its best sample frame: what the query
+        # matches), "scene+frames" (the better of that and its scene vector, the old way) or
+        # "scene" (its scene vector alone). The bench compares them.
+        self.ranking = "frames"
+        self._frame_rows: np.ndarray | None = None  # frame number in the cache -> its row
 
     def exported_text_encoder(self) -> object | None:
         """The numpy text encoder exported into the index for this model (see textenc), if any.
@@ -121,15 +128,53 @@ class Searcher:
         return self.model.encode_images([image])[0]
 
     def _candidate(self, row: int, scene_score: float, query: np.ndarray) -> tuple[float, float, ScenePosition]:
-        """(score, best sample time, position) of a scene: it scores the better of its scene
-        vector and its best sample frame, so a scene whose look changes still matches a query
-        that shows one of its moments."""
+        """(score, best sample time, position) of a scene. A scene scores what the query actually
+        matches: its best sample frame (`ranking` "frames"). The normalised mean of unlike frames
+        sits close to everything, so the scene vector only finds candidates; a scene without
+        frame vectors scores its scene vector."""
         pos = self.vectors.position(row)
         frame_scores = self.vectors.frame_vectors(row) @ query
         if len(frame_scores) == 0:
             return scene_score, pos.start_time, pos
         best = int(np.argmax(frame_scores))
-        return max(scene_score, float(frame_scores[best])), pos.sample_times[best], pos
+        score = float(frame_scores[best])
+        if self.ranking == "scene+frames":
+            score = max(scene_score, score)
+        elif self.ranking == "scene":
+            score = scene_score
+        return score, pos.sample_times[best], pos
+
+    def _frame_candidates(self, query: np.ndarray, k: int) -> list[int]:
+        """Rows of the scenes holding the `k` frames nearest the query, by an exact scan of every
+        frame vector, on a cache of at most FRAME_SCAN_LIMIT frames (else none: candidates then
+        come by scene vector only), and of the scenes committed since the cache was built. A
+        short moment's frame is found even where its scene's mean is far from the query."""
+        live = self.vectors if isinstance(self.vectors, LiveIndex) else None
+        base = live.base if live is not None else self.vectors
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        found: list[tuple[float, int]] = []
+        frames = getattr(base, "frames", None)
+        if frames is not None and 0 < len(frames) <= FRAME_SCAN_LIMIT:
+            if self._frame_rows is None or len(self._frame_rows) != len(frames):
+                table = base._table  # noqa: SLF001 - the row table's frame columns
+                offsets = np.asarray(table["frame_offset"], dtype=np.int64)
+                counts = np.asarray(table["frame_count"], dtype=np.int64)
+                rows = np.full(len(frames), -1, dtype=np.int64)
+                within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+                rows[np.repeat(offsets, counts) + within] = np.repeat(np.arange(len(counts)), counts)
+                self._frame_rows = rows
+            scores = np.asarray(frames, dtype=np.float32) @ q
+            n = min(k, len(scores))
+            for i in np.argpartition(-scores, n - 1)[:n]:
+                row = int(self._frame_rows[i])
+                if row >= 0 and (live is None or not live.retired[row]):
+                    found.append((float(scores[i]), row))
+        if live is not None:
+            for i, f in enumerate(live.overlay.frames):
+                if len(f):
+                    found.append((float(np.max(np.asarray(f, dtype=np.float32) @ q)), live.overlay.first_row + i))
+        found.sort(key=lambda x: -x[0])
+        return [row for _, row in found[:k]]
 
     @staticmethod
     def _hits(candidates: list[tuple[float, float, ScenePosition]], top: int, by_video: bool) -> list[Hit]:
@@ -150,14 +195,20 @@ class Searcher:
     def search(self, query: np.ndarray, top: int = 10, by_video: bool = False) -> list[Hit]:
         """Ranked scenes for a query vector; with by_video, each video once, ranked by its best scene.
 
-        FAISS finds candidates by scene vector (the mean of a scene's sample frames); each
-        candidate is then scored by `_candidate`.
+        Candidates come from FAISS by scene vector (the mean of a scene's sample frames) and,
+        on a cache small enough to scan, by frame vector too; each is then scored by
+        `_candidate` (its best frame).
         """
         if top < 1:
             raise UsageError("--top must be at least 1")
         k = self.vectors.size if by_video else max(4 * top, RERANK_CANDIDATES)
         scene_scores, rows = self.vectors.scores(query, k)
-        candidates = [self._candidate(int(r), float(s), query) for s, r in zip(scene_scores, rows)]
+        by_row = {int(r): float(s) for s, r in zip(scene_scores, rows)}
+        if self.ranking != "scene":
+            for r in self._frame_candidates(query, k):
+                if r not in by_row:
+                    by_row[r] = float(self.vectors.scene_vector(r) @ query)
+        candidates = [self._candidate(r, s, query) for r, s in by_row.items()]
         return self._hits(candidates, top, by_video)
 
     def similar(self, scene_id: str, top: int = 10, by_video: bool = False) -> list[Hit]:
@@ -177,6 +228,7 @@ class Searcher:
             return False
         self._generation = generation(self.index_dir)
         self.vectors = load_vector_index(self.index_dir)
+        self._frame_rows = None
         return True
 
     def best_in_video(self, query: np.ndarray, video_id: str) -> Hit | None:
