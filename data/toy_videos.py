@@ -183,7 +183,7 @@ def build_set(folder: Path, specs: list[tuple[str, int, list[tuple[str, float, f
     videos = []
     for name, seed, shows in specs:
         video, bg, pan = plan(name, seed, shows, photos, seconds)
-        if not (folder / name).is_file() or old.get(name) != asdict(video):
+        if not (folder / name).is_file() or old.get(name) != json.loads(json.dumps(asdict(video))):
             write_video(folder / name, video, bg, pan)
         videos.append(video)
     truth_path.write_text(json.dumps([asdict(v) for v in videos], indent=1))
