@@ -57,15 +57,18 @@ class ChangeSampler:
     the signature of the last sample, at the same cell and at each of its neighbours (so what
     moved by less than a cell does not count), and then it becomes the reference. The rate is bounded:
     never within `min_gap` seconds of the last sample, and a token bucket allows on average
-    one sample per `mean_gap` seconds, in bursts of up to `burst`. A change over most of the
+    one sample per `mean_gap` seconds, in bursts of up to `burst`; a strong change (`strong`
+    times the threshold: something appeared, not a pan's drift) may borrow up to another burst,
+    so a slow pan that used the tokens up does not hide the moment after it. A change over most of the
     picture (`global_change`: a cut, a flash, a whip pan) resets the reference without a
     sample: the new scene's own samples cover a cut. Static footage costs nothing; a short
     moment (something that appears and goes) gets a sample while it is on screen.
     """
 
     def __init__(self, threshold: float = 0.02, min_gap: float = 0.3, mean_gap: float = 5.0, burst: int = 4,
-                 cell_delta: float = 25.0, global_change: float = 0.5, grid: int = 16) -> None:
+                 cell_delta: float = 25.0, global_change: float = 0.5, grid: int = 16, strong: float = 3.0) -> None:
         self.grid = grid
+        self.strong = strong
         self.threshold = threshold
         self.min_gap = min_gap
         self.mean_gap = mean_gap
@@ -117,11 +120,14 @@ class ChangeSampler:
         if change >= self.global_change:
             self._ref = sig
             return False
-        if change < self.threshold or time - self._last < self.min_gap - _TIME_EPS or self._tokens < 1.0:
+        # a strong change (something appeared) may borrow up to a burst's worth of tokens, paid
+        # back by later refills: the long-run rate stays one per mean_gap
+        floor = 1.0 - self.burst if change >= self.strong * self.threshold else 1.0
+        if change < self.threshold or time - self._last < self.min_gap - _TIME_EPS or self._tokens < floor:
             return False
         self._ref = sig
         self._last = time
-        self._tokens -= 1.0
+        self._tokens -= 1.0  # (may go below zero: a strong change's loan)
         self.taken += 1
         return True
 
