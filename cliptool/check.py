@@ -4,6 +4,7 @@ fixed without decoding anything again."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,10 +165,11 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
         for vid, note in _raw_failures(store):
             if note is None:
                 report.problems.append(Problem(FAILURE, f"failure note {vid} is malformed", vid))
-        misfiled = [(rec, real) for rec, real in store.misfiled() if rec.video_id not in {v.video_id for v in damaged}]
-        reals = [real for _, real in misfiled] + [r.path for r in records if r.video_id not in {m.video_id for m, _ in misfiled}]
+        misfiled = [(rec, real) for rec, real in store.misfiled() if rec.video_id not in damaged_ids]
+        misfiled_ids = {rec.video_id for rec, _ in misfiled}
+        holders = Counter([real for _, real in misfiled] + [r.path for r in records if r.video_id not in misfiled_ids])
         for rec, real in misfiled:
-            twice = reals.count(real) > 1
+            twice = holders[real] > 1
             report.problems.append(Problem(IDENTITY, f"{rec.path}: {'a duplicate of' if twice else 'filed under another spelling of'} "
                                            f"{real}", rec.video_id))
         if repair:

@@ -189,8 +189,7 @@ class _Watchdog:
 
 # -- planning --------------------------------------------------------------------------------------
 def _under(path: str, root: Path, root_is_dir: bool) -> bool:
-    """Whether `path` is `root` or lies under it, both as real paths (one spelling per file)."""
-    path = real_path(path)
+    """Whether `path` is `root` or lies under it; give both as real paths (one spelling per file)."""
     if not root_is_dir:
         return path == str(root)
     prefix = str(root).rstrip(os.sep) + os.sep
@@ -276,9 +275,10 @@ def index_paths(
             known = {v.video_id: v for v in store.videos()}
             failures = store.failures()
         plan = _classify(files, known, failures, identity, summary, report)
-        gone = {vid: rec for vid, rec in known.items() if vid not in {video_id_for(f) for f in files} and _gone(rec.path)}
+        file_ids = {video_id_for(f) for f in files}
+        gone = {vid: rec for vid, rec in known.items() if vid not in file_ids and _gone(rec.path)}
         _match_moves(plan, gone, identity)
-        _plan_removals(plan, gone, failures, roots, files, prune, summary)
+        _plan_removals(plan, gone, failures, roots, files, file_ids, prune, summary)
         if plan.writes():
             _apply(plan, index_dir, known, summary, report)
         if summary.kept_missing:
@@ -359,23 +359,29 @@ def _match_moves(plan: _Plan, gone: dict[str, VideoRecord], identity: str) -> No
 
 
 def _plan_removals(plan: _Plan, gone: dict[str, VideoRecord], failures: dict[str, dict[str, Any]],
-                   roots: list[tuple[Path, bool]], files: list[Path], prune: bool | None, summary: IndexSummary) -> None:
-    """Step 3: records of files gone from the folders indexed now (not from other disks)."""
+                   roots: list[tuple[Path, bool]], files: list[Path], file_ids: set[str], prune: bool | None,
+                   summary: IndexSummary) -> None:
+    """Step 3: records of files gone from the folders indexed now (not from other disks).
+
+    `roots` and `files` are real paths; a record's path is resolved here (an older index may
+    have stored another spelling of it)."""
     moved_ids = {rec.video_id for _, _, rec in plan.moves}
-    file_ids = {video_id_for(f) for f in files}
+    empty: dict[Path, bool] = {}  # folder -> holds no video now (an unmounted disk looks like that)
     for rec in gone.values():
         if rec.video_id in moved_ids:
             continue
-        root = next(((r, d) for r, d in roots if _under(rec.path, r, d)), None)
+        path = real_path(rec.path)
+        root = next(((r, d) for r, d in roots if _under(path, r, d)), None)
         if root is None:
             continue  # not under this run's folders: another disk, maybe not mounted now
-        empty_folder = root[1] and not any(_under(str(f), root[0], True) for f in files)
-        if prune is False or (prune is None and empty_folder):
+        if root[1] and root[0] not in empty:
+            empty[root[0]] = not any(_under(str(f), root[0], True) for f in files)
+        if prune is False or (prune is None and empty.get(root[0], False)):
             summary.kept_missing += 1
             continue
         plan.removals.append(rec)
     plan.stale_failures = [vid for vid, f in failures.items()
-                           if vid not in file_ids and any(_under(str(f.get("path")), r, d) for r, d in roots)
+                           if vid not in file_ids and any(_under(real_path(str(f.get("path"))), r, d) for r, d in roots)
                            and _gone(str(f.get("path")))]
 
 

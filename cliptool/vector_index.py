@@ -284,17 +284,14 @@ class LiveIndex:
         self.base = base
         self.overlay = overlay
         self.retired = retired
+        self.hidden = int(retired.sum())
         self.meta = {**base.meta, "scenes": self.size, "videos": videos, "overlay": len(overlay.positions),
-                     "retired": int(retired.sum())}
+                     "retired": self.hidden}
 
     @property
     def size(self) -> int:
-        """Live scenes (rows run up to `end_row`, hidden ones included)."""
-        return self.base.size - int(self.retired.sum()) + len(self.overlay.positions)
-
-    @property
-    def end_row(self) -> int:
-        return self.overlay.first_row + len(self.overlay.positions)
+        """Live scenes (the hidden rows of the build not counted)."""
+        return self.base.size - self.hidden + len(self.overlay.positions)
 
     @property
     def dim(self) -> int:
@@ -331,8 +328,7 @@ class LiveIndex:
 
     def scores(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rows), best first, ties by row, as VectorIndex.scores."""
-        hidden = int(self.retired.sum())
-        scores, rows = self.base.scores(query, k + hidden)
+        scores, rows = self.base.scores(query, k + self.hidden)
         keep = ~self.retired[rows]
         scores, rows = scores[keep], rows[keep]
         if len(self.overlay.positions):
