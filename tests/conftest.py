@@ -5,19 +5,31 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "testdata"
 
-_spec = importlib.util.spec_from_file_location("make_samples", REPO / "data" / "make_samples.py")
-make_samples = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(make_samples)  # type: ignore[union-attr]
+
+
+def data_module(name: str) -> Any:
+    """A script module of data/ (make_samples, toy_world, toy_videos), loaded once by file."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "data" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules[name]
+
+
+make_samples = data_module("make_samples")
 
 
 def shared(*parts: str) -> Path:
@@ -63,6 +75,16 @@ def sample_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         clips[name] = out / name
         make_samples.write_clip(clips[name], segments)
     return clips
+
+
+@pytest.fixture
+def folder(tmp_path: Path, sample_clips: dict[str, Path]) -> Path:
+    """A fresh copy of the synthetic sample clips."""
+    out = tmp_path / "videos"
+    out.mkdir()
+    for name, src in sample_clips.items():
+        shutil.copy2(src, out / name)
+    return out
 
 
 @pytest.fixture

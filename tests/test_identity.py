@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,15 +15,6 @@ from cliptool.indexer import index_paths
 from cliptool.store import IndexStore, VideoRecord, real_path, video_id_for
 
 from conftest import run_json
-
-
-@pytest.fixture
-def folder(tmp_path: Path, sample_clips: dict[str, Path]) -> Path:
-    out = tmp_path / "videos"
-    out.mkdir()
-    for name, src in sample_clips.items():
-        shutil.copy2(src, out / name)
-    return out
 
 
 def _index(paths: list[Path], index_dir: Path, tiny_model: tuple[Path, Path], **kw: object):

@@ -23,16 +23,6 @@ def _spec(tiny_model: tuple[Path, Path]) -> ModelSpec:
     return ModelSpec(str(config), str(ckpt))
 
 
-@pytest.fixture
-def folder(tmp_path: Path, sample_clips: dict[str, Path]) -> Path:
-    """A fresh copy of the synthetic sample clips."""
-    out = tmp_path / "videos"
-    out.mkdir()
-    for name, src in sample_clips.items():
-        shutil.copy2(src, out / name)
-    return out
-
-
 def _index(folder: Path | list[Path], index_dir: Path, tiny_model: tuple[Path, Path], **kw: object):
     folders = folder if isinstance(folder, list) else [folder]
     return index_paths(folders, index_dir, _spec(tiny_model), report=lambda m: None, progress=False, **kw)

@@ -3,8 +3,6 @@ extra samples where the picture changes, a thumbnail per sample, continues_shot 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,15 +17,11 @@ from cliptool.embed import ClipModel, ModelSpec
 from cliptool.sample import ChangeSampler, SceneCutter
 from cliptool.store import SceneRecord
 
-from conftest import REPO
+from conftest import data_module
 
 
 def _toy_videos():
-    spec = importlib.util.spec_from_file_location("toy_videos", REPO / "data" / "toy_videos.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules.setdefault("toy_videos", module)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return sys.modules["toy_videos"]
+    return data_module("toy_videos")
 
 
 @pytest.fixture(scope="module")

@@ -5,25 +5,19 @@ rank 1 is the video and its best time lies inside the appearance; export-frame s
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, CliRun
+from conftest import REPO, CliRun, data_module
 
 TOY = REPO / "data" / "toy-clip"
 SECONDS = 16.0
 
 
 def _toy_videos():
-    spec = importlib.util.spec_from_file_location("toy_videos", REPO / "data" / "toy_videos.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules.setdefault("toy_videos", module)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return sys.modules["toy_videos"]
+    return data_module("toy_videos")
 
 
 @pytest.fixture(scope="module")

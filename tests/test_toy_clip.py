@@ -3,7 +3,6 @@ captions on pictures it never saw, and text search finds the clip and the moment
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,14 +14,12 @@ import pytest
 
 from cliptool.embed import ClipModel, ModelSpec
 
-from conftest import REPO, make_samples
+from conftest import REPO, data_module, make_samples
 
 TOY = REPO / "data" / "toy-clip"
 CONFIG, WEIGHTS = TOY / "config.json", TOY / "weights.safetensors"
 
-_spec = importlib.util.spec_from_file_location("toy_world", REPO / "data" / "toy_world.py")
-toy_world = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(toy_world)  # type: ignore[union-attr]
+toy_world = data_module("toy_world")
 
 pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason="data/toy-clip is not there")
 
