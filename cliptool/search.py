@@ -80,7 +80,6 @@ class Searcher:
         # matches), "scene+frames" (the better of that and its scene vector, the old way) or
         # "scene" (its scene vector alone). The bench compares them.
         self.ranking = "frames"
-        self._frame_rows: np.ndarray | None = None  # frame number in the cache -> its row
 
     def exported_text_encoder(self) -> object | None:
         """The numpy text encoder exported into the index for this model (see textenc), if any.
@@ -144,38 +143,6 @@ class Searcher:
             score = scene_score
         return score, pos.sample_times[best], pos
 
-    def _frame_candidates(self, query: np.ndarray, k: int) -> list[int]:
-        """Rows of the scenes holding the `k` frames nearest the query, by an exact scan of every
-        frame vector, on a cache of at most FRAME_SCAN_LIMIT frames (else none: candidates then
-        come by scene vector only), and of the scenes committed since the cache was built. A
-        short moment's frame is found even where its scene's mean is far from the query."""
-        live = self.vectors if isinstance(self.vectors, LiveIndex) else None
-        base = live.base if live is not None else self.vectors
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        found: list[tuple[float, int]] = []
-        frames = getattr(base, "frames", None)
-        if frames is not None and 0 < len(frames) <= FRAME_SCAN_LIMIT:
-            if self._frame_rows is None or len(self._frame_rows) != len(frames):
-                table = base._table  # noqa: SLF001 - the row table's frame columns
-                offsets = np.asarray(table["frame_offset"], dtype=np.int64)
-                counts = np.asarray(table["frame_count"], dtype=np.int64)
-                rows = np.full(len(frames), -1, dtype=np.int64)
-                within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-                rows[np.repeat(offsets, counts) + within] = np.repeat(np.arange(len(counts)), counts)
-                self._frame_rows = rows
-            scores = np.asarray(frames, dtype=np.float32) @ q
-            n = min(k, len(scores))
-            for i in np.argpartition(-scores, n - 1)[:n]:
-                row = int(self._frame_rows[i])
-                if row >= 0 and (live is None or not live.retired[row]):
-                    found.append((float(scores[i]), row))
-        if live is not None:
-            for i, f in enumerate(live.overlay.frames):
-                if len(f):
-                    found.append((float(np.max(np.asarray(f, dtype=np.float32) @ q)), live.overlay.first_row + i))
-        found.sort(key=lambda x: -x[0])
-        return [row for _, row in found[:k]]
-
     @staticmethod
     def _hits(candidates: list[tuple[float, float, ScenePosition]], top: int, by_video: bool) -> list[Hit]:
         candidates.sort(key=lambda c: -c[0])
@@ -205,7 +172,7 @@ class Searcher:
         scene_scores, rows = self.vectors.scores(query, k)
         by_row = {int(r): float(s) for s, r in zip(scene_scores, rows)}
         if self.ranking != "scene":
-            for r in self._frame_candidates(query, k):
+            for r in self.vectors.frame_candidates(query, k, FRAME_SCAN_LIMIT):
                 if r not in by_row:
                     by_row[r] = float(self.vectors.scene_vector(r) @ query)
         candidates = [self._candidate(r, s, query) for r, s in by_row.items()]

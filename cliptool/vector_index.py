@@ -85,6 +85,7 @@ class VectorIndex:
         self._npz = np.load(directory / "table.npz", allow_pickle=False)
         self._table = _LazyTable(self._npz)
         self.frames = np.load(directory / "frames.npy", mmap_mode="r")
+        self._frame_rows: np.ndarray | None = None
         self.videos: list[dict[str, Any]] = json.loads((directory / "videos.json").read_text())
 
     @property
@@ -137,6 +138,29 @@ class VectorIndex:
 
     def scene_vector(self, row: int) -> np.ndarray:
         return np.asarray(self.faiss.reconstruct(int(row)), dtype=np.float32)
+
+    def frame_candidates(self, query: np.ndarray, k: int, limit: int) -> list[int]:
+        """Rows of the scenes holding the `k` sample frames nearest the query, best first, by an
+        exact scan of every frame vector; [] on a cache of more than `limit` frames (candidates
+        then come by scene vector only). A short moment's frame is found even where its
+        scene's mean is far from the query."""
+        return [row for _, row in self._frame_hits(query, k, limit)]
+
+    def _frame_hits(self, query: np.ndarray, k: int, limit: int) -> list[tuple[float, int]]:
+        if not 0 < len(self.frames) <= limit:
+            return []
+        if self._frame_rows is None:  # frame number in frames.npy -> its scene's row
+            offsets = np.asarray(self._table["frame_offset"], dtype=np.int64)
+            counts = np.asarray(self._table["frame_count"], dtype=np.int64)
+            rows = np.full(len(self.frames), -1, dtype=np.int64)
+            within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+            rows[np.repeat(offsets, counts) + within] = np.repeat(np.arange(len(counts)), counts)
+            self._frame_rows = rows
+        scores = np.asarray(self.frames, dtype=np.float32) @ np.asarray(query, dtype=np.float32).reshape(-1)
+        n = min(k, len(scores))
+        best = np.argpartition(-scores, n - 1)[:n]
+        hits = [(float(scores[i]), int(self._frame_rows[i])) for i in best if self._frame_rows[i] >= 0]
+        return sorted(hits, key=lambda h: -h[0])
 
     def row_of_scene(self, scene_id: str) -> int | None:
         rows = np.flatnonzero(self._table["scene_id"] == scene_id)
@@ -319,6 +343,17 @@ class LiveIndex:
             return new
         row = self.base.row_of_scene(scene_id)
         return None if row is None or self.retired[row] else row
+
+    def frame_candidates(self, query: np.ndarray, k: int, limit: int) -> list[int]:
+        """As VectorIndex.frame_candidates, hidden rows left out and the scenes committed since
+        the build scanned too."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        found = [(score, row) for score, row in self.base._frame_hits(q, k, limit) if not self.retired[row]]
+        for i, frames in enumerate(self.overlay.frames):
+            if len(frames):
+                found.append((float(np.max(np.asarray(frames, dtype=np.float32) @ q)), self.overlay.first_row + i))
+        found.sort(key=lambda h: -h[0])
+        return [row for _, row in found[:k]]
 
     def rows_of_video(self, video_id: str) -> np.ndarray:
         old = self.base.rows_of_video(video_id)
