@@ -66,7 +66,8 @@ def encode(rgb: np.ndarray, width: int = WIDTH, quality: int = QUALITY) -> bytes
     return buf.tobytes()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Writes a thumbnail through a temporary file beside it (a reader never sees half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jpg", dir=path.parent)
     try:
@@ -93,7 +94,7 @@ def write_scene_thumbnails(index_dir: Path, record: VideoRecord, scenes: list[Sc
             for scene, jpegs in zip(scenes, pictures):
                 for k, data in enumerate(jpegs or []):
                     if data:
-                        _write_atomic(path_for(index_dir, scene.scene_id, k), data)
+                        write_atomic(path_for(index_dir, scene.scene_id, k), data)
                         written += 1
         except (OSError, ValueError):
             pass
@@ -133,7 +134,7 @@ def make(index_dir: Path, record: VideoRecord, scene: SceneRecord, sample: int, 
     data = encode(rgb)
     if cache:
         try:
-            _write_atomic(path_for(index_dir, scene.scene_id, sample), data)
+            write_atomic(path_for(index_dir, scene.scene_id, sample), data)
         except OSError:
             pass  # a read-only index: served, not kept
     return data
@@ -185,4 +186,4 @@ def delete(paths: Iterable[Path]) -> None:
 
 
 __all__ = ["THUMB_DIR", "WIDTH", "delete", "drop_other_versions", "encode", "make", "path_for", "read",
-           "survey", "write_scene_thumbnails"]
+           "survey", "write_atomic", "write_scene_thumbnails"]

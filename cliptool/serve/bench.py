@@ -170,7 +170,7 @@ def thumbnail_cost(video: Path, index_seconds: float, samples_per_scene: int = 3
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         for i, b in enumerate(blobs):
-            thumbnails._write_atomic(Path(tmp) / "v" / f"{i:05d}-0.jpg", b)
+            thumbnails.write_atomic(Path(tmp) / "v" / f"{i:05d}-0.jpg", b)
         per_write = (time.perf_counter() - t) / len(blobs)
     n = (scenes or max(1, round(info.duration / 10))) * samples_per_scene
     cost = n * (per_frame + per_write)
