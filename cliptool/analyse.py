@@ -25,6 +25,7 @@ from .embed import ClipModel
 from .errors import ModelUnavailableError
 from .sample import ChangeSampler, ClosedScene, KnownCutter, SceneCutter
 from .store import SceneRecord, SceneVectors
+from .thumbnails import encode as thumbnail_jpeg
 
 
 @dataclass
@@ -157,9 +158,7 @@ class _Embedder:
         if rgb is None:
             rgb = to_rgb(frame.av_frame)
         if sample and self.tap is None:  # the web app's picture of it, from the RGB already made
-            from .thumbnails import encode
-
-            self.thumbnails[frame.index] = encode(rgb)
+            self.thumbnails[frame.index] = thumbnail_jpeg(rgb)
         inputs.append(self.model.preprocess(rgb))
         owners.append(frame.index)
 
