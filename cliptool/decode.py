@@ -69,6 +69,7 @@ class VideoReader:
             self._stream.thread_count = threads
         self.info = self._read_info()
         self._base_pts: int | None = self._stream.start_time
+        self._primed = False  # has the decoder seen the stream's first frame?
 
     def _read_info(self) -> VideoInfo:
         s = self._stream
@@ -117,6 +118,7 @@ class VideoReader:
         previous: float | None = None
         try:
             for frame in self._container.decode(self._stream):
+                self._primed = True
                 t = self._time_of(frame, previous)
                 if previous is not None and t <= previous:
                     # Broken or duplicated timestamps: keep times increasing.
@@ -130,8 +132,25 @@ class VideoReader:
         if index == 0:
             raise VideoError(f"{self.path}: no decodable frames")
 
+    def _prime(self) -> None:
+        """Decodes the stream's first frame once before the first seek.
+
+        Some decoders learn from the first key frame how to read the rest: FFmpeg's H.264
+        decoder takes the x264 version from its SEI message and works around that encoder's
+        old bugs (4:4:4 streams from x264 before build 151 decode green without it). A seek
+        past that frame would decode every later key frame wrongly.
+        """
+        if self._primed:
+            return
+        self._primed = True
+        try:
+            next(self._container.decode(self._stream), None)
+        except (av.FFmpegError, OSError, ValueError):
+            pass  # an undecodable first frame teaches the decoder nothing; seek anyway
+
     def seek(self, t: float) -> None:
         """Positions decoding at the key frame at or before time `t`."""
+        self._prime()
         base = self._base_pts or 0
         target = base + int(max(0.0, t) / float(self._stream.time_base))
         try:

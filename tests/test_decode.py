@@ -29,6 +29,22 @@ def test_frame_at_is_frame_accurate_on_counter(t: float, expected: int) -> None:
     assert np.array_equal(rgb, reference[expected])
 
 
+@pytest.mark.parametrize("folder,name", [("content", "cockatoo.mp4"), ("scenes", "testvideo.mp4"), ("scenes", "bikes.mp4")])
+def test_frame_at_equals_sequential_decoding_past_later_key_frames(folder: str, name: str) -> None:
+    """A seek lands on a later key frame and still decodes it exactly. cockatoo.mp4 (x264 4:4:4
+    from an old build) decoded green there until the decoder was shown the first frame's SEI."""
+    path = shared(folder, name)
+    with VideoReader(path) as reader:
+        frames = [(f.time, to_rgb(f.av_frame)) for f in reader.frames()]
+    times = [t for t, _ in frames]
+    for fraction in (0.3, 0.55, 0.8, 0.97):
+        i = int(len(frames) * fraction)
+        t = times[i] + 0.3 * (times[i + 1] - times[i]) if i + 1 < len(times) else times[i]
+        time, rgb = frame_at(path, t)
+        assert time == pytest.approx(times[i], abs=1e-6)
+        assert np.array_equal(rgb, frames[i][1]), f"{name} at {t:.3f} s differs from sequential decoding"
+
+
 @pytest.mark.parametrize("folder,name", [("content", "cockatoo.mp4"), ("content", "pool_cleaning.mp4"), ("scenes", "testvideo.mp4")])
 def test_skipping_deblocking_leaves_frames_and_times_all_but_equal(folder: str, name: str) -> None:
     """Analysis skips the deblocking filter on non-reference frames only: no frame is lost or
