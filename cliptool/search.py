@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
@@ -157,6 +157,14 @@ def parse_duration(text: str, option: str) -> float:
         raise UsageError(f"{option}: not a duration: {text!r} (use seconds, M:SS, H:MM:SS, 2m or 1h30m)") from None
 
 
+class VideoFacts(NamedTuple):
+    """What filters look at in a video: its real path, file date (mtime) and length (s)."""
+
+    path: str
+    mtime: float
+    duration: float
+
+
 @dataclass(frozen=True)
 class Filters:
     """Which hits may answer: videos under some folders (real paths), whose file date (the
@@ -205,8 +213,8 @@ class Filters:
         return bool(self.under) or any(v is not None for v in (self.since, self.until, self.min_duration,
                                                                self.max_duration))
 
-    def allows(self, record: VideoRecord | None) -> bool:
-        """Whether a video (its record) may answer."""
+    def allows(self, record: VideoFacts | VideoRecord | None) -> bool:
+        """Whether a video (its facts or record) may answer."""
         if record is None:
             return False
         if self.under and not any(record.path == d or record.path.startswith(d.rstrip(os.sep) + os.sep)
@@ -290,8 +298,7 @@ class Searcher:
         # "scene" (its scene vector alone). The bench compares them.
         self.ranking = "frames"
         self._row_videos: tuple[list[str], np.ndarray] | None = None
-        self._records: dict[str, VideoRecord] | None = None
-        self._continues: dict[str, dict[str, bool]] = {}
+        self._facts: dict[str, VideoFacts] | None = None
 
     def exported_text_encoder(self) -> object | None:
         """The numpy text encoder exported into the index for this model (see textenc), if any.
@@ -477,35 +484,28 @@ class Searcher:
             self._row_videos = (ids, column)
         return self._row_videos
 
-    def video_records(self) -> dict[str, VideoRecord]:
-        """video id -> record, from the videos store (for the file dates and lengths filters
-        look at); read once per generation of the index."""
-        if self._records is None:
-            with IndexStore(self.index_dir) as store:
-                self._records = {r.video_id: r for r in store.videos()}
-        return self._records
+    def video_facts(self) -> dict[str, VideoFacts]:
+        """video id -> what filters look at (real path, file date, length): from the cache's
+        video list when it has them all, else from the videos store; read once per generation."""
+        if self._facts is None:
+            listed = self.vectors.videos if isinstance(self.vectors, VectorIndex) else []
+            if listed and all("mtime" in v for v in listed):
+                self._facts = {v["video_id"]: VideoFacts(v["path"], float(v["mtime"]), float(v["duration"]))
+                               for v in listed}
+            else:  # a cache with videos committed since, or one built before it listed file dates
+                with IndexStore(self.index_dir) as store:
+                    self._facts = {r.video_id: VideoFacts(r.path, r.mtime, r.duration) for r in store.videos()}
+        return self._facts
 
     def allowed_rows(self, where: Filters) -> np.ndarray:
         """A boolean mask over the cache's rows: those of the videos `where` allows. The
         videos are judged in Python (there are few); the rows follow with one numpy gather."""
         ids, column = self.row_videos()
-        records = self.video_records()
-        ok = np.array([where.allows(records.get(vid)) for vid in ids] + [False], dtype=bool)
+        facts = self.video_facts()
+        ok = np.array([where.allows(facts.get(vid)) for vid in ids] + [False], dtype=bool)
         return ok[column]  # a hidden row (-1) takes the last entry: False
 
     # -- one moment, not three --------------------------------------------------------------
-    def _continuing(self, video_ids: Iterable[str]) -> dict[str, bool]:
-        """scene id -> whether the scene continues the shot of the one before (no cut
-        between), for the scenes of these videos; read from the scenes store once per video."""
-        missing = [v for v in video_ids if v not in self._continues]
-        if missing:
-            with IndexStore(self.index_dir) as store:
-                for vid in missing:
-                    record = store.get_video(vid)
-                    scenes = store.scenes(record) if record is not None else []
-                    self._continues[vid] = {s.scene_id: bool(s.continues_shot) for s in scenes}
-        return {sid: flag for v in video_ids for sid, flag in self._continues[v].items()}
-
     def _merged(self, candidates: list[tuple[float, float, ScenePosition]], top: int) -> list[Hit]:
         """The top hits, best first, where a candidate that is the next or previous window of
         the same shot as a hit already taken (adjacent scene index in one video, touching
@@ -513,11 +513,6 @@ class Searcher:
         the hit spans them all and keeps the better one's score, best time and scene id. A
         candidate joins only while it would still have made the results on its own."""
         candidates = sorted(candidates, key=lambda c: -c[0])
-        by_video: dict[str, set[int]] = {}
-        for _, _, pos in candidates:
-            by_video.setdefault(pos.video_id, set()).add(pos.scene_index)
-        paired = [v for v, idx in by_video.items() if any(i + 1 in idx for i in idx)]
-        continues = self._continuing(paired) if paired else {}
         groups: list[list[tuple[float, float, ScenePosition]]] = []  # each in time order; best is max score
         first_at: dict[tuple[str, int], int] = {}  # (video, scene index of a group's first) -> group
         last_at: dict[tuple[str, int], int] = {}
@@ -526,12 +521,12 @@ class Searcher:
             pos = cand[2]
             left = last_at.get((pos.video_id, pos.scene_index - 1))
             right = first_at.get((pos.video_id, pos.scene_index + 1))
-            if left is not None and not (continues.get(pos.scene_id, False)
+            if left is not None and not (pos.continues_shot
                                          and abs(groups[left][-1][2].end_time - pos.start_time) <= TOUCHING):
                 left = None
             if right is not None:
                 after = groups[right][0][2]
-                if not (continues.get(after.scene_id, False) and abs(pos.end_time - after.start_time) <= TOUCHING):
+                if not (after.continues_shot and abs(pos.end_time - after.start_time) <= TOUCHING):
                     right = None
             if left is None and right is None:
                 if live >= top:
@@ -581,7 +576,7 @@ class Searcher:
         self._generation = generation(self.index_dir)
         self.vectors = load_vector_index(self.index_dir)
         self._frame_rows = None
-        self._row_videos, self._records, self._continues = None, None, {}
+        self._row_videos, self._facts = None, None
         return True
 
     def best_in_video(self, query: np.ndarray, video_id: str) -> Hit | None:

@@ -54,6 +54,7 @@ class ScenePosition:
     start_time: float
     end_time: float
     sample_times: list[float]
+    continues_shot: bool = False  # a window of a long shot after its first (no cut before it)
 
 
 class _LazyTable(dict):
@@ -123,6 +124,7 @@ class VectorIndex:
             start_time=float(t["start_time"][row]),
             end_time=float(t["end_time"][row]),
             sample_times=[float(x) for x in t["sample_times"][off : off + n]],
+            continues_shot=bool(t["continues_shot"][row]) if "continues_shot" in self._npz.files else False,
         )
 
     def frame_vectors(self, row: int) -> np.ndarray:
@@ -311,7 +313,8 @@ class _Overlay:
                 positions.append(ScenePosition(
                     first_row + len(positions), scene.scene_id, video.video_id, video.path, scene.index,
                     scene.start_time, scene.end_time,
-                    list(scene.sample_times[: len(vec.frames)]) + [scene.start_time] * (len(vec.frames) - len(scene.sample_times))))
+                    list(scene.sample_times[: len(vec.frames)]) + [scene.start_time] * (len(vec.frames) - len(scene.sample_times)),
+                    scene.continues_shot))
                 scenes.append(vec.scene)
                 frames.append(vec.frames)
         matrix = np.stack(scenes).astype(np.float32) if scenes else np.zeros((0, dim), np.float32)
@@ -533,13 +536,14 @@ def _write_vectors(store: IndexStore, records: list[Any], flat: _FlatWriter, fra
 
     scene_ids: list[str] = []
     cols = {"video_row": array("i"), "scene_index": array("i"), "start_time": array("d"),
-            "end_time": array("d"), "frame_offset": array("q"), "frame_count": array("i")}
+            "end_time": array("d"), "frame_offset": array("q"), "frame_count": array("i"),
+            "continues_shot": array("b")}
     sample_times = array("d")
     videos: list[dict[str, Any]] = []
     frame_off = 0
     for vrow, video in enumerate(records):
         videos.append({"video_id": video.video_id, "version": video.version, "path": video.path,
-                       "duration": video.duration})
+                       "duration": video.duration, "mtime": video.mtime})
         scenes = store.scenes(video)
         vectors = store.vectors(video)
         n = min(len(scenes), len(vectors))
@@ -556,12 +560,13 @@ def _write_vectors(store: IndexStore, records: list[Any], flat: _FlatWriter, fra
             cols["end_time"].append(scene.end_time)
             cols["frame_offset"].append(frame_off)
             cols["frame_count"].append(count)
+            cols["continues_shot"].append(bool(scene.continues_shot))
             sample_times.extend(scene.sample_times[:count])
             sample_times.extend([scene.start_time] * (count - len(scene.sample_times)))
             frame_off += count
         del scenes, vectors
     dtypes = {"video_row": np.int32, "scene_index": np.int32, "start_time": np.float64,
-              "end_time": np.float64, "frame_offset": np.int64, "frame_count": np.int32}
+              "end_time": np.float64, "frame_offset": np.int64, "frame_count": np.int32, "continues_shot": np.bool_}
     table = {"scene_id": np.array(scene_ids, dtype=str)}
     table.update({k: np.frombuffer(v, dtype=dtypes[k]) if len(v) else np.zeros(0, dtypes[k]) for k, v in cols.items()})
     table["sample_times"] = np.frombuffer(sample_times, dtype=np.float64) if len(sample_times) else np.zeros(0)
