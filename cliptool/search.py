@@ -14,7 +14,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -254,6 +254,16 @@ class Hit:
         return d
 
 
+def _first_per_video(videos: np.ndarray, cap: int) -> np.ndarray:
+    """Which entries of a best-first list of rows' videos are among their video's first `cap`."""
+    order = np.argsort(videos, kind="stable")
+    ranked = videos[order]
+    rank_in_video = np.arange(len(videos)) - np.searchsorted(ranked, ranked)
+    keep = np.zeros(len(videos), dtype=bool)
+    keep[order[rank_in_video < cap]] = True
+    return keep
+
+
 def read_image(path: Path) -> np.ndarray:
     """An image file as RGB uint8; UsageError when it is missing or not an image."""
     import cv2
@@ -299,6 +309,7 @@ class Searcher:
         self.ranking = "frames"
         self._row_videos: tuple[list[str], np.ndarray] | None = None
         self._facts: dict[str, VideoFacts] | None = None
+        self._masks: dict[Filters, np.ndarray] = {}
 
     def exported_text_encoder(self) -> object | None:
         """The numpy text encoder exported into the index for this model (see textenc), if any.
@@ -410,6 +421,8 @@ class Searcher:
         allowed = self.allowed_rows(where) if where is not None and where.narrows_videos else None
         if allowed is not None and not allowed.any():
             return []
+        if allowed is not None and allowed.all():
+            allowed = None  # every row may answer: FAISS's plain scan is the faster one
         floor = where.min_score if where is not None else None
         k = max(4 * top, RERANK_CANDIDATES)
         while True:
@@ -440,29 +453,33 @@ class Searcher:
 
     def _video_candidates(self, query: np.ndarray, top: int, allowed: np.ndarray | None
                           ) -> tuple[list[tuple[float, float, ScenePosition]], bool]:
-        """Candidates for ranking videos: rows by scene vector in growing batches until they
-        come from `top` videos (or every row is in), each video's best PER_VIDEO_CANDIDATES of
-        them, plus the scenes of the best frames; scored by `_candidate`."""
+        """Candidates for ranking videos, scored by `_candidate`: the rows a plain search would
+        take (so the best video is the best moment's), then rows by scene vector and, on a
+        cache small enough to scan, by frame vector, in growing batches until they come from
+        `top` videos, each video's first PER_VIDEO_CANDIDATES of them. On a scanned cache this
+        is exact: the first `top` videos among the best frames are the best `top` videos."""
         _, row_video = self.row_videos()
-        available = int(allowed.sum()) if allowed is not None else self.vectors.size
-        k = max(4 * top, RERANK_CANDIDATES)
+        first = max(4 * top, RERANK_CANDIDATES)
+        k = first
         while True:
             scene_scores, rows = self.vectors.scores(query, k, allowed=allowed)
-            if len(rows) < k or k >= available or len(np.unique(row_video[rows])) >= top:
+            if len(rows) < k or len(np.unique(row_video[rows])) >= top:
                 break
             k *= 4
-        # rows come best first: keep each video's first few
-        videos = row_video[rows]
-        order = np.argsort(videos, kind="stable")
-        sorted_videos = videos[order]
-        rank_in_video = np.arange(len(rows)) - np.searchsorted(sorted_videos, sorted_videos)
-        keep = np.sort(order[rank_in_video < PER_VIDEO_CANDIDATES])
-        by_row = {int(rows[i]): float(scene_scores[i]) for i in keep}
+        keep = _first_per_video(row_video[rows], PER_VIDEO_CANDIDATES)
+        keep[:first] = True
+        by_row = {int(r): float(s) for r, s, kept in zip(rows, scene_scores, keep) if kept}
         if self.ranking != "scene":
-            for r in self.vectors.frame_candidates(query, max(4 * top, RERANK_CANDIDATES), FRAME_SCAN_LIMIT,
-                                                   allowed=allowed):
-                if r not in by_row:
-                    by_row[r] = float(self.vectors.scene_vector(r) @ query)
+            k = first
+            while True:
+                found = np.asarray(self.vectors.frame_candidates(query, k, FRAME_SCAN_LIMIT, allowed=allowed),
+                                   dtype=np.int64)
+                if len(found) < k or len(np.unique(row_video[found])) >= top:
+                    break
+                k *= 4
+            for r in found[_first_per_video(row_video[found], PER_VIDEO_CANDIDATES)]:
+                if int(r) not in by_row:
+                    by_row[int(r)] = float(self.vectors.scene_vector(int(r)) @ query)
         return [self._candidate(r, s, query) for r, s in by_row.items()], True
 
     # -- which rows may answer ----------------------------------------------------------------
@@ -499,11 +516,19 @@ class Searcher:
 
     def allowed_rows(self, where: Filters) -> np.ndarray:
         """A boolean mask over the cache's rows: those of the videos `where` allows. The
-        videos are judged in Python (there are few); the rows follow with one numpy gather."""
-        ids, column = self.row_videos()
-        facts = self.video_facts()
-        ok = np.array([where.allows(facts.get(vid)) for vid in ids] + [False], dtype=bool)
-        return ok[column]  # a hidden row (-1) takes the last entry: False
+        videos are judged in Python (there are few); the rows follow with one numpy gather.
+        The last few masks are kept until the searcher takes in new commits."""
+        key = replace(where, min_score=None)
+        mask = self._masks.get(key)
+        if mask is None:
+            ids, column = self.row_videos()
+            facts = self.video_facts()
+            ok = np.array([where.allows(facts.get(vid)) for vid in ids] + [False], dtype=bool)
+            mask = ok[column]  # a hidden row (-1) takes the last entry: False
+            if len(self._masks) >= 8:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[key] = mask
+        return mask
 
     # -- one moment, not three --------------------------------------------------------------
     def _merged(self, candidates: list[tuple[float, float, ScenePosition]], top: int) -> list[Hit]:
@@ -576,7 +601,7 @@ class Searcher:
         self._generation = generation(self.index_dir)
         self.vectors = load_vector_index(self.index_dir)
         self._frame_rows = None
-        self._row_videos, self._facts = None, None
+        self._row_videos, self._facts, self._masks = None, None, {}
         return True
 
     def best_in_video(self, query: np.ndarray, video_id: str) -> Hit | None:
