@@ -322,3 +322,53 @@ def test_filter_mask_reaches_faiss(toy_index: tuple[Path, Path]) -> None:
     assert vectors.frame_candidates(q, 50, 10_000, allowed=np.zeros(vectors.size, dtype=bool)) == []
     mask = searcher.allowed_rows(Filters.parse(min_duration="10"))
     assert {vectors.position(int(r)).path.rsplit("/", 1)[1] for r in np.flatnonzero(mask)} == {"yellow-star.mp4"}
+
+
+def _put(store, vid: str, folder: str, n_scenes: int, seed: int, mtime: float):  # noqa: ANN001, ANN202
+    from cliptool.store import SceneRecord, SceneVectors, VideoRecord
+
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n_scenes, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    record = VideoRecord(vid, f"/videos/{folder}/{vid}.mp4", 1, mtime, "fp", 10.0 * n_scenes, 25.0, 64, 48, 250, 0,
+                         "h264", "m", 0.0, "")
+    scenes = [SceneRecord(i, i * 1.0, i + 1.0, i * 25, i * 25 + 25, [i + 0.5], [i * 25 + 12]) for i in range(n_scenes)]
+    return store.put_video(record, scenes, [SceneVectors(v, v[None, :]) for v in vectors])
+
+
+def test_filter_mask_on_a_cache_with_later_commits_and_a_split_scan(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mask covers the build's rows and the rows committed since (LiveIndex), hides removed
+    videos, and gives the brute-force ranking of the allowed rows, on one scan or two halves."""
+    import cliptool.vector_index as vi
+    from cliptool.store import IndexStore
+    from cliptool.vector_index import LiveIndex, load_vector_index
+
+    with IndexStore(tmp_path, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        _put(store, "aaaa", "a", 40, 1, 1000.0)
+        _put(store, "bbbb", "b", 30, 2, 2000.0)
+        _put(store, "dddd", "a", 20, 4, 4000.0)
+    load_vector_index(tmp_path)  # the build
+    with IndexStore(tmp_path) as store:
+        _put(store, "cccc", "a", 10, 3, 3000.0)  # laid over the build
+        store.delete_video("dddd")  # hidden in the build
+    searcher = Searcher(tmp_path)
+    vectors = searcher.vectors
+    assert isinstance(vectors, LiveIndex)
+    monkeypatch.setattr(vi, "_SPLIT_ROWS", 10)
+    monkeypatch.setattr(vi, "usable_cores", lambda: 2)
+    rows_total = vectors.base.size + len(vectors.overlay.positions)
+    for where, want in [(Filters(under=("/videos/a",)), {"aaaa", "cccc"}), (Filters(since=1500.0), {"bbbb", "cccc"}),
+                        (Filters(under=("/videos/a",), until=2500.0), {"aaaa"}), (Filters(max_duration=100.0), {"cccc"})]:
+        mask = searcher.allowed_rows(where)
+        assert len(mask) == rows_total
+        assert {vectors.position(int(r)).video_id for r in np.flatnonzero(mask)} == want
+        for seed in range(5):
+            q = np.random.default_rng(100 + seed).standard_normal(16).astype(np.float32)
+            q /= np.linalg.norm(q)
+            full = {int(r): float(vectors.scene_vector(int(r)) @ q) for r in np.flatnonzero(mask)}
+            expected = sorted(full, key=lambda r: (-full[r], r))[:7]
+            scores, rows = vectors.scores(q, 7, allowed=mask)
+            assert list(rows) == expected and np.allclose(scores, [full[r] for r in expected], atol=1e-5)
+            assert {h.video_id for h in searcher.search(q, top=50, where=where)} == want
