@@ -431,7 +431,9 @@ class Searcher:
             else:
                 candidates, exhausted = self._scene_candidates(query, k, allowed)
             if floor is not None:
+                scored = len(candidates)
                 candidates = [c for c in candidates if c[0] >= floor]
+                exhausted = exhausted or len(candidates) < scored  # deeper ones score lower still
             if by_video or not merge:
                 return self._hits(candidates, top, by_video)
             hits = self._merged(candidates, top)
