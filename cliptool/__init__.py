@@ -24,6 +24,7 @@ _EXPORTS = {
     "CliptoolError": "errors", "UsageError": "errors", "IndexMissingError": "errors",
     "IndexBusyError": "errors", "IndexMismatchError": "errors", "ModelUnavailableError": "errors",
     "VideoError": "errors",
+    "Query": "search", "QueryTerm": "search", "Filters": "search",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .export import ExportResult
     from .indexer import IndexSummary
     from .keyframes import KeyframeOptions
-    from .search import Hit
+    from .search import Filters, Hit, Query, QueryTerm
     from .store import SceneRecord, VideoRecord
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .export import ExportResult
     from .indexer import IndexSummary
     from .keyframes import KeyframeOptions
-    from .search import Hit, Searcher
+    from .search import Filters, Hit, Query, Searcher
     from .store import SceneRecord, VideoRecord
 
 PathLike = str | os.PathLike[str]
@@ -142,29 +142,41 @@ class Index:
             self._searcher.refresh()
         return self._searcher
 
-    def query_vector(self, text: str | None = None, image: PathLike | None = None) -> Any:
-        """The embedding of a text or an image file (exactly one of them)."""
+    def query_vector(self, text: str | Query | None = None, image: PathLike | None = None) -> Any:
+        """The embedding of a text or an image file (exactly one of them), or of a `Query`:
+        the sum of weight * normalised vector over its terms, renormalised."""
+        from .search import Query
+
+        if isinstance(text, Query):
+            if image is not None:
+                raise UsageError("give the image as a term of the query")
+            return self.searcher().query_vector(text)
         if (text is None or not text.strip()) == (image is None):
             raise UsageError("give either words or an image to search with" if image is None
                              else "give either words or an image, not both")
         searcher = self.searcher()
         return searcher.image_vector(Path(image)) if image is not None else searcher.text_vector(text or "")
 
-    def search(self, text: str | None = None, *, image: PathLike | None = None, top: int = 10,
-               videos: bool = False) -> list[Hit]:
-        """Ranked moments for words or an image; with videos, each video once by its best scene."""
+    def search(self, text: str | Query | None = None, *, image: PathLike | None = None, top: int = 10,
+               videos: bool = False, where: Filters | None = None, merge: bool = True) -> list[Hit]:
+        """Ranked moments for words, an image or a `Query` of several weighted terms (words
+        here are literal; `Query.parse` reads the command line's `2:a dog`); with videos, each
+        video once by its best scene. `where` (a `Filters`) narrows the videos and sets a
+        minimum score. With merge, neighbouring windows of one long shot that both match are
+        one hit spanning them (`Hit.scene_ids`)."""
         vector = self.query_vector(text, image)
-        return self.searcher().search(vector, top=top, by_video=videos)
+        return self.searcher().search(vector, top=top, by_video=videos, where=where, merge=merge)
 
     def similar(self, scene_id: str, *, top: int = 10, videos: bool = False) -> list[Hit]:
         """Moments most like an indexed scene (give a `Hit.scene_id`), that scene left out."""
         return self.searcher().similar(scene_id, top=top, by_video=videos)
 
     # -- pictures ----------------------------------------------------------------------------
-    def export_frame(self, output: PathLike, text: str | None = None, *, image: PathLike | None = None,
+    def export_frame(self, output: PathLike, text: str | Query | None = None, *, image: PathLike | None = None,
                      video: PathLike | None = None, at: float | None = None, step: float = 0.2) -> ExportResult:
         """Writes the best matching frame (in `video` if given), or with `at` the frame of
-        `video` at that time, at full resolution (.jpg or .png by the output's name)."""
+        `video` at that time, at full resolution (.jpg or .png by the output's name). `text`
+        may be a `Query` of several weighted terms."""
         from .export import check_output, export_at, export_best
 
         output = check_output(Path(output))
@@ -213,17 +225,19 @@ class Index:
         return record, last
 
     def similar_at(self, video: PathLike, t: float, *, top: int = 10, videos: bool = False,
-                   other_videos: bool = False) -> list[Hit]:
+                   other_videos: bool = False, where: Filters | None = None) -> list[Hit]:
         """Moments that look like `video` at `t`: queried by the sample frame of that scene
         nearest `t`; the scene itself left out (with other_videos, its whole video)."""
         _, scene = self.scene_at(video, t)
-        return self.similar_scene(scene.scene_id, top=top, videos=videos, other_videos=other_videos, at=t)
+        return self.similar_scene(scene.scene_id, top=top, videos=videos, other_videos=other_videos, at=t,
+                                  where=where)
 
     def similar_scene(self, scene_id: str, *, top: int = 10, videos: bool = False, other_videos: bool = False,
-                      at: float | None = None) -> list[Hit]:
+                      at: float | None = None, where: Filters | None = None) -> list[Hit]:
         """Moments most like an indexed scene, that scene left out; other_videos leaves out its
         whole video; with `at`, the query is the scene's sample frame nearest that time, else
-        the scene's vector. With videos, each video once, by its best scene."""
+        the scene's vector. With videos, each video once, by its best scene. `where` (a
+        `Filters`) narrows the videos and sets a minimum score."""
         import dataclasses
 
         import numpy as np
@@ -251,7 +265,7 @@ class Index:
             wanted = top + 1
         hits = []
         seen: set[str] = set()
-        for hit in searcher.search(query, top=wanted, by_video=False):
+        for hit in searcher.search(query, top=wanted, by_video=False, where=where, merge=False):
             if hit.scene_id == scene_id or (other_videos and hit.video_id == position.video_id):
                 continue
             if videos:

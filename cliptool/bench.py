@@ -572,6 +572,95 @@ def bench_sampling(results: dict[str, Any], out: Path, corpus: dict[str, Path], 
     results["index_ratio"] = index_time_ratio(corpus, ckpt, work, repeat)
 
 
+# -- queries: filters, --videos and merging on a large index ------------------------------------
+def _old_videos_search(searcher: Any, query: np.ndarray, top: int) -> list[Any]:
+    """--videos as it was before: every row a candidate, each scored by its frames in Python."""
+    scores, rows = searcher.vectors.scores(query, searcher.vectors.size)
+    return searcher._hits([searcher._candidate(int(r), float(s), query) for s, r in zip(scores, rows)], top, True)
+
+
+def _python_filtered_search(searcher: Any, query: np.ndarray, top: int, where: Any) -> list[Any]:
+    """A filter without a row mask: every row ranked, each row's video judged in Python."""
+    facts = searcher.video_facts()
+    scores, rows = searcher.vectors.scores(query, searcher.vectors.size)
+    kept = []
+    for s, r in zip(scores, rows):
+        pos = searcher.vectors.position(int(r))
+        if where.allows(facts.get(pos.video_id)):
+            kept.append((int(r), float(s)))
+            if len(kept) >= max(4 * top, 50):
+                break
+    return searcher._hits([searcher._candidate(r, s, query) for r, s in kept], top, False)
+
+
+def bench_queries(index_dir: Path, repeat: int) -> dict[str, Any]:
+    """Warm query latency (query vector ready; the search alone) on a large synthetic index:
+    plain, with filters (1 and 10% of the videos, and one every video passes: the mask's own
+    cost) and with --videos, against the code paths they replace, all in this one process."""
+    from .search import Filters, Searcher
+
+    searcher = Searcher(index_dir, text_runtime="numpy")
+    texts = ["a dog running on a beach", "a red car at night", "two people talking in a kitchen",
+             "snow on mountains", "a cat", "fireworks over a city skyline"]
+    vectors = [searcher.text_vector(t) for t in texts]
+    paths = sorted(f.path for f in searcher.video_facts().values())
+    tenth, one = Filters(under=tuple(paths[::10])), Filters(under=(paths[len(paths) // 2],))
+    every = Filters(since=min(f.mtime for f in searcher.video_facts().values()))
+    cases = {
+        "plain": lambda v: searcher.search(v, top=10),
+        "plain, --no-merge": lambda v: searcher.search(v, top=10, merge=False),
+        "--in 10% of videos": lambda v: searcher.search(v, top=10, where=tenth),
+        "--in 1 video": lambda v: searcher.search(v, top=10, where=one),
+        "filter every video passes": lambda v: searcher.search(v, top=10, where=every),
+        "--min-score 0.05": lambda v: searcher.search(v, top=10, where=Filters(min_score=0.05)),
+        "--videos": lambda v: searcher.search(v, top=10, by_video=True),
+        "--videos --in 10%": lambda v: searcher.search(v, top=10, by_video=True, where=tenth),
+    }
+    before = {
+        "--videos": lambda v: _old_videos_search(searcher, v, 10),
+        "--in 10% of videos": lambda v: _python_filtered_search(searcher, v, 10, tenth),
+        "--in 1 video": lambda v: _python_filtered_search(searcher, v, 10, one),
+    }
+    for case in cases.values():  # warm: pages, masks, lazy columns
+        case(vectors[0])
+    rows: dict[str, Any] = {}
+    for name, case in cases.items():
+        times = []
+        for _ in range(repeat):
+            for v in vectors:
+                t0 = time.perf_counter()
+                case(v)
+                times.append((time.perf_counter() - t0) * 1e3)
+        rows[name] = {"ms": median(times)}
+    for name, case in before.items():
+        times, same, overlap = [], [], []
+        key = (lambda h: h.video_id) if name == "--videos" else (lambda h: h.scene_id)
+        for v in vectors[:3]:  # seconds each: a few
+            t0 = time.perf_counter()
+            old = [key(h) for h in case(v)]
+            times.append((time.perf_counter() - t0) * 1e3)
+            new = [key(h) for h in cases[name](v)]
+            same.append(old == new)
+            overlap.append(len(set(old) & set(new)) / max(1, len(old)))
+        rows[name].update(before_ms=median(times), same_results=sum(same) / len(same),
+                          overlap=sum(overlap) / len(overlap))
+    return {"scenes": searcher.vectors.size, "videos": len(paths), "cases": rows}
+
+
+def print_queries(r: dict[str, Any]) -> None:
+    print(f"\nwarm query latency, {r['scenes']} scenes in {r['videos']} videos (median ms; query vector ready)")
+    print(f"{'query':<28}{'now':>10}{'before':>12}{'same top-10':>14}{'overlap':>10}")
+    for name, row in r["cases"].items():
+        old = f"{row['before_ms']:.1f}" if "before_ms" in row else "-"
+        same = f"{row['same_results']:.0%}" if "same_results" in row else "-"
+        overlap = f"{row['overlap']:.0%}" if "overlap" in row else "-"
+        print(f"{name:<28}{row['ms']:>10.2f}{old:>12}{same:>14}{overlap:>10}")
+    print("(before: --videos scored every scene in Python; a filter without a row mask judges each "
+          "ranked scene's video in Python. overlap: share of the before top-10, videos for --videos, "
+          "found by now's; the synthetic frames are random, so a scene's mean says little about its "
+          "best frame, which is --videos' worst case)")
+
+
 def print_recall(r: dict[str, Any]) -> None:
     rec = r.get("recall") or {}
     if rec.get("skipped") or not rec:
@@ -617,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recall-only", action="store_true",
                     help="only the sampling figures: moment recall (toy CLIP), image search by real frames, "
                          "and index time of old vs new sampling on the corpus")
+    ap.add_argument("--queries-only", action="store_true",
+                    help="only warm query latency with filters and --videos (and the code they replace) "
+                         "on the synthetic search index (100k scenes; quick: 20k)")
     ap.add_argument("--toy-model", type=Path, default=TOY_MODEL, help="folder with the toy CLIP's config.json and "
                     "weights.safetensors [data/toy-clip]")
     args = ap.parse_args(argv)
@@ -628,6 +720,14 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     cache = out / "cache"  # exported int8 image tower and text encoder, as in a user's cache
     os.environ["CLIPTOOL_CACHE_DIR"] = str(cache)
+    if args.queries_only:
+        n_scenes = 20_000 if args.quick else 100_000
+        print(f"bench: queries on a synthetic {n_scenes}-scene index (cached in {out})", file=sys.stderr)
+        results["queries"] = bench_queries(build_search_index(out, build_checkpoint(out), n_scenes), repeat)
+        (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+        print_queries(results["queries"])
+        print(f"\nfigures: {out / 'bench.json'}")
+        return 0
     print("bench: building corpus and checkpoint (cached in %s)" % out, file=sys.stderr)
     corpus = build_corpus(out, args.quick)
     ckpt = build_checkpoint(out)
@@ -656,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     n_scenes = 20_000 if args.quick else 100_000
     print(f"bench: search on a synthetic {n_scenes}-scene index", file=sys.stderr)
     results["search"] = bench_search(out, ckpt, work, n_scenes, repeat)
+    results["queries"] = bench_queries(build_search_index(out, ckpt, n_scenes), repeat)
     from .serve.bench import bench_serve
 
     print("bench: the web app on the same index", file=sys.stderr)
@@ -681,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     results["bench_seconds"] = time.perf_counter() - t_start
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
     print_table(results)
+    print_queries(results["queries"])
     print_recall(results)
     print(f"\nfigures: {out / 'bench.json'}")
     return 0

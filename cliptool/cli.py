@@ -196,6 +196,51 @@ _PLAY_OPTION = typer.Option(None, "--play", min=1, help="Open result N in a vide
 _EDL_OPTION = typer.Option(None, "--edl", help="Also write the results as a CMX 3600 EDL.")
 _OTIO_OPTION = typer.Option(None, "--otio", help="Also write the results as an OpenTimelineIO timeline.")
 
+# Query terms (search, export-frame) and filters (search, similar): see README "Query syntax".
+_AND_OPTION = typer.Option(None, "--and", metavar="<text>",
+                           help="Also match these words (repeatable; a weight first: '2:on a beach').")
+_NOT_OPTION = typer.Option(None, "--not", metavar="<text>",
+                           help="Avoid these words (repeatable; '0.5:at night' weighs it less).")
+_AND_IMAGE_OPTION = typer.Option(None, "--and-image", metavar="<file>",
+                                 help="Also match this image file (repeatable; '2:still.jpg').")
+_NOT_IMAGE_OPTION = typer.Option(None, "--not-image", metavar="<file>",
+                                 help="Avoid what this image file shows (repeatable).")
+_IN_OPTION = typer.Option(None, "--in", metavar="<folder>",
+                          help="Only videos under this folder (repeatable; by real path).")
+_MIN_SCORE_OPTION = typer.Option(None, "--min-score", metavar="<number>", help="Only hits scoring at least this much.")
+_SINCE_OPTION = typer.Option(None, "--since", metavar="<date>", help="Only videos whose file date is on or after "
+                             "this (YYYY-MM-DD or an ISO date and time).")
+_UNTIL_OPTION = typer.Option(None, "--until", metavar="<date>", help="Only videos whose file date is on or before "
+                             "this (YYYY-MM-DD: that whole day, or an ISO date and time).")
+_MIN_DURATION_OPTION = typer.Option(None, "--min-duration", metavar="<duration>",
+                                    help="Only videos at least this long (90, 1:30, 2m, 1h30m).")
+_MAX_DURATION_OPTION = typer.Option(None, "--max-duration", metavar="<duration>",
+                                    help="Only videos at most this long (90, 1:30, 2m, 1h30m).")
+
+
+def _query_of(text: str | None, image: Path | None, also: list[str] | None, avoid: list[str] | None,
+              also_images: list[str] | None, avoid_images: list[str] | None) -> Any:
+    """The search.Query the options spell (main term: words or --image), checked before anything loads."""
+    from .search import Query
+
+    _check_query(text, image)
+    query = Query.parse(text if image is None else None, image, also=also or [], avoid=avoid or [],
+                        also_images=also_images or [], avoid_images=avoid_images or [])
+    query.check_images()
+    return query
+
+
+def _filters_of(under: list[Path] | None, min_score: str | None, since: str | None, until: str | None,
+                min_duration: str | None, max_duration: str | None) -> Any:
+    """The search.Filters the options spell; one-line UsageError (exit 2) for a bad value."""
+    from .search import Filters
+
+    for folder in under or []:
+        if not folder.expanduser().exists():
+            raise UsageError(f"--in: no such folder: {folder}")
+    return Filters.parse(under or [], since=since, until=until, min_duration=min_duration,
+                         max_duration=max_duration, min_score=min_score)
+
 
 @app.command()
 def search(
@@ -203,22 +248,36 @@ def search(
     image: Optional[Path] = typer.Option(None, "--image", help="Search with a photo or frame instead of words."),
     top: int = typer.Option(10, "--top", "-n", min=1, help="How many results."),
     videos: bool = typer.Option(False, "--videos", help="Rank whole videos by their best scene."),
+    also: Optional[list[str]] = _AND_OPTION,
+    avoid: Optional[list[str]] = _NOT_OPTION,
+    also_images: Optional[list[str]] = _AND_IMAGE_OPTION,
+    avoid_images: Optional[list[str]] = _NOT_IMAGE_OPTION,
+    under: Optional[list[Path]] = _IN_OPTION,
+    min_score: Optional[str] = _MIN_SCORE_OPTION,
+    since: Optional[str] = _SINCE_OPTION,
+    until: Optional[str] = _UNTIL_OPTION,
+    min_duration: Optional[str] = _MIN_DURATION_OPTION,
+    max_duration: Optional[str] = _MAX_DURATION_OPTION,
+    no_merge: bool = typer.Option(False, "--no-merge", help="Report each window of a long shot on its own "
+                                  "[default: neighbouring windows that both match are one hit]."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
     html: Optional[Path] = _HTML_OPTION,
     play: Optional[int] = _PLAY_OPTION,
     edl: Optional[Path] = _EDL_OPTION,
     otio: Optional[Path] = _OTIO_OPTION,
 ) -> None:
-    """Ranked moments for a text or image query."""
+    """Ranked moments for a text or image query (terms may be combined, weighted and filtered)."""
 
     def body() -> None:
-        _check_query(query, image)
+        terms = _query_of(query, image, also, avoid, also_images, avoid_images)
+        where = _filters_of(under, min_score, since, until, min_duration, max_duration)
         outputs = _HandOn.check(html, edl, otio, play)
         index = _index()
-        hits = index.search(query if image is None else None, image=image, top=max(top, play or 0), videos=videos)
+        hits = index.search(terms, top=max(top, play or 0), videos=videos, where=where, merge=not no_merge)
         shown = hits[:top]
         if as_json:
-            _print_json({"query": query, "image": str(image) if image else None, "results": [h.to_dict() for h in shown]})
+            _print_json({"query": query, "image": str(image) if image else None, "terms": terms.to_list(),
+                         "filters": where.to_dict(), "results": [h.to_dict() for h in shown]})
         else:
             _print_hits(shown)
         outputs.run(index, shown, hits, query=query if image is None else None, image=str(image) if image else None)
@@ -304,6 +363,12 @@ def similar(
     top: int = typer.Option(10, "--top", "-n", min=1, help="How many results."),
     videos: bool = typer.Option(False, "--videos", help="Rank videos by their best scene."),
     other_videos: bool = typer.Option(False, "--other-videos", help="Leave out the scene's own video."),
+    under: Optional[list[Path]] = _IN_OPTION,
+    min_score: Optional[str] = _MIN_SCORE_OPTION,
+    since: Optional[str] = _SINCE_OPTION,
+    until: Optional[str] = _UNTIL_OPTION,
+    min_duration: Optional[str] = _MIN_DURATION_OPTION,
+    max_duration: Optional[str] = _MAX_DURATION_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
     html: Optional[Path] = _HTML_OPTION,
     play: Optional[int] = _PLAY_OPTION,
@@ -323,16 +388,18 @@ def similar(
         if scene is not None and not scene.strip():
             raise UsageError("empty --scene")
         t = parse_time(at) if at is not None else None
+        where = _filters_of(under, min_score, since, until, min_duration, max_duration)
         outputs = _HandOn.check(html, edl, otio, play)
         index = _index()
         n = max(top, play or 0)
         if scene is not None:
-            scene_id, hits = scene, index.similar_scene(scene, top=n, videos=videos, other_videos=other_videos)
+            scene_id, hits = scene, index.similar_scene(scene, top=n, videos=videos, other_videos=other_videos,
+                                                        where=where)
         else:
             assert video is not None and t is not None
             _, record = index.scene_at(video, t)
             scene_id = record.scene_id
-            hits = index.similar_scene(scene_id, top=n, videos=videos, other_videos=other_videos, at=t)
+            hits = index.similar_scene(scene_id, top=n, videos=videos, other_videos=other_videos, at=t, where=where)
         shown = hits[:top]
         if as_json:
             _print_json({"query": None, "image": None, "scene_id": scene_id,
@@ -408,6 +475,10 @@ def export_frame(
     video: Optional[Path] = typer.Option(None, "--video", help="Take the frame from this video."),
     at: Optional[str] = typer.Option(None, "--at", help="Write the frame at this time (seconds or HH:MM:SS.mmm)."),
     image: Optional[Path] = typer.Option(None, "--image", help="Match this photo instead of words."),
+    also: Optional[list[str]] = _AND_OPTION,
+    avoid: Optional[list[str]] = _NOT_OPTION,
+    also_images: Optional[list[str]] = _AND_IMAGE_OPTION,
+    avoid_images: Optional[list[str]] = _NOT_IMAGE_OPTION,
     step: float = typer.Option(0.2, help="Seconds between frames scored inside the best scene."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -422,7 +493,12 @@ def export_frame(
             raise UsageError("empty query: give some words, --image FILE, or --video with --at")
         if image is not None and query:
             raise UsageError("give either words or --image, not both")
-        result = _index().export_frame(output, query if image is None else None, image=image, video=video,
+        extra = bool(also or avoid or also_images or avoid_images)
+        if at is not None and extra:
+            raise UsageError("--at takes no query")
+        terms = _query_of(query, image, also, avoid, also_images, avoid_images) if at is None else None
+        result = _index().export_frame(output, terms if terms is not None else (query if image is None else None),
+                                       image=image if terms is None else None, video=video,
                                        at=parse_time(at) if at is not None else None, step=step)
         if as_json:
             _print_json(result.to_dict())

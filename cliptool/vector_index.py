@@ -54,6 +54,7 @@ class ScenePosition:
     start_time: float
     end_time: float
     sample_times: list[float]
+    continues_shot: bool = False  # a window of a long shot after its first (no cut before it)
 
 
 class _LazyTable(dict):
@@ -123,6 +124,7 @@ class VectorIndex:
             start_time=float(t["start_time"][row]),
             end_time=float(t["end_time"][row]),
             sample_times=[float(x) for x in t["sample_times"][off : off + n]],
+            continues_shot=bool(t["continues_shot"][row]) if "continues_shot" in self._npz.files else False,
         )
 
     def frame_vectors(self, row: int) -> np.ndarray:
@@ -139,14 +141,17 @@ class VectorIndex:
     def scene_vector(self, row: int) -> np.ndarray:
         return np.asarray(self.faiss.reconstruct(int(row)), dtype=np.float32)
 
-    def frame_candidates(self, query: np.ndarray, k: int, limit: int) -> list[int]:
+    def frame_candidates(self, query: np.ndarray, k: int, limit: int,
+                         allowed: np.ndarray | None = None) -> list[int]:
         """Rows of the scenes holding the `k` sample frames nearest the query, best first, by an
         exact scan of every frame vector; [] on a cache of more than `limit` frames (candidates
         then come by scene vector only). A short moment's frame is found even where its
-        scene's mean is far from the query."""
-        return [row for _, row in self._frame_hits(query, k, limit)]
+        scene's mean is far from the query. `allowed`: a boolean mask over rows; only the
+        frames of those rows count (None: every row)."""
+        return [row for _, row in self._frame_hits(query, k, limit, allowed)]
 
-    def _frame_hits(self, query: np.ndarray, k: int, limit: int) -> list[tuple[float, int]]:
+    def _frame_hits(self, query: np.ndarray, k: int, limit: int,
+                    allowed: np.ndarray | None = None) -> list[tuple[float, int]]:
         if not 0 < len(self.frames) <= limit:
             return []
         if self._frame_rows is None:  # frame number in frames.npy -> its scene's row
@@ -157,6 +162,12 @@ class VectorIndex:
             rows[np.repeat(offsets, counts) + within] = np.repeat(np.arange(len(counts)), counts)
             self._frame_rows = rows
         scores = np.asarray(self.frames, dtype=np.float32) @ np.asarray(query, dtype=np.float32).reshape(-1)
+        if allowed is not None:  # frames of rows not allowed (or of no row) never come first
+            counted = (self._frame_rows >= 0) & np.asarray(allowed, dtype=bool)[np.maximum(self._frame_rows, 0)]
+            scores = np.where(counted, scores, -np.inf)
+            k = min(k, int(counted.sum()))
+            if k == 0:
+                return []
         n = min(k, len(scores))
         best = np.argpartition(-scores, n - 1)[:n]
         hits = [(float(scores[i]), int(self._frame_rows[i])) for i in best if self._frame_rows[i] >= 0]
@@ -180,11 +191,17 @@ class VectorIndex:
             return None
         return {v["video_id"]: (v["version"], v["path"]) for v in self.videos}
 
-    def scores(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, rows) for one L2-normalised query vector, best first."""
+    def scores(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, rows) for one L2-normalised query vector, best first. `allowed`: a
+        boolean mask over rows; FAISS then scores only those rows (None: every row)."""
         import faiss
 
         k = max(1, min(k, self.size))
+        bitmap = only = None
+        if allowed is not None:
+            # kept referenced until the searches are done: FAISS reads the bitmap in place
+            bitmap = np.packbits(np.asarray(allowed, dtype=bool)[: self.size], bitorder="little")
+            only = faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(bitmap))
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         parts = min(usable_cores(), 2) if self.size >= _SPLIT_ROWS else 1
         bounds = [self.size * i // parts for i in range(parts + 1)]
@@ -195,7 +212,10 @@ class VectorIndex:
             # 2-5x slower on a busy machine. (The OpenMP setting is per thread.)
             try:
                 faiss.omp_set_num_threads(1)
-                params = None if parts == 1 else faiss.SearchParameters(sel=faiss.IDSelectorRange(bounds[i], bounds[i + 1]))
+                sel = None if parts == 1 else faiss.IDSelectorRange(bounds[i], bounds[i + 1])
+                if only is not None:
+                    sel = only if sel is None else faiss.IDSelectorAnd(sel, only)
+                params = None if sel is None else faiss.SearchParameters(sel=sel)
                 found[i] = self.faiss.search(q, k, params=params)
             except BaseException as exc:  # noqa: BLE001 - raised by the caller below
                 found[i] = exc
@@ -293,7 +313,8 @@ class _Overlay:
                 positions.append(ScenePosition(
                     first_row + len(positions), scene.scene_id, video.video_id, video.path, scene.index,
                     scene.start_time, scene.end_time,
-                    list(scene.sample_times[: len(vec.frames)]) + [scene.start_time] * (len(vec.frames) - len(scene.sample_times))))
+                    list(scene.sample_times[: len(vec.frames)]) + [scene.start_time] * (len(vec.frames) - len(scene.sample_times)),
+                    scene.continues_shot))
                 scenes.append(vec.scene)
                 frames.append(vec.frames)
         matrix = np.stack(scenes).astype(np.float32) if scenes else np.zeros((0, dim), np.float32)
@@ -344,12 +365,16 @@ class LiveIndex:
         row = self.base.row_of_scene(scene_id)
         return None if row is None or self.retired[row] else row
 
-    def frame_candidates(self, query: np.ndarray, k: int, limit: int) -> list[int]:
+    def frame_candidates(self, query: np.ndarray, k: int, limit: int,
+                         allowed: np.ndarray | None = None) -> list[int]:
         """As VectorIndex.frame_candidates, hidden rows left out and the scenes committed since
-        the build scanned too."""
+        the build scanned too. `allowed`: a boolean mask over rows (build rows, then new ones)."""
         q = np.asarray(query, dtype=np.float32).reshape(-1)
-        found = [(score, row) for score, row in self.base._frame_hits(q, k, limit) if not self.retired[row]]
+        base_allowed = None if allowed is None else np.asarray(allowed[: self.base.size], dtype=bool) & ~self.retired
+        found = [(score, row) for score, row in self.base._frame_hits(q, k, limit, base_allowed) if not self.retired[row]]
         for i, frames in enumerate(self.overlay.frames):
+            if allowed is not None and not allowed[self.overlay.first_row + i]:
+                continue
             if len(frames):
                 found.append((float(np.max(np.asarray(frames, dtype=np.float32) @ q)), self.overlay.first_row + i))
         found.sort(key=lambda h: -h[0])
@@ -361,15 +386,25 @@ class LiveIndex:
         new = [p.row for p in self.overlay.positions if p.video_id == video_id]
         return np.concatenate([old, np.asarray(new, dtype=np.int64)])
 
-    def scores(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, rows), best first, ties by row, as VectorIndex.scores."""
-        scores, rows = self.base.scores(query, k + self.hidden)
+    def scores(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, rows), best first, ties by row, as VectorIndex.scores. `allowed`: a
+        boolean mask over rows (build rows, then new ones)."""
+        if allowed is None:
+            scores, rows = self.base.scores(query, k + self.hidden)
+        else:
+            base_allowed = np.asarray(allowed[: self.base.size], dtype=bool) & ~self.retired
+            scores, rows = self.base.scores(query, k, base_allowed) if base_allowed.any() else \
+                (np.zeros(0, np.float32), np.zeros(0, np.int64))
         keep = ~self.retired[rows]
         scores, rows = scores[keep], rows[keep]
         if len(self.overlay.positions):
             new_scores = self.overlay.scenes @ np.asarray(query, dtype=np.float32).reshape(-1)
+            new_rows = np.arange(len(new_scores)) + self.overlay.first_row
+            if allowed is not None:
+                new_allowed = np.asarray(allowed[self.overlay.first_row:], dtype=bool)
+                new_scores, new_rows = new_scores[new_allowed], new_rows[new_allowed]
             scores = np.concatenate([scores, new_scores.astype(np.float32)])
-            rows = np.concatenate([rows, np.arange(len(new_scores)) + self.overlay.first_row])
+            rows = np.concatenate([rows, new_rows])
         order = np.lexsort((rows, -scores))[:k]
         return scores[order], rows[order]
 
@@ -501,13 +536,14 @@ def _write_vectors(store: IndexStore, records: list[Any], flat: _FlatWriter, fra
 
     scene_ids: list[str] = []
     cols = {"video_row": array("i"), "scene_index": array("i"), "start_time": array("d"),
-            "end_time": array("d"), "frame_offset": array("q"), "frame_count": array("i")}
+            "end_time": array("d"), "frame_offset": array("q"), "frame_count": array("i"),
+            "continues_shot": array("b")}
     sample_times = array("d")
     videos: list[dict[str, Any]] = []
     frame_off = 0
     for vrow, video in enumerate(records):
         videos.append({"video_id": video.video_id, "version": video.version, "path": video.path,
-                       "duration": video.duration})
+                       "duration": video.duration, "mtime": video.mtime})
         scenes = store.scenes(video)
         vectors = store.vectors(video)
         n = min(len(scenes), len(vectors))
@@ -524,12 +560,13 @@ def _write_vectors(store: IndexStore, records: list[Any], flat: _FlatWriter, fra
             cols["end_time"].append(scene.end_time)
             cols["frame_offset"].append(frame_off)
             cols["frame_count"].append(count)
+            cols["continues_shot"].append(bool(scene.continues_shot))
             sample_times.extend(scene.sample_times[:count])
             sample_times.extend([scene.start_time] * (count - len(scene.sample_times)))
             frame_off += count
         del scenes, vectors
     dtypes = {"video_row": np.int32, "scene_index": np.int32, "start_time": np.float64,
-              "end_time": np.float64, "frame_offset": np.int64, "frame_count": np.int32}
+              "end_time": np.float64, "frame_offset": np.int64, "frame_count": np.int32, "continues_shot": np.bool_}
     table = {"scene_id": np.array(scene_ids, dtype=str)}
     table.update({k: np.frombuffer(v, dtype=dtypes[k]) if len(v) else np.zeros(0, dtypes[k]) for k, v in cols.items()})
     table["sample_times"] = np.frombuffer(sample_times, dtype=np.float64) if len(sample_times) else np.zeros(0)
