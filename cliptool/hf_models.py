@@ -548,3 +548,21 @@ def _write_text_folder(hf_cfg: Any, layout: FolderLayout, out: Path) -> None:
     # a class name of Chinese-CLIP's own (or none) would not be found by AutoTokenizer
     settings["tokenizer_class"] = "BertTokenizer"
     tok_cfg.write_text(json.dumps(settings, indent=1))
+
+
+def text_tower(model: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """A loaded model's text tower as a torch module that maps token ids (N, L) int64 to
+    L2-normalised vectors (N, D) float32, and the tokenizer that makes those ids from texts
+    (texts -> (N, L) tensor). For an exporter of generic text towers (ONNX): it covers
+    open_clip's own text transformer and its Hugging Face towers alike (Chinese-CLIP's BERT)."""
+    import torch
+
+    class NormalisedText(torch.nn.Module):
+        def __init__(self, clip: Any) -> None:
+            super().__init__()
+            self.clip = clip
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(self.clip.encode_text(ids).float(), dim=-1)
+
+    return NormalisedText(model).eval(), tokenizer
