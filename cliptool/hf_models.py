@@ -194,9 +194,10 @@ def source_identity(name: str) -> str:
 
 def quick_check(name: str) -> bool:
     """Checks a folder or hub name without importing torch; True when loading may go to the
-    background (a local folder), False for a hub name (found or downloaded in the foreground)."""
+    background (a local folder), False for a hub name (found in the cache, or downloaded, here
+    in the foreground)."""
     if is_hub_name(name):
-        hub_repo(name)
+        hub_folder(name)
         return False
     inspect_folder(Path(name))
     return True
