@@ -237,11 +237,16 @@ def test_unusable_folders_say_what_is_missing(tmp_path: Path, clip_folder: Path,
         assert needle in _load_error(str(broken)), needle
 
 
-def test_a_tokenizer_other_than_clips_is_refused(tmp_path: Path, clip_folder: Path) -> None:
+def test_what_open_clip_cannot_hold_is_refused(tmp_path: Path, clip_folder: Path) -> None:
     tokenizer = json.loads((clip_folder / "tokenizer.json").read_text())
     tokenizer["model"]["merges"] = tokenizer["model"]["merges"][:-1]
-    broken = _broken(tmp_path, clip_folder, write={"tokenizer.json": json.dumps(tokenizer)})
+    broken = _broken(tmp_path / "a", clip_folder, write={"tokenizer.json": json.dumps(tokenizer)})
     assert "is not CLIP's standard BPE vocabulary" in _load_error(str(broken))
+    config = json.loads((clip_folder / "config.json").read_text())
+    for tower in ("text_config", "vision_config"):
+        config[tower]["hidden_act"] = "gelu_new"
+    broken = _broken(tmp_path / "b", clip_folder, write={"config.json": json.dumps(config)})
+    assert "cannot be converted to open_clip: vision activation 'gelu_new'" in _load_error(str(broken))
 
 
 def test_pretrained_does_not_apply_to_a_folder(clip_folder: Path, tiny_model: tuple[Path, Path]) -> None:
