@@ -549,6 +549,10 @@ def _write_text_folder(hf_cfg: Any, layout: FolderLayout, out: Path) -> None:
     # a class name of Chinese-CLIP's own (or none) would not be found by AutoTokenizer
     settings["tokenizer_class"] = "BertTokenizer"
     tok_cfg.write_text(json.dumps(settings, indent=1))
+    if not (out / "tokenizer.json").is_file():  # for torch-free tokenizing with `tokenizers` alone
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(str(out)).save_pretrained(str(out))
 
 
 def text_tower(model: Any, tokenizer: Any) -> tuple[Any, Any]:

@@ -78,6 +78,7 @@ def chinese_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ChineseCLIPModel(config).save_pretrained(str(out))
     (out / "vocab.txt").write_text("\n".join(CHINESE_VOCAB) + "\n", encoding="utf-8")
     BertTokenizer(str(out / "vocab.txt")).save_pretrained(str(out))
+    (out / "tokenizer.json").unlink()  # as OFA-Sys/chinese-clip-vit-base-patch16 has it: vocab.txt alone
     return out
 
 
@@ -162,6 +163,15 @@ def test_chinese_clip_text_tower_is_a_module_of_token_ids(chinese_folder: Path) 
         vectors = module(ids).numpy()
     _, reference = _transformers_vectors(chinese_folder, np.zeros((1, 3, 32, 32), np.float32), TEXTS)
     np.testing.assert_allclose(vectors, reference, atol=1e-4)
+    # the converted text tower's folder carries a tokenizer.json: `tokenizers` alone gives the ids
+    from tokenizers import Tokenizer
+
+    from cliptool.hf_models import prepare
+
+    text_dir = json.loads(prepare(str(chinese_folder)).config.read_text())["text_cfg"]["hf_tokenizer_name"]
+    fast = Tokenizer.from_file(str(Path(text_dir) / "tokenizer.json"))
+    for text, row in zip(TEXTS, ids.tolist()):
+        assert fast.encode(text).ids == [i for i in row if i != 0]
 
 
 def test_a_folder_is_identified_by_its_files(tmp_path: Path, clip_folder: Path) -> None:
@@ -229,7 +239,7 @@ def test_unusable_folders_say_what_is_missing(tmp_path: Path, clip_folder: Path,
             tmp_path / "b", clip_folder, write={"config.json": json.dumps({"architectures": ["BertModel"]})}),
         "no weights file in model folder": _broken(tmp_path / "c", clip_folder, remove=("model.safetensors",)),
         "no tokenizer files in model folder": _broken(tmp_path / "d", clip_folder, remove=("tokenizer.json",)),
-        "(looked for vocab.txt": _broken(tmp_path / "e", chinese_folder, remove=("vocab.txt", "tokenizer.json")),
+        "(looked for vocab.txt": _broken(tmp_path / "e", chinese_folder, remove=("vocab.txt",)),
         "the file is damaged, truncated or not a model checkpoint": _broken(
             tmp_path / "f", clip_folder, write={"model.safetensors": "garbage"}),
     }
