@@ -208,6 +208,19 @@ def test_index_and_search_with_a_folder(cli, tmp_path: Path, folder: Path, index
     assert "3 unchanged" in again.stderr, again.stderr
 
 
+def test_a_chinese_query_on_a_chinese_clip_index(cli, folder: Path, index_dir: Path, chinese_folder: Path) -> None:
+    """Indexed with a Chinese-CLIP folder, a search's query vectors are transformers' (on the fast
+    text path where the text exporter covers BERT towers, else in open_clip)."""
+    from cliptool.search import Searcher
+
+    ok(cli("index", folder, "--model", chinese_folder))
+    searcher = Searcher(index_dir)
+    _, reference = _transformers_vectors(chinese_folder, np.zeros((1, 3, 32, 32), np.float32), TEXTS)
+    np.testing.assert_allclose(np.stack([searcher.text_vector(t) for t in TEXTS]), reference, atol=1e-4)
+    hits = searcher.search(searcher.text_vector("公园里的狗"), top=3)
+    assert hits and all(hit.path.startswith(str(folder)) for hit in hits)
+
+
 # -- what an unusable folder or name says ----------------------------------------------------------
 
 
