@@ -103,9 +103,11 @@ def _index() -> Any:
 @app.command()
 def index(
     paths: list[Path] = typer.Argument(..., help="Video files or folders (searched recursively)."),
-    model: Optional[str] = typer.Option(None, help="open_clip model name or config JSON [default: ViT-B-32]."),
+    model: Optional[str] = typer.Option(
+        None, help="open_clip model name or config JSON, a model folder, or hf-hub:ORG/NAME [default: ViT-B-32]."
+    ),
     pretrained: Optional[str] = typer.Option(
-        None, help="open_clip pretrained tag or a local checkpoint file [default: datacomp_xl_s13b_b90k]."
+        None, help="open_clip pretrained tag, a local checkpoint file or hf-hub:ORG/NAME [default: datacomp_xl_s13b_b90k]."
     ),
     detector: str = typer.Option("content", help="Shot detector: content, adaptive, threshold, transnetv2."),
     threshold: Optional[float] = typer.Option(None, help="Detector threshold [default: the detector's own]."),
@@ -578,7 +580,9 @@ def keyframes(
         "when the video is indexed with this model, else content]."),
     threshold: Optional[float] = typer.Option(None, help="Detector threshold [default: the detector's own]."),
     no_index: bool = typer.Option(False, "--no-index", help="Do not reuse the index's scenes and embeddings."),
-    model: Optional[str] = typer.Option(None, help="open_clip model name or config JSON [default: the index's]."),
+    model: Optional[str] = typer.Option(
+        None, help="open_clip model name or config JSON, a model folder, or hf-hub:ORG/NAME [default: the index's]."
+    ),
     pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or a local checkpoint file."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:

@@ -38,8 +38,10 @@ def file_fingerprint(path: Path) -> str:
 class ModelSpec:
     """Which open_clip model and weights to use.
 
-    `name` is an open_clip model name or the path of a model config JSON file;
-    `pretrained` is an open_clip pretrained tag (downloaded once) or a local checkpoint file.
+    `name` is an open_clip model name or the path of a model config JSON file, or a model
+    folder or `hf-hub:ORG/NAME` repository (see hf_models), whose weights come with it;
+    `pretrained` is an open_clip pretrained tag (downloaded once), a local checkpoint file or
+    `hf-hub:ORG/NAME[/FILE]` (open_clip weights in a hub repository).
     `precision` is the image tower's number format: "int8" (default: the tower exported once
     to ONNX Runtime with int8 weights; no torch at index time), "bf16" (open_clip with bfloat16
     weights, about twice fp32's speed on CPUs with bf16 instructions) or "fp32" (open_clip as
@@ -58,6 +60,8 @@ class ModelSpec:
     @property
     def checkpoint_path(self) -> Path | None:
         """The local checkpoint file, when `pretrained` names one rather than a tag."""
+        if self.pretrained.startswith("hf-hub:"):
+            return None
         p = Path(self.pretrained).expanduser()
         looks_like_path = os.sep in self.pretrained or p.suffix in (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
         return p if looks_like_path or p.is_file() else None
@@ -66,16 +70,31 @@ class ModelSpec:
     def model_name(self) -> str:
         """The name open_clip knows the architecture by."""
         cfg = self.config_path
+        if cfg is None and _is_model_source(self.name):
+            from .hf_models import registry_name
+
+            return registry_name(self.name)
         return cfg.stem if cfg else self.name
 
     def resolved(self) -> ModelSpec:
         """The same spec with absolute paths, so it can be recorded and reused from anywhere."""
+        if _is_model_source(self.name):  # a folder or hub model: its weights come with it
+            from .hf_models import resolved_name
+
+            if self.pretrained not in ("", DEFAULT_PRETRAINED):
+                raise ModelUnavailableError(f"--pretrained does not apply to --model {self.name} "
+                                            "(a model folder or hf-hub: name brings its own weights)")
+            return ModelSpec(resolved_name(self.name), "", self.precision)
         name = str(self.config_path.resolve()) if self.config_path else self.name
         ckpt = self.checkpoint_path
         return ModelSpec(name, str(ckpt.resolve()) if ckpt else self.pretrained, self.precision)
 
     def identity(self) -> str:
         """A string that changes whenever the model's embeddings could change."""
+        if _is_model_source(self.name):  # a folder's file fingerprints, a hub repository's name
+            from .hf_models import source_identity
+
+            return "/".join([source_identity(self.name)] + ([self.precision] if self.precision != "fp32" else []))
         parts = [self.model_name]
         cfg = self.config_path
         if cfg is not None:
@@ -520,9 +539,20 @@ def _validate_config(cfg: Path) -> None:
         raise ModelUnavailableError(f"model config {cfg} is not valid JSON ({exc})") from None
 
 
+def _is_model_source(name: str) -> bool:
+    """Whether a model name is a model folder or an hf-hub: repository (see hf_models)."""
+    from .hf_models import is_model_source
+
+    return is_model_source(name)
+
+
 def _quick_check(spec: ModelSpec) -> bool:
     """Checks a spec without importing open_clip; True when loading may go to the background
-    (a local checkpoint file and a model open_clip is sure to know)."""
+    (a local checkpoint file and a model open_clip is sure to know, or a model folder)."""
+    if _is_model_source(spec.name):
+        from .hf_models import quick_check
+
+        return quick_check(spec.name)
     cfg = spec.config_path
     if cfg is not None:
         _validate_config(cfg)
@@ -610,8 +640,15 @@ def _load(spec: ModelSpec, visual_bf16: bool = False) -> tuple[Any, Any]:
         with _quiet_loggers(logging.CRITICAL):
             import open_clip
 
-            _register_model(spec, open_clip)
-            weights, preprocess = _weights_file(spec, open_clip)
+            if _is_model_source(spec.name):  # a folder or hub model, converted once to open_clip's layout
+                from .hf_models import prepare
+
+                prepared = prepare(spec.name)
+                open_clip.add_model_config(prepared.config)
+                weights, preprocess = prepared.weights, prepared.preprocess
+            else:
+                _register_model(spec, open_clip)
+                weights, preprocess = _weights_file(spec, open_clip)
             model = _build_with_weights(spec, weights, preprocess, visual_bf16)
             model.eval()
             try:
@@ -644,6 +681,10 @@ def _weights_file(spec: ModelSpec, open_clip: Any) -> tuple[Path, dict[str, Any]
         if not ckpt.is_file():
             raise ModelUnavailableError(f"checkpoint file not found: {ckpt}")
         return ckpt, {}
+    if spec.pretrained.startswith("hf-hub:"):  # open_clip weights in a hub repository, as a tag's
+        hub = spec.pretrained[len("hf-hub:"):].strip("/")
+        pcfg = {"url": "", "hf_hub": hub if hub.count("/") >= 2 else hub + "/"}
+        return Path(_cached_weights(pcfg) or _download_weights(pcfg, spec.pretrained, open_clip)), {}
     name = spec.model_name
     tags = open_clip.list_pretrained_tags_by_model(name)
     if spec.pretrained not in tags:
