@@ -565,7 +565,7 @@ def bench_sampling(results: dict[str, Any], out: Path, corpus: dict[str, Path], 
                    quick: bool, toy_model: Path) -> None:
     """The sampling figures: moment recall, image search by real frames, old vs new index time."""
     print("bench: moment recall with the toy CLIP, old and new sampling", file=sys.stderr)
-    results["recall"] = bench_recall(out, toy_model, per_duration=8)
+    results["recall"] = bench_recall(out, toy_model, per_duration=16)
     print("bench: image search by frames of the shared videos (random-weight ViT-B-32)", file=sys.stderr)
     results["images"] = bench_images(out, ("ViT-B-32", str(ckpt)), per_video=8 if quick else 16)
     print("bench: index time on the corpus, old and new sampling", file=sys.stderr)
