@@ -103,7 +103,8 @@ def _index() -> Any:
 @app.command()
 def index(
     paths: list[Path] = typer.Argument(..., help="Video files or folders (searched recursively)."),
-    model: Optional[str] = typer.Option(None, help="open_clip model name or config JSON [default: ViT-B-32]."),
+    model: Optional[str] = typer.Option(None, help="open_clip model name or config JSON, or 'multilingual' "
+                                        "(xlm-roberta-base-ViT-B-32: queries in ~100 languages) [default: ViT-B-32]."),
     pretrained: Optional[str] = typer.Option(
         None, help="open_clip pretrained tag or a local checkpoint file [default: datacomp_xl_s13b_b90k]."
     ),

@@ -1,0 +1,89 @@
+"""A tiny open_clip model whose text tower is a Hugging Face XLM-RoBERTa (seeded random weights).
+
+It has the layout of open_clip's `xlm-roberta-base-ViT-B-32`, at a size tests can build in
+seconds: the text tower's config and a tokenizer trained here (with `tokenizers`, on mixed
+Chinese and English text) are saved in Hugging Face layout to a local folder, which the model
+config names (`hf_model_name`, `hf_tokenizer_name`); the weights go to a checkpoint file. It
+loads through the same code path a user's weights take: `--model CONFIG.json --pretrained FILE`.
+Nothing is downloaded.
+
+    python data/tiny_multilingual.py OUT_DIR        # writes OUT_DIR/{TinyXlmrCLIP.json, tiny-xlmr.pt, xlmr/}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+# Training text for the tokenizer: captions in English and Chinese (simplified), with the
+# words the tests query (dogs, parks, circles, colours).
+CORPUS = [
+    "a dog in a park", "a dog running in the park", "公园里的狗", "狗在公园里跑", "一只狗在公园里",
+    "a red circle", "一个红色的圆", "红色的圆圈", "a blue square", "蓝色的正方形", "a green star", "绿色的星星",
+    "a cat on a sofa", "沙发上的猫", "a yellow star", "黄色的星星", "the sky over the sea", "大海上的天空",
+    "a birthday cake", "生日蛋糕", "fireworks over a city", "城市上空的烟花", "a car at night", "夜里的汽车",
+    "two people talking in a kitchen", "两个人在厨房里说话", "snow on the mountains", "山上的雪",
+    "children playing football", "孩子们在踢足球", "a man riding a bicycle", "一个男人骑自行车",
+]
+
+
+def train_tokenizer(folder: Path, vocab_size: int = 600) -> int:
+    """An XLM-R style tokenizer (Unigram, <s> </s> around the text) saved in HF layout; its size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import XLMRobertaTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as in XLM-R (pad 1, eos 2)
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tok.add_special_tokens(["<mask>"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+    fast = XLMRobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                   cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                                   model_max_length=512)
+    fast.save_pretrained(folder)
+    return tok.get_vocab_size()
+
+
+def write_tiny_multilingual_model(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
+    """(config JSON, checkpoint) of the tiny XLM-R CLIP, written once into `out_dir`."""
+    import open_clip
+    import torch
+    from transformers import XLMRobertaConfig
+
+    out_dir = Path(out_dir).resolve()
+    config, ckpt, hf_dir = out_dir / "TinyXlmrCLIP.json", out_dir / "tiny-xlmr.pt", out_dir / "xlmr"
+    if config.is_file() and ckpt.is_file():
+        return config, ckpt
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    vocab = train_tokenizer(hf_dir)
+    XLMRobertaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=80, type_vocab_size=1, pad_token_id=1,
+                     bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5).save_pretrained(hf_dir)
+    cfg = {"embed_dim": 64,
+           "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "pool_type": "avg"},
+           "text_cfg": {"hf_model_name": str(hf_dir), "hf_tokenizer_name": str(hf_dir),
+                        "hf_pooler_type": "mean_pooler", "hf_proj_type": "mlp"}}
+    config.write_text(json.dumps(cfg, indent=2))
+    open_clip.add_model_config(config)
+    torch.manual_seed(seed)
+    logging.disable(logging.WARNING)  # "initialized randomly" is the point here
+    try:
+        model = open_clip.create_model("TinyXlmrCLIP", pretrained=None, pretrained_text=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(ckpt)
+    return config, ckpt
+
+
+if __name__ == "__main__":
+    print(*write_tiny_multilingual_model(Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-multilingual")))
