@@ -273,19 +273,19 @@ def index_once(paths: Path | list[Path], ckpt: Path, work: Path, extra: list[str
 
 
 # -- search on a synthetic 100k-scene index ---------------------------------------------------------
-def build_search_index(out: Path, ckpt: Path, scenes: int) -> Path:
+def build_search_index(out: Path, ckpt: Path, scenes: int, model: str = "ViT-B-32", label: str = "") -> Path:
     """An index of `scenes` random unit vectors written through the store API (cached), with
-    the ViT-B-32 text encoder exported as `cliptool index` does."""
+    the model's text encoder exported as `cliptool index` does."""
     from .embed import ModelSpec
     from .store import IndexStore, SceneRecord, SceneVectors, VideoRecord
     from .vector_index import load_vector_index
 
-    index_dir = out / f"search-{scenes}"
+    index_dir = out / (f"search-{label}-{scenes}" if label else f"search-{scenes}")
     done = index_dir / "bench-complete"
     if done.is_file():
         return index_dir
     shutil.rmtree(index_dir, ignore_errors=True)
-    spec = ModelSpec("ViT-B-32", str(ckpt)).resolved()
+    spec = ModelSpec(model, str(ckpt)).resolved()
     rng = np.random.default_rng(0)
     per_video, dim = 1000, 512
     with IndexStore(index_dir, create=True) as store:
@@ -304,12 +304,18 @@ def build_search_index(out: Path, ckpt: Path, scenes: int) -> Path:
                                  1080, per_video * 300, per_video, "h264", spec.identity(), time.time(), "")
             store.put_video(record, recs, vecs)
     load_vector_index(index_dir)  # builds the cache
-    code = ("import sys; from cliptool.embed import ClipModel, ModelSpec; "
-            "ClipModel(ModelSpec('ViT-B-32', sys.argv[1])).export_text_encoder(sys.argv[2])")
-    subprocess.run([sys.executable, "-c", code, str(ckpt), str(index_dir)], check=True,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    export_text(REPO, model, ckpt, index_dir)
     done.write_text("ok")
     return index_dir
+
+
+def export_text(code: Path, model: str, ckpt: Path, index_dir: Path) -> None:
+    """Exports the model's text tower into the index with the cliptool in `code` (this one, or an
+    older one the text bench compares with), in a new process, as `cliptool index` does."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from cliptool.embed import ClipModel, ModelSpec; "
+              "ClipModel(ModelSpec(sys.argv[2], sys.argv[3])).export_text_encoder(sys.argv[4])")
+    subprocess.run([sys.executable, "-c", script, str(code), model, str(ckpt), str(index_dir)], check=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def warm_search(index_dir: Path, repeat: int) -> dict[str, float]:
@@ -330,9 +336,101 @@ def warm_search(index_dir: Path, repeat: int) -> dict[str, float]:
             text_ms.append((t1 - t0) * 1e3)
             search_ms.append((t2 - t1) * 1e3)
             total_ms.append((t2 - t0) * 1e3)
+    encoder = searcher.exported_text_encoder()
     return {"text_ms": median(text_ms), "search_ms": median(search_ms), "query_ms": median(total_ms),
-            "numpy_text_encoder": searcher.exported_text_encoder() is not None,
-            "text_layers": getattr(searcher.exported_text_encoder(), "runtime", "open_clip")}
+            "exported_text_encoder": encoder is not None,
+            "text_path": "open_clip" if encoder is None else f"{type(encoder).__name__} ({encoder.runtime})"}
+
+
+# -- the text path: cold and warm search, this cliptool against the numpy encoder before it -----------
+TEXT_BASELINE_COMMIT = "ee9ec7e"  # the last commit whose text path is the numpy encoder (textenc before ONNX)
+_CLI = "import sys; sys.path.insert(0, sys.argv[1]); sys.argv = ['cliptool', *sys.argv[2:]]; from cliptool.cli import run; run()"
+_WARM = ("import sys, json; sys.path.insert(0, sys.argv[1]); from cliptool.bench import warm_search; "
+         "print(json.dumps(warm_search(sys.argv[2], int(sys.argv[3]))))")
+
+
+def baseline_code(out: Path, commit: str) -> Path | None:
+    """The cliptool package of an earlier commit, extracted (once) from this repository's git
+    history into out/code-COMMIT; None when git cannot give it."""
+    folder = out / f"code-{commit}"
+    if (folder / "cliptool" / "__init__.py").is_file():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "cliptool"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"bench: cannot extract cliptool at {commit} ({exc}); no before figures", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    tmp.replace(folder)
+    return folder
+
+
+def build_multilingual_checkpoint(out: Path) -> tuple[Path, Path]:
+    """xlm-roberta-base-ViT-B-32's architecture with seeded random weights (config JSON whose
+    text tower is a local Hugging Face folder, checkpoint): real size, real speed."""
+    folder = out / "xlmr-base-random"
+    code = ("import sys, importlib.util as u; s = u.spec_from_file_location('m', sys.argv[1]); m = u.module_from_spec(s); "
+            "s.loader.exec_module(m); print(*m.write_tiny_multilingual_model(sys.argv[2], size='base'))")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO / "data" / "tiny_multilingual.py"), str(folder)],
+                          check=True, capture_output=True, text=True).stdout.split()
+    return Path(done[0]), Path(done[1])
+
+
+def bench_text(out: Path, ckpt: Path, work: Path, n_scenes: int, repeat: int,
+               baseline_commit: str | None = TEXT_BASELINE_COMMIT) -> list[dict[str, Any]]:
+    """Cold `cliptool search` (a new process) and warm queries on a synthetic index, for a CLIP
+    text tower (ViT-B-32) and a Hugging Face one (XLM-RoBERTa base), with this cliptool's ONNX
+    text path and with the cliptool of `baseline_commit` (its numpy encoder; open_clip for
+    towers that encoder could not run), in this one run."""
+    old = baseline_code(out, baseline_commit) if baseline_commit else None
+    hf_config, hf_ckpt = build_multilingual_checkpoint(out)
+    rows: list[dict[str, Any]] = []
+    towers = {"CLIP ViT-B-32": ("ViT-B-32", ckpt, ""), "HF XLM-R base": (str(hf_config), hf_ckpt, "xlmr")}
+    for tower, (model, weights, label) in towers.items():
+        print(f"bench: text path, {tower}, {n_scenes} scenes", file=sys.stderr)
+        sdir = build_search_index(out, weights, n_scenes, model, label)
+        codes = {"now": REPO}
+        if old is not None:
+            export_text(old, model, weights, sdir)  # the old export lives beside the new one
+            codes[f"before ({baseline_commit})"] = old
+        for version, code in codes.items():
+            cold = []
+            for _ in range(max(3, repeat + 2)):
+                wall, rss, _ = run_child([sys.executable, "-c", _CLI, str(code), "--index-dir", str(sdir), "search",
+                                          "a dog running on a beach", "--top", "10"])
+                cold.append(wall)
+            warm_out = work / "warm-text.json"
+            run_child([sys.executable, "-c", _WARM, str(code), str(sdir), str(repeat)], capture=warm_out)
+            try:
+                warm = json.loads(warm_out.read_text())
+            except (OSError, ValueError):
+                warm = {}
+            path = warm.get("text_path") or ("numpy" if warm.get("numpy_text_encoder") else "open_clip")
+            if "text_layers" in warm and warm.get("numpy_text_encoder"):
+                path = f"numpy encoder ({warm['text_layers']} layers)"
+            rows.append({"tower": tower, "code": version, "text_path": path, "scenes": n_scenes,
+                         "cold_s": median(cold), "cold_runs_s": cold, "cold_peak_rss_mb": rss,
+                         "warm_text_ms": warm.get("text_ms"), "warm_query_ms": warm.get("query_ms")})
+    return rows
+
+
+def print_text(rows: list[dict[str, Any]]) -> None:
+    def f(x: object, fmt: str) -> str:
+        return "-" if x is None or (isinstance(x, float) and x != x) else fmt.format(x)
+
+    print(f"\ntext search path, {rows[0]['scenes'] if rows else '-'} scenes (cold: `cliptool search` in a new process; "
+          "warm: one searcher, medians)")
+    table = [("tower", "cliptool", "text path", "cold s", "warm text ms", "warm query ms")]
+    table += [(r["tower"], r["code"], r["text_path"], f(r["cold_s"], "{:.2f}"), f(r["warm_text_ms"], "{:.1f}"),
+               f(r["warm_query_ms"], "{:.1f}")) for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
 
 
 # -- int8 and bf16 against fp32 on real frames -------------------------------------------------------
@@ -605,6 +703,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recall-only", action="store_true",
                     help="only the sampling figures: moment recall (toy CLIP), image search by real frames, "
                          "and index time of old vs new sampling on the corpus")
+    ap.add_argument("--text-only", action="store_true",
+                    help="only the text path: cold and warm search for a CLIP and a Hugging Face text tower, now and "
+                         "with the numpy encoder of --text-baseline")
+    ap.add_argument("--text-baseline", default=TEXT_BASELINE_COMMIT,
+                    help=f"commit whose cliptool the text figures compare with ('' for none) [{TEXT_BASELINE_COMMIT}]")
     ap.add_argument("--toy-model", type=Path, default=TOY_MODEL, help="folder with the toy CLIP's config.json and "
                     "weights.safetensors [data/toy-clip]")
     args = ap.parse_args(argv)
@@ -617,10 +720,17 @@ def main(argv: list[str] | None = None) -> int:
     cache = out / "cache"  # exported int8 image tower and text encoder, as in a user's cache
     os.environ["CLIPTOOL_CACHE_DIR"] = str(cache)
     print("bench: building corpus and checkpoint (cached in %s)" % out, file=sys.stderr)
-    corpus = build_corpus(out, args.quick)
+    corpus = {} if args.text_only else build_corpus(out, args.quick)
     ckpt = build_checkpoint(out)
     work = out / "work"
     work.mkdir(exist_ok=True)
+    if args.text_only:
+        n_scenes = 20_000 if args.quick else 100_000
+        results["text"] = bench_text(out, ckpt, work, n_scenes, repeat, args.text_baseline or None)
+        (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+        print_text(results["text"])
+        print(f"\nfigures: {out / 'bench.json'}")
+        return 0
     if args.recall_only:
         bench_sampling(results, out, corpus, ckpt, work, repeat, args.quick, args.toy_model)
         (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
@@ -646,6 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     results["search"] = bench_search(out, ckpt, work, n_scenes, repeat)
     from .serve.bench import bench_serve
 
+    results["text"] = bench_text(out, ckpt, work, n_scenes, repeat, args.text_baseline or None)
     print("bench: the web app on the same index", file=sys.stderr)
     results["serve"] = bench_serve(build_search_index(out, ckpt, n_scenes), queries=1000)
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
@@ -669,6 +780,7 @@ def main(argv: list[str] | None = None) -> int:
     results["bench_seconds"] = time.perf_counter() - t_start
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
     print_table(results)
+    print_text(results["text"])
     print_recall(results)
     print(f"\nfigures: {out / 'bench.json'}")
     return 0
@@ -779,7 +891,7 @@ def print_table(r: dict) -> None:
     print(f"index with --precision fp32 ({r['index_fp32_s']['file']}): {f(r['index_fp32_s']['index_s'])} s")
     print(f"search, {s['scenes']} scenes: cold `cliptool search` {f(s['cold_s'], '{:.2f}')} s; warm query "
           f"{f(s['query_ms'])} ms (text {f(s['text_ms'])} ms + search {f(s['search_ms'])} ms; "
-          f"exported text encoder: {s['numpy_text_encoder']}, layers in {s.get('text_layers', 'numpy')})")
+          f"text path: {s.get('text_path')})")
     print(f"cache rebuild, {s['scenes']} scenes: {f(s['rebuild_s'])} s, peak RSS {s['rebuild_peak_rss_mb']} MB "
           f"(vectors {s['vectors_mb']:.0f} MB)")
     v = r.get("serve") or {}

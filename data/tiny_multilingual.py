@@ -7,7 +7,7 @@ config names (`hf_model_name`, `hf_tokenizer_name`); the weights go to a checkpo
 loads through the same code path a user's weights take: `--model CONFIG.json --pretrained FILE`.
 Nothing is downloaded.
 
-    python data/tiny_multilingual.py OUT_DIR        # writes OUT_DIR/{TinyXlmrCLIP.json, tiny-xlmr.pt, xlmr/}
+    python data/tiny_multilingual.py OUT_DIR [tiny|base]   # OUT_DIR/{TinyXlmrCLIP.json, TinyXlmrCLIP.pt, xlmr/}
 """
 
 from __future__ import annotations
@@ -52,23 +52,37 @@ def train_tokenizer(folder: Path, vocab_size: int = 600) -> int:
     return tok.get_vocab_size()
 
 
-def write_tiny_multilingual_model(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
-    """(config JSON, checkpoint) of the tiny XLM-R CLIP, written once into `out_dir`."""
+# XLM-RoBERTa's text tower at two sizes: tiny for tests; base as in xlm-roberta-base-ViT-B-32
+# (its 250,002-token vocabulary, 12 layers of width 768), for the bench.
+SIZES = {
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+             "max_position_embeddings": 80},
+    "base": {"vocab_size": 250002, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+             "intermediate_size": 3072, "max_position_embeddings": 514},
+}
+VISION = {
+    "tiny": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "pool_type": "avg"},
+    "base": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
+}
+
+
+def write_tiny_multilingual_model(out_dir: Path, seed: int = 0, size: str = "tiny") -> tuple[Path, Path]:
+    """(config JSON, checkpoint) of the XLM-R CLIP of `size`, written once into `out_dir`."""
     import open_clip
     import torch
     from transformers import XLMRobertaConfig
 
     out_dir = Path(out_dir).resolve()
-    config, ckpt, hf_dir = out_dir / "TinyXlmrCLIP.json", out_dir / "tiny-xlmr.pt", out_dir / "xlmr"
+    name = "TinyXlmrCLIP" if size == "tiny" else "XlmrBaseRandomCLIP"
+    config, ckpt, hf_dir = out_dir / f"{name}.json", out_dir / f"{name}.pt", out_dir / "xlmr"
     if config.is_file() and ckpt.is_file():
         return config, ckpt
     hf_dir.mkdir(parents=True, exist_ok=True)
     vocab = train_tokenizer(hf_dir)
-    XLMRobertaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, max_position_embeddings=80, type_vocab_size=1, pad_token_id=1,
-                     bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5).save_pretrained(hf_dir)
-    cfg = {"embed_dim": 64,
-           "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "pool_type": "avg"},
+    dims = {"vocab_size": vocab, **SIZES[size]}
+    XLMRobertaConfig(**dims, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                     layer_norm_eps=1e-5).save_pretrained(hf_dir)
+    cfg = {"embed_dim": 64 if size == "tiny" else 512, "vision_cfg": VISION[size],
            "text_cfg": {"hf_model_name": str(hf_dir), "hf_tokenizer_name": str(hf_dir),
                         "hf_pooler_type": "mean_pooler", "hf_proj_type": "mlp"}}
     config.write_text(json.dumps(cfg, indent=2))
@@ -76,7 +90,7 @@ def write_tiny_multilingual_model(out_dir: Path, seed: int = 0) -> tuple[Path, P
     torch.manual_seed(seed)
     logging.disable(logging.WARNING)  # "initialized randomly" is the point here
     try:
-        model = open_clip.create_model("TinyXlmrCLIP", pretrained=None, pretrained_text=False)
+        model = open_clip.create_model(name, pretrained=None, pretrained_text=False)
     finally:
         logging.disable(logging.NOTSET)
     tmp = ckpt.with_suffix(".tmp")
@@ -86,4 +100,5 @@ def write_tiny_multilingual_model(out_dir: Path, seed: int = 0) -> tuple[Path, P
 
 
 if __name__ == "__main__":
-    print(*write_tiny_multilingual_model(Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-multilingual")))
+    print(*write_tiny_multilingual_model(Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-multilingual"),
+                                         size=sys.argv[2] if len(sys.argv) > 2 else "tiny"))
