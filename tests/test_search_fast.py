@@ -161,3 +161,16 @@ def test_a_hugging_face_text_tower_is_searched_in_chinese_on_the_fast_path(multi
         assert [h.scene_id for h in hits_fast] == [h.scene_id for h in hits_slow]
         np.testing.assert_allclose([h.score for h in hits_fast], [h.score for h in hits_slow], atol=1e-4)
     assert [r["scene_id"] for r in fast_hits] == [h.scene_id for h in fast.search(fast.text_vector(query), top=10)]
+
+
+def test_multilingual_is_a_short_name_for_the_xlm_roberta_model() -> None:
+    import open_clip
+
+    from cliptool.api import model_spec
+
+    spec = model_spec("multilingual")
+    assert (spec.name, spec.pretrained) == ("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k")
+    assert spec.pretrained in open_clip.list_pretrained_tags_by_model(spec.name)
+    assert "hf_model_name" in open_clip.get_model_config(spec.name)["text_cfg"]  # a Hugging Face text tower
+    assert model_spec("multilingual", "/weights/xlmr.bin").pretrained == "/weights/xlmr.bin"
+    assert model_spec("ViT-B-32").name == "ViT-B-32"
