@@ -399,11 +399,12 @@ def bench_text(out: Path, ckpt: Path, work: Path, n_scenes: int, repeat: int,
             export_text(old, model, weights, sdir)  # the old export lives beside the new one
             codes[f"before ({baseline_commit})"] = old
         for version, code in codes.items():
-            cold = []
+            cold, cold_cpu = [], []
             for _ in range(max(3, repeat + 2)):
                 wall, rss, _ = run_child([sys.executable, "-c", _CLI, str(code), "--index-dir", str(sdir), "search",
                                           "a dog running on a beach", "--top", "10"])
                 cold.append(wall)
+                cold_cpu.append(LAST_CPU[0])
             warm_out = work / "warm-text.json"
             run_child([sys.executable, "-c", _WARM, str(code), str(sdir), str(repeat)], capture=warm_out)
             try:
@@ -414,7 +415,8 @@ def bench_text(out: Path, ckpt: Path, work: Path, n_scenes: int, repeat: int,
             if "text_layers" in warm and warm.get("numpy_text_encoder"):
                 path = f"numpy encoder ({warm['text_layers']} layers)"
             rows.append({"tower": tower, "code": version, "text_path": path, "scenes": n_scenes,
-                         "cold_s": median(cold), "cold_runs_s": cold, "cold_peak_rss_mb": rss,
+                         "cold_s": median(cold), "cold_runs_s": cold, "cold_cpu_s": median(cold_cpu),
+                         "cold_peak_rss_mb": rss,
                          "warm_text_ms": warm.get("text_ms"), "warm_query_ms": warm.get("query_ms")})
     return rows
 
@@ -425,9 +427,11 @@ def print_text(rows: list[dict[str, Any]]) -> None:
 
     print(f"\ntext search path, {rows[0]['scenes'] if rows else '-'} scenes (cold: `cliptool search` in a new process; "
           "warm: one searcher, medians)")
-    table = [("tower", "cliptool", "text path", "cold s", "warm text ms", "warm query ms")]
-    table += [(r["tower"], r["code"], r["text_path"], f(r["cold_s"], "{:.2f}"), f(r["warm_text_ms"], "{:.1f}"),
-               f(r["warm_query_ms"], "{:.1f}")) for r in rows]
+    table = [("tower", "cliptool", "text path", "cold s", "cold CPU s", "cold RSS MB", "warm text ms",
+              "warm query ms")]
+    table += [(r["tower"], r["code"], r["text_path"], f(r["cold_s"], "{:.2f}"), f(r.get("cold_cpu_s"), "{:.2f}"),
+               f(r.get("cold_peak_rss_mb"), "{:.0f}"), f(r["warm_text_ms"], "{:.1f}"), f(r["warm_query_ms"], "{:.1f}"))
+              for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))

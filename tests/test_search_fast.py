@@ -55,8 +55,9 @@ def test_onnx_text_path_matches_open_clip(indexed: tuple[Path, ModelSpec]) -> No
         assert [h.best_time for h in hits_fast] == [h.best_time for h in hits_slow]
 
 
-def test_the_text_runtime_parameter_is_still_accepted(indexed: tuple[Path, ModelSpec]) -> None:
-    """text_runtime chose numpy or ONNX Runtime layers before; both now mean the ONNX tower."""
+def test_the_text_runtime_is_the_searchers_choice(indexed: tuple[Path, ModelSpec]) -> None:
+    """"numpy" (one query: nothing prepared at start) and "onnxruntime" (weights packed once)
+    run the same ONNX tower and give the same vectors."""
     index_dir, _ = indexed
     plain = Searcher(index_dir)
     fast = Searcher(index_dir, text_runtime="onnxruntime")
@@ -64,6 +65,7 @@ def test_the_text_runtime_parameter_is_still_accepted(indexed: tuple[Path, Model
         v_plain, v_fast = plain.text_vector(query), fast.text_vector(query)
         np.testing.assert_allclose(v_fast, v_plain, atol=1e-6)
     assert plain.exported_text_encoder().runtime == fast.exported_text_encoder().runtime == "onnxruntime"  # type: ignore[union-attr]
+    assert not plain.exported_text_encoder().prepacked and fast.exported_text_encoder().prepacked  # type: ignore[union-attr]
 
 
 def test_an_index_run_replaces_the_numpy_export_of_an_older_cliptool(indexed: tuple[Path, ModelSpec],
