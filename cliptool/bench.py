@@ -345,8 +345,31 @@ def warm_search(index_dir: Path, repeat: int) -> dict[str, float]:
 # -- the text path: cold and warm search, this cliptool against the numpy encoder before it -----------
 TEXT_BASELINE_COMMIT = "ee9ec7e"  # the last commit whose text path is the numpy encoder (textenc before ONNX)
 _CLI = "import sys; sys.path.insert(0, sys.argv[1]); sys.argv = ['cliptool', *sys.argv[2:]]; from cliptool.cli import run; run()"
-_WARM = ("import sys, json; sys.path.insert(0, sys.argv[1]); from cliptool.bench import warm_search; "
-         "print(json.dumps(warm_search(sys.argv[2], int(sys.argv[3]))))")
+# Warm queries with the cliptool in argv[1] (this one or an older one: only the Searcher API both
+# have), wall and CPU per query: CPU time is what the shared machine's load disturbs least.
+_WARM = """
+import json, statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+from cliptool.search import Searcher
+searcher = Searcher(sys.argv[2], text_runtime="onnxruntime")
+queries = ["a dog running on a beach", "a red car at night", "two people talking in a kitchen",
+           "snow on mountains", "a cat", "fireworks over a city skyline"]
+searcher.search(searcher.text_vector("warm up"), top=10)
+wall, cpu, total = [], [], []
+for _ in range(int(sys.argv[3])):
+    for q in queries:
+        w0, c0 = time.perf_counter(), time.process_time()
+        v = searcher.text_vector(q)
+        w1, c1 = time.perf_counter(), time.process_time()
+        searcher.search(v, top=10)
+        wall.append((w1 - w0) * 1e3); cpu.append((c1 - c0) * 1e3); total.append((time.perf_counter() - w0) * 1e3)
+encoder = searcher.exported_text_encoder()
+path = "open_clip (torch)" if encoder is None else type(encoder).__name__
+if encoder is not None and hasattr(encoder, "runtime"):
+    path += f" ({encoder.runtime})"
+print(json.dumps({"text_ms": statistics.median(wall), "text_cpu_ms": statistics.median(cpu),
+                  "query_ms": statistics.median(total), "text_path": path}))
+"""
 
 
 def baseline_code(out: Path, commit: str) -> Path | None:
@@ -398,26 +421,31 @@ def bench_text(out: Path, ckpt: Path, work: Path, n_scenes: int, repeat: int,
         if old is not None:
             export_text(old, model, weights, sdir)  # the old export lives beside the new one
             codes[f"before ({baseline_commit})"] = old
-        for version, code in codes.items():
-            cold, cold_cpu = [], []
-            for _ in range(max(3, repeat + 2)):
+        # Each measurement alternates between the versions, so that both see the same load.
+        cold: dict[str, list[tuple[float, float, int]]] = {v: [] for v in codes}
+        warm: dict[str, list[dict[str, Any]]] = {v: [] for v in codes}
+        for _ in range(max(3, repeat + 2)):
+            for version, code in codes.items():
                 wall, rss, _ = run_child([sys.executable, "-c", _CLI, str(code), "--index-dir", str(sdir), "search",
                                           "a dog running on a beach", "--top", "10"])
-                cold.append(wall)
-                cold_cpu.append(LAST_CPU[0])
-            warm_out = work / "warm-text.json"
-            run_child([sys.executable, "-c", _WARM, str(code), str(sdir), str(repeat)], capture=warm_out)
-            try:
-                warm = json.loads(warm_out.read_text())
-            except (OSError, ValueError):
-                warm = {}
-            path = warm.get("text_path") or ("numpy" if warm.get("numpy_text_encoder") else "open_clip")
-            if "text_layers" in warm and warm.get("numpy_text_encoder"):
-                path = f"numpy encoder ({warm['text_layers']} layers)"
-            rows.append({"tower": tower, "code": version, "text_path": path, "scenes": n_scenes,
-                         "cold_s": median(cold), "cold_runs_s": cold, "cold_cpu_s": median(cold_cpu),
-                         "cold_peak_rss_mb": rss,
-                         "warm_text_ms": warm.get("text_ms"), "warm_query_ms": warm.get("query_ms")})
+                cold[version].append((wall, LAST_CPU[0], rss))
+        for _ in range(2):
+            for version, code in codes.items():
+                warm_out = work / "warm-text.json"
+                run_child([sys.executable, "-c", _WARM, str(code), str(sdir), str(repeat)], capture=warm_out)
+                try:
+                    warm[version].append(json.loads(warm_out.read_text()))
+                except (OSError, ValueError):
+                    pass
+        for version in codes:
+            runs, w = cold[version], warm[version]
+            rows.append({"tower": tower, "code": version, "scenes": n_scenes,
+                         "text_path": w[0]["text_path"] if w else "-",
+                         "cold_s": median([r[0] for r in runs]), "cold_runs_s": [r[0] for r in runs],
+                         "cold_cpu_s": median([r[1] for r in runs]), "cold_peak_rss_mb": max(r[2] for r in runs),
+                         "warm_text_ms": median([x["text_ms"] for x in w]),
+                         "warm_text_cpu_ms": median([x["text_cpu_ms"] for x in w]),
+                         "warm_query_ms": median([x["query_ms"] for x in w])})
     return rows
 
 
@@ -428,10 +456,10 @@ def print_text(rows: list[dict[str, Any]]) -> None:
     print(f"\ntext search path, {rows[0]['scenes'] if rows else '-'} scenes (cold: `cliptool search` in a new process; "
           "warm: one searcher, medians)")
     table = [("tower", "cliptool", "text path", "cold s", "cold CPU s", "cold RSS MB", "warm text ms",
-              "warm query ms")]
+              "warm text CPU ms", "warm query ms")]
     table += [(r["tower"], r["code"], r["text_path"], f(r["cold_s"], "{:.2f}"), f(r.get("cold_cpu_s"), "{:.2f}"),
-               f(r.get("cold_peak_rss_mb"), "{:.0f}"), f(r["warm_text_ms"], "{:.1f}"), f(r["warm_query_ms"], "{:.1f}"))
-              for r in rows]
+               f(r.get("cold_peak_rss_mb"), "{:.0f}"), f(r["warm_text_ms"], "{:.1f}"),
+               f(r.get("warm_text_cpu_ms"), "{:.1f}"), f(r["warm_query_ms"], "{:.1f}")) for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
