@@ -22,7 +22,10 @@ real clips, then measures in this one run, on this machine:
   the frame's time); and the corpus's index time with each sampling, alternately in one run
   (`--recall-only` runs only these);
 * cold `cliptool search` (new process) and warm query latency on a synthetic 100k-scene index
-  built through the store API; `cliptool --help` latency; peak RSS of indexing and of a cache
+  built through the store API; the same for a CLIP text tower (ViT-B-32) and a Hugging Face one
+  (XLM-RoBERTa base, random weights, local folder) with this cliptool's ONNX text path and with
+  the cliptool of an earlier commit (`--text-baseline`, the numpy encoder), alternately in this
+  run (`--text-only` runs only these); `cliptool --help` latency; peak RSS of indexing and of a cache
   rebuild; the cosine of int8 and bf16 to fp32 embeddings on real frames and top-10 overlap.
 
 Prints one table and writes the figures to bench-out/bench.json. It asserts nothing about time.
