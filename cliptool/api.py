@@ -32,14 +32,16 @@ PathLike = str | os.PathLike[str]
 
 
 def model_spec(model: str | None = None, pretrained: str | None = None) -> ModelSpec | None:
-    """The model a user named (open_clip name or config JSON; pretrained tag or weights file),
-    None when neither is named (then the index's model, else the default, is used)."""
+    """The model a user named (open_clip name, short name such as "multilingual", or config
+    JSON; pretrained tag or weights file), None when neither is named (then the index's model,
+    else the default, is used)."""
     if model is None and pretrained is None:
         return None
-    from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+    from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED, MODEL_SHORT_NAMES
     from .embed import ModelSpec
 
-    return ModelSpec(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
+    name, default_pretrained = MODEL_SHORT_NAMES.get(model or "", (model or DEFAULT_MODEL, DEFAULT_PRETRAINED))
+    return ModelSpec(name, pretrained or default_pretrained)
 
 
 class Index:

@@ -22,7 +22,10 @@ real clips, then measures in this one run, on this machine:
   the frame's time); and the corpus's index time with each sampling, alternately in one run
   (`--recall-only` runs only these);
 * cold `cliptool search` (new process) and warm query latency on a synthetic 100k-scene index
-  built through the store API; `cliptool --help` latency; peak RSS of indexing and of a cache
+  built through the store API; the same for a CLIP text tower (ViT-B-32) and a Hugging Face one
+  (XLM-RoBERTa base, random weights, local folder) with this cliptool's ONNX text path and with
+  the cliptool of an earlier commit (`--text-baseline`, the numpy encoder), alternately in this
+  run (`--text-only` runs only these); `cliptool --help` latency; peak RSS of indexing and of a cache
   rebuild; the cosine of int8 and bf16 to fp32 embeddings on real frames and top-10 overlap.
 
 Prints one table and writes the figures to bench-out/bench.json. It asserts nothing about time.
@@ -273,19 +276,19 @@ def index_once(paths: Path | list[Path], ckpt: Path, work: Path, extra: list[str
 
 
 # -- search on a synthetic 100k-scene index ---------------------------------------------------------
-def build_search_index(out: Path, ckpt: Path, scenes: int) -> Path:
+def build_search_index(out: Path, ckpt: Path, scenes: int, model: str = "ViT-B-32", label: str = "") -> Path:
     """An index of `scenes` random unit vectors written through the store API (cached), with
-    the ViT-B-32 text encoder exported as `cliptool index` does."""
+    the model's text encoder exported as `cliptool index` does."""
     from .embed import ModelSpec
     from .store import IndexStore, SceneRecord, SceneVectors, VideoRecord
     from .vector_index import load_vector_index
 
-    index_dir = out / f"search-{scenes}"
+    index_dir = out / (f"search-{label}-{scenes}" if label else f"search-{scenes}")
     done = index_dir / "bench-complete"
     if done.is_file():
         return index_dir
     shutil.rmtree(index_dir, ignore_errors=True)
-    spec = ModelSpec("ViT-B-32", str(ckpt)).resolved()
+    spec = ModelSpec(model, str(ckpt)).resolved()
     rng = np.random.default_rng(0)
     per_video, dim = 1000, 512
     with IndexStore(index_dir, create=True) as store:
@@ -304,12 +307,18 @@ def build_search_index(out: Path, ckpt: Path, scenes: int) -> Path:
                                  1080, per_video * 300, per_video, "h264", spec.identity(), time.time(), "")
             store.put_video(record, recs, vecs)
     load_vector_index(index_dir)  # builds the cache
-    code = ("import sys; from cliptool.embed import ClipModel, ModelSpec; "
-            "ClipModel(ModelSpec('ViT-B-32', sys.argv[1])).export_text_encoder(sys.argv[2])")
-    subprocess.run([sys.executable, "-c", code, str(ckpt), str(index_dir)], check=True,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    export_text(REPO, model, ckpt, index_dir)
     done.write_text("ok")
     return index_dir
+
+
+def export_text(code: Path, model: str, ckpt: Path, index_dir: Path) -> None:
+    """Exports the model's text tower into the index with the cliptool in `code` (this one, or an
+    older one the text bench compares with), in a new process, as `cliptool index` does."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from cliptool.embed import ClipModel, ModelSpec; "
+              "ClipModel(ModelSpec(sys.argv[2], sys.argv[3])).export_text_encoder(sys.argv[4])")
+    subprocess.run([sys.executable, "-c", script, str(code), model, str(ckpt), str(index_dir)], check=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def warm_search(index_dir: Path, repeat: int) -> dict[str, float]:
@@ -330,9 +339,133 @@ def warm_search(index_dir: Path, repeat: int) -> dict[str, float]:
             text_ms.append((t1 - t0) * 1e3)
             search_ms.append((t2 - t1) * 1e3)
             total_ms.append((t2 - t0) * 1e3)
+    encoder = searcher.exported_text_encoder()
     return {"text_ms": median(text_ms), "search_ms": median(search_ms), "query_ms": median(total_ms),
-            "numpy_text_encoder": searcher.exported_text_encoder() is not None,
-            "text_layers": getattr(searcher.exported_text_encoder(), "runtime", "open_clip")}
+            "exported_text_encoder": encoder is not None,
+            "text_path": "open_clip" if encoder is None else f"{type(encoder).__name__} ({encoder.runtime})"}
+
+
+# -- the text path: cold and warm search, this cliptool against the numpy encoder before it -----------
+TEXT_BASELINE_COMMIT = "ee9ec7e"  # the last commit whose text path is the numpy encoder (textenc before ONNX)
+_CLI = "import sys; sys.path.insert(0, sys.argv[1]); sys.argv = ['cliptool', *sys.argv[2:]]; from cliptool.cli import run; run()"
+# Warm queries with the cliptool in argv[1] (this one or an older one: only the Searcher API both
+# have), wall and CPU per query: CPU time is what the shared machine's load disturbs least.
+_WARM = """
+import json, statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+from cliptool.search import Searcher
+searcher = Searcher(sys.argv[2], text_runtime="onnxruntime")
+queries = ["a dog running on a beach", "a red car at night", "two people talking in a kitchen",
+           "snow on mountains", "a cat", "fireworks over a city skyline"]
+searcher.search(searcher.text_vector("warm up"), top=10)
+wall, cpu, total = [], [], []
+for _ in range(int(sys.argv[3])):
+    for q in queries:
+        w0, c0 = time.perf_counter(), time.process_time()
+        v = searcher.text_vector(q)
+        w1, c1 = time.perf_counter(), time.process_time()
+        searcher.search(v, top=10)
+        wall.append((w1 - w0) * 1e3); cpu.append((c1 - c0) * 1e3); total.append((time.perf_counter() - w0) * 1e3)
+encoder = searcher.exported_text_encoder()
+path = "open_clip (torch)" if encoder is None else type(encoder).__name__
+if encoder is not None and hasattr(encoder, "runtime"):
+    path += f" ({encoder.runtime})"
+print(json.dumps({"text_ms": statistics.median(wall), "text_cpu_ms": statistics.median(cpu),
+                  "query_ms": statistics.median(total), "text_path": path}))
+"""
+
+
+def baseline_code(out: Path, commit: str) -> Path | None:
+    """The cliptool package of an earlier commit, extracted (once) from this repository's git
+    history into out/code-COMMIT; None when git cannot give it."""
+    folder = out / f"code-{commit}"
+    if (folder / "cliptool" / "__init__.py").is_file():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "cliptool"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"bench: cannot extract cliptool at {commit} ({exc}); no before figures", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    tmp.replace(folder)
+    return folder
+
+
+def build_multilingual_checkpoint(out: Path) -> tuple[Path, Path]:
+    """xlm-roberta-base-ViT-B-32's architecture with seeded random weights (config JSON whose
+    text tower is a local Hugging Face folder, checkpoint): real size, real speed."""
+    folder = out / "xlmr-base-random"
+    code = ("import sys, importlib.util as u; s = u.spec_from_file_location('m', sys.argv[1]); m = u.module_from_spec(s); "
+            "s.loader.exec_module(m); print(*m.write_tiny_multilingual_model(sys.argv[2], size='base'))")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO / "data" / "tiny_multilingual.py"), str(folder)],
+                          check=True, capture_output=True, text=True).stdout.split()
+    return Path(done[0]), Path(done[1])
+
+
+def bench_text(out: Path, ckpt: Path, work: Path, n_scenes: int, repeat: int,
+               baseline_commit: str | None = TEXT_BASELINE_COMMIT) -> list[dict[str, Any]]:
+    """Cold `cliptool search` (a new process) and warm queries on a synthetic index, for a CLIP
+    text tower (ViT-B-32) and a Hugging Face one (XLM-RoBERTa base), with this cliptool's ONNX
+    text path and with the cliptool of `baseline_commit` (its numpy encoder; open_clip for
+    towers that encoder could not run), in this one run."""
+    old = baseline_code(out, baseline_commit) if baseline_commit else None
+    hf_config, hf_ckpt = build_multilingual_checkpoint(out)
+    rows: list[dict[str, Any]] = []
+    towers = {"CLIP ViT-B-32": ("ViT-B-32", ckpt, ""), "HF XLM-R base": (str(hf_config), hf_ckpt, "xlmr")}
+    for tower, (model, weights, label) in towers.items():
+        print(f"bench: text path, {tower}, {n_scenes} scenes", file=sys.stderr)
+        sdir = build_search_index(out, weights, n_scenes, model, label)
+        codes = {"now": REPO}
+        if old is not None:
+            export_text(old, model, weights, sdir)  # the old export lives beside the new one
+            codes[f"before ({baseline_commit})"] = old
+        # Each measurement alternates between the versions, so that both see the same load.
+        cold: dict[str, list[tuple[float, float, int]]] = {v: [] for v in codes}
+        warm: dict[str, list[dict[str, Any]]] = {v: [] for v in codes}
+        for _ in range(max(3, repeat + 2)):
+            for version, code in codes.items():
+                wall, rss, _ = run_child([sys.executable, "-c", _CLI, str(code), "--index-dir", str(sdir), "search",
+                                          "a dog running on a beach", "--top", "10"])
+                cold[version].append((wall, LAST_CPU[0], rss))
+        for _ in range(2):
+            for version, code in codes.items():
+                warm_out = work / "warm-text.json"
+                run_child([sys.executable, "-c", _WARM, str(code), str(sdir), str(repeat)], capture=warm_out)
+                try:
+                    warm[version].append(json.loads(warm_out.read_text()))
+                except (OSError, ValueError):
+                    pass
+        for version in codes:
+            runs, w = cold[version], warm[version]
+            rows.append({"tower": tower, "code": version, "scenes": n_scenes,
+                         "text_path": w[0]["text_path"] if w else "-",
+                         "cold_s": median([r[0] for r in runs]), "cold_runs_s": [r[0] for r in runs],
+                         "cold_cpu_s": median([r[1] for r in runs]), "cold_peak_rss_mb": max(r[2] for r in runs),
+                         "warm_text_ms": median([x["text_ms"] for x in w]),
+                         "warm_text_cpu_ms": median([x["text_cpu_ms"] for x in w]),
+                         "warm_query_ms": median([x["query_ms"] for x in w])})
+    return rows
+
+
+def print_text(rows: list[dict[str, Any]]) -> None:
+    def f(x: object, fmt: str) -> str:
+        return "-" if x is None or (isinstance(x, float) and x != x) else fmt.format(x)
+
+    print(f"\ntext search path, {rows[0]['scenes'] if rows else '-'} scenes (cold: `cliptool search` in a new process; "
+          "warm: one searcher, medians)")
+    table = [("tower", "cliptool", "text path", "cold s", "cold CPU s", "cold RSS MB", "warm text ms",
+              "warm text CPU ms", "warm query ms")]
+    table += [(r["tower"], r["code"], r["text_path"], f(r["cold_s"], "{:.2f}"), f(r.get("cold_cpu_s"), "{:.2f}"),
+               f(r.get("cold_peak_rss_mb"), "{:.0f}"), f(r["warm_text_ms"], "{:.1f}"),
+               f(r.get("warm_text_cpu_ms"), "{:.1f}"), f(r["warm_query_ms"], "{:.1f}")) for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
 
 
 # -- int8 and bf16 against fp32 on real frames -------------------------------------------------------
@@ -709,6 +842,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries-only", action="store_true",
                     help="only warm query latency with filters and --videos (and the code they replace) "
                          "on the synthetic search index (100k scenes; quick: 20k)")
+    ap.add_argument("--text-only", action="store_true",
+                    help="only the text path: cold and warm search for a CLIP and a Hugging Face text tower, now and "
+                         "with the numpy encoder of --text-baseline")
+    ap.add_argument("--text-baseline", default=TEXT_BASELINE_COMMIT,
+                    help=f"commit whose cliptool the text figures compare with ('' for none) [{TEXT_BASELINE_COMMIT}]")
     ap.add_argument("--toy-model", type=Path, default=TOY_MODEL, help="folder with the toy CLIP's config.json and "
                     "weights.safetensors [data/toy-clip]")
     args = ap.parse_args(argv)
@@ -729,10 +867,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nfigures: {out / 'bench.json'}")
         return 0
     print("bench: building corpus and checkpoint (cached in %s)" % out, file=sys.stderr)
-    corpus = build_corpus(out, args.quick)
+    corpus = {} if args.text_only else build_corpus(out, args.quick)
     ckpt = build_checkpoint(out)
     work = out / "work"
     work.mkdir(exist_ok=True)
+    if args.text_only:
+        n_scenes = 20_000 if args.quick else 100_000
+        results["text"] = bench_text(out, ckpt, work, n_scenes, repeat, args.text_baseline or None)
+        (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
+        print_text(results["text"])
+        print(f"\nfigures: {out / 'bench.json'}")
+        return 0
     if args.recall_only:
         bench_sampling(results, out, corpus, ckpt, work, repeat, args.quick, args.toy_model)
         (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
@@ -759,6 +904,7 @@ def main(argv: list[str] | None = None) -> int:
     results["queries"] = bench_queries(build_search_index(out, ckpt, n_scenes), repeat)
     from .serve.bench import bench_serve
 
+    results["text"] = bench_text(out, ckpt, work, n_scenes, repeat, args.text_baseline or None)
     print("bench: the web app on the same index", file=sys.stderr)
     results["serve"] = bench_serve(build_search_index(out, ckpt, n_scenes), queries=1000)
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
@@ -783,6 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
     print_table(results)
     print_queries(results["queries"])
+    print_text(results["text"])
     print_recall(results)
     print(f"\nfigures: {out / 'bench.json'}")
     return 0
@@ -893,7 +1040,7 @@ def print_table(r: dict) -> None:
     print(f"index with --precision fp32 ({r['index_fp32_s']['file']}): {f(r['index_fp32_s']['index_s'])} s")
     print(f"search, {s['scenes']} scenes: cold `cliptool search` {f(s['cold_s'], '{:.2f}')} s; warm query "
           f"{f(s['query_ms'])} ms (text {f(s['text_ms'])} ms + search {f(s['search_ms'])} ms; "
-          f"exported text encoder: {s['numpy_text_encoder']}, layers in {s.get('text_layers', 'numpy')})")
+          f"text path: {s.get('text_path')})")
     print(f"cache rebuild, {s['scenes']} scenes: {f(s['rebuild_s'])} s, peak RSS {s['rebuild_peak_rss_mb']} MB "
           f"(vectors {s['vectors_mb']:.0f} MB)")
     v = r.get("serve") or {}

@@ -104,7 +104,8 @@ def _index() -> Any:
 def index(
     paths: list[Path] = typer.Argument(..., help="Video files or folders (searched recursively)."),
     model: Optional[str] = typer.Option(
-        None, help="open_clip model name or config JSON, a model folder, or hf-hub:ORG/NAME [default: ViT-B-32]."
+        None, help="open_clip model name or config JSON, a model folder, hf-hub:ORG/NAME, or 'multilingual' "
+        "(xlm-roberta-base-ViT-B-32: queries in ~100 languages) [default: ViT-B-32]."
     ),
     pretrained: Optional[str] = typer.Option(
         None, help="open_clip pretrained tag, a local checkpoint file or hf-hub:ORG/NAME [default: datacomp_xl_s13b_b90k]."

@@ -10,6 +10,10 @@ INDEX_DIR_ENV = "CLIPTOOL_INDEX_DIR"
 CACHE_DIR_ENV = "CLIPTOOL_CACHE_DIR"
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "datacomp_xl_s13b_b90k"
+# Short names for --model: name -> (open_clip model, its default pretrained tag).
+MODEL_SHORT_NAMES = {
+    "multilingual": ("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k"),  # XLM-RoBERTa text tower: ~100 languages
+}
 
 
 def usable_cores() -> int:

@@ -322,11 +322,11 @@ class ClipModel:
         return _normalise(feats.float().numpy())
 
     def export_text_encoder(self, index_dir: Path, report: Callable[[str], None] | None = None) -> bool:
-        """Writes the text tower for torch-free search (textenc) into `index_dir`, once per model.
+        """Writes the text tower for torch-free search (textenc: ONNX) into `index_dir`, once per model.
 
         Returns whether an export is in place. Waits for the model (and raises its load error).
-        A text tower the numpy encoder does not cover is recorded in the user cache (keyed by
-        the model's identity and the exporter's version) and said once, in one line through
+        A text tower the exporter cannot cover is recorded in the user cache (keyed by the
+        model's identity and the exporter's version) and said once, in one line through
         `report` (default: stderr); later calls return False at once, without loading
         open_clip, and search uses open_clip (see `fast_text_unavailable`). A failure to write
         is reported and not recorded: the next run tries again.
@@ -348,10 +348,12 @@ class ClipModel:
                 if fast_text_unavailable(text_spec) is not None:
                     return False  # recorded by an earlier run, which said why
                 self._need_open_clip()
+                if sys.stderr.isatty():
+                    print(f"preparing the fast text tower of {self.spec.model_name} (once per model)", file=sys.stderr)
                 try:
                     export_text_encoder(self._model, self.spec.model_name, cached, tokenizer=self._tokenizer)
                 except NotImplementedError as exc:
-                    reason = one_line(exc).removeprefix("numpy text encoder: ")
+                    reason = one_line(exc).removeprefix("text export: ")
                     _record_unsupported(text_spec, reason)
                     say(f"note: the fast text search path cannot run {self.spec.model_name}'s text tower "
                         f"({reason}); text search will use open_clip, which starts slower")
@@ -361,6 +363,7 @@ class ClipModel:
             tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"model_identity": identity}))
             os.replace(tmp, marker)
+            _remove_old_text_export(index_dir)
         except OSError as exc:
             say(f"warning: could not write the fast text encoder ({exc.strerror or one_line(exc)}); "
                 "text search will use open_clip until an index run writes it")
@@ -404,9 +407,20 @@ def settle_threads(limit: float = 30.0) -> None:
         return
 
 
-TEXTENC_CACHE_VERSION = 1
-TEXTENC_DIR = "textenc"
-TEXTENC_MARKER = "textenc-model.json"
+TEXTENC_CACHE_VERSION = 2  # 1: the numpy encoder's arrays; 2: an ONNX model
+TEXTENC_DIR = "textenc-onnx"
+TEXTENC_MARKER = "textenc-onnx-model.json"
+_OLD_TEXTENC = ("textenc-model.json", "textenc")  # the numpy encoder's marker and folder (cliptool before ONNX)
+
+
+def _remove_old_text_export(index_dir: Path) -> None:
+    """Deletes the numpy encoder's export an older cliptool wrote into the index (marker first)."""
+    import shutil
+
+    marker, folder = (Path(index_dir) / name for name in _OLD_TEXTENC)
+    marker.unlink(missing_ok=True)
+    if folder.is_dir() and not folder.is_symlink():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def text_encoder_identity(index_dir: Path) -> str | None:
@@ -465,7 +479,8 @@ def warn_slow_text_path(spec: ModelSpec, stream: TextIO | None = None) -> None:
     if identity in _SAID_SLOW_TEXT:
         return
     _SAID_SLOW_TEXT.add(identity)
-    reason = fast_text_unavailable(spec) or "the index holds no exported text encoder for its model"
+    reason = fast_text_unavailable(spec) or ("the index holds no exported text encoder for its model "
+                                             "(an index run with this cliptool writes it)")
     print(f"cliptool: text queries run in open_clip (torch), the slower path: {reason}", file=stream or sys.stderr)
 
 

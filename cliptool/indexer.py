@@ -506,7 +506,7 @@ def _analyse_with(
             summary.video_seconds += analysed.duration
             bar.update(1)
     bar.close()
-    model.export_text_encoder(index_dir, report=report)  # numpy text encoder for fast search; raises a model load error
+    model.export_text_encoder(index_dir, report=report)  # ONNX text encoder for fast search; raises a model load error
     return changed
 
 

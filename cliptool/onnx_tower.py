@@ -88,6 +88,29 @@ def load_cached(identity: str, threads: int = 0) -> OnnxImageTower | None:
     return tower if tower.identity == identity else None
 
 
+def torch_to_onnx(module: Any, example: Any, path: Path, input_name: str, output_name: str,
+                  dynamic_axes: dict[str, dict[int, str]]) -> None:
+    """Exports a torch module of one input and one output to an ONNX file (opset 17, TorchScript
+    exporter), with its parameters made to require grad meanwhile: nn.MultiheadAttention then
+    keeps to plain ops (its inference fast path, a fused kernel, has no ONNX export)."""
+    import warnings
+
+    import torch
+
+    params = list(module.parameters())
+    trainable = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
+                              dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
+    finally:
+        for p, flag in zip(params, trainable):
+            p.requires_grad_(flag)
+
+
 def export(visual: Any, identity: str, image_size: int, mean: np.ndarray, std: np.ndarray, dim: int,
            threads: int = 0) -> OnnxImageTower:
     """Exports an fp32 open_clip image tower, quantises it and caches it; returns it loaded.
@@ -96,7 +119,6 @@ def export(visual: Any, identity: str, image_size: int, mean: np.ndarray, std: n
     second process never leaves a half-written entry behind.
     """
     import logging
-    import warnings
 
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -110,22 +132,8 @@ def export(visual: Any, identity: str, image_size: int, mean: np.ndarray, std: n
     try:
         fp32 = tmp / "image-fp32.onnx"
         dummy = torch.zeros((2, 3, image_size, image_size), dtype=torch.float32)
-        params = list(visual.parameters())
-        trainable = [p.requires_grad for p in params]
-        # With grad on and weights that require it, nn.MultiheadAttention keeps to plain ops: its
-        # inference fast path (a fused kernel) has no ONNX export.
-        for p in params:
-            p.requires_grad_(True)
-        try:
-            with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    visual.float().eval(), (dummy,), str(fp32), input_names=["pixels"], output_names=["features"],
-                    dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}}, opset_version=17, dynamo=False,
-                )
-        finally:
-            for p, flag in zip(params, trainable):
-                p.requires_grad_(flag)
+        torch_to_onnx(visual.float().eval(), dummy, fp32, "pixels", "features",
+                      {"pixels": {0: "batch"}, "features": {0: "batch"}})
         quiet = logging.getLogger()
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # the quantiser logs advice at WARNING on the root logger

@@ -281,9 +281,10 @@ def read_image(path: Path) -> np.ndarray:
 class Searcher:
     """An index opened for queries; loads the model it was built with on first need.
 
-    text_runtime: what runs the exported text tower's layers: "numpy" (nothing to start; best
-    for one query) or "onnxruntime" (packs the weights once, ~0.3 s, then about half the time
-    per query; for a searcher that lives on).
+    text_runtime: how the exported text tower starts in ONNX Runtime: "numpy" (the name of the
+    numpy encoder this replaced; one query per process: starts with nothing to prepare, ~0.15 s
+    of CPU less) or "onnxruntime" (packs the weights once at start, then each query takes about
+    a third of the CPU; for a searcher that lives on).
     """
 
     def __init__(self, index_dir: Path, spec: ModelSpec | None = None, *, text_runtime: str = "numpy") -> None:
@@ -312,7 +313,7 @@ class Searcher:
         self._masks: dict[Filters, np.ndarray] = {}
 
     def exported_text_encoder(self) -> object | None:
-        """The numpy text encoder exported into the index for this model (see textenc), if any.
+        """The ONNX text encoder exported into the index for this model (see textenc), if any.
 
         It gives open_clip's text vectors without importing torch or open_clip, which is what
         lets a search in a new process answer in a fraction of a second.
@@ -320,20 +321,13 @@ class Searcher:
         if self._text_encoder is None:
             self._text_encoder = False
             if text_encoder_identity(self.index_dir) == self.vectors.meta.get("model_identity"):
-                from .config import usable_cores
-                from .textenc import NumpyTextEncoder
+                from .textenc import OnnxTextEncoder
 
-                directory = self.index_dir / TEXTENC_DIR
-                # Two BLAS threads read the weights (150 MB for ViT-B-32) at about 1.5x the
-                # bandwidth of one: 19-21 ms against 29-33 ms per query on 2 busy cores.
-                threads = min(usable_cores(), 2)
                 try:
-                    self._text_encoder = NumpyTextEncoder.load(directory, blas_threads=threads,
-                                                               runtime=self.text_runtime)
-                except (OSError, ValueError, KeyError):
-                    self._text_encoder = False  # damaged or foreign export: open_clip instead
-                except Exception:  # noqa: BLE001 - ONNX Runtime could not set up: the numpy layers
-                    self._text_encoder = NumpyTextEncoder.load(directory, blas_threads=threads)
+                    self._text_encoder = OnnxTextEncoder.load(self.index_dir / TEXTENC_DIR,
+                                                              prepack=self.text_runtime != "numpy")
+                except Exception:  # noqa: BLE001 - damaged or foreign export, or ONNX Runtime failed: open_clip
+                    self._text_encoder = False
         return self._text_encoder or None
 
     @property

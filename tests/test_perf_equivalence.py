@@ -13,7 +13,7 @@ import pytest
 from cliptool.analyse import analyse_video
 from cliptool.config import IndexOptions
 from cliptool.decode import VideoReader, to_rgb
-from cliptool.embed import ClipModel, ModelSpec
+from cliptool.embed import TEXTENC_DIR, ClipModel, ModelSpec
 from cliptool.sample import SceneCutter
 
 
@@ -139,7 +139,7 @@ def test_int8_tower_is_exported_once_and_loads_without_torch(sample_clips: dict[
 
     got = fresh_process(tmp_path / "second-index")
     assert got["heavy"] == []  # cached towers need neither torch nor open_clip, for images or text
-    first, second = tmp_path / "first-index" / "textenc", tmp_path / "second-index" / "textenc"
+    first, second = tmp_path / "first-index" / TEXTENC_DIR, tmp_path / "second-index" / TEXTENC_DIR
     assert sorted(p.name for p in first.iterdir()) == sorted(p.name for p in second.iterdir())
     assert all((first / p.name).read_bytes() == p.read_bytes() for p in second.iterdir())
     crops = ClipModel(spec).encode_images([np.ascontiguousarray(im[:64, :64]) for im in images])
