@@ -96,13 +96,23 @@ def test_int8_stays_close_to_fp32_and_ranks_alike(sample_clips: dict[str, Path],
                                         replace(fp32_model.spec, precision="bf16").identity())
     images = _photos_and_frames(sample_clips)
     a, b = int8.encode_images(images), fp32_model.encode_images(images)
+    # Random weights are a poor measure of closeness: their activations have outliers that the
+    # dynamic int8 ranges clip (cosines of 0.88-0.93 on a few frames with today's packages), so
+    # they only show that the tower computes the same function; trained weights show closeness.
     cos = np.sum(a * b, axis=1)
-    assert cos.min() > 0.99, cos.min()
-    # each image as a query against the fp32 vectors of all: int8 finds itself (or an identical
-    # frame: the sample clips hold still segments) first
+    assert np.median(cos) > 0.98 and cos.min() > 0.8, (np.median(cos), cos.min())
+    np.testing.assert_allclose(int8.encode_text(["a cat"]), fp32_model.encode_text(["a cat"]), atol=1e-6)
+    # The committed toy CLIP (trained): every image stays within 1e-3 of fp32, and each image as
+    # a query against the fp32 vectors of all finds itself (or an identical frame: the sample
+    # clips hold still segments) first.
+    toy = Path(__file__).resolve().parents[1] / "data" / "toy-clip"
+    toy_int8 = ClipModel(ModelSpec(str(toy / "config.json"), str(toy / "weights.safetensors"), "int8"))
+    toy_fp32 = ClipModel(ModelSpec(str(toy / "config.json"), str(toy / "weights.safetensors"), "fp32"))
+    a, b = toy_int8.encode_images(images), toy_fp32.encode_images(images)
+    cos = np.sum(a * b, axis=1)
+    assert cos.min() > 0.999, cos.min()
     first = np.argmax(a @ b.T, axis=1)
     assert (np.sum(b[first] * b, axis=1) > 0.9999).all()
-    np.testing.assert_allclose(int8.encode_text(["a cat"]), fp32_model.encode_text(["a cat"]), atol=1e-6)
 
 
 def test_int8_tower_is_exported_once_and_loads_without_torch(sample_clips: dict[str, Path],
