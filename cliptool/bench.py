@@ -335,6 +335,120 @@ def warm_search(index_dir: Path, repeat: int) -> dict[str, float]:
             "text_layers": getattr(searcher.exported_text_encoder(), "runtime", "open_clip")}
 
 
+# -- a synthetic index of N scenes, written through the store's own API ------------------------------
+SYNTH_ROOT = "/synthetic"  # where the synthetic videos "are": no such folder, so no index run prunes them
+
+
+def synthetic_scene_vectors(rng: np.random.Generator, centres: np.ndarray, n: int, frames: int,
+                            theme: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scene vectors (n, D), frame vectors (n, frames, D)) that look like CLIP's: unit vectors
+    around cluster centres that share a common direction (CLIP's embeddings sit in a narrow
+    cone), most scenes of a video near its theme cluster, each frame near its scene's
+    direction, and the scene vector the normalised mean of its frames, as indexing makes it."""
+    dim = centres.shape[1]
+    pick = np.where(rng.random(n) < 0.6, theme, rng.integers(len(centres), size=n))
+    direction = centres[pick] + 0.6 * rng.standard_normal((n, dim), dtype=np.float32) / np.sqrt(dim)
+    f = direction[:, None, :] + 0.3 * rng.standard_normal((n, frames, dim), dtype=np.float32) / np.sqrt(dim)
+    f /= np.linalg.norm(f, axis=2, keepdims=True)
+    scene = f.mean(axis=1)
+    scene /= np.linalg.norm(scene, axis=1, keepdims=True)
+    return scene.astype(np.float32), f.astype(np.float32)
+
+
+def synthetic_centres(rng: np.random.Generator, count: int, dim: int) -> np.ndarray:
+    common = rng.standard_normal(dim).astype(np.float32)
+    common /= np.linalg.norm(common)
+    own = rng.standard_normal((count, dim)).astype(np.float32)
+    own /= np.linalg.norm(own, axis=1, keepdims=True)
+    centres = 0.7 * common + own
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+def write_synthetic(index_dir: Path, scenes: int, dim: int, identity: str, spec: dict[str, str], *,
+                    per_video: int = 250, frames: int = 3, seed: int = 0, name: str = "synth",
+                    progress: bool = True, batch_scenes: int = 20_000) -> dict[str, Any]:
+    """Writes `scenes` synthetic scenes (videos of `per_video` scenes) into the index at
+    `index_dir` through the store's commit protocol (IndexStore.put_videos: one commit per
+    `batch_scenes` scenes' worth of videos), under the writer lock; records the model as an index run does (`identity`, `spec`);
+    then brings the search cache in line (appends the new videos, or builds it)."""
+    from .store import IndexStore, SceneRecord, SceneVectors, VideoRecord, WriterLock, video_id_for
+    from .vector_index import sync_cache
+
+    index_dir = Path(index_dir)
+    rng = np.random.default_rng(seed)
+    centres = synthetic_centres(rng, max(64, scenes // 200), dim)
+    t0 = time.perf_counter()
+    videos = (scenes + per_video - 1) // per_video
+    with WriterLock(index_dir):
+        with IndexStore(index_dir, create=True) as store:
+            store.bind_model(identity, spec)
+            done = committed = 0
+            batch: list[Any] = []
+            for v in range(videos):
+                n = min(per_video, scenes - done)
+                scene_vecs, frame_vecs = synthetic_scene_vectors(rng, centres, n, frames, int(rng.integers(len(centres))))
+                lengths = rng.uniform(2.0, 10.0, size=n)
+                ends = np.cumsum(lengths)
+                starts = ends - lengths
+                recs = []
+                for i in range(n):
+                    s, e = float(starts[i]), float(ends[i])
+                    times = [round(s + (e - s) * (j + 1) / (frames + 1), 3) for j in range(frames)]
+                    recs.append(SceneRecord(i, round(s, 3), round(e, 3), int(s * 30), int(e * 30), times,
+                                            [int(t * 30) for t in times]))
+                path = f"{SYNTH_ROOT}/{name}/video-{v:07d}.mp4"
+                vid = video_id_for(path)
+                record = VideoRecord(vid, path, n, 0.0, f"synthetic-{seed}-{v}", float(ends[-1]), 30.0, 1920, 1080,
+                                     int(ends[-1] * 30), n, "h264", identity, time.time(), "")
+                batch.append((record, recs, [SceneVectors(scene_vecs[i], frame_vecs[i]) for i in range(n)]))
+                done += n
+                if done - committed >= batch_scenes or done == scenes:  # one commit per batch of videos
+                    store.put_videos(batch)
+                    batch, committed = [], done
+                if progress and (v + 1) % max(1, videos // 20) == 0:
+                    print(f"synth-index: {done} / {scenes} scenes ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    stored_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    sync = sync_cache(index_dir, report=(lambda m: print(m, file=sys.stderr)) if progress else None)
+    return {"scenes": scenes, "videos": videos, "store_s": stored_s, "cache_s": time.perf_counter() - t1,
+            "cache_rebuilt": sync.rebuilt, "cache_added_rows": sync.added_rows}
+
+
+def synth_index_main(argv: list[str]) -> int:
+    """`python -m cliptool.bench synth-index DIR --scenes N --model M --pretrained P`."""
+    from .embed import ClipModel, ModelSpec
+    from .indexer import resolve_model_spec
+
+    ap = argparse.ArgumentParser(prog="python -m cliptool.bench synth-index",
+                                 description="Builds a synthetic index of N scenes through the store's own API, "
+                                             "recording the given model as `cliptool index` does, so that real "
+                                             "videos can be added to it and it can be searched by text and image.")
+    ap.add_argument("dir", type=Path, help="the index directory (created, or added to)")
+    ap.add_argument("--scenes", type=int, required=True)
+    ap.add_argument("--model", required=True, help="open_clip model name or config JSON, as for `cliptool index`")
+    ap.add_argument("--pretrained", required=True, help="pretrained tag or checkpoint file, as for `cliptool index`")
+    ap.add_argument("--precision", default=None, help="image tower precision, as for `cliptool index` [int8]")
+    ap.add_argument("--scenes-per-video", type=int, default=250)
+    ap.add_argument("--frames", type=int, default=3, help="sample-frame vectors per scene [3]")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default=None, help="folder name of the synthetic videos [synth-SEED]")
+    args = ap.parse_args(argv)
+    if args.scenes < 1 or args.scenes_per_video < 1 or args.frames < 1:
+        ap.error("--scenes, --scenes-per-video and --frames must be at least 1")
+    spec = resolve_model_spec(args.dir, ModelSpec(args.model, args.pretrained))
+    if args.precision:
+        spec = ModelSpec(spec.name, spec.pretrained, args.precision)
+    model = ClipModel(spec)
+    identity = spec.identity()
+    out = write_synthetic(args.dir, args.scenes, model.dim, identity, spec.to_dict(), per_video=args.scenes_per_video,
+                          frames=args.frames, seed=args.seed, name=args.name or f"synth-{args.seed}")
+    t0 = time.perf_counter()
+    model.export_text_encoder(args.dir)  # the numpy text tower, for fast text search (as `index` does)
+    out["text_export_s"] = time.perf_counter() - t0
+    print(json.dumps(out))
+    return 0
+
+
 # -- int8 and bf16 against fp32 on real frames -------------------------------------------------------
 def precision_accuracy(ckpt: Path, clips: list[Path], per_clip: int) -> dict[str, dict[str, float]]:
     from .decode import VideoReader, to_rgb
@@ -598,6 +712,9 @@ def print_recall(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["synth-index"]:
+        return synth_index_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m cliptool.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short clips, fewer repeats, 20k-scene search index")
     ap.add_argument("--out", type=Path, default=REPO / "bench-out")

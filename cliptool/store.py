@@ -380,6 +380,44 @@ class IndexStore:
                 self._write(lambda: self._delete_version(old.video_id, old.version))
         return record
 
+    def put_videos(self, items: list[tuple[VideoRecord, list[SceneRecord], list[SceneVectors]]]) -> list[VideoRecord]:
+        """put_video for many videos with one commit: every video's vectors and scenes first
+        (one synced batch per store), then all their records in one atomic batch (the commit
+        point), then the old versions are deleted. For bulk writers (the synthetic bench index)."""
+        if any(len(scenes) != len(vectors) for _, scenes, vectors in items):
+            raise ValueError("one vector record per scene")
+        with deferred_interrupt():
+            olds = [self.get_video(record.video_id) for record, _, _ in items]
+            for record, scenes, _ in items:
+                record.version = secrets.token_hex(4)
+                record.scene_count = len(scenes)
+                for scene in scenes:
+                    scene.scene_id = scene_id(record.video_id, record.version, scene.index)
+
+            def put_versions() -> None:
+                with self._db("embeddings").write_batch(sync=True) as batch:
+                    for _, scenes, vectors in items:
+                        for scene, vec in zip(scenes, vectors):
+                            batch.put(scene.scene_id.encode(), encode_vectors(vec))
+                with self._db("scenes").write_batch(sync=True) as batch:
+                    for record, scenes, _ in items:
+                        batch.put(_scenes_key(record.video_id, record.version),
+                                  json.dumps([asdict(s) for s in scenes], separators=(",", ":")).encode())
+
+            self._write(put_versions)
+
+            def commit() -> None:
+                with self._db("videos").write_batch(sync=True) as batch:
+                    for record, _, _ in items:
+                        batch.put(b"v/" + record.video_id.encode(), record.to_json())
+                        batch.delete(b"f/" + record.video_id.encode())
+
+            self._commit(commit)
+            for old in olds:
+                if old is not None:
+                    self._write(lambda old=old: self._delete_version(old.video_id, old.version))
+        return [record for record, _, _ in items]
+
     def put_record(self, record: VideoRecord) -> None:
         """Rewrites a video's record only (same version: its scenes and vectors stay)."""
         with deferred_interrupt():
