@@ -747,19 +747,23 @@ def _sample_queries(vectors: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 
 def approx_recall(seg: VectorIndex, queries: np.ndarray, nprobe: int | None = None, k: int = 10) -> float:
-    """Recall@k of a segment's approximate search (with its re-ranking) against the exact scan."""
-    _, exact = seg.faiss.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    saved = seg.meta.get("approx", {}).get("nprobe")
-    if nprobe is not None:
-        seg.meta["approx"]["nprobe"] = nprobe
-    try:
-        hits = 0
-        for q, want in zip(queries, exact):
-            _, rows = seg.scores(q, k)
-            hits += len(set(rows.tolist()) & set(want.tolist()))
-    finally:
-        if nprobe is not None:
-            seg.meta["approx"]["nprobe"] = saved
+    """Recall@k of a segment's approximate search (with its exact re-ranking) against the exact
+    scan, for a batch of queries (searched together, as one FAISS call each)."""
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    _, exact = seg.faiss.search(queries, k)
+    info = seg.meta["approx"]
+    params = faiss.SearchParametersIVF()
+    params.nprobe = int(nprobe or info["nprobe"])
+    wanted = min(seg.size, max(k, int(info.get("candidates", APPROX_CANDIDATES))))
+    _, found = seg.approx.search(queries, wanted, params=params)
+    vectors = seg.vectors_view()
+    hits = 0
+    for q, rows, want in zip(queries, found, exact):
+        rows = np.sort(rows[rows >= 0])
+        _, best = _top(np.asarray(vectors[rows], dtype=np.float32) @ q, rows.astype(np.int64), k)
+        hits += len(set(best.tolist()) & set(want.tolist()))
     return hits / float(k * len(queries))
 
 
