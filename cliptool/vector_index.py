@@ -26,8 +26,8 @@ cache in memory and hides the rows retired since (`LiveIndex`); when that is too
 appends it to the cache itself (`sync_cache`, never a rebuild from scratch). The next index run
 and `check --repair` bring a lagging cache back in line the same way.
 
-Approximate search: a segment of `APPROX_MIN_ROWS` rows or more (or any size, with
-CLIPTOOL_VECTOR_INDEX=approx; never, with =exact) also gets an `index_factory` IVF index with
+Approximate search: a segment of `APPROX_MIN_ROWS` rows or more (or of 1,024 or more,
+with CLIPTOOL_VECTOR_INDEX=approx; never, with =exact) also gets an `index_factory` IVF index with
 8-bit scalar codes, trained from its own vectors (a HNSW coarse quantiser past 1,024 lists).
 Its nprobe is tuned when it is built, on sample queries against the exact scan, to the smallest
 giving recall@10 >= `APPROX_TARGET_RECALL`, and the recall measured is kept in its meta.json
@@ -73,6 +73,7 @@ DELTA_APPROX_MIN_ROWS = 20_000  # a delta this large is encoded with the base's 
 APPROX_TARGET_RECALL = 0.99  # nprobe is tuned to this recall@10 (after re-ranking) on sample queries
 APPROX_CANDIDATES = 100  # candidates an approximate segment returns for exact re-ranking (at least)
 APPROX_MODES = ("auto", "exact", "approx")
+_APPROX_FLOOR = 1_024  # below this an exact scan is as fast, whatever was asked
 VECTOR_INDEX_ENV = "CLIPTOOL_VECTOR_INDEX"
 
 Report = Callable[[str], None]
@@ -88,7 +89,7 @@ def approx_mode() -> str:
 
 def _wants_approx(rows: int, mode: str | None = None) -> bool:
     mode = mode or approx_mode()
-    return rows > 0 and (mode == "approx" or (mode == "auto" and rows >= APPROX_MIN_ROWS))
+    return rows >= _APPROX_FLOOR and (mode == "approx" or (mode == "auto" and rows >= APPROX_MIN_ROWS))
 
 
 @dataclass
