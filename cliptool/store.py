@@ -495,11 +495,27 @@ class IndexStore:
             key for key in self._db("scenes").iterator(prefix=b"s/", include_value=False)
             if tuple(key.decode(errors="replace").split("/", 2)[1:]) not in live
         ]
-        vector_keys = [
-            key for key in self._db("embeddings").iterator(include_value=False)
-            if not key.startswith(b"!") and tuple(key.decode(errors="replace").split("/", 2)[:2]) not in live
-        ]
-        return scene_keys, vector_keys
+        return scene_keys, self._orphan_vector_keys(live)
+
+    def _orphan_vector_keys(self, live: set[tuple[str, str]]) -> list[bytes]:
+        """Vector keys of no live (video id, version). Keys sort by video id and version, so a
+        live video's keys are skipped with one seek past its prefix: the cost grows with the
+        videos and the orphans, not with every scene of a large index."""
+        out: list[bytes] = []
+        it = self._db("embeddings").iterator(include_value=False)
+        try:
+            for key in it:
+                if key.startswith(b"!"):
+                    continue
+                parts = key.split(b"/", 2)
+                owner = tuple(p.decode(errors="replace") for p in parts[:2])
+                if owner in live and len(parts) == 3:
+                    it.seek(parts[0] + b"/" + parts[1] + b"/\xff")  # past this version's scenes
+                    continue
+                out.append(key)
+        finally:
+            it.close()
+        return out
 
     def recover(self) -> int:
         """Deletes scene lists and vectors that no video record names (left by a crash).
