@@ -764,13 +764,15 @@ def _sample_queries(vectors: np.ndarray, count: int, seed: int) -> np.ndarray:
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def approx_recall(seg: VectorIndex, queries: np.ndarray, nprobe: int | None = None, k: int = 10) -> float:
+def approx_recall(seg: VectorIndex, queries: np.ndarray, nprobe: int | None = None, k: int = 10,
+                  exact: np.ndarray | None = None) -> float:
     """Recall@k of a segment's approximate search (with its exact re-ranking) against the exact
-    scan, for a batch of queries (searched together, as one FAISS call each)."""
+    scan (`exact`: its top-k rows per query, when known), for a batch of queries."""
     import faiss
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    _, exact = seg.faiss.search(queries, k)
+    if exact is None:
+        _, exact = seg.faiss.search(queries, k)
     info = seg.meta["approx"]
     params = faiss.SearchParametersIVF()
     params.nprobe = int(nprobe or info["nprobe"])
@@ -826,8 +828,9 @@ def _approximate(directory: Path, trained_from: Path | None, mode: str | None = 
     seg._approx = index
     if trained_from is None:  # the smallest nprobe reaching the target recall on sample queries
         queries = _sample_queries(vectors, 200, seed=1)
+        exact = seg.faiss.search(queries, 10)[1]
         for nprobe in [p for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if p <= info["nlist"]]:
-            recall = approx_recall(seg, queries, nprobe)
+            recall = approx_recall(seg, queries, nprobe, exact=exact)
             info["nprobe"], info["recall_at_10"] = nprobe, round(recall, 4)
             if recall >= APPROX_TARGET_RECALL:
                 break
