@@ -99,7 +99,7 @@ class Index:
     def status(self) -> dict[str, Any]:
         """Where the index is, its model, how many videos, scenes and hours, and its sizes."""
         from .store import STORE_NAMES, IndexStore
-        from .vector_index import cache_state
+        from .vector_index import cache_state, describe_cache
 
         with IndexStore(self.directory) as store:
             meta = store.meta()
@@ -113,6 +113,7 @@ class Index:
             "scenes": sum(v.scene_count for v in records),
             "hours": round(sum(v.duration for v in records) / 3600, 3),
             "cache": cache_state(self.directory),
+            "search_index": describe_cache(self.directory),  # exact or approximate, its parameters, recall
             "bytes": sizes | {"faiss": _dir_size(self.directory / "faiss")},
         }
 

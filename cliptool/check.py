@@ -95,30 +95,49 @@ def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> li
     return wrong
 
 
-def _cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: list[VideoRecord]) -> list[str]:
-    """What is wrong with the current FAISS build, compared with the stores."""
-    from .vector_index import VectorIndex, current_build
+def _cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: list[VideoRecord],
+                    stale: bool = False) -> list[str]:
+    """What is wrong with the live search cache (its segments, retired rows hidden), compared
+    with the stores; of a stale cache (commits not yet appended), only the videos it agrees on
+    with the stores are compared."""
+    from .vector_index import VectorIndex, _cache_root, _live_map, _retired_mask, read_manifest
 
-    build = current_build(index_dir)
-    if build is None:
+    manifest = read_manifest(index_dir)
+    if manifest is None:
         return []
+    root = _cache_root(index_dir)
     try:
-        vi = VectorIndex(build)
-        rows = vi.size
-        ids = vi.scene_ids()
-        mat = vi.scene_matrix()
+        segments = [VectorIndex(root / s["name"]) for s in manifest["segments"]]
+        ids: list[str] = []
+        wrong_vector = ""
+        for entry, seg in zip(manifest["segments"], segments):
+            hidden = _retired_mask(entry, seg)
+            mat = seg.scene_matrix()
+            for row, sid in enumerate(seg.scene_ids()):
+                if hidden is not None and hidden[row]:
+                    continue
+                ids.append(sid)
+                if not wrong_vector and sid in expected and not np.allclose(mat[row], expected[sid], atol=1e-6):
+                    wrong_vector = sid
+        live = _live_map(manifest, segments)
     except Exception as exc:  # noqa: BLE001 - any failure to load means a corrupt cache
-        return [f"the search cache {build.name} cannot be read ({type(exc).__name__})"]
+        return [f"the search cache cannot be read ({type(exc).__name__})"]
+    if stale:  # only the videos the cache and the stores agree on; a search lays the rest over it
+        state = {r.video_id: (r.version, r.path) for r in records}
+        same = {(vid, version) for vid, (version, path, _, _) in live.items() if state.get(vid) == (version, path)}
+
+        def agreed(sid: str) -> bool:
+            return tuple(sid.split("/")[:2]) in same
+
+        ids = [sid for sid in ids if agreed(sid)]
+        expected = {sid: v for sid, v in expected.items() if agreed(sid)}
     wrong = []
     if sorted(ids) != sorted(expected):
         wrong.append(f"the search cache lists {len(ids)} scenes, the stores hold {len(expected)} (or other ones)")
-    else:
-        for row, sid in enumerate(ids):
-            if not np.allclose(mat[row], expected[sid], atol=1e-6):
-                wrong.append(f"the search cache's vector for scene {sid} differs from the store's")
-                break
-    cached_videos = sorted((v["video_id"], v["path"]) for v in vi.videos)
-    if cached_videos != sorted((r.video_id, r.path) for r in records):
+    elif wrong_vector:
+        wrong.append(f"the search cache's vector for scene {wrong_vector} differs from the store's")
+    cached_videos = sorted((vid, path) for vid, (_, path, _, _) in live.items())
+    if not stale and cached_videos != sorted((r.video_id, r.path) for r in records):
         wrong.append("the search cache's video list differs from the stores'")
     return wrong
 
@@ -130,7 +149,7 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
     `cliptool index` redoes it) and rebuilds a corrupt or disagreeing cache. Holds the writer
     lock (an index run in progress would look like orphans), unless take_lock is False.
     """
-    from .vector_index import cache_state, rebuild
+    from .vector_index import cache_state, rebuild, sync_cache
 
     index_dir = Path(index_dir)
     if take_lock:
@@ -192,12 +211,15 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
     records = [r for r in records if r.video_id not in damaged_ids]
     _check_thumbnails(index_dir, report, records, repair)
     report.cache = cache_state(index_dir)  # "stale" is no problem: a search adds what is newer
-    if report.cache == "current":
-        for w in _cache_problems(index_dir, expected, records):
+    if report.cache != "missing":
+        for w in _cache_problems(index_dir, expected, records, stale=report.cache == "stale"):
             report.problems.append(Problem(CACHE, w))
     if repair and (damaged or misfiled or any(p.kind == CACHE for p in report.problems) or report.cache != "current"):
-        try:
-            rebuild(index_dir)
+        try:  # a cache that disagrees is built again; one that only lags is caught up (appended)
+            if any(p.kind == CACHE for p in report.problems) or report.cache == "missing":
+                rebuild(index_dir)
+            else:
+                sync_cache(index_dir)
             report.cache = "current"
             for p in report.problems:
                 if p.kind == CACHE:

@@ -527,10 +527,24 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
         print(f"videos:  {info['videos']}  ({info['hours']} h)")
         print(f"scenes:  {info['scenes']}")
         print(f"cache:   {info['cache']}")
+        print(f"search:  {_search_index_line(info.get('search_index') or {})}")
         for name, size in info["bytes"].items():  # type: ignore[union-attr]
             print(f"{name + ':':<12}{size / 1e6:9.2f} MB")
 
     _run(body)
+
+
+def _search_index_line(d: dict[str, Any]) -> str:
+    """How the cache answers: exact, or approximate with its parameters and measured recall."""
+    if "kind" not in d:
+        return "-"
+    where = f"{d['segments']} segment(s), {d['rows']} rows, {d['retired_rows']} retired"
+    approx = d.get("approx")
+    if not approx:
+        return f"exact scan ({where})"
+    return (f"approximate, FAISS {approx['factory']}, nprobe {approx['nprobe']}, re-ranking "
+            f"{approx['candidates']} candidates exactly; recall@10 {approx['recall_at_10']:.3f} against the exact scan "
+            f"(measured when built) ({where})")
 
 
 @app.command()

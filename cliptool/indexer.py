@@ -1,5 +1,5 @@
 """An index run: discover -> plan (skip, move, remove) -> analyse each changed video -> store ->
-rebuild the FAISS cache.
+append it to the FAISS cache (vector_index.sync_cache, after each commit).
 
 Incremental: a file whose size and mtime match its record is skipped without reading it; one
 whose mtime changed but whose content fingerprint did not gets its record refreshed. A new
@@ -27,7 +27,7 @@ from .config import IndexOptions, usable_cores
 from .discover import discover_videos
 from .embed import ClipModel, ModelSpec, file_fingerprint, settle_threads
 from .errors import CliptoolError, ModelUnavailableError, NothingToDoError, VideoError, one_line, printable
-from .store import IndexStore, VideoRecord, WriterLock, real_path, video_id_for
+from .store import IndexStore, VideoRecord, WriterLock, generation, real_path, video_id_for
 from .thumbnails import write_scene_thumbnails
 
 Reporter = Callable[[str], None]
@@ -251,8 +251,6 @@ def index_paths(
     """
     from tqdm import tqdm
 
-    from .vector_index import rebuild
-
     options = options or IndexOptions()
     started = time.monotonic()
     paths = [Path(p).expanduser() for p in paths]
@@ -274,6 +272,8 @@ def index_paths(
                 report(f"{'removed duplicate' if outcome == 'duplicate' else 'refiled'} {record.path} -> {real}")
             known = {v.video_id: v for v in store.videos()}
             failures = store.failures()
+        if known and not _cache_current(index_dir):  # a cache left behind (a crash, say): caught up
+            _sync(index_dir, None, None, report)
         plan = _classify(files, known, failures, identity, summary, report)
         file_ids = {video_id_for(f) for f in files}
         gone = {vid: rec for vid, rec in known.items() if vid not in file_ids and _gone(rec.path)}
@@ -296,13 +296,8 @@ def index_paths(
             except BaseException:
                 settle_threads()
                 raise
-        if changed_store or not _cache_current(index_dir):
-            try:
-                rebuild(index_dir)
-            except CliptoolError:
-                pass  # nothing indexed yet: search will say so
-            except OSError as exc:
-                report(f"warning: could not write the search cache ({exc.strerror or exc}); search will retry")
+        if (changed_store or known) and not _cache_current(index_dir):  # each commit was appended; this
+            _sync(index_dir, None, None, report)  # only catches up what an earlier failure left out
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -386,27 +381,56 @@ def _plan_removals(plan: _Plan, gone: dict[str, VideoRecord], failures: dict[str
 
 
 def _apply(plan: _Plan, index_dir: Path, known: dict[str, VideoRecord], summary: IndexSummary, report: Reporter) -> None:
-    """Writes the plan's refreshes, moves and removals (no decoding)."""
-    with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
-        for rec in plan.refresh:
-            store.put_record(rec)
-        for path, st, src in plan.moves:
-            record = VideoRecord(**{**src.__dict__, "video_id": video_id_for(path), "path": str(path),
-                                    "size": st.st_size, "mtime": st.st_mtime, "indexed_at": time.time()})
-            try:
-                store.move_video(src.video_id, record)
-            except ValueError:  # its stored scenes are incomplete: index the file afresh
-                store.delete_video(src.video_id)
-                plan.todo.append((path, st, known.get(video_id_for(path))))
-                continue
-            summary.moved += 1
-            report(f"moved {src.path} -> {path}")
-        for rec in plan.removals:
-            store.delete_video(rec.video_id)
-            summary.removed += 1
-            report(f"removed {rec.path} (file is gone)")
-        for vid in plan.stale_failures:
-            store.delete_failure(vid)
+    """Writes the plan's refreshes, moves and removals (no decoding), then appends them to the
+    search cache."""
+    since = generation(index_dir)
+    touched: list[str] = []
+    try:
+        with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+            _apply_to(store, plan, known, summary, report, touched)
+    finally:
+        _sync(index_dir, touched, since, report)
+
+
+def _apply_to(store: IndexStore, plan: _Plan, known: dict[str, VideoRecord], summary: IndexSummary,
+              report: Reporter, touched: list[str]) -> None:
+    """The store writes of `_apply`; the ids of the videos they touch go into `touched`."""
+    for rec in plan.refresh:
+        store.put_record(rec)
+        touched.append(rec.video_id)
+    for path, st, src in plan.moves:
+        record = VideoRecord(**{**src.__dict__, "video_id": video_id_for(path), "path": str(path),
+                                "size": st.st_size, "mtime": st.st_mtime, "indexed_at": time.time()})
+        touched += [src.video_id, record.video_id]
+        try:
+            store.move_video(src.video_id, record)
+        except ValueError:  # its stored scenes are incomplete: index the file afresh
+            store.delete_video(src.video_id)
+            plan.todo.append((path, st, known.get(video_id_for(path))))
+            continue
+        summary.moved += 1
+        report(f"moved {src.path} -> {path}")
+    for rec in plan.removals:
+        touched.append(rec.video_id)
+        store.delete_video(rec.video_id)
+        summary.removed += 1
+        report(f"removed {rec.path} (file is gone)")
+    for vid in plan.stale_failures:
+        store.delete_failure(vid)
+
+
+def _sync(index_dir: Path, video_ids: list[str] | None, since: str | None, report: Reporter) -> None:
+    """Appends what was just committed (these videos; None: whatever differs) to the search
+    cache. A failure here loses nothing: a search lays what the cache lacks over it, and the
+    next run or `check --repair` catches it up."""
+    from .vector_index import sync_cache
+
+    try:
+        sync_cache(index_dir, video_ids, since=since, report=report)
+    except CliptoolError:
+        pass  # nothing indexed yet (search will say so), or another process holds the cache build
+    except OSError as exc:
+        report(f"warning: could not update the search cache ({exc.strerror or exc}); search will catch up")
 
 
 def _cache_current(index_dir: Path) -> bool:
@@ -478,12 +502,15 @@ def _analyse_with(
                 elif _changed_since(path, st):  # a half-written file, say: try again next run
                     error, remember = "changed while it was being indexed; run index again", False
                 _fail(summary, report, path, error)
+                since = generation(index_dir)
                 with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
                     if old is not None and (vanished or remember):
                         store.delete_video(old.video_id)  # its record described other content
                         changed = True
                     if remember and not vanished:
                         store.put_failure(video_id_for(path), str(path), st.st_size, st.st_mtime, error)
+                if old is not None and (vanished or remember):
+                    _sync(index_dir, [old.video_id], since, report)
                 bar.update(1)
                 continue
             record = VideoRecord(
@@ -493,8 +520,10 @@ def _analyse_with(
                 scene_count=len(analysed.scenes), codec=analysed.info.codec, model=identity,
                 indexed_at=time.time(), version="",
             )
+            since = generation(index_dir)
             with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
                 record = store.put_video(record, analysed.scenes, analysed.vectors)
+            _sync(index_dir, [record.video_id], since, report)  # its rows appended to the search cache
             # derived data: the sample frames' JPEGs, when the analysis pass made them
             write_scene_thumbnails(index_dir, record, analysed.scenes, getattr(analysed, "thumbnails", None))
             changed = True

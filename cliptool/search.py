@@ -485,23 +485,24 @@ class Searcher:
         the searcher takes in new commits."""
         if self._row_videos is None:
             vectors = self.vectors
-            base = vectors.base if isinstance(vectors, LiveIndex) else vectors
-            ids = [v["video_id"] for v in base.videos]
-            column = np.asarray(base._table["video_row"], dtype=np.int64)
-            if isinstance(vectors, LiveIndex):
-                column = np.where(vectors.retired, -1, column)
-                number = {vid: i for i, vid in enumerate(ids)}
-                new = [number.setdefault(p.video_id, len(number)) for p in vectors.overlay.positions]
-                ids = list(number)
-                column = np.concatenate([column, np.asarray(new, dtype=np.int64)])
-            self._row_videos = (ids, column)
+            ids, column = np.unique(vectors.video_of_rows(), return_inverse=True)
+            column = column.astype(np.int64)
+            if isinstance(vectors, LiveIndex):  # rows of videos removed or replaced since
+                hidden = np.asarray(vectors.retired, dtype=bool)
+                column[: len(hidden)][hidden] = -1
+            self._row_videos = ([str(v) for v in ids], column)
         return self._row_videos
 
     def video_facts(self) -> dict[str, VideoFacts]:
         """video id -> what filters look at (real path, file date, length): from the cache's
         video list when it has them all, else from the videos store; read once per generation."""
         if self._facts is None:
-            listed = self.vectors.videos if isinstance(self.vectors, VectorIndex) else []
+            if isinstance(self.vectors, VectorIndex):
+                listed = self.vectors.videos
+            elif not self.vectors.overlay.positions:  # segments only: a later one's entry wins
+                listed = [v for segment in self.vectors.segments for v in segment.videos]
+            else:
+                listed = []
             if listed and all("mtime" in v for v in listed):
                 self._facts = {v["video_id"]: VideoFacts(v["path"], float(v["mtime"]), float(v["duration"]))
                                for v in listed}

@@ -380,6 +380,44 @@ class IndexStore:
                 self._write(lambda: self._delete_version(old.video_id, old.version))
         return record
 
+    def put_videos(self, items: list[tuple[VideoRecord, list[SceneRecord], list[SceneVectors]]]) -> list[VideoRecord]:
+        """put_video for many videos with one commit: every video's vectors and scenes first
+        (one synced batch per store), then all their records in one atomic batch (the commit
+        point), then the old versions are deleted. For bulk writers (the synthetic bench index)."""
+        if any(len(scenes) != len(vectors) for _, scenes, vectors in items):
+            raise ValueError("one vector record per scene")
+        with deferred_interrupt():
+            olds = [self.get_video(record.video_id) for record, _, _ in items]
+            for record, scenes, _ in items:
+                record.version = secrets.token_hex(4)
+                record.scene_count = len(scenes)
+                for scene in scenes:
+                    scene.scene_id = scene_id(record.video_id, record.version, scene.index)
+
+            def put_versions() -> None:
+                with self._db("embeddings").write_batch(sync=True) as batch:
+                    for _, scenes, vectors in items:
+                        for scene, vec in zip(scenes, vectors):
+                            batch.put(scene.scene_id.encode(), encode_vectors(vec))
+                with self._db("scenes").write_batch(sync=True) as batch:
+                    for record, scenes, _ in items:
+                        batch.put(_scenes_key(record.video_id, record.version),
+                                  json.dumps([asdict(s) for s in scenes], separators=(",", ":")).encode())
+
+            self._write(put_versions)
+
+            def commit() -> None:
+                with self._db("videos").write_batch(sync=True) as batch:
+                    for record, _, _ in items:
+                        batch.put(b"v/" + record.video_id.encode(), record.to_json())
+                        batch.delete(b"f/" + record.video_id.encode())
+
+            self._commit(commit)
+            for old in olds:
+                if old is not None:
+                    self._write(lambda old=old: self._delete_version(old.video_id, old.version))
+        return [record for record, _, _ in items]
+
     def put_record(self, record: VideoRecord) -> None:
         """Rewrites a video's record only (same version: its scenes and vectors stay)."""
         with deferred_interrupt():
@@ -457,11 +495,27 @@ class IndexStore:
             key for key in self._db("scenes").iterator(prefix=b"s/", include_value=False)
             if tuple(key.decode(errors="replace").split("/", 2)[1:]) not in live
         ]
-        vector_keys = [
-            key for key in self._db("embeddings").iterator(include_value=False)
-            if not key.startswith(b"!") and tuple(key.decode(errors="replace").split("/", 2)[:2]) not in live
-        ]
-        return scene_keys, vector_keys
+        return scene_keys, self._orphan_vector_keys(live)
+
+    def _orphan_vector_keys(self, live: set[tuple[str, str]]) -> list[bytes]:
+        """Vector keys of no live (video id, version). Keys sort by video id and version, so a
+        live video's keys are skipped with one seek past its prefix: the cost grows with the
+        videos and the orphans, not with every scene of a large index."""
+        out: list[bytes] = []
+        it = self._db("embeddings").iterator(include_value=False)
+        try:
+            for key in it:
+                if key.startswith(b"!"):
+                    continue
+                parts = key.split(b"/", 2)
+                owner = tuple(p.decode(errors="replace") for p in parts[:2])
+                if owner in live and len(parts) == 3:
+                    it.seek(parts[0] + b"/" + parts[1] + b"/\xff")  # past this version's scenes
+                    continue
+                out.append(key)
+        finally:
+            it.close()
+        return out
 
     def recover(self) -> int:
         """Deletes scene lists and vectors that no video record names (left by a crash).

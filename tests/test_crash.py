@@ -1,7 +1,9 @@
 """Fault injection: SIGKILL a real `cliptool index` run at random moments, many times.
 
-After every kill the stores must agree with each other and with a FAISS cache rebuilt from
-them (only orphans, which the next run deletes, may be left), every stored video must be whole
+After every kill the stores must agree with each other and with the search cache as the kill
+left it (only orphans, which the next run deletes, may be left; a cache behind the stores is
+compared on what it holds), a search must see exactly the stored videos, the cache must come
+back in line by appending what it lacks (no rebuild), every stored video must be whole
 and equal to the clean run's, and a last run must finish the index with exactly the scenes of a
 clean, uninterrupted run. Half the kills land at random times of a run; the other half just
 after the generation token changed, i.e. inside or right after a commit.
@@ -20,11 +22,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cliptool.check import check_index
 from cliptool.store import IndexStore, generation
-from cliptool.vector_index import rebuild
+from cliptool.vector_index import cache_state, load_vector_index, sync_cache
 
 from conftest import SHARED, make_samples
 
@@ -61,6 +64,21 @@ def _scenes(index_dir: Path) -> dict[str, list[tuple[float, float]]]:
         return {v.path: [(s.start_time, s.end_time) for s in store.scenes(v)] for v in store.videos()}
 
 
+def _search_sees_the_stores(index_dir: Path) -> None:
+    """A search loads exactly the stored videos' scenes, vectors and paths."""
+    index = load_vector_index(index_dir)
+    with IndexStore(index_dir) as store:
+        stored = {v.video_id: (v.path, [(s.scene_id, vec.scene) for s, vec in zip(store.scenes(v), store.vectors(v))])
+                  for v in store.videos()}
+    assert index.size == sum(len(scenes) for _, scenes in stored.values())
+    for vid, (path, scenes) in stored.items():
+        rows = sorted(index.rows_of_video(vid), key=lambda r: index.position(int(r)).scene_index)
+        assert [index.position(int(r)).scene_id for r in rows] == [sid for sid, _ in scenes]
+        assert all(index.position(int(r)).path == path for r in rows)
+        for r, (_, vec) in zip(rows, scenes):
+            assert np.allclose(index.scene_vector(int(r)), vec, atol=1e-6)
+
+
 def _assert_consistent(index_dir: Path, expected: dict[str, list[tuple[float, float]]]) -> int:
     """Stores agree with each other and with a rebuilt cache; returns the videos stored."""
     if not IndexStore(index_dir).exists():
@@ -71,7 +89,9 @@ def _assert_consistent(index_dir: Path, expected: dict[str, list[tuple[float, fl
     for path, spans in stored.items():
         assert spans == expected[path], f"{path} is stored with other scenes than a clean run's"
     if stored:
-        rebuild(index_dir)
+        _search_sees_the_stores(index_dir)  # before any repair, whatever the kill left the cache in
+        missing = cache_state(index_dir) == "missing"
+        assert sync_cache(index_dir).rebuilt == missing  # caught up by appending, not rebuilt
         report = check_index(index_dir)
         assert report.cache == "current"
         assert [p.message for p in report.problems if p.kind != "orphan"] == []

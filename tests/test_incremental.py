@@ -14,6 +14,7 @@ from cliptool.check import check_index
 from cliptool.embed import ModelSpec
 from cliptool.indexer import index_paths
 from cliptool.store import IndexStore, video_id_for
+from cliptool.vector_index import current_build
 
 from conftest import make_samples, run_json
 
@@ -129,7 +130,7 @@ def test_cli_summary_and_check_repair(folder: Path, index_dir: Path, cli, model_
         victim = next(v for v in store.videos() if v.path.endswith("titles.mp4"))
         store._db("embeddings").put(b"0123456789abcdef/deadbeef/00000", b"junk")
         store._db("scenes").delete(f"s/{victim.video_id}/{victim.version}".encode())
-    build = (index_dir / "faiss" / (index_dir / "faiss" / "CURRENT").read_text().strip())
+    build = current_build(index_dir)
     (build / "flat.faiss").write_bytes(b"not a faiss index")
 
     proc = cli("check", "--json")

@@ -180,11 +180,12 @@ def test_streamed_cache_build_is_what_faiss_writes(sample_clips: dict[str, Path]
 
     from cliptool.indexer import index_paths
     from cliptool.store import IndexStore
-    from cliptool.vector_index import load_vector_index
+    from cliptool.vector_index import load_vector_index, rebuild
 
     index_dir = tmp_path / "index"
     index_paths(list(sample_clips.values()), index_dir, ModelSpec(str(tiny_model[0]), str(tiny_model[1])),
                 report=lambda m: None, progress=False)
+    rebuild(index_dir)  # a full build from the stores (videos by path), streamed as FAISS's format
     with IndexStore(index_dir) as store:
         records = sorted(store.videos(), key=lambda v: v.path)
         scene_vecs = np.concatenate([np.stack([v.scene for v in store.vectors(r)]) for r in records])

@@ -9,7 +9,7 @@ from cliptool.errors import IndexBusyError, IndexMismatchError, IndexMissingErro
 from cliptool.store import (
     IndexStore, SceneRecord, SceneVectors, VideoRecord, WriterLock, decode_vectors, encode_vectors, generation,
 )
-from cliptool.vector_index import load_vector_index
+from cliptool.vector_index import current_build, load_vector_index
 
 DIM = 8
 
@@ -162,7 +162,7 @@ def test_split_scan_gives_the_single_scan_ranking(tmp_path: Path, monkeypatch: p
 _REBUILDER = """
 import os, sys, time
 from pathlib import Path
-from cliptool.vector_index import load_vector_index, rebuild
+from cliptool.vector_index import current_build, load_vector_index, rebuild
 real_replace = os.replace
 
 def slow_replace(src, dst):  # widen the moment between a build's rename and its switch-in
@@ -174,8 +174,8 @@ os.replace = slow_replace
 root = Path(sys.argv[1])
 for _ in range(int(sys.argv[2])):
     rebuild(root)
-    name = (root / "faiss" / "CURRENT").read_text()
-    assert (root / "faiss" / name / "meta.json").exists(), "CURRENT names a removed build"
+    build = current_build(root)
+    assert build is not None and (build / "meta.json").exists(), "CURRENT names a removed build"
     index = load_vector_index(root)
     assert index.size == 6, index.size
 print("ok")
@@ -198,7 +198,7 @@ def test_concurrent_rebuilds_never_remove_each_others_build(tmp_path: Path) -> N
     for proc, (out, err) in zip(procs, outs):
         assert proc.returncode == 0 and out.strip() == "ok", err
     builds = [p.name for p in (tmp_path / "faiss").iterdir() if p.is_dir()]
-    assert builds == [(tmp_path / "faiss" / "CURRENT").read_text()]
+    assert builds == [current_build(tmp_path).name]
     assert load_vector_index(tmp_path).size == 6
 
 

@@ -1,0 +1,105 @@
+"""Big collections: the synthetic index writer, the approximate index (recall against the exact
+scan, re-ranking, row masks), and `status` showing which index answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cliptool.vector_index as vi
+from cliptool.bench import synthetic_centres, synthetic_scene_vectors, write_synthetic
+from cliptool.store import IndexStore
+from cliptool.vector_index import describe_cache, load_vector_index
+
+from conftest import ok, run
+
+
+def _queries(index, count: int, seed: int) -> np.ndarray:
+    """Text-query-like vectors: new draws near the collection's clusters, not stored vectors."""
+    rng = np.random.default_rng(seed)
+    centres = synthetic_centres(np.random.default_rng(0), max(64, index.size // 200), index.dim)
+    scene, _ = synthetic_scene_vectors(rng, centres, count, 1, 0)
+    noise = rng.standard_normal(scene.shape).astype(np.float32) / np.sqrt(index.dim)
+    q = scene + noise
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def approx_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """50,000 synthetic 64-dim scenes, their cache built with the approximate index asked for."""
+    index_dir = tmp_path_factory.mktemp("approx") / "index"
+    mp = pytest.MonkeyPatch()
+    mp.setenv(vi.VECTOR_INDEX_ENV, "approx")
+    try:
+        out = write_synthetic(index_dir, 50_000, 64, "synthetic-model", {"name": "m", "pretrained": "p"},
+                              per_video=1000, frames=2, progress=False)
+    finally:
+        mp.undo()
+    assert out["cache_rebuilt"] and out["scenes"] == 50_000
+    return index_dir
+
+
+def test_synthetic_index_is_written_through_the_stores(approx_index: Path) -> None:
+    with IndexStore(approx_index) as store:
+        records = list(store.videos())
+        assert store.meta()["model_identity"] == "synthetic-model"
+        first = sorted(records, key=lambda r: r.path)[0]
+        scenes, vectors = store.scenes(first), store.vectors(first)
+    assert len(records) == 50 and sum(r.scene_count for r in records) == 50_000
+    assert len(scenes) == len(vectors) == 1000
+    frames = np.stack([v.frames for v in vectors])
+    assert np.allclose(np.linalg.norm(frames, axis=2), 1, atol=1e-5)
+    mean = frames.mean(axis=1)
+    assert np.allclose(np.stack([v.scene for v in vectors]), mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5)
+    # CLIP-like: frames close to their own scene, scenes of a video closer than unrelated ones
+    own = np.einsum("nfd,nd->nf", frames, np.stack([v.scene for v in vectors]))
+    assert own.mean() > 0.9
+    cross = np.stack([v.scene for v in vectors]) @ np.stack([v.scene for v in vectors]).T
+    assert 0.2 < np.median(cross) < 0.9
+
+
+def test_approximate_index_recall_against_the_exact_scan(approx_index: Path) -> None:
+    index = load_vector_index(approx_index)
+    info = index.describe()
+    assert info["kind"] == "approximate" and info["factory"].startswith("IVF") and info["factory"].endswith(",SQ8")
+    assert info["recall_at_10"] >= 0.98  # measured when built, on its own sample queries
+    queries = _queries(index, 200, seed=11)  # fresh queries
+    _, exact = index.faiss.search(queries, 10)
+    found = 0
+    for q, want in zip(queries, exact):
+        scores, rows = index.scores(q, 10)
+        found += len(set(rows.tolist()) & set(want.tolist()))
+        # re-ranked exactly: the scores are the stored vectors' own, best first
+        assert np.allclose(scores, index.vectors_view()[rows] @ q, atol=1e-5)
+        assert np.all(np.diff(scores) <= 1e-7)
+    recall = found / (10 * len(queries))
+    assert recall >= 0.98, recall
+
+
+def test_approximate_index_honours_a_row_mask(approx_index: Path) -> None:
+    index = load_vector_index(approx_index)
+    videos = index.video_of_rows()
+    assert len(videos) == index.size
+    wanted = sorted(set(videos.tolist()))[:3]
+    allowed = np.isin(videos, wanted)
+    q = _queries(index, 1, seed=5)[0]
+    scores, rows = index.scores(q, 10, allowed=allowed)
+    assert len(rows) == 10 and set(videos[rows]) <= set(wanted)
+    exact = np.flatnonzero(allowed)[np.argsort(-(index.vectors_view()[allowed] @ q))[:10]]
+    assert len(set(rows.tolist()) & set(exact.tolist())) >= 9
+
+
+def test_small_indexes_stay_exact_and_status_shows_the_kind(approx_index: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    write_synthetic(small, 2_000, 32, "m2", {"name": "m2", "pretrained": "p"}, per_video=100, progress=False)
+    assert describe_cache(small)["kind"] == "exact"
+    assert load_vector_index(small).describe()["kind"] == "exact"
+    status = json.loads(ok(run(approx_index, "status", "--json")).stdout)
+    search = status["search_index"]
+    assert search["kind"] == "approximate" and search["rows"] == 50_000 and search["approx"]["recall_at_10"] >= 0.98
+    words = ok(run(approx_index, "status")).stdout
+    assert "approximate, FAISS IVF" in words and "recall@10" in words
+    assert "exact scan" in ok(run(small, "status")).stdout
