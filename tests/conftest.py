@@ -133,3 +133,22 @@ def one_line_error(proc: subprocess.CompletedProcess, code: int, needle: str) ->
 def run_json(cli: CliRun, *args: str) -> dict:
     proc = cli(*args, "--json", check=True)
     return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def network(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every connection attempt (host, port); none succeeds. No HF_HUB_OFFLINE in force."""
+    import socket
+
+    from huggingface_hub import constants
+
+    attempts: list[tuple[str, int]] = []
+
+    def refuse(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return attempts

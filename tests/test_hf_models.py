@@ -285,25 +285,6 @@ def test_index_with_an_unusable_folder_exits_with_one_line(cli, tmp_path: Path, 
 # -- hf-hub: names: the Hugging Face cache first, the network only for a download ---------------------
 
 
-@pytest.fixture
-def network(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Every connection attempt (host, port); none succeeds. No HF_HUB_OFFLINE in force."""
-    import socket
-
-    from huggingface_hub import constants
-
-    attempts: list[tuple[str, int]] = []
-
-    def refuse(address, *args, **kwargs):
-        attempts.append(address)
-        raise OSError("network unreachable (test)")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    return attempts
-
-
 def _cache_repo(hub: Path, repo: str, files: dict[str, Path | str]) -> None:
     """A repository's snapshot laid out as huggingface_hub caches it."""
     root = hub / ("models--" + repo.replace("/", "--"))

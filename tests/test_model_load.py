@@ -36,25 +36,6 @@ def _load_error(spec: ModelSpec) -> str:
     return message
 
 
-@pytest.fixture
-def network(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Every connection attempt (host, port); none succeeds. No HF_HUB_OFFLINE in force."""
-    import socket
-
-    from huggingface_hub import constants
-
-    attempts: list[tuple[str, int]] = []
-
-    def refuse(address, *args, **kwargs):
-        attempts.append(address)
-        raise OSError("network unreachable (test)")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    return attempts
-
-
 def test_a_config_with_a_bad_field_is_named_as_the_cause(tmp_path: Path, tiny_model: tuple[Path, Path]) -> None:
     cfg = _config(tmp_path, "TinyBadFieldCLIP", tiny_model, vision_cfg={"patch_sise": 16})
     message = _load_error(ModelSpec(str(cfg), str(tiny_model[1]), "fp32"))
