@@ -52,6 +52,22 @@ def cache_entry(kind: str, identity: str, version: int) -> Path:
     return default_cache_dir() / kind / key
 
 
+def publish_cache_entry(tmp: Path, entry: Path, marker: str) -> None:
+    """Renames a cache entry written aside in `tmp` into place at `entry`. A damaged entry (one
+    without its `marker` file) is replaced; when another process published the entry first, its
+    entry is kept."""
+    import os
+    import shutil
+
+    if entry.exists():
+        shutil.rmtree(entry, ignore_errors=True)  # a damaged entry
+    try:
+        os.replace(tmp, entry)
+    except OSError:
+        if not (entry / marker).is_file():  # another process won the race: use its entry
+            raise
+
+
 @dataclass(frozen=True)
 class IndexOptions:
     """How videos are cut into scenes and sampled."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import cache_entry
+from .config import cache_entry, publish_cache_entry
 from .errors import ModelUnavailableError
 
 HUB_PREFIX = "hf-hub:"
@@ -325,13 +325,7 @@ def _convert(layout: FolderLayout, entry: Path) -> None:
         meta = {"version": CONVERSION_VERSION, "kind": layout.kind, "source": str(layout.folder),
                 "model_cfg": model_cfg, "preprocess": image_preprocess(layout)}
         (tmp / _META_FILE).write_text(json.dumps(meta, indent=1))
-        if entry.exists():
-            shutil.rmtree(entry, ignore_errors=True)  # a damaged entry
-        try:
-            os.replace(tmp, entry)
-        except OSError:
-            if not (entry / _META_FILE).is_file():  # another process won the race: use its entry
-                raise
+        publish_cache_entry(tmp, entry, _META_FILE)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

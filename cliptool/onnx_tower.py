@@ -11,7 +11,6 @@ file: no torch, no open_clip, a fraction of a second and ~150 MB instead of ~5 s
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import cache_entry, usable_cores
+from .config import cache_entry, publish_cache_entry, usable_cores
 
 FORMAT = 2  # bump when the export changes, so old cache entries are not reused
 _MODEL_FILE = "image-int8.onnx"
@@ -147,13 +146,7 @@ def export(visual: Any, identity: str, image_size: int, mean: np.ndarray, std: n
         meta = {"format": FORMAT, "identity": identity, "image_size": int(image_size),
                 "mean": [float(x) for x in mean], "std": [float(x) for x in std], "dim": int(dim)}
         (tmp / _META_FILE).write_text(json.dumps(meta))
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)  # a damaged entry
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / _META_FILE).is_file():  # another process won the race: use its entry
-                raise
+        publish_cache_entry(tmp, folder, _META_FILE)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return OnnxImageTower(folder, threads)
