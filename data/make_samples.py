@@ -29,9 +29,6 @@ TINY_CONFIG = {
 
 def write_tiny_model(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     """A small CLIP (open_clip code, seeded random weights) as config JSON + checkpoint file."""
-    import open_clip
-    import torch
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = out_dir / "TinyCLIP.json"
@@ -39,11 +36,20 @@ def write_tiny_model(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     if config.is_file() and ckpt.is_file():
         return config, ckpt
     config.write_text(json.dumps(TINY_CONFIG, indent=2))
+    return save_seeded_model(config, ckpt, seed)
+
+
+def save_seeded_model(config: Path, ckpt: Path, seed: int, **create: object) -> tuple[Path, Path]:
+    """Builds the open_clip model of `config` (named after the file) with seeded random weights
+    and saves its state dict to `ckpt`, atomically; `create` goes to open_clip.create_model."""
+    import open_clip
+    import torch
+
     open_clip.add_model_config(config)
     torch.manual_seed(seed)
     logging.disable(logging.WARNING)  # "initialized randomly" is the point here
     try:
-        model = open_clip.create_model("TinyCLIP", pretrained=None)
+        model = open_clip.create_model(config.stem, pretrained=None, **create)
     finally:
         logging.disable(logging.NOTSET)
     tmp = ckpt.with_suffix(".tmp")

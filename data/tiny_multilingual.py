@@ -13,7 +13,6 @@ Nothing is downloaded.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -76,8 +75,6 @@ VISION = {
 
 def write_tiny_multilingual_model(out_dir: Path, seed: int = 0, size: str = "tiny") -> tuple[Path, Path]:
     """(config JSON, checkpoint) of the XLM-R CLIP of `size`, written once into `out_dir`."""
-    import open_clip
-    import torch
     from transformers import XLMRobertaConfig
 
     out_dir = Path(out_dir).resolve()
@@ -94,17 +91,10 @@ def write_tiny_multilingual_model(out_dir: Path, seed: int = 0, size: str = "tin
            "text_cfg": {"hf_model_name": str(hf_dir), "hf_tokenizer_name": str(hf_dir),
                         "hf_pooler_type": "mean_pooler", "hf_proj_type": "mlp"}}
     config.write_text(json.dumps(cfg, indent=2))
-    open_clip.add_model_config(config)
-    torch.manual_seed(seed)
-    logging.disable(logging.WARNING)  # "initialized randomly" is the point here
-    try:
-        model = open_clip.create_model(name, pretrained=None, pretrained_text=False)
-    finally:
-        logging.disable(logging.NOTSET)
-    tmp = ckpt.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(ckpt)
-    return config, ckpt
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from make_samples import save_seeded_model
+
+    return save_seeded_model(config, ckpt, seed, pretrained_text=False)
 
 
 if __name__ == "__main__":
