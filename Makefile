@@ -12,7 +12,7 @@ DEMO_INDEX := data/demo-index
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)" -e ".[test]"
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[test,cluster]"
 	touch $@
 
 install: $(VENV)/.installed

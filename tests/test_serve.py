@@ -438,7 +438,9 @@ def test_concurrent_requests_during_an_index_run(indexed, tmp_path: Path, model_
                                                          (make_samples.stripes((0, 0, 0), c), 30)], size=(160, 120))
     s = Server(copy)
     try:
-        with s.client(limits=httpx.Limits(max_connections=60)) as c:
+        # The client drops idle connections before the server's 5 s keep-alive timeout does, as a
+        # browser would: reusing one the server is closing gives a reset, whichever side is at fault.
+        with s.client(limits=httpx.Limits(max_connections=60, keepalive_expiry=2)) as c:
             hit = c.get("/api/search", params={"q": "a circle", "top": 1}).json()["results"][0]
             vid = hit["video_id"]
             urls = ["/api/search?q=a+red+circle&top=8", "/api/status", f"/api/videos/{vid}",
