@@ -523,7 +523,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
             return
         model = info["model"] or {}
         print(f"index:   {info['index_dir']}")
-        print(f"model:   {model.get('name', '-')} / {model.get('pretrained', '-')}")
+        weights = model.get("pretrained") or ""  # none for a model folder or hf-hub: name: it brings its own
+        print(f"model:   {model.get('name', '-')}" + (f" / {weights}" if weights else ""))
         print(f"videos:  {info['videos']}  ({info['hours']} h)")
         print(f"scenes:  {info['scenes']}")
         print(f"cache:   {info['cache']}")

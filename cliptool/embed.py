@@ -99,6 +99,9 @@ class ModelSpec:
         cfg = self.config_path
         if cfg is not None:
             parts.append("config:" + file_fingerprint(cfg) if cfg.is_file() else "config:missing")
+            text_files = _text_tower_files(cfg)
+            if text_files:  # a local Hugging Face text tower: its config and tokenizer count too
+                parts.append("text:" + _fingerprints(text_files))
         ckpt = self.checkpoint_path
         if ckpt is not None:
             parts.append("file:" + (file_fingerprint(ckpt) if ckpt.is_file() else "missing"))
@@ -544,6 +547,38 @@ _quiet_loggers = SharedScope(_silence_loggers, _restore_loggers)
 # -- loading a model with open_clip ----------------------------------------------------------
 
 
+def _text_tower_files(cfg: Path) -> tuple[Path, ...]:
+    from .hf_models import config_text_tower
+
+    return config_text_tower(cfg)[1]
+
+
+def _fingerprints(files: tuple[Path, ...]) -> str:
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"\0{path.parent.name}/{path.name}\0{file_fingerprint(path)}".encode())
+    return h.hexdigest()[:16]
+
+
+def _with_absolute_text_tower(cfg: Path) -> Path:
+    """The config file to register: `cfg` itself, or, when it names its local Hugging Face text
+    tower relative to itself, a copy in the user cache naming it absolutely (open_clip would
+    look for it relative to the working directory)."""
+    from .hf_models import config_text_tower
+
+    resolved, _ = config_text_tower(cfg)
+    if resolved is None:
+        return cfg
+    text = json.dumps(resolved, indent=1, sort_keys=True)
+    path = cache_entry("model-configs", text, 1) / cfg.name  # open_clip names the model by the file's stem
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
+
+
 def _validate_config(cfg: Path) -> None:
     """A model config JSON must exist and parse."""
     if not cfg.is_file():
@@ -682,7 +717,7 @@ def _register_model(spec: ModelSpec, open_clip: Any) -> None:
     cfg = spec.config_path
     if cfg is not None:
         _validate_config(cfg)
-        open_clip.add_model_config(cfg)
+        open_clip.add_model_config(_with_absolute_text_tower(cfg))
     if spec.model_name not in open_clip.list_models():
         raise ModelUnavailableError(
             f"unknown model {spec.model_name!r}; see open_clip.list_models() or pass a config JSON")

@@ -142,7 +142,8 @@ def inspect_folder(folder: Path) -> FolderLayout:
         if weights is None:
             raise ModelUnavailableError(f"no weights file in open_clip model folder {folder} "
                                         f"(looked for {' or '.join(OPEN_CLIP_WEIGHTS[::2])})")
-        return FolderLayout(folder, "open_clip", folder / OPEN_CLIP_CONFIG, weights)
+        return FolderLayout(folder, "open_clip", folder / OPEN_CLIP_CONFIG, weights,
+                            extras=_text_tower_files(folder, cfg["model_cfg"]))
     config = folder / "config.json"
     if not config.is_file():
         raise ModelUnavailableError(
@@ -171,6 +172,50 @@ def inspect_folder(folder: Path) -> FolderLayout:
     extras = tuple(folder / n for n in _TOKENIZER_EXTRAS if (folder / n).is_file())
     pre = folder / PREPROCESSOR_CONFIG
     return FolderLayout(folder, kind, config, weights, tokenizer, pre if pre.is_file() else None, extras)
+
+
+def _local_text_dirs(folder: Path, model_cfg: dict[str, Any]) -> dict[str, Path]:
+    """The Hugging Face text tower's config and tokenizer names in an open_clip config that name
+    local folders, as absolute paths (a relative name is taken relative to the model folder)."""
+    text_cfg = model_cfg.get("text_cfg")
+    found: dict[str, Path] = {}
+    if not isinstance(text_cfg, dict):
+        return found
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        value = text_cfg.get(key)
+        if isinstance(value, str) and value:
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else folder / path
+            if path.is_dir():
+                found[key] = path.resolve()
+    return found
+
+
+def _text_tower_files(folder: Path, model_cfg: dict[str, Any]) -> tuple[Path, ...]:
+    """The files of local text-tower folders an open_clip config names: they define its vectors too."""
+    names = ("config.json", *_TOKENIZER_EXTRAS, "vocab.json", "merges.txt", "vocab.txt",
+             "sentencepiece.bpe.model", "spiece.model")
+    return tuple(sorted({d / n for d in _local_text_dirs(folder, model_cfg).values() for n in names
+                         if (d / n).is_file()}))
+
+
+def config_text_tower(config: Path) -> tuple[dict[str, Any] | None, tuple[Path, ...]]:
+    """For an open_clip model config file (`--model CONFIG.json`) whose Hugging Face text tower
+    is a local folder: the config with that folder's name made absolute (None when it already
+    is, or names no local folder) and the folder's files, which its vectors depend on."""
+    try:
+        model_cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, ()
+    if not isinstance(model_cfg, dict):
+        return None, ()
+    local = _local_text_dirs(config.parent, model_cfg)
+    files = _text_tower_files(config.parent, model_cfg)
+    text_cfg = model_cfg.get("text_cfg") or {}
+    if all(text_cfg.get(k) == str(v) for k, v in local.items()):
+        return None, files
+    text_cfg.update({k: str(v) for k, v in local.items()})
+    return model_cfg, files
 
 
 def folder_identity(folder: Path) -> str:
@@ -280,7 +325,11 @@ def prepare(name: str) -> Prepared:
     entry = cache_entry("hf-models", folder_identity(folder), CONVERSION_VERSION)
     if layout.kind == "open_clip":
         cfg = _read_json(layout.config)
-        return Prepared(_write_config(entry, registry, cfg["model_cfg"]), layout.weights,
+        model_cfg = cfg["model_cfg"]
+        local = _local_text_dirs(folder, model_cfg)
+        if local:  # relative to the folder, not to wherever cliptool runs
+            model_cfg["text_cfg"].update({k: str(v) for k, v in local.items()})
+        return Prepared(_write_config(entry, registry, model_cfg), layout.weights,
                         dict(cfg.get("preprocess_cfg") or {}))
     if not (entry / _META_FILE).is_file():
         _convert(layout, entry)

@@ -358,3 +358,26 @@ def test_uncached_hub_models_say_why_they_cannot_be_had(hub_cache: Path, network
     assert "HF_HUB_OFFLINE is set" in _load_error("hf-hub:cliptool/not-downloaded")
     assert network == []
     assert "write hf-hub:ORG/NAME" in _load_error("hf-hub:just-a-name")
+
+
+def test_a_config_names_its_text_tower_folder_relative_to_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--model CONFIG.json` whose Hugging Face text tower is `"hf_model_name": "xlmr"`: found
+    beside the config wherever cliptool runs, and its tokenizer is part of the model's identity."""
+    from conftest import data_module
+
+    config, ckpt = data_module("tiny_multilingual").write_tiny_multilingual_model(tmp_path / "model")
+    cfg = json.loads(config.read_text())
+    cfg["text_cfg"].update(hf_model_name="xlmr", hf_tokenizer_name="./xlmr")
+    relative = config.with_name("RelativeXlmrCLIP.json")
+    relative.write_text(json.dumps(cfg))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    texts = ["公园里的狗", "a dog in a park"]
+    want = ClipModel(ModelSpec(str(config), str(ckpt), "fp32")).encode_text(texts)
+    spec = ModelSpec(str(relative), str(ckpt), "fp32")
+    np.testing.assert_allclose(ClipModel(spec).encode_text(texts), want, atol=1e-5)
+    before = spec.identity()
+    tokenizer = config.parent / "xlmr" / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"公"', '"公 "', 1) + " ")
+    assert spec.identity() != before
