@@ -1383,11 +1383,9 @@ def bench_ray(corpus: dict[str, Path], ckpt: Path, work: Path, repeat: int, quic
 
 def print_ray(r: dict[str, Any]) -> None:
     if "rows" not in r:
-        print(f"
-index on Ray: {r.get('skipped')}")
+        print(f"\nindex on Ray: {r.get('skipped')}")
         return
-    print(f"
-index on Ray: a {r['nodes']}-node cluster on this machine ({r['cpus']} CPUs split between them; "
+    print(f"\nindex on Ray: a {r['nodes']}-node cluster on this machine ({r['cpus']} CPUs split between them; "
           f"started in {r['cluster_start_s']:.1f} s, not counted) against a local run; fresh processes, medians")
     head = ("case", "videos", "length", "local s", "Ray s", "overhead s", "per video s", "local x rt", "Ray x rt",
             "workers")
