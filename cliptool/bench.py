@@ -1356,19 +1356,22 @@ def bench_ray(corpus: dict[str, Path], ckpt: Path, work: Path, repeat: int, quic
         cases = [(label, [path]) for label, path in corpus.items()]
         cases.append((f"corpus + {count} x {seconds} s", [*corpus.values(), *shorts]))
         for label, paths in cases:
-            local, ray, workers = [], [], []
+            local, ray, workers, scenes = [], [], [], 0
             for _ in range(repeat):
                 local.append(index_once(paths, ckpt, work)[0])
+                shutil.rmtree(work / "index", ignore_errors=True)
                 wall, _, code = run_child([sys.executable, "-m", "cliptool", "--index-dir", str(work / "index"),
                                            "index", *map(str, paths), "--model", "ViT-B-32", "--pretrained", str(ckpt),
                                            "--ray", cluster.address, "--json"], capture=summary)
                 shutil.rmtree(work / "index", ignore_errors=True)
                 ray.append(wall if code == 0 else float("nan"))
                 if code == 0:
-                    workers.append(json.loads(summary.read_text())["workers"])
+                    facts = json.loads(summary.read_text())
+                    workers.append(facts["workers"])
+                    scenes = facts["scenes"]
             duration = sum(video_facts(p)["duration"] for p in paths)
             row = {"case": label, "videos": len(paths), "duration": duration, "local_s": median(local),
-                   "ray_s": median(ray), "local_runs_s": local, "ray_runs_s": ray, "workers": max(workers, default=0)}
+                   "ray_s": median(ray), "local_runs_s": local, "ray_runs_s": ray, "workers": max(workers, default=0), "scenes": scenes}
             row["overhead_s"] = row["ray_s"] - row["local_s"]
             row["overhead_per_video_s"] = row["overhead_s"] / len(paths)
             row["ray_realtime_x"] = duration / row["ray_s"]

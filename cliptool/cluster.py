@@ -120,6 +120,11 @@ class AnalysisWorker:
             result = analyse_file(Path(path), st, None, self.model, self.options, watchdog)
         if result.analysed is not None:
             result.analysed.frame_vectors = {}
+        elif not os.path.lexists(path):
+            import ray
+
+            result.error = (f"not found on the Ray node {ray.util.get_node_ip_address()} (every node must see "
+                            "the videos at the same paths)")
         return result
 
 
