@@ -20,6 +20,14 @@ from conftest import make_samples, one_line_error, run
 ray = pytest.importorskip("ray")
 
 LONG_CLIP = "long.mp4"
+# One frame per model call: int8's activation ranges are set per batch, and how frames fall into
+# batches depends on timing (the embedder takes what is waiting), so only batches of one give
+# the same vectors in any two runs, local or not.
+
+def options() -> Any:
+    from cliptool.config import IndexOptions
+
+    return IndexOptions(batch_size=1)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +63,8 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, videos: Path, model_args
     from cliptool import Index
 
     index_dir = tmp_path_factory.mktemp("ray-local") / "index"
-    summary = Index.open(index_dir).index([videos], model=model_args[1], pretrained=model_args[3], progress=False)
+    summary = Index.open(index_dir).index([videos], model=model_args[1], pretrained=model_args[3], progress=False,
+                                          options=options())
     assert summary.added == 4 and not summary.failed and summary.workers == 1
     return contents(index_dir)
 
@@ -88,11 +97,8 @@ def assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
         assert got[vid]["scenes"] == video["scenes"]
         assert len(got[vid]["vectors"]) == len(video["vectors"])
         for a, b in zip(got[vid]["vectors"], video["vectors"]):
-            assert a.frames.shape == b.frames.shape
-            # int8's activation ranges are dynamic: per batch of frames, and how a video's
-            # frames fall into batches depends on timing, so two local runs differ as much
-            cosines = [float(a.scene @ b.scene), *np.sum(a.frames * b.frames, axis=1).tolist()]
-            assert min(cosines) > 0.999, (video["record"]["path"], min(cosines))
+            np.testing.assert_allclose(a.scene, b.scene, atol=1e-5)
+            np.testing.assert_allclose(a.frames, b.frames, atol=1e-5)
 
 
 def analysing(clip: str | None = None) -> list[tuple[int, int]]:
@@ -122,7 +128,8 @@ def index_in_background(index_dir: Path, videos: Path, model_args: list[str], ad
     def work() -> None:
         try:
             out["summary"] = Index.open(index_dir).index([videos], model=model_args[1], pretrained=model_args[3],
-                                                         progress=False, ray=address, report=messages.append)
+                                                         progress=False, ray=address, report=messages.append,
+                                                         options=options())
         except BaseException as exc:  # noqa: BLE001 - raised again by the test
             out["error"] = exc
 
@@ -153,17 +160,19 @@ def test_ray_run_matches_local_run(cluster: Any, videos: Path, model_args: list[
                                    tmp_path: Path) -> None:
     import json
 
+    from cliptool import Index
+
     index_dir = tmp_path / "index"
+    summary = Index.open(index_dir).index([videos], model=model_args[1], pretrained=model_args[3], progress=False,
+                                          ray=cluster.address, options=options())
+    assert summary.added == 4 and not summary.failed and summary.retried == 0
+    assert 1 <= summary.workers <= 2
+    assert_same(contents(index_dir), local_run)
+    # the command line, and a driver that left: the next run goes on from what was committed
     proc = run(index_dir, "index", videos, *model_args, "--ray", cluster.address, "--json")
     assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout)
-    assert summary["added"] == 4 and summary["failed"] == [] and summary["retried"] == 0
-    assert 1 <= summary["workers"] <= 2
-    assert_same(contents(index_dir), local_run)
-    again = run(index_dir, "index", videos, *model_args, "--ray", cluster.address)  # nothing to analyse
-    assert again.returncode == 0 and "4 unchanged" in again.stderr, again.stderr
-    hits = run(index_dir, "search", "a red circle", "--json")  # the cache the driver kept up to date
-    assert hits.returncode == 0 and json.loads(hits.stdout)["results"], hits.stderr
+    again = json.loads(proc.stdout)
+    assert again["skipped"] == 4 and again["added"] == 0 and again["workers"] == 0
 
 
 def test_worker_killed_mid_video(cluster: Any, videos: Path, model_args: list[str], local_run: dict[str, Any],
