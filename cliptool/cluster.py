@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections import deque
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,17 @@ def connect(address: str) -> bool:
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
         raise ClusterError(f"cannot connect to the Ray cluster at {address}: {one_line(exc)}") from None
     return True
+
+
+@contextmanager
+def connection(address: str) -> Iterator[None]:
+    """Connected to the cluster at `address` while inside (an existing connection is kept)."""
+    connected = connect(address)
+    try:
+        yield
+    finally:
+        if connected:
+            import_ray().shutdown()
 
 
 class _WorkerWatchdog(_Watchdog):

@@ -257,14 +257,23 @@ def index_paths(
     too; False removes nothing. Each video is committed on its own, so an interruption loses
     at most the one being processed.
     """
+    args = (paths, index_dir, spec, options, report, progress, prune, file_timeout, precision, ray)
+    if ray is None:
+        return _index_run(*args)
+    from .cluster import connection
+
+    with connection(ray):  # joined first: no Ray, or no cluster there, is said before any work
+        return _index_run(*args)
+
+
+def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, options: IndexOptions | None,
+               report: Reporter, progress: bool | None, prune: bool | None, file_timeout: float,
+               precision: str | None, ray: str | None) -> IndexSummary:
+    """The body of `index_paths`."""
     from tqdm import tqdm
 
     options = options or IndexOptions()
     started = time.monotonic()
-    if ray is not None:  # a bad address, or no Ray, is said before any work
-        from .cluster import check_address
-
-        check_address(ray)
     paths = [Path(p).expanduser() for p in paths]
     files = list(discover_videos(paths))
     roots = [(Path(real_path(p)), p.is_dir()) for p in paths]
