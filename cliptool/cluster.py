@@ -57,19 +57,27 @@ def check_address(address: str) -> None:
     import_ray()
     if address == "auto":
         return
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host.strip("[]"), port), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc.strerror or one_line(exc)}") from None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """HOST and PORT of "ray://HOST:PORT" or "HOST:PORT"; a UsageError for anything else."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--ray takes auto, ray://HOST:PORT or HOST:PORT, not {address!r}")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
-    except OSError as exc:
-        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc.strerror or one_line(exc)}") from None
+    return host, int(port)
 
 
 def connect(address: str) -> bool:
     """Joins the Ray cluster at `address` as a driver, quietly; returns whether this call
     connected (False: this process was connected already, and that connection is used)."""
     ray = import_ray()
+    if address != "auto":
+        _host_port(address)
     if ray.is_initialized():
         return False
     check_address(address)

@@ -209,5 +209,7 @@ def test_unreachable_address_is_one_line(videos: Path, model_args: list[str], tm
     proc = run(tmp_path / "index", "index", videos, *model_args, "--ray", f"127.0.0.1:{port}")
     one_line_error(proc, 10, f"cannot reach the Ray cluster at 127.0.0.1:{port}")
     assert not (tmp_path / "index").exists()
-    bad = run(tmp_path / "index", "index", videos, "--ray", "nowhere")
-    one_line_error(bad, 2, "--ray takes auto")
+    from cliptool import Index, UsageError
+
+    with pytest.raises(UsageError, match="--ray takes auto, ray://HOST:PORT or HOST:PORT"):
+        Index.open(tmp_path / "index").index([videos], ray="nowhere")
