@@ -20,8 +20,8 @@ import os
 import socket
 import time
 from collections import deque
-from contextlib import contextmanager
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
