@@ -20,11 +20,12 @@ from conftest import make_samples, one_line_error, run
 ray = pytest.importorskip("ray")
 
 LONG_CLIP = "long.mp4"
-# One frame per model call: int8's activation ranges are set per batch, and how frames fall into
-# batches depends on timing (the embedder takes what is waiting), so only batches of one give
-# the same vectors in any two runs, local or not.
+
 
 def options() -> Any:
+    """One frame per model call: int8's activation ranges are set per batch, and how frames fall
+    into batches depends on timing (the embedder takes what is waiting), so only batches of one
+    give the same vectors in any two runs, local or not."""
     from cliptool.config import IndexOptions
 
     return IndexOptions(batch_size=1)
