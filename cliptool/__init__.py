@@ -23,7 +23,7 @@ _EXPORTS = {
     "CheckReport": "check", "ExportResult": "export", "VideoRecord": "store", "SceneRecord": "store",
     "CliptoolError": "errors", "UsageError": "errors", "IndexMissingError": "errors",
     "IndexBusyError": "errors", "IndexMismatchError": "errors", "ModelUnavailableError": "errors",
-    "VideoError": "errors",
+    "VideoError": "errors", "ClusterError": "errors",
     "Query": "search", "QueryTerm": "search", "Filters": "search",
 }
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .api import Index, extract_keyframes, model_spec
     from .check import CheckReport
     from .config import IndexOptions
-    from .errors import (CliptoolError, IndexBusyError, IndexMismatchError, IndexMissingError,
+    from .errors import (CliptoolError, ClusterError, IndexBusyError, IndexMismatchError, IndexMissingError,
                          ModelUnavailableError, UsageError, VideoError)
     from .export import ExportResult
     from .indexer import IndexSummary

@@ -80,13 +80,16 @@ class Index:
         file_timeout: float | None = None,
         progress: bool | None = None,
         report: Callable[[str], None] | None = None,
+        ray: str | None = None,
     ) -> IndexSummary:
-        """Indexes the videos under `paths`; later calls redo only what changed (see README)."""
+        """Indexes the videos under `paths`; later calls redo only what changed (see README).
+        ray: analyse them on a Ray cluster ("auto", "ray://HOST:PORT" or a GCS "HOST:PORT";
+        a process already connected to Ray uses its connection), committed here as locally."""
         from .indexer import DEFAULT_FILE_TIMEOUT, index_paths
 
         kwargs: dict[str, Any] = {} if report is None else {"report": report}
         return index_paths([Path(p) for p in paths], self.directory, model_spec(model, pretrained), options,
-                           progress=progress, prune=prune, precision=precision,
+                           progress=progress, prune=prune, precision=precision, ray=ray,
                            file_timeout=DEFAULT_FILE_TIMEOUT if file_timeout is None else file_timeout, **kwargs)
 
     def check(self, repair: bool = False) -> CheckReport:

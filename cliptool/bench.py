@@ -21,6 +21,8 @@ real clips, then measures in this one run, on this machine:
   embedded per minute; image search by frames of the shared videos (rank 1 a scene holding
   the frame's time); and the corpus's index time with each sampling, alternately in one run
   (`--recall-only` runs only these);
+* `cliptool index --ray` on a two-node Ray cluster on this machine against a local run, per
+  corpus file and for the corpus plus a few short clips in one run (`--ray-only`);
 * cold `cliptool search` (new process) and warm query latency on a synthetic 100k-scene index
   built through the store API; the same for a CLIP text tower (ViT-B-32) and a Hugging Face one
   (XLM-RoBERTa base, random weights, local folder) with this cliptool's ONNX text path and with
@@ -1162,6 +1164,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the big-collection figures (synthetic indexes of --scale-sizes scenes)")
     ap.add_argument("--scale-sizes", default="100000,1000000",
                     help="comma-separated scene counts of the big-collection figures [100000,1000000; quick: 20000]")
+    ap.add_argument("--ray-only", action="store_true",
+                    help="only the Ray figures: `index --ray` on a two-node local cluster against a local run")
     ap.add_argument("--toy-model", type=Path, default=TOY_MODEL, help="folder with the toy CLIP's config.json and "
                     "weights.safetensors [data/toy-clip]")
     args = ap.parse_args(argv)
@@ -1200,6 +1204,12 @@ def main(argv: list[str] | None = None) -> int:
         print_text(results["text"])
         print(f"\nfigures: {out / 'bench.json'}")
         return 0
+    if args.ray_only:
+        results["ray"] = bench_ray(corpus, ckpt, work, repeat, args.quick)
+        (out / "bench-ray.json").write_text(json.dumps(results, indent=2, default=float))
+        print_ray(results["ray"])
+        print(f"\nfigures: {out / 'bench-ray.json'}")
+        return 0
     if args.recall_only:
         bench_sampling(results, out, corpus, ckpt, work, repeat, args.quick, args.toy_model)
         (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
@@ -1214,6 +1224,7 @@ def main(argv: list[str] | None = None) -> int:
     results["first_run"] = {"file": next(iter(corpus)), "index_s": first_wall, "peak_rss_mb": first_rss}
 
     results["index"] = bench_indexing(corpus, ckpt, work, repeat, args.quick, results, out)
+    results["ray"] = bench_ray(corpus, ckpt, work, repeat, args.quick)
 
     # exact path one flag away: fp32 indexing of the first file
     first = next(iter(corpus.values()))
@@ -1252,6 +1263,7 @@ def main(argv: list[str] | None = None) -> int:
     results["bench_seconds"] = time.perf_counter() - t_start
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
     print_table(results)
+    print_ray(results["ray"])
     print_queries(results["queries"])
     print_text(results["text"])
     print_recall(results)
@@ -1311,6 +1323,81 @@ def bench_indexing(corpus: dict[str, Path], ckpt: Path, work: Path, repeat: int,
         "x_vs_scan": total["scan_s_extrapolated"] / wall, "x_vs_seek": total["seek_s"] / wall,
     })
     return rows
+
+
+def bench_ray(corpus: dict[str, Path], ckpt: Path, work: Path, repeat: int, quick: bool) -> dict[str, Any]:
+    """`cliptool index --ray` on a two-node Ray cluster on this machine (its CPUs split between
+    the nodes) against a local run, alternately: each corpus file alone, then the corpus and
+    a few short clips in one run. Fresh processes and indexes each time, medians."""
+    try:
+        from ray.cluster_utils import Cluster
+    except ImportError:
+        return {"skipped": "ray is not installed (pip install 'cliptool[cluster]')"}
+    from .config import usable_cores
+
+    shorts_dir = work / "ray-shorts"
+    shorts_dir.mkdir(parents=True, exist_ok=True)
+    seconds, count = (5, 4) if quick else (10, 8)
+    short = build_clip(ckpt.parent / "corpus" / f"short-720p-{seconds}s.mp4", 1280, 720, seconds)
+    shorts = []
+    for i in range(count):  # copies: each a video of its own for the index
+        shorts.append(shorts_dir / f"short-{i}.mp4")
+        if not shorts[-1].is_file():
+            shutil.copy2(short, shorts[-1])
+    cpus = usable_cores()
+    t0 = time.perf_counter()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": max(1, cpus // 2), "include_dashboard": False})
+    cluster.add_node(num_cpus=max(1, cpus - cpus // 2))
+    started = time.perf_counter() - t0
+    out: dict[str, Any] = {"nodes": 2, "cpus": cpus, "cluster_start_s": started, "rows": []}
+    print(f"bench: Ray cluster of 2 nodes started in {started:.1f} s", file=sys.stderr)
+    summary = work / "ray-summary.json"
+    try:
+        cases = [(label, [path]) for label, path in corpus.items()]
+        cases.append((f"corpus + {count} x {seconds} s", [*corpus.values(), *shorts]))
+        for label, paths in cases:
+            local, ray, workers, scenes = [], [], [], 0
+            for _ in range(repeat):
+                local.append(index_once(paths, ckpt, work)[0])
+                shutil.rmtree(work / "index", ignore_errors=True)
+                wall, _, code = run_child([sys.executable, "-m", "cliptool", "--index-dir", str(work / "index"),
+                                           "index", *map(str, paths), "--model", "ViT-B-32", "--pretrained", str(ckpt),
+                                           "--ray", cluster.address, "--json"], capture=summary)
+                shutil.rmtree(work / "index", ignore_errors=True)
+                ray.append(wall if code == 0 else float("nan"))
+                if code == 0:
+                    facts = json.loads(summary.read_text())
+                    workers.append(facts["workers"])
+                    scenes = facts["scenes"]
+            duration = sum(video_facts(p)["duration"] for p in paths)
+            row = {"case": label, "videos": len(paths), "duration": duration, "local_s": median(local),
+                   "ray_s": median(ray), "local_runs_s": local, "ray_runs_s": ray, "workers": max(workers, default=0), "scenes": scenes}
+            row["overhead_s"] = row["ray_s"] - row["local_s"]
+            row["overhead_per_video_s"] = row["overhead_s"] / len(paths)
+            row["ray_realtime_x"] = duration / row["ray_s"]
+            row["local_realtime_x"] = duration / row["local_s"]
+            out["rows"].append(row)
+            print(f"bench:   {label}: local {row['local_s']:.1f} s, Ray {row['ray_s']:.1f} s "
+                  f"({row['workers']} workers)", file=sys.stderr)
+    finally:
+        cluster.shutdown()
+    return out
+
+
+def print_ray(r: dict[str, Any]) -> None:
+    if "rows" not in r:
+        print(f"\nindex on Ray: {r.get('skipped')}")
+        return
+    print(f"\nindex on Ray: a {r['nodes']}-node cluster on this machine ({r['cpus']} CPUs split between them; "
+          f"started in {r['cluster_start_s']:.1f} s, not counted) against a local run; fresh processes, medians")
+    head = ("case", "videos", "length", "local s", "Ray s", "overhead s", "per video s", "local x rt", "Ray x rt",
+            "workers")
+    rows = [head] + [(x["case"], x["videos"], f"{x['duration']:.0f} s", f"{x['local_s']:.1f}", f"{x['ray_s']:.1f}",
+                      f"{x['overhead_s']:+.1f}", f"{x['overhead_per_video_s']:+.2f}", f"{x['local_realtime_x']:.1f}",
+                      f"{x['ray_realtime_x']:.1f}", x["workers"]) for x in r["rows"]]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    for row in rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
 
 
 def bench_search(out: Path, ckpt: Path, work: Path, n_scenes: int, repeat: int) -> dict[str, Any]:

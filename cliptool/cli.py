@@ -126,6 +126,11 @@ def index(
         None, help="Image tower numbers: int8 (fastest; ONNX Runtime), bf16 (open_clip, bfloat16) or fp32 "
         "(open_clip, exact) [default: the index's, else int8]."
     ),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Analyse the videos on a Ray cluster: auto (the cluster this machine belongs to), ray://HOST:PORT "
+        "or HOST:PORT (its GCS); every node must see the videos and the model at the same paths.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Find videos, cut them into scenes, embed and store them; later runs redo only what changed."""
@@ -145,11 +150,14 @@ def index(
             raise UsageError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
         options = IndexOptions(detector=detector, threshold=threshold, max_scene_seconds=max_scene, samples_per_scene=samples)
         summary = _index().index(paths, model=model, pretrained=pretrained, options=options, prune=prune,
-                                 file_timeout=file_timeout, precision=precision)
+                                 file_timeout=file_timeout, precision=precision, ray=ray)
         if as_json:
             _print_json(summary.to_dict())
         else:
             speed = f", {summary.video_seconds / summary.seconds:.1f}x real time" if summary.video_seconds else ""
+            if ray is not None:
+                speed += f", on {summary.workers} Ray worker{'s' if summary.workers != 1 else ''}"
+                speed += f" ({summary.retried} video(s) analysed again after a worker died)" if summary.retried else ""
             print(
                 f"indexed {summary.added} new, {summary.updated} updated, {summary.moved} moved, "
                 f"{summary.removed} removed, {summary.skipped} unchanged, {len(summary.failed)} failed; "

@@ -56,6 +56,12 @@ class ModelUnavailableError(CliptoolError):
     exit_code = 6
 
 
+class ClusterError(CliptoolError):
+    """A Ray cluster cannot be reached, or has no worker left to run on."""
+
+    exit_code = 10
+
+
 class VideoError(CliptoolError):
     """A video cannot be opened or decoded."""
 

@@ -17,12 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .analyse import ModelLoadError, analyse_video
+from .analyse import AnalysedVideo, ModelLoadError, analyse_video
 from .config import IndexOptions, usable_cores
 from .discover import discover_videos
 from .embed import ClipModel, ModelSpec, file_fingerprint, settle_threads
@@ -52,6 +52,8 @@ class IndexSummary:
     scenes: int = 0
     seconds: float = 0.0
     video_seconds: float = 0.0
+    workers: int = 0  # processes that analysed videos: 1 locally, the Ray actors that took part with --ray
+    retried: int = 0  # videos analysed again after a Ray worker or node died under them
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -59,7 +61,7 @@ class IndexSummary:
             "skipped": self.skipped, "kept_missing": self.kept_missing,
             "failed": [{"path": printable(p), "error": printable(e)} for p, e in self.failed],
             "scenes": self.scenes, "seconds": round(self.seconds, 3),
-            "video_seconds": round(self.video_seconds, 3),
+            "video_seconds": round(self.video_seconds, 3), "workers": self.workers, "retried": self.retried,
         }
 
 
@@ -173,6 +175,7 @@ class _Watchdog:
                     pass
 
     def _hung(self, path: Path, st: os.stat_result | None) -> None:
+        """Remembers the file as failed and ends the process (a Ray worker's watchdog only ends it)."""
         message = f"{path}: decoder hung for over {self.limit + HARD_TIMEOUT_GRACE:g} s"
         try:
             with IndexStore(self.index_dir, lock_timeout=5) as store:
@@ -241,14 +244,32 @@ def index_paths(
     prune: bool | None = None,
     file_timeout: float = DEFAULT_FILE_TIMEOUT,
     precision: str | None = None,
+    ray: str | None = None,
 ) -> IndexSummary:
     """Indexes every video under `paths` into the index at `index_dir`; see the module docstring.
+
+    ray: a Ray cluster's address ("auto", "ray://HOST:PORT" or a GCS "HOST:PORT"): the plan is
+    made here, the videos are analysed by a pool of Ray actors (see cluster.py), and each result
+    is committed here exactly as a local run commits it.
 
     prune: None removes records of files gone from the indexed folders, except under a folder
     that now holds no videos at all (an unmounted disk looks like that); True removes those
     too; False removes nothing. Each video is committed on its own, so an interruption loses
     at most the one being processed.
     """
+    args = (paths, index_dir, spec, options, report, progress, prune, file_timeout, precision, ray)
+    if ray is None:
+        return _index_run(*args)
+    from .cluster import connection
+
+    with connection(ray):  # joined first: no Ray, or no cluster there, is said before any work
+        return _index_run(*args)
+
+
+def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, options: IndexOptions | None,
+               report: Reporter, progress: bool | None, prune: bool | None, file_timeout: float,
+               precision: str | None, ray: str | None) -> IndexSummary:
+    """The body of `index_paths`."""
     from tqdm import tqdm
 
     options = options or IndexOptions()
@@ -292,7 +313,7 @@ def index_paths(
             try:
                 model = ClipModel(spec, threads=max(1, usable_cores() // 2))  # the decoder has the rest
                 changed_store |= _analyse_with(model, plan.todo, index_dir, identity, options, summary, report,
-                                               progress, file_timeout, tqdm)
+                                               progress, file_timeout, tqdm, ray)
             except BaseException:
                 settle_threads()
                 raise
@@ -452,9 +473,119 @@ def _fail(summary: IndexSummary, report: Reporter, path: Path, message: str) -> 
     report(f"warning: failed {path}: {message}")
 
 
+@dataclass
+class FileResult:
+    """What analysing one file of the plan gave: its analysis, or why it failed (`error`, and
+    whether to remember the failure against this content), with the file's stat and
+    fingerprint as they were when it was read. `fatal`: the run cannot go on (the model)."""
+
+    path: Path
+    st: os.stat_result
+    old: VideoRecord | None
+    fingerprint: str = ""
+    analysed: AnalysedVideo | None = None
+    error: str | None = None
+    remember: bool = False
+    fatal: str | None = None
+    worker: str = ""  # who analysed it (a Ray actor's id; "" locally)
+
+
+def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model: ClipModel, options: IndexOptions,
+                 watchdog: _Watchdog) -> FileResult:
+    """Reads one file of the plan: its stat and fingerprint now, then one analysis pass (timed
+    by `watchdog`); any failure of the file becomes the result's error. The local loop and
+    each Ray worker run this."""
+    try:
+        st = path.stat()  # as it is now: it may have been replaced since the run began
+        with watchdog.file(path, st):
+            fingerprint = file_fingerprint(path)
+            analysed = analyse_video(path, model, options, on_frame=watchdog.progress)
+    except KeyboardInterrupt:
+        raise
+    except ModelLoadError as exc:  # the model, not this file: the run cannot go on
+        return FileResult(path, st, old, fatal=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a decoder or library fault on one file must not end the run
+        error, remember = _error_of(exc, path)
+        return FileResult(path, st, old, error=error, remember=remember)
+    return FileResult(path, st, old, fingerprint, analysed)
+
+
+def _error_of(exc: Exception, path: Path) -> tuple[str, bool]:
+    """A failed file's one-line error, and whether to remember it (content failures are, so an
+    unchanged bad file is not retried; passing ones, such as a timeout or I/O error, are not)."""
+    if isinstance(exc, FileTimeoutError):
+        return str(exc), False
+    if isinstance(exc, VideoError):
+        return one_line(exc).removeprefix(f"{path}: "), True
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc), False
+    if isinstance(exc, MemoryError):
+        return "out of memory", True
+    return f"{type(exc).__name__}: {one_line(exc)}", True
+
+
+def _local_results(todo: Todo, model: ClipModel, options: IndexOptions, watchdog: _Watchdog,
+                   starting: Reporter) -> Iterator[FileResult]:
+    """The plan's files analysed one after another in this process."""
+    for path, st, old in todo:
+        starting(path.name)
+        yield analyse_file(path, st, old, model, options, watchdog)
+
+
+def _commit_result(result: FileResult, index_dir: Path, identity: str, summary: IndexSummary,
+                   report: Reporter) -> bool:
+    """Commits one analysed file (or remembers its failure), whichever process analysed it;
+    returns whether the stores changed."""
+    if result.fatal is not None:
+        raise ModelUnavailableError(result.fatal)
+    path, st, old, error, remember = result.path, result.st, result.old, result.error, result.remember
+    if error is None and _changed_since(path, st):
+        error = "changed while it was being indexed; run index again"
+    if error is not None:
+        vanished = _gone(str(path))
+        if vanished:
+            error = "removed while it was being indexed"
+        elif _changed_since(path, st):  # a half-written file, say: try again next run
+            error, remember = "changed while it was being indexed; run index again", False
+        _fail(summary, report, path, error)
+        changed = False
+        since = generation(index_dir)
+        with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+            if old is not None and (vanished or remember):
+                store.delete_video(old.video_id)  # its record described other content
+                changed = True
+            if remember and not vanished:
+                store.put_failure(video_id_for(path), str(path), st.st_size, st.st_mtime, error)
+        if old is not None and (vanished or remember):
+            _sync(index_dir, [old.video_id], since, report)
+        return changed
+    analysed = result.analysed
+    assert analysed is not None
+    record = VideoRecord(
+        video_id=video_id_for(path), path=str(path), size=st.st_size, mtime=st.st_mtime,
+        fingerprint=result.fingerprint, duration=analysed.duration, fps=analysed.info.fps,
+        width=analysed.info.width, height=analysed.info.height, frame_count=analysed.frame_count,
+        scene_count=len(analysed.scenes), codec=analysed.info.codec, model=identity,
+        indexed_at=time.time(), version="",
+    )
+    since = generation(index_dir)
+    with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+        record = store.put_video(record, analysed.scenes, analysed.vectors)
+    _sync(index_dir, [record.video_id], since, report)  # its rows appended to the search cache
+    # derived data: the sample frames' JPEGs, when the analysis pass made them
+    write_scene_thumbnails(index_dir, record, analysed.scenes, getattr(analysed, "thumbnails", None))
+    if old is None:
+        summary.added += 1
+    else:
+        summary.updated += 1
+    summary.scenes += len(analysed.scenes)
+    summary.video_seconds += analysed.duration
+    return True
+
+
 def _analyse_with(
     model: ClipModel,
-    todo: list[tuple[Path, os.stat_result, VideoRecord | None]],
+    todo: Todo,
     index_dir: Path,
     identity: str,
     options: IndexOptions,
@@ -463,80 +594,38 @@ def _analyse_with(
     progress: bool | None,
     file_timeout: float,
     tqdm: Any,
+    ray: str | None = None,
 ) -> bool:
+    """Analyses the plan's files, here or (with `ray`, a cluster address) on a Ray cluster, and
+    commits each result as it comes, in the order they finish."""
     with IndexStore(index_dir, create=True, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
         store.bind_model(identity, model.spec.to_dict())
     changed = False
     bar = tqdm(total=len(todo), unit="video", desc="indexing", file=sys.stderr,
                disable=True if progress is False else None)  # None: only on a terminal
-    with _Watchdog(file_timeout, index_dir, report) as watchdog:
-        for path, st, old in todo:
-            bar.set_postfix_str(path.name[-40:])
-            error: str | None = None
-            remember = False  # remember content failures so unchanged bad files are not retried
-            try:
-                st = path.stat()  # as it is now: it may have been replaced since the run began
-                with watchdog.file(path, st):
-                    fingerprint = file_fingerprint(path)
-                    analysed = analyse_video(path, model, options, on_frame=watchdog.progress)
-            except KeyboardInterrupt:
-                raise
-            except FileTimeoutError as exc:
-                error = str(exc)
-            except VideoError as exc:
-                error, remember = one_line(exc).removeprefix(f"{path}: "), True
-            except ModelLoadError as exc:  # the model, not this file: the run cannot go on
-                raise ModelUnavailableError(str(exc)) from None
-            except OSError as exc:
-                error = exc.strerror or str(exc)
-            except MemoryError:
-                error, remember = "out of memory", True
-            except Exception as exc:  # a decoder or library fault on one file must not end the run
-                error, remember = f"{type(exc).__name__}: {one_line(exc)}", True
-            if error is None and _changed_since(path, st):
-                error = "changed while it was being indexed; run index again"
-            if error is not None:
-                vanished = _gone(str(path))
-                if vanished:
-                    error = "removed while it was being indexed"
-                elif _changed_since(path, st):  # a half-written file, say: try again next run
-                    error, remember = "changed while it was being indexed; run index again", False
-                _fail(summary, report, path, error)
-                since = generation(index_dir)
-                with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
-                    if old is not None and (vanished or remember):
-                        store.delete_video(old.video_id)  # its record described other content
-                        changed = True
-                    if remember and not vanished:
-                        store.put_failure(video_id_for(path), str(path), st.st_size, st.st_mtime, error)
-                if old is not None and (vanished or remember):
-                    _sync(index_dir, [old.video_id], since, report)
-                bar.update(1)
-                continue
-            record = VideoRecord(
-                video_id=video_id_for(path), path=str(path), size=st.st_size, mtime=st.st_mtime,
-                fingerprint=fingerprint, duration=analysed.duration, fps=analysed.info.fps,
-                width=analysed.info.width, height=analysed.info.height, frame_count=analysed.frame_count,
-                scene_count=len(analysed.scenes), codec=analysed.info.codec, model=identity,
-                indexed_at=time.time(), version="",
-            )
-            since = generation(index_dir)
-            with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
-                record = store.put_video(record, analysed.scenes, analysed.vectors)
-            _sync(index_dir, [record.video_id], since, report)  # its rows appended to the search cache
-            # derived data: the sample frames' JPEGs, when the analysis pass made them
-            write_scene_thumbnails(index_dir, record, analysed.scenes, getattr(analysed, "thumbnails", None))
-            changed = True
-            if old is None:
-                summary.added += 1
-            else:
-                summary.updated += 1
-            summary.scenes += len(analysed.scenes)
-            summary.video_seconds += analysed.duration
+    workers: set[str] = set()
+    with ExitStack() as stack:
+        if ray is None:
+            watchdog = stack.enter_context(_Watchdog(file_timeout, index_dir, report))
+            results = _local_results(todo, model, options, watchdog, lambda name: bar.set_postfix_str(name[-40:]))
+        else:
+            from .cluster import RayPool
+
+            pool = stack.enter_context(RayPool(ray, model.spec, options, file_timeout, report))
+            bar.set_postfix_str(f"{pool.size} Ray workers")
+            results = pool.results(todo)
+        for result in results:
+            changed |= _commit_result(result, index_dir, identity, summary, report)
+            if result.analysed is not None:
+                workers.add(result.worker)
             bar.update(1)
+        if ray is not None:
+            summary.retried = pool.retried
+    summary.workers = len(workers)
     bar.close()
     model.export_text_encoder(index_dir, report=report)  # ONNX text encoder for fast search; raises a model load error
     return changed
 
 
-__all__ = ["DEFAULT_FILE_TIMEOUT", "FileTimeoutError", "IndexSummary", "index_paths", "resolve_model_spec"]
+__all__ = ["DEFAULT_FILE_TIMEOUT", "FileResult", "FileTimeoutError", "IndexSummary", "analyse_file", "index_paths",
+           "resolve_model_spec"]
