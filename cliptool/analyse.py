@@ -65,15 +65,16 @@ class _Embedder:
     """Embeds frames in a background thread while decoding goes on.
 
     The decode loop hands over frames (still undecoded to RGB): each closed scene's samples and
-    the tap's frames. The worker converts and preprocesses them, and runs the model on a batch
-    when it has `batch_size` inputs, or a smaller one when nothing else is waiting (so it never
-    sits idle, and little is left to embed when decoding ends). torch, cv2 and PyAV's
+    the tap's frames. The worker converts and preprocesses them, and runs the model on each
+    `batch_size` inputs in frame order (the rest at the end), so the batches, and with them the
+    vectors, are the same on every run: the int8 tower quantises a batch's activations together,
+    so a frame's vector depends slightly on its batch mates (cosine 0.999 between batchings).
+    torch, cv2 and PyAV's
     conversion release the GIL, so decoding and embedding overlap on separate cores. The
     hand-over queue is bounded in bytes of held frames, which keeps memory flat when the model
     is slower than the decoder. Vectors are kept by frame number; a frame is embedded once.
     """
 
-    _MIN_BATCH = 8
     _HELD_BYTES = 192 << 20
 
     def __init__(self, model: ClipModel, batch_size: int, frame_bytes: int, tap: FrameTap | None,
@@ -133,7 +134,7 @@ class _Embedder:
                 for frame in frames:
                     self._take(frame, samples, inputs, owners)
                 frames = frame = item = None  # let the decoder reuse their buffers
-                if len(inputs) >= self.batch_size or (len(inputs) >= self._MIN_BATCH and self._queue.empty()):
+                while len(inputs) >= self.batch_size:
                     self._flush(inputs, owners)
             self._flush(inputs, owners)
         except ModelUnavailableError as exc:
@@ -163,13 +164,14 @@ class _Embedder:
         owners.append(frame.index)
 
     def _flush(self, inputs: list[np.ndarray], owners: list[int]) -> None:
+        """Embeds the first `batch_size` inputs (all of them at the end)."""
         if not inputs:
             return
-        vectors = self.model.encode_preprocessed(np.stack(inputs))
-        for owner, vec in zip(owners, vectors):
+        n = min(len(inputs), self.batch_size)
+        vectors = self.model.encode_preprocessed(np.stack(inputs[:n]))
+        for owner, vec in zip(owners[:n], vectors):
             self.vectors[owner] = vec
-        inputs.clear()
-        owners.clear()
+        del inputs[:n], owners[:n]
 
 
 def analyse_video(

@@ -50,6 +50,27 @@ def test_pipelined_analysis_matches_one_by_one_embedding(sample_clips: dict[str,
         np.testing.assert_allclose(v.scene, mean / np.linalg.norm(mean), atol=1e-6)
 
 
+def test_int8_vectors_do_not_depend_on_decoding_speed(tmp_path: Path, tiny_model: tuple[Path, Path]) -> None:
+    """The int8 tower quantises a batch's activations together, so the batches must not depend
+    on how fast frames arrive: a run with a slow decoder gives the same vectors, bit for bit."""
+    import time
+
+    from conftest import make_samples
+
+    int8 = ClipModel(ModelSpec(str(tiny_model[0]), str(tiny_model[1]), "int8"))
+    colours = [(220, 30, 30), (30, 60, 220), (30, 200, 30), (200, 200, 30), (200, 30, 200), (30, 200, 200)]
+    path = tmp_path / "shots.mp4"
+    make_samples.write_clip(path, [
+        (make_samples.circle(c, (250, 250, 250)) if i % 2 else make_samples.stripes((0, 0, 0), c), 40)
+        for i, c in enumerate(colours)], size=(96, 64))  # 6 shots: more sample frames than a batch
+    options = replace(IndexOptions(), batch_size=16)
+    fast = analyse_video(path, int8, options)
+    slow = analyse_video(path, int8, options, on_frame=lambda _t: time.sleep(0.004))  # the queue runs dry
+    assert len(fast.vectors) == len(slow.vectors) and sum(len(v.frames) for v in fast.vectors) > 16
+    for a, b in zip(fast.vectors, slow.vectors):
+        assert np.array_equal(a.frames, b.frames)
+
+
 def test_background_model_load_gives_the_same_vectors(sample_clips: dict[str, Path], tiny_model: tuple[Path, Path],
                                                       fp32_model: ClipModel) -> None:
     path = next(iter(sample_clips.values()))
