@@ -23,12 +23,11 @@ LONG_CLIP = "long.mp4"
 
 
 def options() -> Any:
-    """One frame per model call: int8's activation ranges are set per batch, and how frames fall
-    into batches depends on timing (the embedder takes what is waiting), so only batches of one
-    give the same vectors in any two runs, local or not."""
+    """The default options: a file's batches of frames are the same in any run (int8 sets its
+    activation ranges per batch), so the cluster's vectors equal a local run's."""
     from cliptool.config import IndexOptions
 
-    return IndexOptions(batch_size=1)
+    return IndexOptions()
 
 
 @pytest.fixture(scope="module")
