@@ -602,7 +602,8 @@ _VMHWM_RUNNER = ("import atexit, re, runpy, sys\n"
                  "    kb = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
                  "    sys.stderr.write(f'\\nbench-vmhwm-kb {kb}\\n')\n"
                  "atexit.register(hwm)\n"
-                 "sys.argv = ['cliptool'] + sys.argv[1:]\n"
+                 "sys.path.insert(0, sys.argv[1])\n"  # the cliptool measured (-c also puts the current folder first)
+                 "sys.argv = ['cliptool'] + sys.argv[2:]\n"
                  "runpy.run_module('cliptool', run_name='__main__')\n")
 
 
@@ -631,12 +632,10 @@ def search_process(index_dir: Path, *args: str, code: Path | None = None) -> tup
     in `code` (an earlier commit's, see baseline_code) or this one. CPU seconds (user + system)
     are kept in LAST_CPU[0]."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPTOOL_INDEX_DIR": str(index_dir)}
-    if code is not None:
-        env["PYTHONPATH"] = str(code)
     t0 = time.perf_counter()
     before = os.times()
-    proc = subprocess.run([sys.executable, "-c", _VMHWM_RUNNER, "search", *args], capture_output=True, text=True,
-                          env=env, timeout=900)
+    proc = subprocess.run([sys.executable, "-c", _VMHWM_RUNNER, str(code or REPO), "search", *args],
+                          capture_output=True, text=True, env=env, timeout=900)
     wall = time.perf_counter() - t0
     after = os.times()
     LAST_CPU[0] = (after.children_user - before.children_user) + (after.children_system - before.children_system)
