@@ -195,6 +195,16 @@ def _scan_pool() -> Any:
         return _SCAN_POOL
 
 
+def _forget_scan_pool() -> None:
+    """In a forked child: the parent's helper thread does not exist there; start a new one."""
+    global _SCAN_POOL, _SCAN_POOL_LOCK
+    _SCAN_POOL, _SCAN_POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_scan_pool)
+
+
 def _top(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The best k, ties by row (so the order does not depend on how the rows were split)."""
     order = np.lexsort((rows, -scores))[:k]

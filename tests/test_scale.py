@@ -126,3 +126,24 @@ def test_cache_columns_are_mapped_and_videos_numbered_without_strings(approx_ind
     assert live_ids == ids and np.array_equal(live_column[: index.size], column)
     assert np.array_equal(live_column[index.size: 2 * index.size], column) and live_column[-1] == 3
     assert np.array_equal(np.asarray(live_ids)[live_column], live.video_of_rows())
+
+
+def test_split_scan_works_in_a_forked_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flat scan's helper thread is the parent's: a forked child must start its own, not wait
+    for one that does not exist there."""
+    import os
+    import signal
+
+    small = tmp_path / "small"
+    write_synthetic(small, 2_000, 32, "m3", {"name": "m3", "pretrained": "p"}, per_video=100, progress=False)
+    monkeypatch.setattr(vi, "_SPLIT_ROWS", 1)  # two halves on two threads even here
+    monkeypatch.setattr(vi, "usable_cores", lambda: 2)
+    index = load_vector_index(small)
+    query = _queries(index, 1, seed=2)[0]
+    want = index.scores(query, 10)[1].tolist()  # starts the helper thread in this process
+    pid = os.fork()
+    if pid == 0:  # the child: a hang ends by the alarm (exit by signal), a wrong answer with 3
+        signal.alarm(30)
+        os._exit(0 if index.scores(query, 10)[1].tolist() == want else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
