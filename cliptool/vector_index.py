@@ -337,8 +337,7 @@ class VectorIndex:
     def video_numbers(self) -> tuple[list[str], np.ndarray]:
         """The segment's video ids, each once, and for every row the number of its video in
         that list, (size,) int64: video_of_rows as numbers, without a string per row."""
-        ids, column = _numbered_videos([self])
-        return ids, column
+        return _numbered_videos([self])
 
     def scene_vector(self, row: int) -> np.ndarray:
         return np.array(self.vectors_view()[int(row)], dtype=np.float32)
