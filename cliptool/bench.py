@@ -164,6 +164,15 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = T
 LAST_CPU = [0.0]
 
 
+def compile_code(code: Path) -> None:
+    """Byte-compiles the cliptool package in `code`, as installing it does, so that the processes
+    measured do not compile it from source each time where PYTHONDONTWRITEBYTECODE is set (it
+    is on the machines this was built on: 0.2 s of every cold search)."""
+    import compileall
+
+    compileall.compile_dir(str(code / "cliptool"), quiet=1)
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
@@ -382,6 +391,7 @@ def baseline_code(out: Path, commit: str) -> Path | None:
     history into out/code-COMMIT; None when git cannot give it."""
     folder = out / f"code-{commit}"
     if (folder / "cliptool" / "__init__.py").is_file():
+        compile_code(folder)
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -395,6 +405,7 @@ def baseline_code(out: Path, commit: str) -> Path | None:
         shutil.rmtree(tmp, ignore_errors=True)
         return None
     tmp.replace(folder)
+    compile_code(folder)
     return folder
 
 
@@ -587,12 +598,14 @@ def synth_index_main(argv: list[str]) -> int:
 # -- big collections: synthetic indexes of 100k, 1M, ... scenes -------------------------------------
 SCALE_QUERIES = ["a dog running on a beach", "a red car at night", "two people talking in a kitchen",
                  "snow on mountains", "a cat", "fireworks over a city skyline"]
+SCALE_FILTER_S = 1500.0  # the filter measured at scale: --min-duration 25m, about half the synthetic videos
 _VMHWM_RUNNER = ("import atexit, re, runpy, sys\n"
                  "def hwm():\n"
                  "    kb = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
                  "    sys.stderr.write(f'\\nbench-vmhwm-kb {kb}\\n')\n"
                  "atexit.register(hwm)\n"
-                 "sys.argv = ['cliptool'] + sys.argv[1:]\n"
+                 "sys.path.insert(0, sys.argv[1])\n"  # the cliptool measured (-c also puts the current folder first)
+                 "sys.argv = ['cliptool'] + sys.argv[2:]\n"
                  "runpy.run_module('cliptool', run_name='__main__')\n")
 
 
@@ -616,13 +629,18 @@ def scale_index(out: Path, ckpt: Path, scenes: int) -> tuple[Path, dict[str, Any
     return index_dir, info
 
 
-def search_process(index_dir: Path, *args: str) -> tuple[float, float]:
-    """(wall seconds, VmHWM in MB) of one `cliptool search` in a new process."""
+def search_process(index_dir: Path, *args: str, code: Path | None = None) -> tuple[float, float]:
+    """(wall seconds, VmHWM in MB) of one `cliptool search` in a new process, with the cliptool
+    in `code` (an earlier commit's, see baseline_code) or this one. CPU seconds (user + system)
+    are kept in LAST_CPU[0]."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPTOOL_INDEX_DIR": str(index_dir)}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _VMHWM_RUNNER, "search", *args], capture_output=True, text=True,
-                          env=env, timeout=900)
+    before = os.times()
+    proc = subprocess.run([sys.executable, "-c", _VMHWM_RUNNER, str(code or REPO), "search", *args],
+                          capture_output=True, text=True, env=env, timeout=900)
     wall = time.perf_counter() - t0
+    after = os.times()
+    LAST_CPU[0] = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     if proc.returncode != 0:
         print(f"bench: search {' '.join(args)} exited {proc.returncode}: {proc.stderr[-1500:]}", file=sys.stderr)
     found = [line for line in proc.stderr.splitlines() if line.startswith("bench-vmhwm-kb ")]
@@ -649,21 +667,26 @@ def warm_scale(index_dir: Path, repeat: int) -> dict[str, Any]:
     """In one process, as a searcher that lives on: warm text query latency (text encoding
     included), plain and --videos; recall@10 of the scene search against the exact scan on
     query-like vectors; the float16 error of the stored vectors; this process's VmHWM."""
+    from . import search as search_module
     from .search import Searcher
     from .vector_index import _sample_queries
 
     searcher = Searcher(index_dir, text_runtime="onnxruntime")
     searcher.search(searcher.text_vector("warm up"), top=10)
     searcher.search(searcher.text_vector("warm up"), top=10)
+    searcher.search(searcher.text_vector("warm up"), top=10, by_video=True)
     out: dict[str, Any] = {}
-    for label, by_video, rounds in (("plain", False, repeat), ("videos", True, 1)):
+    cases = [("plain", {}, repeat), ("videos", {"by_video": True}, repeat)]
+    if "Filters" in dir(search_module):  # a cliptool with filters (this one; not every baseline)
+        cases.append(("filter", {"where": search_module.Filters(min_duration=SCALE_FILTER_S)}, repeat))
+    for label, options, rounds in cases:
         text_ms, total_ms = [], []
         for _ in range(rounds):
             for q in SCALE_QUERIES:
                 t0 = time.perf_counter()
                 v = searcher.text_vector(q)
                 t1 = time.perf_counter()
-                searcher.search(v, top=10, by_video=by_video)
+                searcher.search(v, top=10, **options)
                 t2 = time.perf_counter()
                 text_ms.append((t1 - t0) * 1e3)
                 total_ms.append((t2 - t0) * 1e3)
@@ -715,62 +738,95 @@ def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def bench_scale(out: Path, ckpt: Path, sizes: list[int], repeat: int) -> list[dict[str, Any]]:
+def bench_scale(out: Path, ckpt: Path, sizes: list[int], repeat: int,
+                baseline_commit: str | None = None) -> list[dict[str, Any]]:
     """For each size: build time, add-one-video time (empty index vs this one), cold and warm
-    query latency (plain and --videos), recall@10, peak memory (VmHWM) and disk size."""
+    query latency (plain, --videos and a filter), recall@10, peak memory (VmHWM) and disk size.
+    With `baseline_commit`, the searches also with that commit's cliptool, alternately in this
+    run (its figures under "before")."""
     os.environ.setdefault("CLIPTOOL_CACHE_DIR", str(out / "cache"))
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     clip = build_clip(out / "corpus" / "loop-720p-60s.mp4", 1280, 720, 60)
     add_one_video(out / "scale-warmup", clip, work, ckpt, 1, fresh=True)  # exports the int8 tower once
+    codes: dict[str, Path | None] = {"now": None}
+    old = baseline_code(out, baseline_commit) if baseline_commit else None
+    if old is not None:
+        codes[f"before ({baseline_commit})"] = old
+    filter_args = ("--min-duration", f"{SCALE_FILTER_S:.0f}")
     rows = []
     for scenes in sizes:
         index_dir, built = scale_index(out, ckpt, scenes)
         print(f"bench: scale {scenes}: searches", file=sys.stderr)
         search_process(index_dir, "warm the page cache", "--top", "10")
-        cold = [search_process(index_dir, SCALE_QUERIES[i % len(SCALE_QUERIES)], "--top", "10") for i in range(repeat)]
-        cold_videos = [search_process(index_dir, SCALE_QUERIES[0], "--top", "10", "--videos")]
-        warm_out = work / f"scale-warm-{scenes}.json"
-        run_child([sys.executable, "-c", "import sys, json; from cliptool.bench import warm_scale; "
-                   "print(json.dumps(warm_scale(sys.argv[1], int(sys.argv[2]))))", str(index_dir), str(repeat)],
-                  capture=warm_out)
-        try:
-            warm = json.loads(warm_out.read_text())
-        except (OSError, ValueError):
-            warm = {}
+        searches: dict[str, dict[str, Any]] = {}
+        cold: dict[str, dict[str, list[tuple[float, float, float]]]] = {
+            v: {"plain": [], "videos": [], "filter": []} for v in codes}
+        for i in range(repeat):  # each kind of search alternately with each cliptool: the same load
+            for kind, extra in (("plain", ()), ("videos", ("--videos",)), ("filter", filter_args)):
+                for version, code in codes.items():
+                    wall, hwm = search_process(index_dir, SCALE_QUERIES[i % len(SCALE_QUERIES)], "--top", "10",
+                                               *extra, code=code)
+                    cold[version][kind].append((wall, LAST_CPU[0], hwm))
+        for version, code in codes.items():
+            warm_out = work / f"scale-warm-{scenes}.json"
+            script = ("import sys, json; sys.path.insert(0, sys.argv[3]) if sys.argv[3] else None; "
+                      "from cliptool.bench import warm_scale; print(json.dumps(warm_scale(sys.argv[1], int(sys.argv[2]))))")
+            run_child([sys.executable, "-c", script, str(index_dir), str(repeat), str(code or "")], capture=warm_out)
+            try:
+                warm = json.loads(warm_out.read_text())
+            except (OSError, ValueError):
+                warm = {}
+            runs = cold[version]
+            searches[version] = {
+                "warm": warm,
+                **{f"cold{'' if kind == 'plain' else '_' + kind}_s": median([r[0] for r in runs[kind]]) for kind in runs},
+                **{f"cold{'' if kind == 'plain' else '_' + kind}_cpu_s": median([r[1] for r in runs[kind]])
+                   for kind in runs},
+                **{f"cold{'' if kind == 'plain' else '_' + kind}_vmhwm_mb": max(r[2] for r in runs[kind]) for kind in runs},
+                "cold_runs_s": {kind: [r[0] for r in runs[kind]] for kind in runs}}
         print(f"bench: scale {scenes}: adding one 1-minute video", file=sys.stderr)
         empty = add_one_video(index_dir, clip, work, ckpt, repeat, fresh=True)
         big = add_one_video(index_dir, clip, work, ckpt, repeat, fresh=False)
-        row = {"scenes": scenes, "build": built,
-               "cold_s": median([c[0] for c in cold]), "cold_vmhwm_mb": max(c[1] for c in cold),
-               "cold_videos_s": cold_videos[0][0], "cold_videos_vmhwm_mb": cold_videos[0][1],
-               "warm": warm, "add_empty_s": median(empty), "add_big_s": median(big),
+        row = {"scenes": scenes, "build": built, **searches["now"],
+               "before": {v: r for v, r in searches.items() if v != "now"},
+               "add_empty_s": median(empty), "add_big_s": median(big),
                "add_ratio": median(big) / median(empty) if empty and big else float("nan"),
                "add_runs": {"empty": empty, "big": big}, "disk_bytes": _du(index_dir),
-               "disk": {p.name: _du(p) for p in index_dir.iterdir() if p.is_dir()}}
+               "disk": {p.name: _du(p) for p in index_dir.iterdir() if p.is_dir()},
+               "load_average": os.getloadavg()}
         rows.append(row)
         (out / "bench-scale.json").write_text(json.dumps(rows, indent=2, default=float))
     return rows
 
 
 def print_scale(rows: list[dict[str, Any]]) -> None:
-    print("\nbig collections (synthetic CLIP-like vectors, ViT-B-32 text tower; medians)")
-    head = ("scenes", "build s", "add 1 min: empty / this", "ratio", "cold s", "cold --videos s", "warm ms",
-            "warm --videos ms", "recall@10", "index", "VmHWM MB (cold / warm)", "disk GB")
+    def ms(w: dict[str, Any], label: str, key: str = "query_ms") -> str:
+        return f"{(w.get(label) or {}).get(key, float('nan')):.1f}"
+
+    print("\nbig collections (synthetic CLIP-like vectors, ViT-B-32 text tower; medians; cold: new process, "
+          f"wall s (CPU s); filter: --min-duration {SCALE_FILTER_S:.0f})")
+    head = ("scenes", "cliptool", "build s", "add 1 min: empty / this", "ratio", "cold s", "cold --videos s",
+            "cold filter s", "warm ms (text ms)", "warm --videos ms", "warm filter ms", "recall@10", "index",
+            "VmHWM MB (cold / --videos / warm)", "disk GB")
     print(" | ".join(head))
     for r in rows:
-        w = r.get("warm") or {}
-        d = w.get("describe") or {}
-        kind = d.get("kind", "?") if d.get("kind") != "approximate" else f"{d.get('factory')} nprobe {d.get('nprobe')}"
-        print(" | ".join([
-            str(r["scenes"]), f"{r['build'].get('build_s', float('nan')):.0f}",
-            f"{r['add_empty_s']:.1f} / {r['add_big_s']:.1f}", f"{r['add_ratio']:.2f}",
-            f"{r['cold_s']:.2f}", f"{r['cold_videos_s']:.2f}",
-            f"{(w.get('plain') or {}).get('query_ms', float('nan')):.1f}",
-            f"{(w.get('videos') or {}).get('query_ms', float('nan')):.0f}",
-            f"{w.get('recall_at_10', float('nan')):.3f}", kind,
-            f"{r['cold_vmhwm_mb']:.0f} / {(w.get('plain') or {}).get('vmhwm_mb', float('nan')):.0f}",
-            f"{r['disk_bytes'] / 1e9:.1f}"]))
+        for version, x in [("now", r), *r.get("before", {}).items()]:
+            w = x.get("warm") or {}
+            d = w.get("describe") or {}
+            kind = d.get("kind", "?") if d.get("kind") != "approximate" else f"{d.get('factory')} nprobe {d.get('nprobe')}"
+            now = version == "now"
+            print(" | ".join([
+                str(r["scenes"]), version, f"{r['build'].get('build_s', float('nan')):.0f}" if now else "",
+                f"{r['add_empty_s']:.1f} / {r['add_big_s']:.1f}" if now else "", f"{r['add_ratio']:.2f}" if now else "",
+                f"{x['cold_s']:.2f} ({x.get('cold_cpu_s', float('nan')):.2f})",
+                f"{x.get('cold_videos_s', float('nan')):.2f} ({x.get('cold_videos_cpu_s', float('nan')):.2f})",
+                f"{x.get('cold_filter_s', float('nan')):.2f} ({x.get('cold_filter_cpu_s', float('nan')):.2f})",
+                f"{ms(w, 'plain')} ({ms(w, 'plain', 'text_ms')})", ms(w, "videos"), ms(w, "filter"),
+                f"{w.get('recall_at_10', float('nan')):.3f}", kind,
+                f"{x['cold_vmhwm_mb']:.0f} / {x.get('cold_videos_vmhwm_mb', float('nan')):.0f} / "
+                f"{(w.get('plain') or {}).get('vmhwm_mb', float('nan')):.0f}",
+                f"{r['disk_bytes'] / 1e9:.1f}" if now else ""]))
     for r in rows:
         f16 = (r.get("warm") or {}).get("float16")
         if f16:
@@ -1166,11 +1222,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated scene counts of the big-collection figures [100000,1000000; quick: 20000]")
     ap.add_argument("--ray-only", action="store_true",
                     help="only the Ray figures: `index --ray` on a two-node local cluster against a local run")
+    ap.add_argument("--scale-baseline", default="",
+                    help="commit whose cliptool the big-collection searches are also measured with, alternately "
+                         "('' for none) []")
     ap.add_argument("--toy-model", type=Path, default=TOY_MODEL, help="folder with the toy CLIP's config.json and "
                     "weights.safetensors [data/toy-clip]")
     args = ap.parse_args(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    compile_code(REPO)
     repeat = args.repeat or (2 if args.quick else 3)
     results: dict[str, object] = {"quick": args.quick, "repeat": repeat, "cpus": os.cpu_count(),
                                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -1187,7 +1247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = [int(x) for x in ("20000" if args.quick and "--scale-sizes" not in argv else args.scale_sizes).split(",")]
     if args.scale_only:
-        results["scale"] = bench_scale(out, build_checkpoint(out), sizes, repeat)
+        results["scale"] = bench_scale(out, build_checkpoint(out), sizes, repeat, args.scale_baseline or None)
         (out / "bench-scale-run.json").write_text(json.dumps(results, indent=2, default=float))
         print_scale(results["scale"])
         print(f"\nfigures: {out / 'bench-scale.json'}")
@@ -1259,7 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
             results["detectors_error"] = f"{type(exc).__name__}: {exc}"
     bench_sampling(results, out, corpus, ckpt, work, repeat, args.quick, args.toy_model)
     print("bench: big collections", file=sys.stderr)
-    results["scale"] = bench_scale(out, ckpt, sizes, repeat)
+    results["scale"] = bench_scale(out, ckpt, sizes, repeat, args.scale_baseline or None)
     results["bench_seconds"] = time.perf_counter() - t_start
     (out / "bench.json").write_text(json.dumps(results, indent=2, default=float))
     print_table(results)

@@ -485,8 +485,12 @@ class Searcher:
         the searcher takes in new commits."""
         if self._row_videos is None:
             vectors = self.vectors
-            ids, column = np.unique(vectors.video_of_rows(), return_inverse=True)
-            column = column.astype(np.int64)
+            if hasattr(vectors, "video_numbers"):  # numbered from the cache's small video lists
+                ids, column = vectors.video_numbers()
+                column = np.array(column, dtype=np.int64)
+            else:
+                ids, column = np.unique(vectors.video_of_rows(), return_inverse=True)
+                column = column.astype(np.int64)
             if isinstance(vectors, LiveIndex):  # rows of videos removed or replaced since
                 hidden = np.asarray(vectors.retired, dtype=bool)
                 column[: len(hidden)][hidden] = -1

@@ -103,3 +103,47 @@ def test_small_indexes_stay_exact_and_status_shows_the_kind(approx_index: Path, 
     words = ok(run(approx_index, "status")).stdout
     assert "approximate, FAISS IVF" in words and "recall@10" in words
     assert "exact scan" in ok(run(small, "status")).stdout
+
+
+def test_cache_columns_are_mapped_and_videos_numbered_without_strings(approx_index: Path, tmp_path: Path) -> None:
+    index = load_vector_index(approx_index)
+    table = np.load(index.directory / "table.npz")
+    for name in table.files:  # each column: the stored values, read through a map of the file
+        column = index._table[name]
+        assert np.array_equal(column, table[name]) and not column.flags.owndata and not column.flags.writeable
+    compressed = tmp_path / "t.npz"
+    np.savez_compressed(compressed, a=np.arange(5))
+    with np.load(compressed) as npz:
+        assert vi._mapped_member(npz, "a") is None  # not mappable: read as before
+        assert np.array_equal(vi._LazyTable(npz)["a"], np.arange(5))
+    ids, column = index.video_numbers()
+    assert np.array_equal(np.asarray(ids)[column], index.video_of_rows())
+    # across segments a video keeps one number (here: the same segment twice, one overlay row)
+    overlay = vi._Overlay(2 * index.size, np.zeros((1, index.dim), np.float32), [np.zeros((0, index.dim))],
+                          [vi.ScenePosition(2 * index.size, "s", ids[3], "/p", 0, 0.0, 1.0, [])])
+    live = vi.LiveIndex([index, index], [None, None], overlay, len(ids))
+    live_ids, live_column = live.video_numbers()
+    assert live_ids == ids and np.array_equal(live_column[: index.size], column)
+    assert np.array_equal(live_column[index.size: 2 * index.size], column) and live_column[-1] == 3
+    assert np.array_equal(np.asarray(live_ids)[live_column], live.video_of_rows())
+
+
+def test_split_scan_works_in_a_forked_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flat scan's helper thread is the parent's: a forked child must start its own, not wait
+    for one that does not exist there."""
+    import os
+    import signal
+
+    small = tmp_path / "small"
+    write_synthetic(small, 2_000, 32, "m3", {"name": "m3", "pretrained": "p"}, per_video=100, progress=False)
+    monkeypatch.setattr(vi, "_SPLIT_ROWS", 1)  # two halves on two threads even here
+    monkeypatch.setattr(vi, "usable_cores", lambda: 2)
+    index = load_vector_index(small)
+    query = _queries(index, 1, seed=2)[0]
+    want = index.scores(query, 10)[1].tolist()  # starts the helper thread in this process
+    pid = os.fork()
+    if pid == 0:  # the child: a hang ends by the alarm (exit by signal), a wrong answer with 3
+        signal.alarm(30)
+        os._exit(0 if index.scores(query, 10)[1].tolist() == want else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
