@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED, make_samples, shared
+from conftest import REPO, SHARED, make_samples, run_here, shared
 
 
 def run(index_dir: Path, *args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -89,12 +89,12 @@ def test_scenes_follow_the_cuts_of_the_generated_clip(indexed: tuple[Path, subpr
 def test_search_by_a_frame_finds_its_video_and_scene(indexed: tuple[Path, subprocess.CompletedProcess], library: Path, tmp_path: Path) -> None:
     index_dir, _ = indexed
     videos = [p for p in sorted(library.rglob("*.mp4"))]
-    for video in videos:
-        scenes = scene_list(index_dir, video)
+    for video in videos:  # the scenes and the still through the CLI in this process, the search in a new one
+        scenes = json.loads(ok(run_here(index_dir, "scenes", video, "--json")).stdout)["scenes"]
         scene = scenes[len(scenes) // 2]
         t = scene["sample_times"][1 if len(scene["sample_times"]) > 1 else 0]
         still = tmp_path / f"{video.stem}.png"
-        ok(run(index_dir, "export-frame", "--video", video, "--at", t, "-o", still))
+        ok(run_here(index_dir, "export-frame", "--video", video, "--at", t, "-o", still))
         results = json.loads(ok(run(index_dir, "search", "--image", still, "--json", "--top", "3")).stdout)["results"]
         best = results[0]
         assert Path(best["path"]) == video, (video, results)
@@ -271,12 +271,15 @@ def test_an_index_keeps_its_precision(tmp_path: Path, sample_clips: dict[str, Pa
     assert str(status).count("bf16") >= 1
     # The same model named again, without --precision: the index's bf16, not the new default.
     ok(run(index_dir, "index", sample_clips["titles.mp4"], *model_args))
-    hits = json.loads(ok(run(index_dir, "search", "--image", _first_frame(clip, tmp_path), "--json")).stdout)
-    assert Path(hits["results"][0]["path"]).name == "shapes.mp4"
     from cliptool.embed import ModelSpec
     from cliptool.search import Searcher
 
-    assert Searcher(index_dir, ModelSpec(model_args[1], model_args[3])).spec.precision == "bf16"
+    # searched in this process (open_clip is loaded here already; a bf16 `cliptool search` would
+    # load it again in a child, for what test_search_by_a_frame_finds_its_video_and_scene checks)
+    searcher = Searcher(index_dir, ModelSpec(model_args[1], model_args[3]))
+    assert searcher.spec.precision == "bf16"
+    hits = searcher.search(searcher.image_vector(_first_frame(clip, tmp_path)), top=3)
+    assert Path(hits[0].path).name == "shapes.mp4" and searcher.model.spec.precision == "bf16"
     assert_one_line_error(run(index_dir, "index", clip, *model_args, "--precision", "int8"), 5, "was built with model")
     assert_one_line_error(run(index_dir, "index", clip, "--precision", "fp16"), 2, "unknown precision")
 
