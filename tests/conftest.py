@@ -114,6 +114,17 @@ def cli(index_dir: Path) -> CliRun:
     return run
 
 
+@pytest.fixture
+def cli_here(index_dir: Path) -> CliRun:
+    """`cliptool ARGS` against the test's index directory through the CLI app in this process
+    (`run_here`): open_clip and torch, loaded here once, are not loaded again per command."""
+
+    def run(*args: object) -> subprocess.CompletedProcess:
+        return run_here(index_dir, *args)
+
+    return run
+
+
 def run(index_dir: Path, *args: object) -> subprocess.CompletedProcess:
     """`python -m cliptool ARGS` in a fresh process against `index_dir`."""
     return subprocess.run([sys.executable, "-m", "cliptool", *map(str, args)], capture_output=True, text=True,

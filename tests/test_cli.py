@@ -249,8 +249,11 @@ def test_only_corrupt_videos_fail_the_run(tmp_path: Path, model_args: list[str])
     assert proc.returncode == 7 and "a.mkv" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_weights_unavailable_offline_says_how_to_pass_a_file(tmp_path: Path, sample_clips: dict[str, Path]) -> None:
-    proc = run(tmp_path / "ix", "index", sample_clips["shapes.mp4"], "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k")
+def test_weights_unavailable_offline_says_how_to_pass_a_file(tmp_path: Path, sample_clips: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as `run` has it; in this process, where open_clip is loaded once
+    proc = run_here(tmp_path / "ix", "index", sample_clips["shapes.mp4"], "--model", "ViT-B-32", "--pretrained",
+                    "laion2b_s34b_b79k")
     assert_one_line_error(proc, 6, "--pretrained")
     proc = run(tmp_path / "ix", "index", sample_clips["shapes.mp4"], "--pretrained", tmp_path / "missing.pt")
     assert_one_line_error(proc, 6, "checkpoint file not found")
@@ -264,18 +267,18 @@ def test_other_model_on_existing_index_is_refused(indexed: tuple[Path, subproces
 
 
 def test_an_index_keeps_its_precision(tmp_path: Path, sample_clips: dict[str, Path], model_args: list[str]) -> None:
+    """The bf16 runs go through the CLI in this process: bf16 runs open_clip, loaded here once
+    rather than in a new process per command; the refusals below run in new processes."""
     index_dir = tmp_path / "index"
     clip = sample_clips["shapes.mp4"]
-    ok(run(index_dir, "index", clip, *model_args, "--precision", "bf16"))
+    ok(run_here(index_dir, "index", clip, *model_args, "--precision", "bf16"))
     status = json.loads(ok(run(index_dir, "status", "--json")).stdout)
     assert str(status).count("bf16") >= 1
     # The same model named again, without --precision: the index's bf16, not the new default.
-    ok(run(index_dir, "index", sample_clips["titles.mp4"], *model_args))
+    ok(run_here(index_dir, "index", sample_clips["titles.mp4"], *model_args))
     from cliptool.embed import ModelSpec
     from cliptool.search import Searcher
 
-    # searched in this process (open_clip is loaded here already; a bf16 `cliptool search` would
-    # load it again in a child, for what test_search_by_a_frame_finds_its_video_and_scene checks)
     searcher = Searcher(index_dir, ModelSpec(model_args[1], model_args[3]))
     assert searcher.spec.precision == "bf16"
     hits = searcher.search(searcher.image_vector(_first_frame(clip, tmp_path)), top=3)
