@@ -49,8 +49,8 @@ def toy_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for name, (_, date) in ALL.items():
         path = videos / ("short" if name in SHORT else "long") / name
         os.utime(path, (date.timestamp(), date.timestamp()))
-    index_dir = root / "index"
-    proc = run(index_dir, "index", videos, "--max-scene", "4", "--model", CONFIG, "--pretrained", WEIGHTS)
+    index_dir = root / "index"  # indexed through the CLI in this process: a first use exports the int8 tower with torch
+    proc = run_here(index_dir, "index", videos, "--max-scene", "4", "--model", CONFIG, "--pretrained", WEIGHTS)
     assert proc.returncode == 0, proc.stderr
     return index_dir, videos
 
