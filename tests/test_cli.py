@@ -184,6 +184,7 @@ def test_indexing_twice_keeps_the_same_scenes(tmp_path: Path, sample_clips: dict
 
 
 # -- errors: one line, no traceback, a meaningful exit code ----------------------------------------
+# (the usage errors of search and export-frame through the CLI app in this process: run_here)
 
 def test_missing_path(index_dir: Path, tmp_path: Path, model_args: list[str]) -> None:
     assert_one_line_error(run(index_dir, "index", tmp_path / "nowhere", *model_args), 2, "no such file or folder")
@@ -202,29 +203,29 @@ def test_no_index_yet(tmp_path: Path) -> None:
 
 def test_empty_query(indexed: tuple[Path, subprocess.CompletedProcess]) -> None:
     index_dir, _ = indexed
-    assert_one_line_error(run(index_dir, "search", "  "), 2, "empty query")
-    assert_one_line_error(run(index_dir, "search"), 2, "empty query")
+    assert_one_line_error(run_here(index_dir, "search", "  "), 2, "empty query")
+    assert_one_line_error(run_here(index_dir, "search"), 2, "empty query")
 
 
 def test_bad_image_query(indexed: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
     index_dir, _ = indexed
-    assert_one_line_error(run(index_dir, "search", "--image", tmp_path / "none.jpg"), 2, "no such image")
+    assert_one_line_error(run_here(index_dir, "search", "--image", tmp_path / "none.jpg"), 2, "no such image")
     fake = tmp_path / "fake.jpg"
     fake.write_text("not an image")
-    assert_one_line_error(run(index_dir, "search", "--image", fake), 2, "not a readable image")
+    assert_one_line_error(run_here(index_dir, "search", "--image", fake), 2, "not a readable image")
 
 
 def test_missing_output_folder(indexed: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
     index_dir, _ = indexed
-    proc = run(index_dir, "export-frame", "circle", "-o", tmp_path / "no" / "such" / "dir" / "x.jpg")
+    proc = run_here(index_dir, "export-frame", "circle", "-o", tmp_path / "no" / "such" / "dir" / "x.jpg")
     assert_one_line_error(proc, 2, "output folder does not exist")
-    assert_one_line_error(run(index_dir, "export-frame", "circle", "-o", tmp_path / "x.gif"), 2, ".jpg, .jpeg or .png")
+    assert_one_line_error(run_here(index_dir, "export-frame", "circle", "-o", tmp_path / "x.gif"), 2, ".jpg, .jpeg or .png")
 
 
 def test_bad_time_and_video_for_export(index_dir: Path, tmp_path: Path, sample_clips: dict[str, Path]) -> None:
     clip = sample_clips["shapes.mp4"]
-    assert_one_line_error(run(index_dir, "export-frame", "--video", clip, "--at", "1:xx", "-o", tmp_path / "a.jpg"), 2, "not a time")
-    assert_one_line_error(run(index_dir, "export-frame", "--video", tmp_path / "gone.mp4", "--at", "1", "-o", tmp_path / "a.jpg"), 2, "no such video")
+    assert_one_line_error(run_here(index_dir, "export-frame", "--video", clip, "--at", "1:xx", "-o", tmp_path / "a.jpg"), 2, "not a time")
+    assert_one_line_error(run_here(index_dir, "export-frame", "--video", tmp_path / "gone.mp4", "--at", "1", "-o", tmp_path / "a.jpg"), 2, "no such video")
 
 
 def test_corrupt_video_is_skipped_by_name_and_the_rest_indexed(tmp_path: Path, sample_clips: dict[str, Path], model_args: list[str]) -> None:
