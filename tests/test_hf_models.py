@@ -337,10 +337,17 @@ def test_cached_hub_models_load_without_the_network(hub_cache: Path, network: li
     assert network == []
 
 
-def test_index_with_a_cached_hub_model_offline(cli, tmp_path: Path, folder: Path, hub_cache: Path) -> None:
-    """HF_HUB_OFFLINE is set (as the cli fixture does): the cached snapshot is all it needs."""
+def test_index_with_a_cached_hub_model_offline(cli, cli_here, tmp_path: Path, folder: Path, hub_cache: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE is set (as the cli fixture does): the cached snapshot is all it needs.
+    The index run goes through the CLI in this process (torch and transformers are loaded here
+    already), offline as a new process would be; the refusal runs in a new process."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what a new process reads from the variable
     env = {"HF_HUB_CACHE": str(hub_cache)}
-    ok(cli("index", folder, "--model", "hf-hub:cliptool/tiny-hf-clip", env=env))
+    ok(cli_here("index", folder, "--model", "hf-hub:cliptool/tiny-hf-clip"))
     status = json.loads(ok(cli("status", "--json", env=env)).stdout)
     assert status["model"]["name"] == "hf-hub:cliptool/tiny-hf-clip" and status["scenes"] > 0
     one_line_error(cli("index", folder, "--model", "hf-hub:cliptool/elsewhere",
