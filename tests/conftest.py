@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -112,10 +114,39 @@ def cli(index_dir: Path) -> CliRun:
     return run
 
 
+@pytest.fixture
+def cli_here(index_dir: Path) -> CliRun:
+    """`cliptool ARGS` against the test's index directory through the CLI app in this process
+    (`run_here`): open_clip and torch, loaded here once, are not loaded again per command."""
+
+    def run(*args: object) -> subprocess.CompletedProcess:
+        return run_here(index_dir, *args)
+
+    return run
+
+
 def run(index_dir: Path, *args: object) -> subprocess.CompletedProcess:
     """`python -m cliptool ARGS` in a fresh process against `index_dir`."""
     return subprocess.run([sys.executable, "-m", "cliptool", *map(str, args)], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "CLIPTOOL_INDEX_DIR": str(index_dir), "HF_HUB_OFFLINE": "1"})
+
+
+def run_here(index_dir: Path, *args: object) -> subprocess.CompletedProcess:
+    """`cliptool --index-dir INDEX_DIR ARGS` through the same command-line app, in this process:
+    the exit code, stdout and stderr as `run` gives them, without an interpreter start-up and
+    its imports per call. For many quick commands on one index (searches, their usage errors);
+    what only a fresh process shows (imports, signals, start-up) stays with `run`."""
+    from cliptool.cli import app
+
+    argv = ["--index-dir", str(index_dir), *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            app(argv, prog_name="cliptool")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess(["cliptool", *argv], code, out.getvalue(), err.getvalue())
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED, make_samples, shared
+from conftest import REPO, SHARED, make_samples, run_here, shared
 
 
 def run(index_dir: Path, *args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -89,12 +89,12 @@ def test_scenes_follow_the_cuts_of_the_generated_clip(indexed: tuple[Path, subpr
 def test_search_by_a_frame_finds_its_video_and_scene(indexed: tuple[Path, subprocess.CompletedProcess], library: Path, tmp_path: Path) -> None:
     index_dir, _ = indexed
     videos = [p for p in sorted(library.rglob("*.mp4"))]
-    for video in videos:
-        scenes = scene_list(index_dir, video)
+    for video in videos:  # the scenes and the still through the CLI in this process, the search in a new one
+        scenes = json.loads(ok(run_here(index_dir, "scenes", video, "--json")).stdout)["scenes"]
         scene = scenes[len(scenes) // 2]
         t = scene["sample_times"][1 if len(scene["sample_times"]) > 1 else 0]
         still = tmp_path / f"{video.stem}.png"
-        ok(run(index_dir, "export-frame", "--video", video, "--at", t, "-o", still))
+        ok(run_here(index_dir, "export-frame", "--video", video, "--at", t, "-o", still))
         results = json.loads(ok(run(index_dir, "search", "--image", still, "--json", "--top", "3")).stdout)["results"]
         best = results[0]
         assert Path(best["path"]) == video, (video, results)
@@ -184,6 +184,7 @@ def test_indexing_twice_keeps_the_same_scenes(tmp_path: Path, sample_clips: dict
 
 
 # -- errors: one line, no traceback, a meaningful exit code ----------------------------------------
+# (the usage errors of search and export-frame through the CLI app in this process: run_here)
 
 def test_missing_path(index_dir: Path, tmp_path: Path, model_args: list[str]) -> None:
     assert_one_line_error(run(index_dir, "index", tmp_path / "nowhere", *model_args), 2, "no such file or folder")
@@ -202,29 +203,29 @@ def test_no_index_yet(tmp_path: Path) -> None:
 
 def test_empty_query(indexed: tuple[Path, subprocess.CompletedProcess]) -> None:
     index_dir, _ = indexed
-    assert_one_line_error(run(index_dir, "search", "  "), 2, "empty query")
-    assert_one_line_error(run(index_dir, "search"), 2, "empty query")
+    assert_one_line_error(run_here(index_dir, "search", "  "), 2, "empty query")
+    assert_one_line_error(run_here(index_dir, "search"), 2, "empty query")
 
 
 def test_bad_image_query(indexed: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
     index_dir, _ = indexed
-    assert_one_line_error(run(index_dir, "search", "--image", tmp_path / "none.jpg"), 2, "no such image")
+    assert_one_line_error(run_here(index_dir, "search", "--image", tmp_path / "none.jpg"), 2, "no such image")
     fake = tmp_path / "fake.jpg"
     fake.write_text("not an image")
-    assert_one_line_error(run(index_dir, "search", "--image", fake), 2, "not a readable image")
+    assert_one_line_error(run_here(index_dir, "search", "--image", fake), 2, "not a readable image")
 
 
 def test_missing_output_folder(indexed: tuple[Path, subprocess.CompletedProcess], tmp_path: Path) -> None:
     index_dir, _ = indexed
-    proc = run(index_dir, "export-frame", "circle", "-o", tmp_path / "no" / "such" / "dir" / "x.jpg")
+    proc = run_here(index_dir, "export-frame", "circle", "-o", tmp_path / "no" / "such" / "dir" / "x.jpg")
     assert_one_line_error(proc, 2, "output folder does not exist")
-    assert_one_line_error(run(index_dir, "export-frame", "circle", "-o", tmp_path / "x.gif"), 2, ".jpg, .jpeg or .png")
+    assert_one_line_error(run_here(index_dir, "export-frame", "circle", "-o", tmp_path / "x.gif"), 2, ".jpg, .jpeg or .png")
 
 
 def test_bad_time_and_video_for_export(index_dir: Path, tmp_path: Path, sample_clips: dict[str, Path]) -> None:
     clip = sample_clips["shapes.mp4"]
-    assert_one_line_error(run(index_dir, "export-frame", "--video", clip, "--at", "1:xx", "-o", tmp_path / "a.jpg"), 2, "not a time")
-    assert_one_line_error(run(index_dir, "export-frame", "--video", tmp_path / "gone.mp4", "--at", "1", "-o", tmp_path / "a.jpg"), 2, "no such video")
+    assert_one_line_error(run_here(index_dir, "export-frame", "--video", clip, "--at", "1:xx", "-o", tmp_path / "a.jpg"), 2, "not a time")
+    assert_one_line_error(run_here(index_dir, "export-frame", "--video", tmp_path / "gone.mp4", "--at", "1", "-o", tmp_path / "a.jpg"), 2, "no such video")
 
 
 def test_corrupt_video_is_skipped_by_name_and_the_rest_indexed(tmp_path: Path, sample_clips: dict[str, Path], model_args: list[str]) -> None:
@@ -249,8 +250,11 @@ def test_only_corrupt_videos_fail_the_run(tmp_path: Path, model_args: list[str])
     assert proc.returncode == 7 and "a.mkv" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_weights_unavailable_offline_says_how_to_pass_a_file(tmp_path: Path, sample_clips: dict[str, Path]) -> None:
-    proc = run(tmp_path / "ix", "index", sample_clips["shapes.mp4"], "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k")
+def test_weights_unavailable_offline_says_how_to_pass_a_file(tmp_path: Path, sample_clips: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as `run` has it; in this process, where open_clip is loaded once
+    proc = run_here(tmp_path / "ix", "index", sample_clips["shapes.mp4"], "--model", "ViT-B-32", "--pretrained",
+                    "laion2b_s34b_b79k")
     assert_one_line_error(proc, 6, "--pretrained")
     proc = run(tmp_path / "ix", "index", sample_clips["shapes.mp4"], "--pretrained", tmp_path / "missing.pt")
     assert_one_line_error(proc, 6, "checkpoint file not found")
@@ -264,19 +268,22 @@ def test_other_model_on_existing_index_is_refused(indexed: tuple[Path, subproces
 
 
 def test_an_index_keeps_its_precision(tmp_path: Path, sample_clips: dict[str, Path], model_args: list[str]) -> None:
+    """The bf16 runs go through the CLI in this process: bf16 runs open_clip, loaded here once
+    rather than in a new process per command; the refusals below run in new processes."""
     index_dir = tmp_path / "index"
     clip = sample_clips["shapes.mp4"]
-    ok(run(index_dir, "index", clip, *model_args, "--precision", "bf16"))
+    ok(run_here(index_dir, "index", clip, *model_args, "--precision", "bf16"))
     status = json.loads(ok(run(index_dir, "status", "--json")).stdout)
     assert str(status).count("bf16") >= 1
     # The same model named again, without --precision: the index's bf16, not the new default.
-    ok(run(index_dir, "index", sample_clips["titles.mp4"], *model_args))
-    hits = json.loads(ok(run(index_dir, "search", "--image", _first_frame(clip, tmp_path), "--json")).stdout)
-    assert Path(hits["results"][0]["path"]).name == "shapes.mp4"
+    ok(run_here(index_dir, "index", sample_clips["titles.mp4"], *model_args))
     from cliptool.embed import ModelSpec
     from cliptool.search import Searcher
 
-    assert Searcher(index_dir, ModelSpec(model_args[1], model_args[3])).spec.precision == "bf16"
+    searcher = Searcher(index_dir, ModelSpec(model_args[1], model_args[3]))
+    assert searcher.spec.precision == "bf16"
+    hits = searcher.search(searcher.image_vector(_first_frame(clip, tmp_path)), top=3)
+    assert Path(hits[0].path).name == "shapes.mp4" and searcher.model.spec.precision == "bf16"
     assert_one_line_error(run(index_dir, "index", clip, *model_args, "--precision", "int8"), 5, "was built with model")
     assert_one_line_error(run(index_dir, "index", clip, "--precision", "fp16"), 2, "unknown precision")
 

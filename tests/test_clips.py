@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ok, one_line_error, run, shared
+from conftest import ok, one_line_error, run, run_here, shared
 
 
 
@@ -159,10 +159,10 @@ def test_audio_comes_along_in_both_modes(tmp_path: Path) -> None:
 
 
 def test_clips_errors_are_one_line(library: tuple[Path, Path], tmp_path: Path) -> None:
-    index_dir, _ = library
-    one_line_error(run(index_dir, "clips", "bikes", "-o", tmp_path / "no" / "out"), 2, "does not exist")
+    index_dir, _ = library  # `clips` through the CLI app in this process (run_here)
+    one_line_error(run_here(index_dir, "clips", "bikes", "-o", tmp_path / "no" / "out"), 2, "does not exist")
     (tmp_path / "file").write_text("x")
-    one_line_error(run(index_dir, "clips", "bikes", "-o", tmp_path / "file"), 2, "not a folder")
-    one_line_error(run(index_dir, "clips", "", "-o", tmp_path / "o"), 2, "empty query")
-    one_line_error(run(index_dir, "clips", "bikes", "-o", tmp_path / "o", "--edl", tmp_path / "x.txt"), 2, ".edl")
+    one_line_error(run_here(index_dir, "clips", "bikes", "-o", tmp_path / "file"), 2, "not a folder")
+    one_line_error(run_here(index_dir, "clips", "", "-o", tmp_path / "o"), 2, "empty query")
+    one_line_error(run_here(index_dir, "clips", "bikes", "-o", tmp_path / "o", "--edl", tmp_path / "x.txt"), 2, ".edl")
     assert not (tmp_path / "o").exists()

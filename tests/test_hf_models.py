@@ -187,12 +187,15 @@ def test_a_folder_is_identified_by_its_files(tmp_path: Path, clip_folder: Path) 
     assert ModelSpec.from_record(spec.to_dict()).identity() == spec.identity()
 
 
-def test_index_and_search_with_a_folder(cli, tmp_path: Path, folder: Path, index_dir: Path,
+def test_index_and_search_with_a_folder(cli_here, tmp_path: Path, folder: Path, index_dir: Path,
                                         clip_folder: Path) -> None:
     """The index records the folder; search needs no model options, and its exported text tower
-    gives transformers' text vectors; a moved folder is the same model."""
+    gives transformers' text vectors; a moved folder is the same model. (The commands run in
+    this process, where torch and transformers are loaded already; the hub test below runs
+    `cliptool index` on a model of this kind in a new process.)"""
     from cliptool.search import Searcher
 
+    cli = cli_here
     ok(cli("index", folder, "--model", clip_folder))
     status = json.loads(ok(cli("status", "--json")).stdout)
     assert status["model"]["name"] == str(clip_folder.resolve())
@@ -208,12 +211,14 @@ def test_index_and_search_with_a_folder(cli, tmp_path: Path, folder: Path, index
     assert "3 unchanged" in again.stderr, again.stderr
 
 
-def test_a_chinese_query_on_a_chinese_clip_index(cli, folder: Path, index_dir: Path, chinese_folder: Path) -> None:
-    """Indexed with a Chinese-CLIP folder, a search's query vectors are transformers' (on the fast
-    text path where the text exporter covers BERT towers, else in open_clip)."""
+def test_a_chinese_query_on_a_chinese_clip_index(cli_here, folder: Path, index_dir: Path,
+                                                 chinese_folder: Path) -> None:
+    """Indexed with a Chinese-CLIP folder (`cliptool index` in this process), a search's query
+    vectors are transformers' (on the fast text path where the text exporter covers BERT towers,
+    else in open_clip)."""
     from cliptool.search import Searcher
 
-    ok(cli("index", folder, "--model", chinese_folder))
+    ok(cli_here("index", folder, "--model", chinese_folder))
     searcher = Searcher(index_dir)
     _, reference = _transformers_vectors(chinese_folder, np.zeros((1, 3, 32, 32), np.float32), TEXTS)
     np.testing.assert_allclose(np.stack([searcher.text_vector(t) for t in TEXTS]), reference, atol=1e-4)
@@ -332,10 +337,17 @@ def test_cached_hub_models_load_without_the_network(hub_cache: Path, network: li
     assert network == []
 
 
-def test_index_with_a_cached_hub_model_offline(cli, tmp_path: Path, folder: Path, hub_cache: Path) -> None:
-    """HF_HUB_OFFLINE is set (as the cli fixture does): the cached snapshot is all it needs."""
+def test_index_with_a_cached_hub_model_offline(cli, cli_here, tmp_path: Path, folder: Path, hub_cache: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """HF_HUB_OFFLINE is set (as the cli fixture does): the cached snapshot is all it needs.
+    The index run goes through the CLI in this process (torch and transformers are loaded here
+    already), offline as a new process would be; the refusal runs in a new process."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what a new process reads from the variable
     env = {"HF_HUB_CACHE": str(hub_cache)}
-    ok(cli("index", folder, "--model", "hf-hub:cliptool/tiny-hf-clip", env=env))
+    ok(cli_here("index", folder, "--model", "hf-hub:cliptool/tiny-hf-clip"))
     status = json.loads(ok(cli("status", "--json", env=env)).stdout)
     assert status["model"]["name"] == "hf-hub:cliptool/tiny-hf-clip" and status["scenes"] > 0
     one_line_error(cli("index", folder, "--model", "hf-hub:cliptool/elsewhere",

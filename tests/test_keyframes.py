@@ -206,7 +206,7 @@ def test_reuses_index_scenes_and_vectors(cli, model_args, slideshow, tmp_path: P
     assert sorted(shown) == sorted(PHOTOS)
 
 
-def test_bad_input_is_one_line_and_nonzero(cli, model_args, tmp_path: Path) -> None:
+def test_bad_input_is_one_line_and_nonzero(cli_here, model_args, tmp_path: Path) -> None:
     cases = [
         (["keyframes", tmp_path / "nope.mp4", "-o", tmp_path / "o"], 2),
         (["keyframes", tmp_path / "bad.mp4", "-o", tmp_path / "o", "--count", "many"], 2),
@@ -216,7 +216,7 @@ def test_bad_input_is_one_line_and_nonzero(cli, model_args, tmp_path: Path) -> N
     ]
     (tmp_path / "bad.mp4").write_bytes(b"not a video at all" * 100)
     for args, code in cases:
-        proc = cli(*args)
+        proc = cli_here(*args)  # the CLI in this process: the arguments tell the cases apart
         assert proc.returncode == code, (args, proc.returncode, proc.stderr)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("cliptool: error:"), proc.stderr

@@ -180,11 +180,13 @@ def _one_line_error(proc: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-def test_index_with_a_bad_config_exits_with_one_line(cli, tmp_path: Path, sample_clips: dict[str, Path],
+def test_index_with_a_bad_config_exits_with_one_line(cli_here, tmp_path: Path, sample_clips: dict[str, Path],
                                                       tiny_model: tuple[Path, Path]) -> None:
+    """Through the CLI in this process (open_clip is loaded here once; the next test's command
+    runs in a new process)."""
     cfg = _config(tmp_path, "TinyBadFieldCLIP", tiny_model, vision_cfg={"patch_sise": 16})
     clip = next(iter(sample_clips.values()))
-    proc = cli("index", clip, "--model", cfg, "--pretrained", tiny_model[1], "--precision", "fp32")
+    proc = cli_here("index", clip, "--model", cfg, "--pretrained", tiny_model[1], "--precision", "fp32")
     assert "cannot be built from its config" in _one_line_error(proc)
 
 

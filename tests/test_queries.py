@@ -20,7 +20,7 @@ from cliptool.errors import UsageError
 from cliptool.search import Filters, Query, QueryTerm, Searcher
 from cliptool.vector_index import ScenePosition
 
-from conftest import REPO, data_module, one_line_error, run
+from conftest import REPO, data_module, one_line_error, run, run_here
 
 TOY = REPO / "data" / "toy-clip"
 CONFIG, WEIGHTS = TOY / "config.json", TOY / "weights.safetensors"
@@ -49,14 +49,16 @@ def toy_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for name, (_, date) in ALL.items():
         path = videos / ("short" if name in SHORT else "long") / name
         os.utime(path, (date.timestamp(), date.timestamp()))
-    index_dir = root / "index"
-    proc = run(index_dir, "index", videos, "--max-scene", "4", "--model", CONFIG, "--pretrained", WEIGHTS)
+    index_dir = root / "index"  # indexed through the CLI in this process: a first use exports the int8 tower with torch
+    proc = run_here(index_dir, "index", videos, "--max-scene", "4", "--model", CONFIG, "--pretrained", WEIGHTS)
     assert proc.returncode == 0, proc.stderr
     return index_dir, videos
 
 
-def _search(index_dir: Path, *args: object) -> dict:
-    proc = run(index_dir, "search", *args, "--json")
+def _search(index_dir: Path, *args: object, here: bool = False) -> dict:
+    """`cliptool search ARGS --json`, in a new process (or, `here`, in this one: for the many
+    filter cases, which the options, not the process start-up, tell apart)."""
+    proc = (run_here if here else run)(index_dir, "search", *args, "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -185,7 +187,7 @@ def test_filters(toy_index: tuple[Path, Path], options: list[str], allowed: set[
     if not link.exists():
         link.symlink_to(videos / "short")
     args = [o.format(videos=videos, link=link) for o in options] + (["--videos"] if videos_flag else [])
-    found = _search(index_dir, "a yellow star", "-n", "20", *args)
+    found = _search(index_dir, "a yellow star", "-n", "20", *args, here=True)
     names = _names(found["results"])
     assert set(names) == allowed
     if videos_flag:
@@ -195,11 +197,11 @@ def test_filters(toy_index: tuple[Path, Path], options: list[str], allowed: set[
 
 def test_min_score(toy_index: tuple[Path, Path]) -> None:
     index_dir, _ = toy_index
-    everything = _search(index_dir, "a red circle", "--videos", "--no-merge")["results"]
+    everything = _search(index_dir, "a red circle", "--videos", "--no-merge", here=True)["results"]
     floor = 0.4
     assert any(r["score"] < floor for r in everything) and any(r["score"] >= floor for r in everything)
     for extra in ([], ["--videos"], ["--no-merge"]):
-        kept = _search(index_dir, "a red circle", "--min-score", str(floor), *extra)["results"]
+        kept = _search(index_dir, "a red circle", "--min-score", str(floor), *extra, here=True)["results"]
         assert kept and all(r["score"] >= floor for r in kept)
         assert set(_names(kept)) == {Path(r["path"]).name for r in everything if r["score"] >= floor}
 
@@ -238,7 +240,7 @@ BAD = [
 @pytest.mark.parametrize("options,needle", BAD, ids=[" ".join(b[0]) for b in BAD])
 def test_bad_query_values_are_one_line_errors(toy_index: tuple[Path, Path], options: list[str], needle: str) -> None:
     index_dir, _ = toy_index
-    one_line_error(run(index_dir, "search", "a red circle", *options), 2, needle)
+    one_line_error(run_here(index_dir, "search", "a red circle", *options), 2, needle)
 
 
 # -- one moment, not three ----------------------------------------------------------------------

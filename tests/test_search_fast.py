@@ -122,14 +122,15 @@ def test_text_search_in_a_new_process_does_not_import_torch(indexed: tuple[Path,
 
 @pytest.fixture(scope="module")
 def multilingual(tmp_path_factory: pytest.TempPathFactory, sample_clips: dict[str, Path]) -> tuple[Path, list[str]]:
-    """The sample clips indexed by `cliptool index` with the tiny XLM-R CLIP (config + weights)."""
-    from conftest import data_module, ok, run
+    """The sample clips indexed by `cliptool index` (in this process, where torch and transformers
+    are loaded already) with the tiny XLM-R CLIP (config + weights)."""
+    from conftest import data_module, ok, run_here
 
     root = tmp_path_factory.mktemp("multilingual")
     config, ckpt = data_module("tiny_multilingual").write_tiny_multilingual_model(root / "model")
     model_args = ["--model", str(config), "--pretrained", str(ckpt)]
     index_dir = root / "index"
-    ok(run(index_dir, "index", *map(str, sample_clips.values()), *model_args))
+    ok(run_here(index_dir, "index", *map(str, sample_clips.values()), *model_args))
     return index_dir, model_args
 
 

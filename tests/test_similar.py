@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ok, one_line_error, run, shared
+from conftest import ok, one_line_error, run, run_here, shared
 
 
 
@@ -48,7 +48,7 @@ def library(tmp_path_factory: pytest.TempPathFactory, sample_clips: dict[str, Pa
 
 
 def scenes(index_dir: Path, video: Path) -> list[dict]:
-    return json.loads(ok(run(index_dir, "scenes", video, "--json")).stdout)["scenes"]
+    return json.loads(ok(run_here(index_dir, "scenes", video, "--json")).stdout)["scenes"]
 
 
 def test_a_resized_reencoded_copy_finds_its_twin_scene_at_rank_1(library: tuple[Path, Path]) -> None:
@@ -57,8 +57,8 @@ def test_a_resized_reencoded_copy_finds_its_twin_scene_at_rank_1(library: tuple[
     assert len(copy) == len(original) >= 5
     for twin, scene in zip(original, copy):
         t = (scene["start_time"] + scene["end_time"]) / 2
-        data = json.loads(ok(run(index_dir, "similar", root / "bikes-small.mp4", "--at", t, "--json",
-                                 "--top", "3")).stdout)
+        data = json.loads(ok(run_here(index_dir, "similar", root / "bikes-small.mp4", "--at", t, "--json",
+                                      "--top", "3")).stdout)
         assert data["scene_id"] == scene["scene_id"] and data["at"] == pytest.approx(t)
         best = data["results"][0]
         assert Path(best["path"]) == root / "bikes.mp4", (t, data["results"])
@@ -88,11 +88,11 @@ def test_scene_id_left_out_and_other_videos_leaves_out_its_video(library: tuple[
 
 
 def test_similar_errors_are_one_line(library: tuple[Path, Path], tmp_path: Path) -> None:
-    index_dir, root = library
-    one_line_error(run(index_dir, "similar"), 2, "--scene")
-    one_line_error(run(index_dir, "similar", root / "bikes.mp4"), 2, "--at")
-    one_line_error(run(index_dir, "similar", root / "bikes.mp4", "--at", "soon"), 2, "not a time")
-    one_line_error(run(index_dir, "similar", root / "bikes.mp4", "--at", "99:00"), 2, "no moment at")
-    one_line_error(run(index_dir, "similar", tmp_path / "nope.mp4", "--at", "1"), 2, "not in the index")
-    one_line_error(run(index_dir, "similar", "--scene", "nope/0/00000"), 2, "no scene")
-    one_line_error(run(index_dir, "similar", root / "bikes.mp4", "--at", "1", "--scene", "x"), 2, "not both")
+    index_dir, root = library  # `similar` in this process: one new process per case shows no more
+    one_line_error(run_here(index_dir, "similar"), 2, "--scene")
+    one_line_error(run_here(index_dir, "similar", root / "bikes.mp4"), 2, "--at")
+    one_line_error(run_here(index_dir, "similar", root / "bikes.mp4", "--at", "soon"), 2, "not a time")
+    one_line_error(run_here(index_dir, "similar", root / "bikes.mp4", "--at", "99:00"), 2, "no moment at")
+    one_line_error(run_here(index_dir, "similar", tmp_path / "nope.mp4", "--at", "1"), 2, "not in the index")
+    one_line_error(run_here(index_dir, "similar", "--scene", "nope/0/00000"), 2, "no scene")
+    one_line_error(run_here(index_dir, "similar", root / "bikes.mp4", "--at", "1", "--scene", "x"), 2, "not both")

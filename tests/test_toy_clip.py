@@ -14,7 +14,7 @@ import pytest
 
 from cliptool.embed import ClipModel, ModelSpec
 
-from conftest import REPO, data_module, make_samples
+from conftest import REPO, data_module, make_samples, run_here
 
 TOY = REPO / "data" / "toy-clip"
 CONFIG, WEIGHTS = TOY / "config.json", TOY / "weights.safetensors"
@@ -65,12 +65,13 @@ def _cliptool(index_dir: Path, *args: object) -> subprocess.CompletedProcess:
 ])
 def test_text_search_finds_the_clip_and_the_moment(shape_index: Path, query: str, clip: str, start: float,
                                                    end: float, tmp_path: Path) -> None:
-    proc = _cliptool(shape_index, "search", query, "--top", "3", "--json")
+    # the commands in this process: the queries, not a process start-up each, tell the cases apart
+    proc = run_here(shape_index, "search", query, "--top", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     best = json.loads(proc.stdout)["results"][0]
     assert Path(best["path"]).name == clip, best
     assert start <= best["best_time"] < end, best
-    proc = _cliptool(shape_index, "export-frame", query, "-o", tmp_path / "frame.png", "--json")
+    proc = run_here(shape_index, "export-frame", query, "-o", tmp_path / "frame.png", "--json")
     assert proc.returncode == 0, proc.stderr
     exported = json.loads(proc.stdout)
     assert Path(exported["video"]).name == clip and start <= exported["time"] < end, exported

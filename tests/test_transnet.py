@@ -1,4 +1,8 @@
-"""TransNetV2 shot detector: real weights, streamed frames, real videos with known cuts."""
+"""TransNetV2 shot detector: real weights, streamed frames, synthetic cuts.
+
+Its cuts on real videos with known cuts (bikes.mp4 through `cliptool keyframes`, the first 450
+frames of testvideo.mp4 through cliptool's decode path) are asserted in test_detectors.py, so
+each real video goes through the network once per test run."""
 
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ from cliptool.detect.transnet import TransitionCuts, TransNetUnavailableError, T
 from cliptool.errors import ModelUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
-SCENES = REPO.parent / "shared" / "testdata" / "scenes"
 
 
 def _has_weights() -> bool:
@@ -26,20 +29,6 @@ def _has_weights() -> bool:
 
 
 needs_weights = pytest.mark.skipif(not _has_weights(), reason="TransNetV2 weights not installed")
-
-
-def _decode(path: Path, limit: int | None = None) -> list[np.ndarray]:
-    import av
-
-    frames = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            frames.append(frame.reformat(width=48, height=27, format="bgr24").to_ndarray())
-            if limit is not None and len(frames) >= limit:
-                break
-    return frames
 
 
 def _run(detector: TransNetV2Detector, frames: list[np.ndarray]) -> list[int]:
@@ -55,13 +44,6 @@ def _run(detector: TransNetV2Detector, frames: list[np.ndarray]) -> list[int]:
     cuts.extend(detector.flush())
     assert cuts == sorted(set(cuts))
     return cuts
-
-
-def _video(name: str) -> Path:
-    path = SCENES / name
-    if not path.is_file():
-        pytest.skip(f"test data not found: {path}")
-    return path
 
 
 def _synthetic(seed: int = 0, lengths: tuple[int, ...] = (40, 40, 40)) -> list[np.ndarray]:
@@ -177,46 +159,6 @@ def test_video_shorter_than_a_window_and_min_scene_len():
     assert _run(detector, frames) == [20, 32]
     assert len(detector.probabilities) == 45
     assert TransitionCuts(0.5, 15).feed(detector.probabilities) == [20]
-
-
-@needs_weights
-def test_bikes_ground_truth():
-    frames = _decode(_video("bikes.mp4"))
-    assert len(frames) == 250
-    cuts = _run(TransNetV2Detector(), frames)
-    truth = [30, 76, 137, 187, 242]
-    # Every true cut found within 2 frames, and nothing else.
-    assert len(cuts) == len(truth)
-    for expected, found in zip(truth, cuts):
-        assert abs(found - expected) <= 2, (cuts, truth)
-
-
-@needs_weights
-def test_testvideo_hard_cuts_and_gradual_transitions():
-    # testvideo.mp4 (PySceneDetect's test resource) has hard cuts at 30 and 180, found by
-    # ContentDetector, and gradual transitions whose frame ranges were measured on the video
-    # (mean-brightness ramps, and the cross-dissolve's distance to both shots): fade-in 211-240,
-    # fade-out 331-359, fade-in 394-423, dissolve 528-558, fade-out 664-692. ContentDetector's
-    # third cut, 394, is the first frame of that fade-in (AdaptiveDetector's extra 691 is the
-    # end of the last fade-out). TransNetV2 marks the middle of a gradual transition; the
-    # detector moves a cut inside a fade-in from black back to the fade's first frame, so
-    # 394 must be matched within 2 frames like the hard cuts.
-    # The first 450 frames (9 network windows) hold 30, 180 and 394; that keeps the test short.
-    frames = _decode(_video("testvideo.mp4"), limit=450)
-    assert len(frames) == 450
-    cuts = _run(TransNetV2Detector(), frames)
-    hard = [30, 180, 394]
-    fade_in_394 = (394, 423)
-    gradual = [(211, 240), (331, 359), fade_in_394]
-    for expected in hard:
-        assert sum(abs(c - expected) <= 2 for c in cuts) == 1, (cuts, expected)
-    # Nothing else: every other cut is inside a real transition, at most one per transition.
-    # (The two deer fades score close to the threshold, about 0.55-0.6, so finding them is
-    # not asserted.)
-    others = [c for c in cuts if all(abs(c - h) > 2 for h in hard)]
-    for start, end in gradual:
-        assert sum(start <= c <= end for c in others) <= 1, (cuts, (start, end))
-    assert all(any(start <= c <= end for start, end in gradual) for c in others), cuts
 
 
 def test_cut_inside_a_fade_from_black_moves_to_the_fade_start() -> None:
