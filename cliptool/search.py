@@ -10,20 +10,21 @@ match are reported as one hit spanning them.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from .embed import TEXTENC_DIR, ClipModel, ModelSpec, text_encoder_identity, warn_slow_text_path
 from .errors import IndexMismatchError, UsageError
 from .store import IndexStore, VideoRecord, generation, real_path
-from .vector_index import LiveIndex, ScenePosition, VectorIndex, load_vector_index
+from .vector_index import CacheChangedError, LiveIndex, ScenePosition, VectorIndex, load_vector_index
 
 RERANK_CANDIDATES = 50  # scenes fetched by scene vector (and by frame) before re-scoring with their frames
 FRAME_SCAN_LIMIT = 40_000  # up to this many frame vectors, each query also scans them all for candidates
@@ -278,6 +279,24 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+_T = TypeVar("_T")
+
+
+def _again_on_a_changed_cache(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Runs a query again on the cache as it is now when a merge removed a segment the
+    searcher had open but not yet read (an index run in another process)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Searcher, *args: object, **kwargs: object) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except CacheChangedError:
+            self.refresh(force=True)
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Searcher:
     """An index opened for queries; loads the model it was built with on first need.
 
@@ -400,6 +419,7 @@ class Searcher:
                 break
         return hits
 
+    @_again_on_a_changed_cache
     def search(self, query: np.ndarray, top: int = 10, by_video: bool = False, where: Filters | None = None,
                merge: bool = True) -> list[Hit]:
         """Ranked scenes for a query vector; with by_video, each video once, ranked by its best scene.
@@ -584,6 +604,7 @@ class Searcher:
                             [c[2].scene_id for c in group]))
         return hits[:top]
 
+    @_again_on_a_changed_cache
     def similar(self, scene_id: str, top: int = 10, by_video: bool = False) -> list[Hit]:
         """Scenes most like an indexed one ("more like this"), that scene itself left out."""
         row = self.vectors.row_of_scene(scene_id)
@@ -595,9 +616,10 @@ class Searcher:
             hit.rank = rank
         return hits[:top]
 
-    def refresh(self) -> bool:
-        """Takes in what was committed since this searcher opened the index; True if anything was."""
-        if generation(self.index_dir) == self._generation:
+    def refresh(self, force: bool = False) -> bool:
+        """Takes in what was committed since this searcher opened the index; True if anything was
+        (force: loads the cache again whatever the stores say)."""
+        if generation(self.index_dir) == self._generation and not force:
             return False
         self._generation = generation(self.index_dir)
         self.vectors = load_vector_index(self.index_dir)
@@ -605,6 +627,7 @@ class Searcher:
         self._row_videos, self._facts, self._masks = None, None, {}
         return True
 
+    @_again_on_a_changed_cache
     def best_in_video(self, query: np.ndarray, video_id: str) -> Hit | None:
         """The best scene of one video for a query, scored as `search` scores scenes."""
         rows = self.vectors.rows_of_video(video_id)

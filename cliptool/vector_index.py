@@ -159,6 +159,11 @@ def _mapped_member(npz: Any, key: str) -> np.ndarray | None:
         return None
 
 
+class CacheChangedError(CliptoolError):
+    """A segment this process opened was merged away and removed before it read all of it:
+    load the cache again (`load_vector_index`) and repeat the query."""
+
+
 def _numbered_videos(segments: list[VectorIndex], extra: Iterable[str] = ()) -> tuple[list[str], np.ndarray]:
     """The distinct video ids of segments' rows (then of `extra` rows, one id per row) and each
     row's number in that list: one small lookup per segment, gathered over its video column."""
@@ -222,6 +227,10 @@ class VectorIndex:
         self._approx: Any = None
         self._vectors: np.ndarray | None = None
         self._size, self._dim = self._check_flat()  # a damaged cache fails here
+        # Mapped now (a mapping costs no reads), so a segment that a merge removes after this
+        # keeps answering: open files outlive their names.
+        self.vectors_view()
+        self._map_flat()
         self._npz = np.load(directory / "table.npz", allow_pickle=False)
         self._table = _LazyTable(self._npz)
         self.frames = np.load(directory / "frames.npy", mmap_mode="r")
@@ -251,13 +260,32 @@ class VectorIndex:
         if self._faiss is None:
             import faiss
 
-            path = str(self.directory / "flat.faiss")
-            try:
-                self._faiss = faiss.read_index(path, getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)
-                                               | faiss.IO_FLAG_READ_ONLY)
-            except RuntimeError:  # a FAISS that cannot map this file: read it
-                self._faiss = faiss.read_index(path, faiss.IO_FLAG_READ_ONLY)
+            self._faiss = self._read(self.directory / "flat.faiss", faiss.IO_FLAG_READ_ONLY)
         return self._faiss
+
+    def _map_flat(self) -> None:
+        """Opens the flat index in place when this FAISS can map it in place (no reads)."""
+        import faiss
+
+        if self.size and hasattr(faiss, "IO_FLAG_MMAP_IFC"):
+            try:
+                self._faiss = faiss.read_index(str(self.directory / "flat.faiss"),
+                                               faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+            except RuntimeError:
+                pass  # read on first use instead
+
+    @staticmethod
+    def _read(path: Path, flags: int) -> Any:
+        """A FAISS index read from the file; CacheChangedError when a merge removed it since the
+        segment was opened (the caller reloads the cache and asks again)."""
+        import faiss
+
+        try:
+            return faiss.read_index(str(path), flags)
+        except RuntimeError:
+            if not path.exists():
+                raise CacheChangedError(f"search cache segment {path.parent.name} was replaced while in use") from None
+            raise
 
     @property
     def approx(self) -> Any | None:
@@ -265,11 +293,13 @@ class VectorIndex:
         if self._approx is None and self.meta.get("approx"):
             import faiss
 
-            path = str(self.directory / "approx.faiss")
+            path = self.directory / "approx.faiss"
             try:
-                self._approx = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+                self._approx = self._read(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+            except CacheChangedError:
+                raise
             except RuntimeError:
-                self._approx = faiss.read_index(path)
+                self._approx = self._read(path, 0)
         return self._approx
 
     @property

@@ -243,3 +243,28 @@ def test_sigkill_during_cache_updates(tmp_path: Path) -> None:
         assert answers(index_dir, queries, 10) == rebuilt_answers(index_dir, tmp_path, queries, 10)
         assert not any(p.name.startswith("tmp-") for p in (index_dir / "faiss").iterdir())
     assert during_write >= 1
+
+
+def test_a_search_outlives_the_segments_a_merge_removes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A searcher (the web app's, say) opened the cache, then an index run in another process
+    merged it into new segments and removed the old ones: its next queries still answer, from
+    the files it mapped or from the cache as it is now, with the same hits as a fresh searcher."""
+    from cliptool.search import Searcher
+
+    monkeypatch.setenv(vi.VECTOR_INDEX_ENV, "approx")  # an approximate index, read on first use
+    index_dir = tmp_path / "index"
+    rng = np.random.default_rng(3)
+    with IndexStore(index_dir, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        for i in range(5):
+            put(store, f"v{i}", 250, rng)
+    sync_cache(index_dir)
+    searcher = Searcher(index_dir)
+    old = [root for root in (tmp_path / "index" / "faiss").iterdir() if root.is_dir()]
+    assert old and all((d / "approx.faiss").is_file() for d in old)
+    sync_cache(index_dir, rebuild_all=True)
+    assert not any(d.exists() for d in old)
+    queries = rng.normal(size=(3, DIM)).astype(np.float32)
+    for q in queries / np.linalg.norm(queries, axis=1, keepdims=True):
+        want = [(h.scene_id, round(h.score, 5)) for h in Searcher(index_dir).search(q, top=5, merge=False)]
+        assert [(h.scene_id, round(h.score, 5)) for h in searcher.search(q, top=5, merge=False)] == want
