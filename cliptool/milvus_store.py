@@ -177,7 +177,8 @@ def _pymilvus() -> Any:
         import pymilvus
     except ImportError:
         raise CliptoolError(INSTALL_HINT) from None
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its errors reach the user as one line
+    for name in ("pymilvus", "milvus_lite"):  # their errors reach the user as one line, not a logged traceback
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return pymilvus
 
 
@@ -208,13 +209,20 @@ def connect(target: MilvusTarget) -> Any:
 
 
 def release(target: MilvusTarget) -> None:
-    """Closes this process's client for the target (lets another process open a Lite file)."""
+    """Closes this process's client for the target and, for a Milvus Lite file, stops the
+    in-process Lite server, so that another process may open the file."""
     client = _clients.pop(target.uri, None)
     if client is not None:
         try:
             client.close()
         except Exception:  # noqa: BLE001 - closing a dead connection
             pass
+    if target.lite:
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+        except ImportError:
+            return
+        server_manager_instance.release_server(target.uri)
 
 
 @contextmanager
