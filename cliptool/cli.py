@@ -554,6 +554,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
         print(f"scenes:  {info['scenes']}")
         print(f"cache:   {info['cache']}")
         print(f"search:  {_search_index_line(info.get('search_index') or {})}")
+        if info.get("vector_store", "faiss") != "faiss":
+            print(f"vectors: {info['vector_store']} (recorded: searches ask Milvus)")
         for name, size in info["bytes"].items():  # type: ignore[union-attr]
             print(f"{name + ':':<12}{size / 1e6:9.2f} MB")
 

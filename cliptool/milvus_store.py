@@ -51,6 +51,7 @@ INSTALL_HINT = "--vector-store milvus needs pymilvus: pip install 'cliptool[clus
 MAX_TOPK = 16_384  # Milvus answers at most this many hits per search
 _BATCH = 1_000  # entities per insert (well under Milvus's message size limit)
 _QUERY_BATCH = 1_000  # ids per query (its answer stays under MAX_TOPK entities)
+_FRAME_ROWS = 256  # scenes whose frames one query fetches (a scene has at most a few dozen)
 _CACHE_ROWS = 50_000  # fetched scenes kept by a searcher (positions, vectors) before starting afresh
 _PROP = "cliptool."
 Report = Callable[[str], None]
@@ -371,16 +372,19 @@ def _entities(store: IndexStore, video: VideoRecord) -> tuple[list[dict[str, Any
         scenes.append({"row": row, "scene_id": scene.scene_id, **facts, "raw_path": raw, "scene_index": scene.index,
                        "start_time": float(scene.start_time), "end_time": float(scene.end_time),
                        "sample_times": [float(t) for t in times], "continues_shot": bool(scene.continues_shot),
-                       "vector": np.asarray(vec.scene, dtype=np.float32).tolist()})
+                       "vector": np.asarray(vec.scene, dtype=np.float32)})
         for k, frame in enumerate(vec.frames):
             frames.append({"id": row_of(f"{scene.scene_id}#{k}"), "row": row, "k": k, **facts,
-                           "vector": np.asarray(frame, dtype=np.float32).tolist()})
+                           "vector": np.asarray(frame, dtype=np.float32)})
     return scenes, frames
 
 
-def _insert(client: Any, collection: str, entities: list[dict[str, Any]]) -> None:
+def _insert(client: Any, collection: str, entities: list[dict[str, Any]], fresh: bool) -> None:
+    """Writes entities in batches: inserted into a fresh collection, else upserted (primary keys
+    come from scene ids, so two processes catching up the same video never leave duplicates)."""
+    write = client.insert if fresh else client.upsert
     for a in range(0, len(entities), _BATCH):
-        client.insert(collection, entities[a : a + _BATCH])
+        write(collection, entities[a : a + _BATCH])
 
 
 @dataclass
@@ -428,30 +432,46 @@ def sync_collection(index_dir: Path, target: MilvusTarget, video_ids: Iterable[s
                 ids = set(video_ids)
                 current = {vid: rec for vid in ids if (rec := store.get_video(vid)) is not None}
                 states = _video_states(client, target, ids)
+            pending: list[tuple[VideoRecord, list[dict[str, Any]], list[dict[str, Any]]]] = []
             for vid in sorted(ids):
                 record = current.get(vid)
                 if record is not None and states.get(vid) == (record.version, record.path):
                     continue
-                if vid in states or record is not None:  # whatever a crash may have left, then the new
+                if not result.rebuilt:  # whatever was there (or a crash left), then the new
                     for name in (target.scenes, target.frames):
                         client.delete(name, filter=f"video_id == {_literal(vid)}")
                 if record is None:
                     client.delete(target.videos, filter=f"video_id == {_literal(vid)}")
                     result.deleted += 1
                     continue
-                scenes, frames = _entities(store, record)
-                _insert(client, target.scenes, scenes)
-                _insert(client, target.frames, frames)
-                path, raw = _text(record.path)
-                client.upsert(target.videos, [{"video_id": vid, "version": record.version, "path": path,
-                                               "raw_path": raw, "rows": len(scenes), "frames": len(frames),
-                                               "mtime": float(record.mtime), "duration": float(record.duration),
-                                               "unused": [0.0, 0.0]}])
-                result.written += 1
-                result.scenes += len(scenes)
+                pending.append((record, *_entities(store, record)))
+                if sum(len(p[1]) for p in pending) >= _BATCH:
+                    _write_videos(client, target, pending, result)
+            _write_videos(client, target, pending, result)
             if video_ids is None or props.get("generation") == since:
                 _set_properties(client, target, generation=token)
     return result
+
+
+def _write_videos(client: Any, target: MilvusTarget,
+                  pending: list[tuple[VideoRecord, list[dict[str, Any]], list[dict[str, Any]]]],
+                  result: CollectionSync) -> None:
+    """Inserts the entities of some videos, then their videos entries (so an entry means its
+    entities are in), and empties `pending`."""
+    if not pending:
+        return
+    _insert(client, target.scenes, [e for p in pending for e in p[1]], result.rebuilt)
+    _insert(client, target.frames, [e for p in pending for e in p[2]], result.rebuilt)
+    entries = []
+    for record, scenes, frames in pending:
+        path, raw = _text(record.path)
+        entries.append({"video_id": record.video_id, "version": record.version, "path": path, "raw_path": raw,
+                        "rows": len(scenes), "frames": len(frames), "mtime": float(record.mtime),
+                        "duration": float(record.duration), "unused": [0.0, 0.0]})
+        result.written += 1
+        result.scenes += len(scenes)
+    client.upsert(target.videos, entries)
+    pending.clear()
 
 
 def _store_dim(store: IndexStore) -> int | None:
@@ -630,9 +650,7 @@ class MilvusVectors:
         client = connect(target)
         with _milvus_errors(target):
             props = _properties(client, target)
-            with IndexStore(index_dir) as store:
-                identity = store.meta().get("model_identity")
-            if not props or props.get("model_identity") != identity or props.get("generation") != generation(index_dir):
+            if not props or props.get("generation") != generation(index_dir):  # (a sync checks the model too)
                 sync_collection(index_dir, target)
                 props = _properties(client, target) or {}
             else:
@@ -754,8 +772,8 @@ class MilvusVectors:
 
     def _fetch_frames(self, rows: list[int]) -> None:
         wanted = [r for r in rows if r not in self._frames]
-        for a in range(0, len(wanted), _QUERY_BATCH):
-            part = wanted[a : a + _QUERY_BATCH]
+        for a in range(0, len(wanted), _FRAME_ROWS):
+            part = wanted[a : a + _FRAME_ROWS]
             with _milvus_errors(self.target):
                 found = _query_all(self.client, self.target.frames, f"row in {json.dumps(part)}",
                                    ["row", "k", "vector"])
