@@ -49,7 +49,7 @@ DEFAULT_COLLECTION = "cliptool"
 LITE_DEFAULT_FILE = "milvus.db"  # `--vector-store milvus` alone: Milvus Lite in the index directory
 INSTALL_HINT = "--vector-store milvus needs pymilvus: pip install 'cliptool[cluster]'"
 MAX_TOPK = 16_384  # Milvus answers at most this many hits per search
-_BATCH = 1_000  # entities per insert (well under Milvus's message size limit)
+_BATCH = 5_000  # entities per insert (10 MB of 512-d vectors: under Milvus's message size limit)
 _QUERY_BATCH = 1_000  # ids per query (its answer stays under MAX_TOPK entities)
 _FRAME_ROWS = 256  # scenes whose frames one query fetches (a scene has at most a few dozen)
 _CACHE_ROWS = 50_000  # fetched scenes kept by a searcher (positions, vectors) before starting afresh
@@ -372,10 +372,10 @@ def _entities(store: IndexStore, video: VideoRecord) -> tuple[list[dict[str, Any
         scenes.append({"row": row, "scene_id": scene.scene_id, **facts, "raw_path": raw, "scene_index": scene.index,
                        "start_time": float(scene.start_time), "end_time": float(scene.end_time),
                        "sample_times": [float(t) for t in times], "continues_shot": bool(scene.continues_shot),
-                       "vector": np.asarray(vec.scene, dtype=np.float32)})
+                       "vector": np.asarray(vec.scene, dtype=np.float32).tolist()})
         for k, frame in enumerate(vec.frames):
             frames.append({"id": row_of(f"{scene.scene_id}#{k}"), "row": row, "k": k, **facts,
-                           "vector": np.asarray(frame, dtype=np.float32)})
+                           "vector": np.asarray(frame, dtype=np.float32).tolist()})
     return scenes, frames
 
 
@@ -445,7 +445,7 @@ def sync_collection(index_dir: Path, target: MilvusTarget, video_ids: Iterable[s
                     result.deleted += 1
                     continue
                 pending.append((record, *_entities(store, record)))
-                if sum(len(p[1]) for p in pending) >= _BATCH:
+                if sum(len(p[2]) for p in pending) >= _BATCH:
                     _write_videos(client, target, pending, result)
             _write_videos(client, target, pending, result)
             if video_ids is None or props.get("generation") == since:
