@@ -777,7 +777,7 @@ def print_scale(rows: list[dict[str, Any]]) -> None:
 
 
 # -- serving from Milvus: Milvus Lite against the FAISS cache ------------------------------------------
-MILVUS_QUERIES = 30  # query-like vectors per size (stored scene vectors moved away from themselves)
+MILVUS_QUERIES = 10  # query-like vectors per size (stored scene vectors moved away from themselves)
 
 
 def milvus_latency(index_dir: Path, repeat: int) -> dict[str, Any]:

@@ -51,13 +51,13 @@ INSTALL_HINT = "--vector-store milvus needs pymilvus: pip install 'cliptool[clus
 MAX_TOPK = 16_384  # Milvus answers at most this many hits per search
 _BATCH = 5_000  # entities per insert (10 MB of 512-d vectors: under Milvus's message size limit)
 _QUERY_BATCH = 1_000  # ids per query (its answer stays under MAX_TOPK entities)
-_FRAME_ROWS = 256  # scenes whose frames one query fetches (a scene has at most a few dozen)
 _CACHE_ROWS = 50_000  # fetched scenes kept by a searcher (positions, vectors) before starting afresh
 _PROP = "cliptool."
+COLLECTION_SCHEMA = "1"  # the collections' layout; another one is rebuilt
 Report = Callable[[str], None]
 
 _POSITION_FIELDS = ["row", "scene_id", "video_id", "path", "raw_path", "scene_index", "start_time", "end_time",
-                    "sample_times", "continues_shot"]
+                    "sample_times", "continues_shot", "frame_count"]
 
 
 @dataclass(frozen=True)
@@ -263,6 +263,11 @@ def row_of(scene_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(scene_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
+def frame_key(scene_id: str, k: int) -> int:
+    """The primary key of a scene's k-th sample frame (so its frames are fetched by key)."""
+    return row_of(f"{scene_id}#{k}")
+
+
 def _create(client: Any, target: MilvusTarget, dim: int) -> None:
     """The three collections, empty (any old ones dropped)."""
     from pymilvus import DataType, MilvusClient
@@ -287,6 +292,7 @@ def _create(client: Any, target: MilvusTarget, dim: int) -> None:
     scenes.add_field("end_time", DataType.DOUBLE)
     scenes.add_field("sample_times", DataType.ARRAY, element_type=DataType.DOUBLE, max_capacity=4_096)
     scenes.add_field("continues_shot", DataType.BOOL)
+    scenes.add_field("frame_count", DataType.INT64)  # its frames' primary keys follow (see frame_key)
     scenes.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     frames = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     frames.add_field("id", DataType.INT64, is_primary=True)
@@ -372,9 +378,10 @@ def _entities(store: IndexStore, video: VideoRecord) -> tuple[list[dict[str, Any
         scenes.append({"row": row, "scene_id": scene.scene_id, **facts, "raw_path": raw, "scene_index": scene.index,
                        "start_time": float(scene.start_time), "end_time": float(scene.end_time),
                        "sample_times": [float(t) for t in times], "continues_shot": bool(scene.continues_shot),
+                       "frame_count": count,
                        "vector": np.asarray(vec.scene, dtype=np.float32).tolist()})
         for k, frame in enumerate(vec.frames):
-            frames.append({"id": row_of(f"{scene.scene_id}#{k}"), "row": row, "k": k, **facts,
+            frames.append({"id": frame_key(scene.scene_id, k), "row": row, "k": k, **facts,
                            "vector": np.asarray(frame, dtype=np.float32).tolist()})
     return scenes, frames
 
@@ -415,12 +422,13 @@ def sync_collection(index_dir: Path, target: MilvusTarget, video_ids: Iterable[s
             if not meta:
                 raise IndexMissingError(f"index at {index_dir} holds no videos yet; run `cliptool index FOLDER`")
             props = _properties(client, target)
-            if rebuild or not props or props.get("model_identity") != meta.get("model_identity"):
+            if rebuild or not props or props.get("model_identity") != meta.get("model_identity") or \
+                    props.get("schema") != COLLECTION_SCHEMA:
                 dim = _store_dim(store)
                 if dim is None:
                     raise IndexMissingError(f"index at {index_dir} holds no scenes yet; run `cliptool index FOLDER`")
                 _create(client, target, dim)
-                _set_properties(client, target, model_identity=meta["model_identity"],
+                _set_properties(client, target, schema=COLLECTION_SCHEMA, model_identity=meta["model_identity"],
                                 model=json.dumps(meta["model"]), dim=str(dim), generation="")
                 props, video_ids, result.rebuilt = {"generation": ""}, None, True
             _load(client, target)
@@ -506,6 +514,8 @@ def collection_problems(index_dir: Path, target: MilvusTarget, records: list[Vid
             expected_frames = {r.video_id: sum(len(v.frames) for v in store.vectors(r)) for r in records}
         if props.get("model_identity") != identity:
             return [f"the Milvus collection {target.scenes} holds vectors of another model"]
+        if props.get("schema") != COLLECTION_SCHEMA:
+            return [f"the Milvus collection {target.scenes} has another layout (made by another cliptool)"]
         _load(client, target)
         wrong = []
         states = _video_states(client, target, None)
@@ -641,6 +651,7 @@ class MilvusVectors:
         self._positions: dict[int, ScenePosition] = {}
         self._scene_vectors: dict[int, np.ndarray] = {}
         self._frames: dict[int, np.ndarray] = {}
+        self._frame_counts: dict[int, int] = {}
         self._column: _VideoColumn | None = None
 
     @classmethod
@@ -650,7 +661,8 @@ class MilvusVectors:
         client = connect(target)
         with _milvus_errors(target):
             props = _properties(client, target)
-            if not props or props.get("generation") != generation(index_dir):  # (a sync checks the model too)
+            if not props or props.get("generation") != generation(index_dir) or \
+                    props.get("schema") != COLLECTION_SCHEMA:  # (a sync checks the model too)
                 sync_collection(index_dir, target)
                 props = _properties(client, target) or {}
             else:
@@ -739,8 +751,7 @@ class MilvusVectors:
         hits = self._search(self.target.frames, query, min(k, self._frame_total, MAX_TOPK), allowed, ["row"])
         ranked = sorted(((float(h["distance"]), int(h["entity"]["row"])) for h in hits), key=lambda h: -h[0])
         rows = [row for _, row in ranked]
-        self._fetch_scenes([r for r in set(rows) if r not in self._positions])
-        self._fetch_frames([r for r in set(rows) if r not in self._frames])
+        self._fetch_frames(list(set(rows)))
         return rows
 
     # -- what rows hold -------------------------------------------------------------------------------
@@ -751,6 +762,7 @@ class MilvusVectors:
             path=_untext(entity["path"], entity["raw_path"]), scene_index=int(entity["scene_index"]),
             start_time=float(entity["start_time"]), end_time=float(entity["end_time"]),
             sample_times=[float(t) for t in entity["sample_times"]], continues_shot=bool(entity["continues_shot"]))
+        self._frame_counts[row] = int(entity["frame_count"])
         if "vector" in entity:
             self._scene_vectors[row] = np.asarray(entity["vector"], dtype=np.float32)
         return row
@@ -760,6 +772,7 @@ class MilvusVectors:
             self._positions.clear()
             self._scene_vectors.clear()
             self._frames.clear()
+            self._frame_counts.clear()
             self._column = None
 
     def _fetch_scenes(self, rows: list[int]) -> None:
@@ -771,18 +784,21 @@ class MilvusVectors:
                 self._keep(entity)
 
     def _fetch_frames(self, rows: list[int]) -> None:
+        """The sample-frame vectors of these scenes, fetched by primary key (their positions
+        are fetched first where not known)."""
+        self._fetch_scenes([r for r in rows if r not in self._positions])
         wanted = [r for r in rows if r not in self._frames]
-        for a in range(0, len(wanted), _FRAME_ROWS):
-            part = wanted[a : a + _FRAME_ROWS]
+        keys = [frame_key(self._positions[r].scene_id, k) for r in wanted for k in range(self._frame_counts[r])]
+        by_row: dict[int, list[tuple[int, list[float]]]] = {r: [] for r in wanted}
+        for a in range(0, len(keys), _QUERY_BATCH):
             with _milvus_errors(self.target):
-                found = _query_all(self.client, self.target.frames, f"row in {json.dumps(part)}",
-                                   ["row", "k", "vector"])
-            by_row: dict[int, list[tuple[int, list[float]]]] = {r: [] for r in part}
+                found = self.client.get(self.target.frames, ids=keys[a : a + _QUERY_BATCH],
+                                        output_fields=["row", "k", "vector"])
             for entity in found:
                 by_row.setdefault(int(entity["row"]), []).append((int(entity["k"]), entity["vector"]))
-            for row, frames in by_row.items():
-                frames.sort(key=lambda f: f[0])
-                self._frames[row] = np.asarray([f[1] for f in frames], dtype=np.float32).reshape(-1, self.dim)
+        for row, frames in by_row.items():
+            frames.sort(key=lambda f: f[0])
+            self._frames[row] = np.asarray([f[1] for f in frames], dtype=np.float32).reshape(-1, self.dim)
 
     def position(self, row: int) -> ScenePosition:
         if row not in self._positions:
