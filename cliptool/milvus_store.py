@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CliptoolError, IndexMismatchError, IndexMissingError, UsageError, one_line
+from .errors import CliptoolError, IndexMissingError, UsageError, one_line
 from .store import IndexStore, VideoRecord, generation
 from .vector_index import ScenePosition, load_vector_index
 
@@ -141,14 +141,16 @@ def recorded_vector_store(index_dir: Path) -> str | None:
 
 def record_vector_store(index_dir: Path, text: str) -> MilvusTarget | None:
     """Records the vector store searches of this index use (`faiss`: the local cache); checks
-    first that pymilvus is there for a Milvus one."""
+    first that a Milvus one can be reached (pymilvus there, the server up, the Lite file free)."""
     index_dir = Path(index_dir)
     target = parse_vector_store(text, index_dir)
     path = index_dir / VECTOR_STORE_FILE
     if target is None:
         path.unlink(missing_ok=True)
         return None
-    _pymilvus()
+    connect(target)
+    if target.lite:
+        release(target)
     index_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{VECTOR_STORE_FILE}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"vector_store": target.spelled}))

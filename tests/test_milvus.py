@@ -203,6 +203,9 @@ def test_one_line_errors(milvus_index, tmp_path: Path) -> None:
     # an unreachable server, a bad URI
     one_line_error(run(index_dir, "search", "a dog", "--vector-store", "milvus://127.0.0.1:9"), 1,
                    "cannot reach the Milvus server at http://127.0.0.1:9")
+    fresh = tmp_path / "fresh-index"
+    one_line_error(run(fresh, "index", tmp_path, "--vector-store", "milvus://127.0.0.1:9"), 1, "cannot reach")
+    assert not (fresh / "vector-store.json").exists()  # nothing recorded, nothing indexed
     # no pymilvus: a module of that name that fails to import stands in for a missing one
     blocker = tmp_path / "blocker"
     blocker.mkdir()
