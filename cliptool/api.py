@@ -51,10 +51,14 @@ class Index:
     one-line messages; `IndexMissingError` before anything was indexed.
     """
 
-    def __init__(self, directory: PathLike | None = None, *, text_runtime: str = "onnxruntime") -> None:
+    def __init__(self, directory: PathLike | None = None, *, text_runtime: str = "onnxruntime",
+                 vector_store: str | None = None) -> None:
         """text_runtime: "onnxruntime" (the default: ~0.3 s once, then about half the time per
-        text query) or "numpy" (nothing to start: best for a single query, as the CLI makes)."""
+        text query) or "numpy" (nothing to start: best for a single query, as the CLI makes).
+        vector_store: what searches ask ("faiss", "milvus://..."; see README "Serving from
+        Milvus"); None: $CLIPTOOL_VECTOR_STORE, else the one the index recorded, else FAISS."""
         self.text_runtime = text_runtime
+        self.vector_store = vector_store
         if directory is None:
             from .config import default_index_dir
 
@@ -81,11 +85,19 @@ class Index:
         progress: bool | None = None,
         report: Callable[[str], None] | None = None,
         ray: str | None = None,
+        vector_store: str | None = None,
     ) -> IndexSummary:
         """Indexes the videos under `paths`; later calls redo only what changed (see README).
         ray: analyse them on a Ray cluster ("auto", "ray://HOST:PORT" or a GCS "HOST:PORT";
-        a process already connected to Ray uses its connection), committed here as locally."""
+        a process already connected to Ray uses its connection), committed here as locally.
+        vector_store ("faiss", "milvus://..."): recorded in the index for later searches; the
+        Milvus collection is kept in step commit by commit."""
         from .indexer import DEFAULT_FILE_TIMEOUT, index_paths
+
+        if vector_store is not None:
+            from .milvus_store import record_vector_store
+
+            record_vector_store(self.directory, vector_store)
 
         kwargs: dict[str, Any] = {} if report is None else {"report": report}
         return index_paths([Path(p) for p in paths], self.directory, model_spec(model, pretrained), options,
@@ -102,6 +114,7 @@ class Index:
     def status(self) -> dict[str, Any]:
         """Where the index is, its model, how many videos, scenes and hours, and its sizes."""
         from .store import STORE_NAMES, IndexStore
+        from .milvus_store import recorded_vector_store
         from .vector_index import cache_state, describe_cache
 
         with IndexStore(self.directory) as store:
@@ -117,6 +130,7 @@ class Index:
             "hours": round(sum(v.duration for v in records) / 3600, 3),
             "cache": cache_state(self.directory),
             "search_index": describe_cache(self.directory),  # exact or approximate, its parameters, recall
+            "vector_store": recorded_vector_store(self.directory) or "faiss",
             "bytes": sizes | {"faiss": _dir_size(self.directory / "faiss")},
         }
 
@@ -143,7 +157,7 @@ class Index:
         from .search import Searcher
 
         if self._searcher is None:
-            self._searcher = Searcher(self.directory, text_runtime=self.text_runtime)
+            self._searcher = Searcher(self.directory, text_runtime=self.text_runtime, vector_store=self.vector_store)
         else:
             self._searcher.refresh()
         return self._searcher

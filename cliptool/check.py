@@ -18,8 +18,10 @@ from .store import IndexStore, VideoRecord, WriterLock, decode_vectors, scene_id
 # write, harmless), "video" (a record whose scene list or vectors are missing or malformed),
 # "cache" (the FAISS cache is corrupt or disagrees with the stores), "failure" (a malformed
 # failure note), "identity" (a video filed under another spelling of its path: `..`, a symbolic
-# link, or an index made before ids came from real paths; a second such record is a duplicate).
+# link, or an index made before ids came from real paths; a second such record is a duplicate),
+# "collection" (the Milvus collection recorded in the index is missing, damaged or out of step).
 ORPHAN, VIDEO, CACHE, FAILURE, IDENTITY = "orphan", "video", "cache", "failure", "identity"
+COLLECTION = "collection"
 
 
 @dataclass
@@ -40,6 +42,7 @@ class CheckReport:
     videos: int = 0
     scenes: int = 0
     cache: str = "missing"  # missing, current, stale
+    collection: str = ""  # the recorded Milvus collection: missing, current, stale ("": none recorded)
     problems: list[Problem] = field(default_factory=list)
     # derived pictures (thumbnails/): missing ones are made on request, extra ones (of scenes no
     # longer indexed) only take space; neither is a problem. {"missing", "extra", "deleted"}
@@ -56,7 +59,8 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "index_dir": self.index_dir, "ok": self.ok, "videos": self.videos, "scenes": self.scenes,
-            "cache": self.cache, "thumbnails": self.thumbnails,
+            "cache": self.cache, **({"collection": self.collection} if self.collection else {}),
+            "thumbnails": self.thumbnails,
             "problems": [{**asdict(p), "message": printable(p.message)} for p in self.problems],
         }
 
@@ -228,6 +232,9 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
             pass  # no videos left: nothing to cache
         except OSError as exc:
             report.problems.append(Problem(CACHE, f"could not rebuild the search cache: {exc.strerror or exc}"))
+    from .milvus_store import check_recorded
+
+    check_recorded(index_dir, report, records, repair)  # a Milvus collection recorded in the index
     return report
 
 

@@ -100,6 +100,22 @@ def _index() -> Any:
     return Index(_index_dir(), text_runtime="numpy")  # one query per process: nothing to start
 
 
+_VECTOR_STORE_HELP = ("Search this vector store for this run: faiss (the local cache), milvus (Milvus Lite in "
+                      "the index dir), milvus:///path/file.db, milvus://host:19530, milvus+https://host "
+                      "[default: the one `index --vector-store` recorded, else faiss].")
+
+
+def _use_vector_store(value: str | None) -> None:
+    """--vector-store for one run: checked, then set as $CLIPTOOL_VECTOR_STORE for every searcher
+    of this process (the web app's too)."""
+    if value is None:
+        return
+    from .milvus_store import VECTOR_STORE_ENV, parse_vector_store
+
+    parse_vector_store(value, _index_dir())
+    os.environ[VECTOR_STORE_ENV] = value
+
+
 @app.command()
 def index(
     paths: list[Path] = typer.Argument(..., help="Video files or folders (searched recursively)."),
@@ -132,6 +148,10 @@ def index(
         "or HOST:PORT (its GCS); every node must see the videos and the model at the same paths.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    vector_store: Optional[str] = typer.Option(
+        None, "--vector-store", help="Record where searches of this index look: faiss (the local cache), milvus "
+        "(Milvus Lite in the index dir), milvus:///path/file.db, milvus://host:19530 or milvus+https://host; a "
+        "Milvus collection is kept in step with every commit [default: as recorded, else faiss]."),
 ) -> None:
     """Find videos, cut them into scenes, embed and store them; later runs redo only what changed."""
 
@@ -150,7 +170,8 @@ def index(
             raise UsageError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
         options = IndexOptions(detector=detector, threshold=threshold, max_scene_seconds=max_scene, samples_per_scene=samples)
         summary = _index().index(paths, model=model, pretrained=pretrained, options=options, prune=prune,
-                                 file_timeout=file_timeout, precision=precision, ray=ray)
+                                 file_timeout=file_timeout, precision=precision, ray=ray,
+                                 vector_store=vector_store)
         if as_json:
             _print_json(summary.to_dict())
         else:
@@ -189,6 +210,8 @@ def check(
         else:
             print(f"index:   {report.index_dir}\nvideos:  {report.videos}\nscenes:  {report.scenes}\n"
                   f"cache:   {report.cache}")
+            if report.collection:
+                print(f"milvus:  {report.collection}")
             for p in report.problems:
                 print(f"{'repaired' if p.repaired else 'problem'}: {printable(p.message)}")
             if report.ok:
@@ -276,10 +299,12 @@ def search(
     play: Optional[int] = _PLAY_OPTION,
     edl: Optional[Path] = _EDL_OPTION,
     otio: Optional[Path] = _OTIO_OPTION,
+    vector_store: Optional[str] = typer.Option(None, "--vector-store", help=_VECTOR_STORE_HELP),
 ) -> None:
     """Ranked moments for a text or image query (terms may be combined, weighted and filtered)."""
 
     def body() -> None:
+        _use_vector_store(vector_store)
         terms = _query_of(query, image, also, avoid, also_images, avoid_images)
         where = _filters_of(under, min_score, since, until, min_duration, max_duration)
         outputs = _HandOn.check(html, edl, otio, play)
@@ -385,10 +410,12 @@ def similar(
     play: Optional[int] = _PLAY_OPTION,
     edl: Optional[Path] = _EDL_OPTION,
     otio: Optional[Path] = _OTIO_OPTION,
+    vector_store: Optional[str] = typer.Option(None, "--vector-store", help=_VECTOR_STORE_HELP),
 ) -> None:
     """Moments that look like a moment of a video, or like an indexed scene ("more like this")."""
 
     def body() -> None:
+        _use_vector_store(vector_store)
         from .timecode import parse_time
 
         if scene is not None and (video is not None or at is not None):
@@ -537,6 +564,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
         print(f"scenes:  {info['scenes']}")
         print(f"cache:   {info['cache']}")
         print(f"search:  {_search_index_line(info.get('search_index') or {})}")
+        if info.get("vector_store", "faiss") != "faiss":
+            print(f"vectors: {info['vector_store']} (recorded: searches ask Milvus)")
         for name, size in info["bytes"].items():  # type: ignore[union-attr]
             print(f"{name + ':':<12}{size / 1e6:9.2f} MB")
 
@@ -655,11 +684,18 @@ def serve(
     token: Optional[str] = typer.Option(None, help="Access token every request must carry [default: none on "
                                          "loopback; generated and printed otherwise]."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the web browser."),
+    vector_store: Optional[str] = typer.Option(None, "--vector-store", help=_VECTOR_STORE_HELP),
 ) -> None:
     """A local web app over the index: search, see, play; a JSON API under /api."""
 
     def body() -> None:
+        _use_vector_store(vector_store)
+        from .milvus_store import connect, resolve_target
         from .serve import serve as run_server
+
+        target = resolve_target(_index_dir())
+        if target is not None:
+            connect(target)  # pymilvus missing or Milvus unreachable: one line now, not on each request
 
         try:
             run_server(_index_dir(), host=host, port=port, token=token, open_browser=open_browser)

@@ -319,6 +319,10 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
                 raise
         if (changed_store or known) and not _cache_current(index_dir):  # each commit was appended; this
             _sync(index_dir, None, None, report)  # only catches up what an earlier failure left out
+        else:
+            from .milvus_store import sync_recorded
+
+            sync_recorded(index_dir, None, None, report)  # a Milvus collection behind the stores: caught up
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -444,6 +448,7 @@ def _sync(index_dir: Path, video_ids: list[str] | None, since: str | None, repor
     """Appends what was just committed (these videos; None: whatever differs) to the search
     cache. A failure here loses nothing: a search lays what the cache lacks over it, and the
     next run or `check --repair` catches it up."""
+    from .milvus_store import sync_recorded
     from .vector_index import sync_cache
 
     try:
@@ -452,6 +457,7 @@ def _sync(index_dir: Path, video_ids: list[str] | None, since: str | None, repor
         pass  # nothing indexed yet (search will say so), or another process holds the cache build
     except OSError as exc:
         report(f"warning: could not update the search cache ({exc.strerror or exc}); search will catch up")
+    sync_recorded(index_dir, video_ids, since, report)  # a Milvus collection recorded in the index, if any
 
 
 def _cache_current(index_dir: Path) -> bool:

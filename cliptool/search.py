@@ -17,14 +17,17 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import numpy as np
 
 from .embed import TEXTENC_DIR, ClipModel, ModelSpec, text_encoder_identity, warn_slow_text_path
 from .errors import IndexMismatchError, UsageError
 from .store import IndexStore, VideoRecord, generation, real_path
-from .vector_index import CacheChangedError, LiveIndex, ScenePosition, VectorIndex, load_vector_index
+from .vector_index import CacheChangedError, LiveIndex, ScenePosition, VectorIndex
+
+if TYPE_CHECKING:
+    from .milvus_store import MilvusVectors
 
 RERANK_CANDIDATES = 50  # scenes fetched by scene vector (and by frame) before re-scoring with their frames
 FRAME_SCAN_LIMIT = 40_000  # up to this many frame vectors, each query also scans them all for candidates
@@ -306,11 +309,15 @@ class Searcher:
     a third of the CPU; for a searcher that lives on).
     """
 
-    def __init__(self, index_dir: Path, spec: ModelSpec | None = None, *, text_runtime: str = "numpy") -> None:
+    def __init__(self, index_dir: Path, spec: ModelSpec | None = None, *, text_runtime: str = "numpy",
+                 vector_store: str | None = None) -> None:
+        from .milvus_store import open_vectors
+
         self.index_dir = Path(index_dir)
         self.text_runtime = text_runtime
+        self.vector_store = vector_store  # None: $CLIPTOOL_VECTOR_STORE, else the index's recorded one, else FAISS
         self._generation = generation(self.index_dir)
-        self.vectors: VectorIndex | LiveIndex = load_vector_index(self.index_dir)
+        self.vectors: VectorIndex | LiveIndex | MilvusVectors = open_vectors(self.index_dir, vector_store)
         recorded = ModelSpec.from_record(self.vectors.model_spec)
         # a given model is compared in the index's precision (search has no precision of its own)
         if spec is not None and spec.resolved().with_precision(recorded.precision).identity() != \
@@ -503,6 +510,8 @@ class Searcher:
         """The cache's videos and, for each row, the number of its video in that list (-1 for a
         row hidden since the build). Read from the cache's per-row video column; kept until
         the searcher takes in new commits."""
+        if self._row_videos is None and hasattr(self.vectors, "video_column"):  # Milvus: the rows seen so far
+            self._row_videos = self.vectors.video_column()  # type: ignore[union-attr]
         if self._row_videos is None:
             vectors = self.vectors
             if hasattr(vectors, "video_numbers"):  # numbered from the cache's small video lists
@@ -539,6 +548,8 @@ class Searcher:
         """A boolean mask over the cache's rows: those of the videos `where` allows. The
         videos are judged in Python (there are few); the rows follow with one numpy gather.
         The last few masks are kept until the searcher takes in new commits."""
+        if hasattr(self.vectors, "filter_for"):  # Milvus: a filter expression, not a mask
+            return self.vectors.filter_for(where)  # type: ignore[union-attr, return-value]
         key = replace(where, min_score=None)
         mask = self._masks.get(key)
         if mask is None:
@@ -621,8 +632,10 @@ class Searcher:
         (force: loads the cache again whatever the stores say)."""
         if generation(self.index_dir) == self._generation and not force:
             return False
+        from .milvus_store import open_vectors
+
         self._generation = generation(self.index_dir)
-        self.vectors = load_vector_index(self.index_dir)
+        self.vectors = open_vectors(self.index_dir, self.vector_store)
         self._frame_rows = None
         self._row_videos, self._facts, self._masks = None, None, {}
         return True
