@@ -434,8 +434,6 @@ class VectorIndex:
         return self._flat_scores(q, k, allowed)
 
     def _approx_scores(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        import faiss
-
         info = self.meta["approx"]
         params = _ivf_params(info, int(info["nprobe"]))
         keep: Any = None
@@ -901,8 +899,6 @@ def approx_recall(seg: VectorIndex, queries: np.ndarray, nprobe: int | None = No
                   exact: np.ndarray | None = None) -> float:
     """Recall@k of a segment's approximate search (with its exact re-ranking) against the exact
     scan (`exact`: its top-k rows per query, when known), for a batch of queries."""
-    import faiss
-
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if exact is None:
         _, exact = seg.faiss.search(queries, k)

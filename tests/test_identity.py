@@ -7,7 +7,6 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import pytest
 
 from cliptool.check import check_index
 from cliptool.embed import ModelSpec

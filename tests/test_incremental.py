@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import plyvel
-import pytest
 
 from cliptool.check import check_index
 from cliptool.embed import ModelSpec

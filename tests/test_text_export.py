@@ -109,8 +109,6 @@ def test_search_uses_open_clip_and_says_so_once(runs: dict, masked_model: tuple[
                           env=runs["env"])
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["results"]
-    import cliptool.search
-
     assert len([line for line in proc.stderr.splitlines() if "slower path" in line]) == 1, proc.stderr
     # the line search says (cliptool.search calls this when it falls back to open_clip)
     monkeypatch.setenv("CLIPTOOL_CACHE_DIR", str(runs["cache"]))
