@@ -143,7 +143,7 @@ def inspect_folder(folder: Path) -> FolderLayout:
             raise ModelUnavailableError(f"no weights file in open_clip model folder {folder} "
                                         f"(looked for {' or '.join(OPEN_CLIP_WEIGHTS[::2])})")
         return FolderLayout(folder, "open_clip", folder / OPEN_CLIP_CONFIG, weights,
-                            extras=_text_tower_files(folder, cfg["model_cfg"]))
+                            extras=_text_tower_files(_local_text_dirs(folder, cfg["model_cfg"])))
     config = folder / "config.json"
     if not config.is_file():
         raise ModelUnavailableError(
@@ -191,12 +191,21 @@ def _local_text_dirs(folder: Path, model_cfg: dict[str, Any]) -> dict[str, Path]
     return found
 
 
-def _text_tower_files(folder: Path, model_cfg: dict[str, Any]) -> tuple[Path, ...]:
-    """The files of local text-tower folders an open_clip config names: they define its vectors too."""
+def _text_tower_files(local: dict[str, Path]) -> tuple[Path, ...]:
+    """The files of the local text-tower folders (`_local_text_dirs`): they define the vectors too."""
     names = ("config.json", *_TOKENIZER_EXTRAS, "vocab.json", "merges.txt", "vocab.txt",
              "sentencepiece.bpe.model", "spiece.model")
-    return tuple(sorted({d / n for d in _local_text_dirs(folder, model_cfg).values() for n in names
-                         if (d / n).is_file()}))
+    return tuple(sorted({d / n for d in local.values() for n in names if (d / n).is_file()}))
+
+
+def _name_absolutely(model_cfg: dict[str, Any], local: dict[str, Path]) -> bool:
+    """Names the local text-tower folders in `model_cfg` by their absolute paths (open_clip would
+    look for a relative one from the working directory); whether anything changed."""
+    text_cfg = model_cfg.get("text_cfg") or {}
+    if all(text_cfg.get(k) == str(v) for k, v in local.items()):
+        return False
+    text_cfg.update({k: str(v) for k, v in local.items()})
+    return True
 
 
 def config_text_tower(config: Path) -> tuple[dict[str, Any] | None, tuple[Path, ...]]:
@@ -210,12 +219,7 @@ def config_text_tower(config: Path) -> tuple[dict[str, Any] | None, tuple[Path, 
     if not isinstance(model_cfg, dict):
         return None, ()
     local = _local_text_dirs(config.parent, model_cfg)
-    files = _text_tower_files(config.parent, model_cfg)
-    text_cfg = model_cfg.get("text_cfg") or {}
-    if all(text_cfg.get(k) == str(v) for k, v in local.items()):
-        return None, files
-    text_cfg.update({k: str(v) for k, v in local.items()})
-    return model_cfg, files
+    return (model_cfg if _name_absolutely(model_cfg, local) else None), _text_tower_files(local)
 
 
 def folder_identity(folder: Path) -> str:
@@ -326,9 +330,7 @@ def prepare(name: str) -> Prepared:
     if layout.kind == "open_clip":
         cfg = _read_json(layout.config)
         model_cfg = cfg["model_cfg"]
-        local = _local_text_dirs(folder, model_cfg)
-        if local:  # relative to the folder, not to wherever cliptool runs
-            model_cfg["text_cfg"].update({k: str(v) for k, v in local.items()})
+        _name_absolutely(model_cfg, _local_text_dirs(folder, model_cfg))  # relative to the folder
         return Prepared(_write_config(entry, registry, model_cfg), layout.weights,
                         dict(cfg.get("preprocess_cfg") or {}))
     if not (entry / _META_FILE).is_file():

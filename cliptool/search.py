@@ -514,12 +514,8 @@ class Searcher:
             self._row_videos = self.vectors.video_column()  # type: ignore[union-attr]
         if self._row_videos is None:
             vectors = self.vectors
-            if hasattr(vectors, "video_numbers"):  # numbered from the cache's small video lists
-                ids, column = vectors.video_numbers()
-                column = np.array(column, dtype=np.int64)
-            else:
-                ids, column = np.unique(vectors.video_of_rows(), return_inverse=True)
-                column = column.astype(np.int64)
+            # numbered from the segments' small video lists (a fresh array: hidden rows are marked in it)
+            ids, column = vectors.video_numbers()  # type: ignore[union-attr]
             if isinstance(vectors, LiveIndex):  # rows of videos removed or replaced since
                 hidden = np.asarray(vectors.retired, dtype=bool)
                 column[: len(hidden)][hidden] = -1

@@ -254,9 +254,9 @@ class VectorIndex:
 
     @property
     def faiss(self) -> Any:
-        """The FAISS flat index (exact scan; opened on first use). Its vectors are mapped, not
-        read: FAISS's IO_FLAG_MMAP_IFC searches them in place (the plain IO_FLAG_MMAP copies them
-        into memory, 0.2-0.6 s per 100k rows of a cold search)."""
+        """The FAISS flat index (exact scan), mapped when the segment was opened: FAISS's
+        IO_FLAG_MMAP_IFC searches the vectors in place (the plain IO_FLAG_MMAP copies them into
+        memory, 0.2-0.6 s per 100k rows of a cold search); read on first use by a FAISS without it."""
         if self._faiss is None:
             import faiss
 
@@ -296,9 +296,7 @@ class VectorIndex:
             path = self.directory / "approx.faiss"
             try:
                 self._approx = self._read(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-            except CacheChangedError:
-                raise
-            except RuntimeError:
+            except RuntimeError:  # (CacheChangedError is not one: it goes to the caller)
                 self._approx = self._read(path, 0)
         return self._approx
 
