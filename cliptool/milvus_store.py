@@ -180,7 +180,10 @@ def _pymilvus() -> Any:
         import pymilvus
     except ImportError:
         raise CliptoolError(INSTALL_HINT) from None
-    for name in ("pymilvus", "milvus_lite"):  # their errors reach the user as one line, not a logged traceback
+    # Their errors reach the user as one line, not a logged traceback; "grpc._server" is Milvus
+    # Lite's in-process server, which logs every call it does not implement (pymilvus asks for
+    # AllocTimestamp while an index is built, and takes "unimplemented" as an answer).
+    for name in ("pymilvus", "milvus_lite", "grpc._server"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     return pymilvus
 

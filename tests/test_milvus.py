@@ -220,3 +220,18 @@ def test_one_line_errors(milvus_index, tmp_path: Path) -> None:
                            "print(any(m.split('.')[0] in ('pymilvus', 'milvus_lite') for m in sys.modules))"],
                           capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_building_a_collection_logs_no_traceback(milvus_index, caplog: pytest.LogCaptureFixture) -> None:
+    """Milvus Lite's in-process server logs a traceback for each call it does not implement
+    (pymilvus asks for AllocTimestamp while an index is built): where logging prints (a Ray
+    driver, an application embedding cliptool), none of that may reach the user."""
+    import logging
+
+    from cliptool.milvus_store import resolve_target, sync_collection
+
+    index_dir, _ = milvus_index
+    with caplog.at_level(logging.WARNING):
+        sync_collection(index_dir, resolve_target(index_dir), rebuild=True)
+    _release(index_dir)
+    assert not [r for r in caplog.records if r.name.startswith(("grpc", "pymilvus", "milvus_lite"))]
