@@ -200,7 +200,7 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
                 store.refile(rec, real)
             for video in damaged:
                 store.delete_video(video.video_id)
-            store.recover()
+            store.recover(full=True)
             bad_notes = [vid for vid, note in _raw_failures(store) if note is None]
             for vid in bad_notes:
                 store.delete_failure(vid)

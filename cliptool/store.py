@@ -7,6 +7,7 @@ Layout under the index directory::
     embeddings.ldb/  scene id (video id/version/number) -> scene vector + sample-frame vectors
     generation       token that changes around every commit (readers use it to spot changes)
     index.lock       held by the one `cliptool index` run allowed at a time
+    stores.clean     present only while no orphan can exist (see below)
 
 Commit order for one video: embeddings, then scenes, under a fresh version (both synced); then
 the videos record that names that version (the commit point, one synced write); then the old
@@ -15,6 +16,11 @@ version; what no record names is an orphan that `recover()` deletes. A move writ
 under the new id the same way and then, in one atomic batch of the videos store, adds the new
 record and deletes the old one. Ctrl-C during a commit is held back until the commit is done.
 Only a process holding the `WriterLock` may write or call `recover()`.
+
+`stores.clean` spares a large index the orphan scan on every run: a change that could leave
+orphans first removes it (durably), and a store that found it, and whose every change went
+through, writes it back on close. `recover()` scans only when it is missing (a crash, a failed
+change, an index from before it); `check` always scans.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ SCHEMA_VERSION = 1
 STORE_NAMES = ("videos", "scenes", "embeddings")
 _SCHEMA_KEY = b"!schema"
 _META_KEY = b"!meta"
+_SYNC_KEY = b"!sync"  # deleted with sync=True before stores.clean is written
+CLEAN_MARKER = "stores.clean"
 _VEC_MAGIC = b"CTV1"
 _VEC_HEADER = struct.Struct("<4sHH")  # magic, dim, number of frame vectors
 
@@ -170,6 +178,9 @@ class IndexStore:
         self.create = create
         self.lock_timeout = lock_timeout
         self._dbs: dict[str, Any] = {}
+        self._began_changes = False  # this store has removed (or found missing) stores.clean
+        self._from_clean = False  # ... and it was there: close() may write it back
+        self._change_failed = False
 
     # -- opening -----------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -216,6 +227,9 @@ class IndexStore:
         self._check_schema()
 
     def close(self) -> None:
+        if self._dbs and self._from_clean and not self._change_failed:
+            self._mark_clean()
+        self._began_changes = self._from_clean = False
         for db in self._dbs.values():
             db.close()
         self._dbs.clear()
@@ -347,6 +361,48 @@ class IndexStore:
             "embeddings": sum(1 for k in self._db("embeddings").iterator(include_value=False) if not k.startswith(b"!")),
         }
 
+    # -- the clean marker: no orphan scan while no change was cut short -------------------------
+    @property
+    def _clean_marker(self) -> Path:
+        return self.root / CLEAN_MARKER
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Wraps a change that could leave orphans if cut short: stores.clean goes first."""
+        if not self._began_changes:
+            self._began_changes = True
+            try:
+                os.unlink(self._clean_marker)
+                self._from_clean = True
+                _fsync_dir(self.root)
+            except FileNotFoundError:
+                self._from_clean = False
+            except OSError as exc:
+                self._change_failed = True
+                raise _write_error(self.root, exc) from None
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            if not ok:
+                self._change_failed = True
+
+    def _mark_clean(self) -> None:
+        """Writes stores.clean after a synced write to each store (which makes the unsynced
+        deletions before it durable). A failure here only costs the next run a scan."""
+        try:
+            for name in ("scenes", "embeddings"):
+                self._db(name).delete(_SYNC_KEY, sync=True)
+            fd = os.open(self._clean_marker, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(self.root)
+        except Exception:  # noqa: BLE001 - the marker is an optimisation; without it the next run scans
+            pass
+
     # -- writing -----------------------------------------------------------------------------
     def _write(self, action: Any) -> Any:
         """Runs a write; a storage failure (disk full, read-only) becomes a one-line error."""
@@ -361,7 +417,7 @@ class IndexStore:
         """Stores a video's scenes and vectors under a new version, then commits its record."""
         if len(scenes) != len(vectors):
             raise ValueError("one vector record per scene")
-        with deferred_interrupt():
+        with deferred_interrupt(), self._changing():
             old = self.get_video(record.video_id)
             record.version = secrets.token_hex(4)
             record.scene_count = len(scenes)
@@ -386,7 +442,7 @@ class IndexStore:
         point), then the old versions are deleted. For bulk writers (the synthetic bench index)."""
         if any(len(scenes) != len(vectors) for _, scenes, vectors in items):
             raise ValueError("one vector record per scene")
-        with deferred_interrupt():
+        with deferred_interrupt(), self._changing():
             olds = [self.get_video(record.video_id) for record, _, _ in items]
             for record, scenes, _ in items:
                 record.version = secrets.token_hex(4)
@@ -437,7 +493,7 @@ class IndexStore:
         """Gives the video stored under `old_id` the new path and id of `record`, without
         re-embedding: its scenes and vectors are copied under the new id, then one atomic batch
         of the videos store adds the new record and deletes the old one."""
-        with deferred_interrupt():
+        with deferred_interrupt(), self._changing():
             old = self.get_video(old_id)
             if old is None:
                 raise KeyError(old_id)
@@ -467,7 +523,7 @@ class IndexStore:
 
     def delete_video(self, video_id: str) -> bool:
         """Removes a video (record first, the commit point; then its scenes and vectors)."""
-        with deferred_interrupt():
+        with deferred_interrupt(), self._changing():
             old = self.get_video(video_id)
             self._write(lambda: self._db("videos").delete(b"f/" + video_id.encode()))
             if old is None:
@@ -517,10 +573,13 @@ class IndexStore:
             it.close()
         return out
 
-    def recover(self) -> int:
-        """Deletes scene lists and vectors that no video record names (left by a crash).
+    def recover(self, full: bool = False) -> int:
+        """Deletes scene lists and vectors that no video record names (left by a crash); with
+        stores.clean present there are none, and only `full` scans all the same.
 
         Call only while holding the WriterLock: a writer's uncommitted version looks orphaned."""
+        if not full and not self._began_changes and self._clean_marker.exists():
+            return 0
         scene_keys, vector_keys = self.orphans()
 
         def delete() -> None:
@@ -532,8 +591,19 @@ class IndexStore:
                     batch.delete(key)
 
         if scene_keys or vector_keys:
-            self._write(delete)
+            with self._changing():
+                self._write(delete)
+        if not self._change_failed:  # no orphans now: close() writes stores.clean
+            self._began_changes = self._from_clean = True
         return len(scene_keys) + len(vector_keys)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _scenes_key(video_id: str, version: str) -> bytes:

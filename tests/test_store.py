@@ -1,13 +1,16 @@
 """The three LevelDB stores and the FAISS cache, on real plyvel and FAISS."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cliptool.check import check_index
 from cliptool.errors import IndexBusyError, IndexMismatchError, IndexMissingError
 from cliptool.store import (
-    IndexStore, SceneRecord, SceneVectors, VideoRecord, WriterLock, decode_vectors, encode_vectors, generation,
+    CLEAN_MARKER, IndexStore, SceneRecord, SceneVectors, VideoRecord, WriterLock, decode_vectors, encode_vectors, generation,
 )
 from cliptool.vector_index import current_build, load_vector_index
 
@@ -61,6 +64,65 @@ def test_recover_removes_what_no_record_names(tmp_path: Path) -> None:
         store._db("scenes").put(b"s/cccc/deadbeef", b"[]")
         assert store.recover() == 2
         assert store.counts() == {"videos": 1, "scene_lists": 1, "embeddings": 2}
+
+
+def test_a_clean_close_spares_the_next_run_the_orphan_scan_and_check_still_scans(tmp_path: Path) -> None:
+    with IndexStore(tmp_path, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        assert store.recover() == 0
+        put(store, "aaaa", 2, 1)
+    assert (tmp_path / CLEAN_MARKER).exists()
+    with IndexStore(tmp_path) as store:  # an orphan written behind the stores' back
+        store._db("scenes").put(b"s/cccc/deadbeef", b"[]")
+        assert store.recover() == 0  # not scanned: marked clean
+        assert store.counts()["scene_lists"] == 2
+    assert [p.kind for p in check_index(tmp_path).problems] == ["orphan"]  # check scans all the same
+    assert check_index(tmp_path, repair=True).problems[0].repaired
+    with IndexStore(tmp_path) as store:
+        assert store.counts() == {"videos": 1, "scene_lists": 1, "embeddings": 2}
+    assert check_index(tmp_path).problems == []
+
+
+_CUT_SHORT = """
+import os, sys
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from test_store import IndexStore, put
+with IndexStore(Path(sys.argv[1])) as store:
+    store._commit = lambda write: os._exit(9)  # dies after the vectors and scenes, before the record
+    put(store, "bbbb", 3, 2)
+"""
+
+
+def test_a_change_cut_short_leaves_the_stores_unmarked_until_recovered(tmp_path: Path) -> None:
+    with IndexStore(tmp_path, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        store.recover()
+        put(store, "aaaa", 2, 1)
+    proc = subprocess.run([sys.executable, "-c", _CUT_SHORT, str(tmp_path), str(Path(__file__).parent)])
+    assert proc.returncode == 9
+    assert not (tmp_path / CLEAN_MARKER).exists()
+    with IndexStore(tmp_path) as store:
+        assert store.counts() == {"videos": 1, "scene_lists": 2, "embeddings": 5}
+        put(store, "dddd", 1, 3)  # a later change in another store does not mark them clean
+    assert not (tmp_path / CLEAN_MARKER).exists()
+    with IndexStore(tmp_path) as store:
+        assert store.recover() == 4
+    assert (tmp_path / CLEAN_MARKER).exists()
+    assert check_index(tmp_path).problems == []
+
+
+def test_a_failed_change_leaves_the_stores_unmarked(tmp_path: Path) -> None:
+    with IndexStore(tmp_path, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        store.recover()
+    assert (tmp_path / CLEAN_MARKER).exists()
+    record = VideoRecord("eeee", "/videos/eeee.mp4", 1, 1.0, "fp", 10.0, 25.0, 64, 48, 250, 0, "h264", "m", 0.0, "")
+    scene = SceneRecord(0, 0.0, 1.0, 0, 25, [0.5], [12])
+    with IndexStore(tmp_path) as store:
+        with pytest.raises(ValueError):  # frames that do not fit the scene vector's size
+            store.put_video(record, [scene], [SceneVectors(np.ones(DIM, np.float32), np.ones(DIM + 1, np.float32))])
+    assert not (tmp_path / CLEAN_MARKER).exists()
 
 
 def test_model_mismatch_is_refused_once_videos_exist(tmp_path: Path) -> None:
