@@ -531,6 +531,7 @@ def write_synthetic(index_dir: Path, scenes: int, dim: int, identity: str, spec:
     with WriterLock(index_dir):
         with IndexStore(index_dir, create=True) as store:
             store.bind_model(identity, spec)
+            store.recover()  # as an index run starts: stores.clean is written when all went through
             done = committed = 0
             batch: list[Any] = []
             for v in range(videos):
