@@ -52,12 +52,15 @@ class Index:
     """
 
     def __init__(self, directory: PathLike | None = None, *, text_runtime: str = "onnxruntime",
-                 vector_store: str | None = None) -> None:
+                 vector_store: str | None = None, text_precision: str | None = None) -> None:
         """text_runtime: "onnxruntime" (the default: ~0.3 s once, then about half the time per
         text query) or "numpy" (nothing to start: best for a single query, as the CLI makes).
         vector_store: what searches ask ("faiss", "milvus://..."; see README "Serving from
-        Milvus"); None: $CLIPTOOL_VECTOR_STORE, else the one the index recorded, else FAISS."""
+        Milvus"); None: $CLIPTOOL_VECTOR_STORE, else the one the index recorded, else FAISS.
+        text_precision: "fp32" (exact) or "int8" (the quantised text tower, faster for a large
+        one); None: $CLIPTOOL_TEXT_PRECISION, else fp32."""
         self.text_runtime = text_runtime
+        self.text_precision = text_precision
         self.vector_store = vector_store
         if directory is None:
             from .config import default_index_dir
@@ -157,7 +160,8 @@ class Index:
         from .search import Searcher
 
         if self._searcher is None:
-            self._searcher = Searcher(self.directory, text_runtime=self.text_runtime, vector_store=self.vector_store)
+            self._searcher = Searcher(self.directory, text_runtime=self.text_runtime, vector_store=self.vector_store,
+                                      text_precision=self.text_precision)
         else:
             self._searcher.refresh()
         return self._searcher

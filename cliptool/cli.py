@@ -89,9 +89,20 @@ def main(
     index_dir: Optional[Path] = typer.Option(
         None, "--index-dir", envvar=INDEX_DIR_ENV, help="Index directory [default: the user data dir]."
     ),
+    text_precision: Optional[str] = typer.Option(
+        None, "--text-precision", envvar="CLIPTOOL_TEXT_PRECISION", metavar="fp32|int8",
+        help="Text tower for queries: fp32 (exact) or int8 (quantised: faster for a large tower, cosine about "
+             "0.9997 to the exact vector) [default: fp32]."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     _State.index_dir = index_dir
+    if text_precision is not None:  # for every searcher of this run (the web app's too)
+        from .search import TEXT_PRECISION_ENV, check_text_precision
+
+        try:
+            os.environ[TEXT_PRECISION_ENV] = check_text_precision(text_precision)
+        except CliptoolError as exc:
+            _fail(f"--text-precision: {exc}", 2)
 
 
 def _index() -> Any:

@@ -334,13 +334,13 @@ class ClipModel:
         open_clip, and search uses open_clip (see `fast_text_unavailable`). A failure to write
         is reported and not recorded: the next run tries again.
         """
-        from .textenc import META_FILE, copy_export, export_text_encoder
+        from .textenc import META_FILE, add_int8_variant, copy_export, export_text_encoder
 
         self._wait()
         say = report or (lambda message: print(message, file=sys.stderr))
         index_dir = Path(index_dir)
         identity = self.spec.identity()
-        if text_encoder_identity(index_dir) == identity:
+        if not text_export_due(index_dir, identity):
             return True
         # Exported once per model into the user cache (text is fp32 at every precision), then
         # copied into each index, which stays whole if the cache is cleared.
@@ -361,6 +361,8 @@ class ClipModel:
                     say(f"note: the fast text search path cannot run {self.spec.model_name}'s text tower "
                         f"({reason}); text search will use open_clip, which starts slower")
                     return False
+            if not _has_int8_entry(cached):  # exported before int8 towers: its variant is added once
+                add_int8_variant(cached)
             copy_export(cached, index_dir / TEXTENC_DIR)
             marker = index_dir / TEXTENC_MARKER
             tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
@@ -432,6 +434,21 @@ def text_encoder_identity(index_dir: Path) -> str | None:
         return json.loads((Path(index_dir) / TEXTENC_MARKER).read_text()).get("model_identity")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def text_export_due(index_dir: Path, identity: str) -> bool:
+    """Whether the index's text export is missing, another model's, or older than int8 towers."""
+    return text_encoder_identity(index_dir) != identity or not _has_int8_entry(Path(index_dir) / TEXTENC_DIR)
+
+
+def _has_int8_entry(export: Path) -> bool:
+    """Whether an export's meta says how its int8 variant went (made, or why not)."""
+    from .textenc import META_FILE
+
+    try:
+        return "int8" in json.loads((export / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _text_cache_entry(spec: ModelSpec) -> Path:

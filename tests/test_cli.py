@@ -121,6 +121,43 @@ def test_text_search_table_and_json(indexed: tuple[Path, subprocess.CompletedPro
     assert by_video[0]["score"] == results[0]["score"]
 
 
+def test_the_int8_text_tower_answers_near_the_exact_one(indexed: tuple[Path, subprocess.CompletedProcess]) -> None:
+    index_dir, _ = indexed
+    query = ("search", "a red circle", "--json", "-n", "8")
+    exact = json.loads(ok(run(index_dir, *query)).stdout)["results"]
+    int8 = json.loads(ok(run(index_dir, "--text-precision", "int8", *query)).stdout)["results"]
+    by_env = json.loads(ok(run(index_dir, *query, env={"CLIPTOOL_TEXT_PRECISION": "int8"})).stdout)["results"]
+    assert by_env == int8
+    assert int8[0]["scene_id"] == exact[0]["scene_id"]
+    exact_scores = {r["scene_id"]: r["score"] for r in exact}
+    shared_ids = [r["scene_id"] for r in int8 if r["scene_id"] in exact_scores]
+    assert len(shared_ids) >= 6
+    diffs = [abs(r["score"] - exact_scores[r["scene_id"]]) for r in int8 if r["scene_id"] in exact_scores]
+    assert max(diffs) < 0.02 and max(diffs) > 0  # near the exact vector, and not it
+    assert_one_line_error(run(index_dir, "--text-precision", "int4", *query), 2, "--text-precision")
+
+
+def test_an_index_exported_before_int8_towers_gets_one_on_its_next_run(
+        tmp_path: Path, sample_clips: dict[str, Path], model_args: list[str]) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(sample_clips["shapes.mp4"], folder)
+    index_dir = tmp_path / "index"
+    ok(run(index_dir, "index", folder, *model_args))
+    meta_path = index_dir / "textenc-onnx" / "textenc.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["int8"]
+    (index_dir / "old.json").write_text(json.dumps(meta))
+    os.replace(index_dir / "old.json", meta_path)  # a new file: the user cache's hard-linked one stays
+    proc = ok(run(index_dir, "--text-precision", "int8", "search", "a red circle"))
+    assert "older than int8 towers" in proc.stderr and "using the exact text tower" in proc.stderr
+    assert "shapes.mp4" in proc.stdout
+    ok(run(index_dir, "index", folder))
+    assert json.loads(meta_path.read_text())["int8"]["file"] == "text-int8.onnx"
+    proc = ok(run(index_dir, "--text-precision", "int8", "search", "a red circle"))
+    assert proc.stderr.strip() == "" and "shapes.mp4" in proc.stdout
+
+
 def test_export_frame_writes_a_full_resolution_image(indexed: tuple[Path, subprocess.CompletedProcess], library: Path, tmp_path: Path) -> None:
     index_dir, _ = indexed
     out = tmp_path / "best.jpg"

@@ -297,6 +297,44 @@ def test_encoder_metadata_and_api(exported):
         enc.encode_batch("not a list")
 
 
+def test_the_int8_variant_is_made_checked_and_close_to_the_exact_tower(exported, hf_tower):
+    """Each export carries an int8 tower (MatMul weights quantised), recorded with the least
+    cosine it reached; it encodes near the exact tower, and only when asked for."""
+    import onnx
+
+    texts = CHINESE + TEXTS
+    for d in (exported["cliptool-tiny-gelu"][2], hf_tower[2]):
+        meta = json.loads((d / textenc.META_FILE).read_text())
+        assert meta["int8"]["file"] == textenc.INT8_MODEL_FILE
+        assert textenc.INT8_MIN_COSINE <= meta["int8"]["min_cosine"] < 1.0
+        graph = onnx.load(str(d / textenc.INT8_MODEL_FILE), load_external_data=False).graph
+        assert any("Integer" in n.op_type or "Quant" in n.op_type for n in graph.node)
+        exact, int8 = OnnxTextEncoder.load(d), OnnxTextEncoder.load(d, precision="int8")
+        assert (exact.precision, int8.precision) == ("fp32", "int8")
+        a, b = exact.encode_batch(texts), int8.encode_batch(texts)
+        cosines = (a * b).sum(axis=1)
+        assert cosines.min() >= 0.99 and not np.allclose(a, b, atol=1e-6)
+        assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+
+
+def test_an_export_without_an_int8_variant_says_why(exported, tmp_path):
+    import shutil
+
+    d = tmp_path / "enc"
+    shutil.copytree(exported["cliptool-tiny-gelu"][2], d)
+    meta = json.loads((d / textenc.META_FILE).read_text())
+    del meta["int8"]  # as an export made before int8 towers
+    (d / textenc.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="older than int8 towers"):
+        OnnxTextEncoder.load(d, precision="int8")
+    with pytest.raises(ValueError, match="precision must be one of fp32, int8"):
+        OnnxTextEncoder.load(d, precision="int4")
+    (d / textenc.INT8_MODEL_FILE).unlink()
+    entry = textenc.add_int8_variant(d)  # on a hard-linked copy too: it works on a copy of its own
+    assert entry["file"] == textenc.INT8_MODEL_FILE and (d / textenc.INT8_MODEL_FILE).is_file()
+    assert OnnxTextEncoder.load(d, precision="int8").encode("a dog").shape == (48,)
+
+
 def test_shared_scope_restores_after_interleaved_exits():
     """Thread A enters, B enters, A leaves, B leaves: a per-thread save/restore would leave
     B's saved value (A's setting) in place; the shared scope restores the original."""
