@@ -383,7 +383,7 @@ for _ in range(int(sys.argv[3])):
 encoder = searcher.exported_text_encoder()
 path = "open_clip (torch)" if encoder is None else type(encoder).__name__
 if encoder is not None and hasattr(encoder, "runtime"):
-    path += f" ({encoder.runtime})"
+    path += f" ({encoder.runtime}{', ' + encoder.precision if hasattr(encoder, 'precision') else ''})"
 print(json.dumps({"text_ms": statistics.median(wall), "text_cpu_ms": statistics.median(cpu),
                   "query_ms": statistics.median(total), "text_path": path}))
 """
@@ -427,8 +427,9 @@ def bench_text(out: Path, ckpt: Path, work: Path, n_scenes: int, repeat: int,
                baseline_commit: str | None = TEXT_BASELINE_COMMIT) -> list[dict[str, Any]]:
     """Cold `cliptool search` (a new process) and warm queries on a synthetic index, for a CLIP
     text tower (ViT-B-32) and a Hugging Face one (XLM-RoBERTa base), with this cliptool's ONNX
-    text path and with the cliptool of `baseline_commit` (its numpy encoder; open_clip for
-    towers that encoder could not run), in this one run."""
+    text path (its exact tower, and its int8 one: `--text-precision int8`) and with the cliptool
+    of `baseline_commit` (its numpy encoder; open_clip for towers that encoder could not run),
+    in this one run."""
     old = baseline_code(out, baseline_commit) if baseline_commit else None
     hf_config, hf_ckpt = build_multilingual_checkpoint(out)
     rows: list[dict[str, Any]] = []
@@ -436,7 +437,8 @@ def bench_text(out: Path, ckpt: Path, work: Path, n_scenes: int, repeat: int,
     for tower, (model, weights, label) in towers.items():
         print(f"bench: text path, {tower}, {n_scenes} scenes", file=sys.stderr)
         sdir = build_search_index(out, weights, n_scenes, model, label)
-        codes = {"now": REPO}
+        codes = {"now": REPO, "now, int8 text": REPO}
+        envs = {"now": {"CLIPTOOL_TEXT_PRECISION": "fp32"}, "now, int8 text": {"CLIPTOOL_TEXT_PRECISION": "int8"}}
         if old is not None:
             export_text(old, model, weights, sdir)  # the old export lives beside the new one
             codes[f"before ({baseline_commit})"] = old
@@ -446,12 +448,13 @@ def bench_text(out: Path, ckpt: Path, work: Path, n_scenes: int, repeat: int,
         for _ in range(max(3, repeat + 2)):
             for version, code in codes.items():
                 wall, rss, _ = run_child([sys.executable, "-c", _CLI, str(code), "--index-dir", str(sdir), "search",
-                                          "a dog running on a beach", "--top", "10"])
+                                          "a dog running on a beach", "--top", "10"], env=envs.get(version))
                 cold[version].append((wall, LAST_CPU[0], rss))
         for _ in range(2):
             for version, code in codes.items():
                 warm_out = work / "warm-text.json"
-                run_child([sys.executable, "-c", _WARM, str(code), str(sdir), str(repeat)], capture=warm_out)
+                run_child([sys.executable, "-c", _WARM, str(code), str(sdir), str(repeat)], capture=warm_out,
+                          env=envs.get(version))
                 try:
                     warm[version].append(json.loads(warm_out.read_text()))
                 except (OSError, ValueError):

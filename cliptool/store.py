@@ -155,10 +155,15 @@ def deferred_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _write_error(root: Path, exc: BaseException) -> CliptoolError:
+def _error_text(exc: BaseException) -> str:
+    """An OSError's or plyvel error's message (plyvel gives LevelDB's as bytes), on one line."""
     arg = exc.args[0] if exc.args else ""
     text = arg.decode(errors="replace") if isinstance(arg, bytes) else (getattr(exc, "strerror", None) or str(exc))
-    return CliptoolError(f"cannot write to the index at {root}: {one_line(exc, text)}")
+    return one_line(exc, text)
+
+
+def _write_error(root: Path, exc: BaseException) -> CliptoolError:
+    return CliptoolError(f"cannot write to the index at {root}: {_error_text(exc)}")
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -212,14 +217,15 @@ class IndexStore:
             except plyvel.IOError as exc:
                 self.close()
                 if not _is_lock_error(exc):
-                    raise CliptoolError(f"cannot open index at {self.root}: {exc}") from None
+                    raise CliptoolError(f"cannot open index at {self.root}: {_error_text(exc)}") from None
                 if time.monotonic() >= deadline:
                     raise IndexBusyError(f"index at {self.root} is held by another process; try again") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.25)
             except plyvel.Error as exc:
                 self.close()
-                raise CliptoolError(f"index at {self.root} is damaged ({exc}); run `cliptool check --repair`") from None
+                raise CliptoolError(f"index at {self.root} is damaged ({_error_text(exc)}); "
+                                    "run `cliptool check --repair`") from None
         if self.create:
             for db in self._dbs.values():
                 if db.get(_SCHEMA_KEY) is None:

@@ -254,6 +254,60 @@ def test_full_index_directory_is_a_clear_error(tmp_path: Path, index_dir: Path, 
     assert check_index(index_dir).ok
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 48 MB tmpfs (root only; skipped where it cannot be mounted)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("needs root and a mountable tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("free_kb", [8, 90, 200])
+def test_a_full_disk_at_any_step_is_one_line_and_loses_nothing(small_disk: Path, tmp_path: Path, sample_clips,
+                                                               model_args, free_kb: int) -> None:
+    """A real full disk (a tmpfs filled to `free_kb` free), hit while the stores, the search
+    cache, the thumbnails or the text export are written: one line, the index stays whole, and
+    the next run with room completes it."""
+    index_dir, folder = small_disk / "index", tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy2(sample_clips["shapes.mp4"], folder)
+    env = {**os.environ, "CLIPTOOL_INDEX_DIR": str(index_dir), "HF_HUB_OFFLINE": "1"}
+
+    def index() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cliptool", "index", str(folder), *model_args], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    assert index().returncode == 0
+    for name in ("outdoors.mp4", "titles.mp4"):
+        shutil.copy2(sample_clips[name], folder)
+    stat = os.statvfs(small_disk)
+    fill = stat.f_bavail * stat.f_frsize - free_kb * 1024
+    with open(small_disk / "fill", "wb") as f:
+        f.truncate(0)
+        f.write(b"\0" * fill)
+    proc = index()
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    if proc.returncode != 0:
+        errors = [line for line in lines if line.startswith("cliptool: error:")]
+        assert len(errors) == 1 and "No space left on device" in errors[0] and "b'" not in errors[0], proc.stderr
+    print(f"\n{free_kb} kB free: exit {proc.returncode}: {lines[-1] if lines else ''}")
+    (small_disk / "fill").unlink()  # (LevelDB writes as it opens a store: even check needs room)
+    report = check_index(index_dir)
+    assert [p.message for p in report.problems if p.kind not in ("orphan", "cache")] == [], report.problems
+    with IndexStore(index_dir) as store:
+        assert "shapes.mp4" in {Path(v.path).name for v in store.videos()}
+    assert index().returncode == 0
+    report = check_index(index_dir)
+    assert report.ok and report.cache == "current" and report.videos == 3, report.problems
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes regardless of permissions")
 def test_unreadable_file_and_read_only_index(tmp_path: Path, index_dir: Path, sample_clips, cli, model_args) -> None:
     folder = tmp_path / "videos"
