@@ -134,6 +134,7 @@ class Index:
             "cache": cache_state(self.directory),
             "search_index": describe_cache(self.directory),  # exact or approximate, its parameters, recall
             "vector_store": recorded_vector_store(self.directory) or "faiss",
+            "text_tower": _text_tower(self.directory, meta.get("model_identity")),
             "bytes": sizes | {"faiss": _dir_size(self.directory / "faiss")},
         }
 
@@ -348,6 +349,22 @@ def extract_keyframes(video: PathLike, output: PathLike, options: KeyframeOption
 
     return stage.extract_keyframes(video, Path(output), get_model, spec.identity(), options,
                              index_dir=Path(index_dir) if index_dir is not None else None, progress=progress)
+
+
+def _text_tower(directory: Path, identity: str | None) -> dict[str, Any]:
+    """How text queries are encoded: the exported ONNX tower (and its int8 variant), or open_clip."""
+    import json
+
+    from .embed import TEXTENC_DIR, text_encoder_identity
+    from .textenc import META_FILE
+
+    if identity is None or text_encoder_identity(directory) != identity:
+        return {"path": "open_clip"}
+    try:
+        meta = json.loads((directory / TEXTENC_DIR / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"path": "open_clip"}
+    return {"path": "onnxruntime", "int8": meta.get("int8") if isinstance(meta, dict) else None}
 
 
 def _dir_size(path: Path) -> int:

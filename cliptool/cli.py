@@ -575,12 +575,25 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
         print(f"scenes:  {info['scenes']}")
         print(f"cache:   {info['cache']}")
         print(f"search:  {_search_index_line(info.get('search_index') or {})}")
+        print(f"text:    {_text_tower_line(info.get('text_tower') or {})}")
         if info.get("vector_store", "faiss") != "faiss":
             print(f"vectors: {info['vector_store']} (recorded: searches ask Milvus)")
         for name, size in info["bytes"].items():  # type: ignore[union-attr]
             print(f"{name + ':':<12}{size / 1e6:9.2f} MB")
 
     _run(body)
+
+
+def _text_tower_line(d: dict[str, Any]) -> str:
+    """How text queries are encoded, and whether --text-precision int8 can be had."""
+    if d.get("path") != "onnxruntime":
+        return "open_clip (torch; the fast path cannot run this tower or is not exported yet)"
+    int8 = d.get("int8") or {}
+    if "file" in int8:
+        return (f"ONNX Runtime, exact; --text-precision int8 available (cosine to the exact vectors "
+                f"at least {int8.get('min_cosine', 0):.4f} on the export's check texts)")
+    why = int8.get("unavailable", "the export is older than int8 towers: an index run adds one")
+    return f"ONNX Runtime, exact; no int8 variant ({why})"
 
 
 def _search_index_line(d: dict[str, Any]) -> str:

@@ -832,8 +832,6 @@ def add_int8_variant(folder: str | os.PathLike) -> dict[str, Any]:
     """
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-    for stale in (folder / INT8_MODEL_FILE, folder / INT8_WEIGHTS_FILE):
-        stale.unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".int8-", dir=folder))
     try:
         for name in (MODEL_FILE, WEIGHTS_FILE):
@@ -854,21 +852,23 @@ def add_int8_variant(folder: str | os.PathLike) -> dict[str, Any]:
                                                     "DefaultTensorType": onnx.TensorProto.FLOAT})
             finally:
                 logging.disable(logging.NOTSET)
-            _session(work / "int8.onnx", 1, optimised_to=folder / INT8_MODEL_FILE, weights_file=INT8_WEIGHTS_FILE)
+            _session(work / "int8.onnx", 1, optimised_to=work / INT8_MODEL_FILE, weights_file=INT8_WEIGHTS_FILE)
             exact = OnnxTextEncoder(folder, meta, threads=1)
-            int8 = OnnxTextEncoder(folder, {**meta, "int8": {"file": INT8_MODEL_FILE}}, threads=1, precision="int8")
+            int8 = OnnxTextEncoder(work, {**meta, "int8": {"file": INT8_MODEL_FILE}}, threads=1, precision="int8")
+            int8._tokenizer = exact.tokenizer  # (its files are in `folder`)
             cosine = min(float(exact.encode(text) @ int8.encode(text)) for text in CHECK_TEXTS)
             entry: dict[str, Any] = {"file": INT8_MODEL_FILE, "min_cosine": round(cosine, 6)}
             if not cosine >= INT8_MIN_COSINE:
                 entry = {"unavailable": f"its vectors reach a cosine of only {cosine:.4f} to the exact ones"}
+            else:  # into place whole (weights first): another process may be adding the same variant
+                for name in (INT8_WEIGHTS_FILE, INT8_MODEL_FILE):
+                    if (work / name).exists():
+                        os.replace(work / name, folder / name)
         except Exception as exc:  # noqa: BLE001 - the quantiser and ONNX Runtime raise many kinds
             entry = {"unavailable": f"it could not be quantised ({type(exc).__name__}: "
                                     f"{' '.join(str(exc).split())[:120]})"}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if "file" not in entry:
-        for stale in (folder / INT8_MODEL_FILE, folder / INT8_WEIGHTS_FILE):
-            stale.unlink(missing_ok=True)
     tmp = folder / f".{META_FILE}.{os.getpid()}.tmp"  # replaced, not rewritten: it may be hard-linked
     tmp.write_text(json.dumps({**meta, "int8": entry}, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, folder / META_FILE)

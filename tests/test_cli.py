@@ -152,8 +152,12 @@ def test_an_index_exported_before_int8_towers_gets_one_on_its_next_run(
     proc = ok(run(index_dir, "--text-precision", "int8", "search", "a red circle"))
     assert "older than int8 towers" in proc.stderr and "using the exact text tower" in proc.stderr
     assert "shapes.mp4" in proc.stdout
+    assert "text:    ONNX Runtime, exact; no int8 variant (the export is older" in ok(run(index_dir, "status")).stdout
     ok(run(index_dir, "index", folder))
     assert json.loads(meta_path.read_text())["int8"]["file"] == "text-int8.onnx"
+    tower = json.loads(ok(run(index_dir, "status", "--json")).stdout)["text_tower"]
+    assert tower["path"] == "onnxruntime" and tower["int8"]["min_cosine"] >= 0.99
+    assert "--text-precision int8 available" in ok(run(index_dir, "status")).stdout
     proc = ok(run(index_dir, "--text-precision", "int8", "search", "a red circle"))
     assert proc.stderr.strip() == "" and "shapes.mp4" in proc.stdout
 
