@@ -711,6 +711,8 @@ def _merge_as_needed(root: Path, manifest: dict[str, Any], result: SyncResult) -
     dead = sum(int(e.get("dead", 0)) for e in entries)
     if total and (dead > COMPACT_RETIRED * total or sum(live_rows[1:]) > COMPACT_DELTAS * live_rows[0]):
         why = "retired" if dead > COMPACT_RETIRED * total else "deltas"
+        if not _room_to_merge(root, entries, result, "compacting"):
+            return manifest
         name, rows = _merge(root, manifest, entries, train=True)
         if why == "retired" or rows >= DELTA_APPROX_MIN_ROWS:
             result.messages.append(
@@ -720,11 +722,43 @@ def _merge_as_needed(root: Path, manifest: dict[str, Any], result: SyncResult) -
         result.merged = len(entries)
         return {**manifest, "segments": [{"name": name, "rows": rows, "retired": [], "dead": 0}]}
     while len(entries) > 2 and (live_rows[-1] * 2 >= live_rows[-2] or len(entries) - 1 > MAX_DELTAS):
+        if not _room_to_merge(root, entries[-2:], result, "merging"):
+            break
         name, rows = _merge(root, manifest, entries[-2:], train=False)
         entries = entries[:-2] + [{"name": name, "rows": rows, "retired": [], "dead": 0}]
         live_rows = live_rows[:-2] + [rows]
         result.merged += 2
     return {**manifest, "segments": entries}
+
+
+MERGE_SPARE_BYTES = 64 << 20  # free space a merge leaves beside its segment (the stores' next writes)
+
+
+_POSTPONED_SAID: set[tuple[str, str]] = set()
+
+
+def _free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _room_to_merge(root: Path, entries: list[dict[str, Any]], result: SyncResult, doing: str) -> bool:
+    """Whether the disk holds the merge's new segment beside the old ones (their live share of
+    their files, plus MERGE_SPARE_BYTES); if not, the merge waits for a later update, said once."""
+    need = MERGE_SPARE_BYTES
+    for e in entries:
+        rows, live = int(e["rows"]), int(e["rows"]) - int(e.get("dead", 0))
+        size = sum(f.stat().st_size for f in (root / e["name"]).iterdir() if f.is_file())
+        need += size * live // max(rows, 1)
+    free = _free_bytes(root)
+    if free >= need:
+        return True
+    if (str(root), doing) in _POSTPONED_SAID:  # once per process: an index run syncs after every commit
+        return False
+    _POSTPONED_SAID.add((str(root), doing))
+    result.messages.append(f"postponed {doing} the search cache ({len(entries)} segments): it needs about "
+                           f"{need / 1e9:.1f} GB free beside them, the disk has {free / 1e9:.1f} GB; searches "
+                           "are unaffected, and a later run merges them once there is room")
+    return False
 
 
 def _merge(root: Path, manifest: dict[str, Any], entries: list[dict[str, Any]], train: bool) -> tuple[str, int]:

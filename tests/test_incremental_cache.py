@@ -268,3 +268,40 @@ def test_a_search_outlives_the_segments_a_merge_removes(tmp_path: Path, monkeypa
     for q in queries / np.linalg.norm(queries, axis=1, keepdims=True):
         want = [(h.scene_id, round(h.score, 5)) for h in Searcher(index_dir).search(q, top=5, merge=False)]
         assert [(h.scene_id, round(h.score, 5)) for h in searcher.search(q, top=5, merge=False)] == want
+
+
+def test_a_merge_without_room_on_the_disk_waits_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compaction whose new segment would not fit beside the old ones is postponed (one note),
+    the cache answers from its segments as a rebuilt one does, and a later update with room
+    compacts."""
+    rng = np.random.default_rng(5)
+    index_dir = tmp_path / "index"
+    queries = np.stack([v.scene for v in _vectors(rng, 4)])
+    with IndexStore(index_dir, create=True) as store:
+        store.bind_model("m", {"name": "m", "pretrained": "p"})
+        put(store, "aaaa", 40, rng)
+    rebuild(index_dir)
+    monkeypatch.setattr(vi, "_free_bytes", lambda path: 10 << 20)  # 10 MB free: under MERGE_SPARE_BYTES alone
+    since = generation(index_dir)
+    with IndexStore(index_dir) as store:
+        put(store, "bbbb", 30, rng)  # deltas at 75% of the base: a compaction is due
+    result = sync_cache(index_dir, ["bbbb"], since=since)
+    assert not result.compacted and len(read_manifest(index_dir)["segments"]) == 2
+    assert len(result.messages) == 1 and result.messages[0].startswith("postponed compacting the search cache")
+    assert "GB free" in result.messages[0] and cache_state(index_dir) == "current"
+    since = generation(index_dir)
+    with IndexStore(index_dir) as store:
+        put(store, "dddd", 1, rng)
+    again = sync_cache(index_dir, ["dddd"], since=since)  # still no room: not said again by this process
+    assert not again.compacted and again.messages == [] and len(read_manifest(index_dir)["segments"]) == 3
+    seen = answers(index_dir, queries, 10)
+    assert seen == rebuilt_answers(index_dir, tmp_path, queries, 10)
+    monkeypatch.undo()
+    since = generation(index_dir)
+    with IndexStore(index_dir) as store:
+        put(store, "cccc", 2, rng)
+    result = sync_cache(index_dir, ["cccc"], since=since)
+    assert result.compacted and len(read_manifest(index_dir)["segments"]) == 1
+    exact = truth(index_dir, queries, 10)
+    assert [[sid for sid, _ in t] for t in answers(index_dir, queries, 10)["tops"]] == [[sid for sid, _ in t] for t in exact]
+    assert check_index(index_dir).ok
