@@ -588,11 +588,12 @@ def _text_tower_line(d: dict[str, Any]) -> str:
     """How text queries are encoded, and whether --text-precision int8 can be had."""
     if d.get("path") != "onnxruntime":
         return "open_clip (torch; the fast path cannot run this tower or is not exported yet)"
-    int8 = d.get("int8") or {}
-    if "file" in int8:
+    from .textenc import int8_unavailable
+
+    why = int8_unavailable(d.get("int8"))
+    if why is None:
         return (f"ONNX Runtime, exact; --text-precision int8 available (cosine to the exact vectors "
-                f"at least {int8.get('min_cosine', 0):.4f} on the export's check texts)")
-    why = int8.get("unavailable", "the export is older than int8 towers: an index run adds one")
+                f"at least {d['int8'].get('min_cosine', 0):.4f} on the export's check texts)")
     return f"ONNX Runtime, exact; no int8 variant ({why})"
 
 

@@ -305,11 +305,12 @@ TEXT_PRECISION_ENV = "CLIPTOOL_TEXT_PRECISION"  # set by the global --text-preci
 
 
 def check_text_precision(value: str) -> str:
-    from .textenc import TEXT_PRECISIONS
+    from .textenc import check_precision
 
-    if value not in TEXT_PRECISIONS:
-        raise UsageError(f"text precision must be one of {', '.join(TEXT_PRECISIONS)}, not {value!r}")
-    return value
+    try:
+        return check_precision(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 class Searcher:

@@ -56,8 +56,10 @@ __all__ = [
     "HfTextTokenizer",
     "OnnxTextEncoder",
     "add_int8_variant",
+    "check_precision",
     "copy_export",
     "export_text_encoder",
+    "int8_unavailable",
     "is_text_encoder_dir",
 ]
 
@@ -76,6 +78,7 @@ TEXT_PRECISIONS = ("fp32", "int8")
 # The int8 tower's vectors against the exact tower's, on CHECK_TEXTS, at export: the least cosine
 # it must reach to be kept.
 INT8_MIN_COSINE = 0.99
+INT8_NOT_TRIED = "the export is older than int8 towers: an index run adds one"
 VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 HF_TOKENIZER_FILE = "tokenizer.json"
 
@@ -428,6 +431,19 @@ def _session(model: Path, threads: int, optimised_to: Path | None = None, prepac
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of TEXT_PRECISIONS, else ValueError."""
+    if precision not in TEXT_PRECISIONS:
+        raise ValueError(f"text precision must be one of {', '.join(TEXT_PRECISIONS)}, not {precision!r}")
+    return precision
+
+
+def int8_unavailable(entry: dict[str, Any] | None) -> str | None:
+    """Why an export's int8 entry (its meta's "int8") gives no int8 tower; None when it gives one."""
+    entry = entry or {}
+    return None if entry.get("file") else entry.get("unavailable", INT8_NOT_TRIED)
+
+
 class OnnxTextEncoder:
     """Encodes text with an exported text tower in ONNX Runtime (see the module doc)."""
 
@@ -472,10 +488,8 @@ class OnnxTextEncoder:
                              f"(this cliptool reads {FORMAT_NAME} v{FORMAT_VERSION})")
         if meta.get("tokenizer", {}).get("type") not in ("clip_bpe", "hf"):
             raise ValueError(f"{meta_path}: unknown tokenizer type")
-        if precision not in TEXT_PRECISIONS:
-            raise ValueError(f"text precision must be one of {', '.join(TEXT_PRECISIONS)}, not {precision!r}")
-        if precision == "int8" and not (meta.get("int8") or {}).get("file"):
-            why = (meta.get("int8") or {}).get("unavailable", "the export is older than int8 towers: an index run adds one")
+        check_precision(precision)
+        if precision == "int8" and (why := int8_unavailable(meta.get("int8"))):
             raise ValueError(f"no int8 text tower in {directory} ({why})")
         return cls(directory, meta, threads, prepack, precision)
 
