@@ -6,9 +6,10 @@ import hashlib
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 
@@ -410,6 +411,16 @@ def settle_threads(limit: float = 30.0) -> None:
             time.sleep(0.05)
     except BaseException:  # noqa: BLE001 - a second Ctrl-C: stop waiting
         return
+
+
+@contextmanager
+def threads_settled_on_error() -> Iterator[None]:
+    """Runs the block; if it raises (Ctrl-C included), waits for the worker threads first."""
+    try:
+        yield
+    except BaseException:
+        settle_threads()
+        raise
 
 
 TEXTENC_CACHE_VERSION = 2  # 1: the numpy encoder's arrays; 2: an ONNX model

@@ -25,7 +25,7 @@ from typing import Any
 from .analyse import AnalysedVideo, ModelLoadError, analyse_video
 from .config import IndexOptions, usable_cores
 from .discover import discover_videos
-from .embed import ClipModel, ModelSpec, fast_text_unavailable, file_fingerprint, settle_threads, text_export_due
+from .embed import ClipModel, ModelSpec, fast_text_unavailable, file_fingerprint, text_export_due, threads_settled_on_error
 from .errors import CliptoolError, ModelUnavailableError, NothingToDoError, VideoError, one_line, printable
 from .store import IndexStore, VideoRecord, WriterLock, generation, real_path, video_id_for
 from .thumbnails import write_scene_thumbnails
@@ -310,19 +310,13 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
 
         changed_store = bool(misfiled) or plan.writes()
         if plan.todo:  # decode, detect, sample and embed what is new or changed
-            try:
+            with threads_settled_on_error():
                 model = ClipModel(spec, threads=max(1, usable_cores() // 2))  # the decoder has the rest
                 changed_store |= _analyse_with(model, plan.todo, index_dir, identity, options, summary, report,
                                                progress, file_timeout, tqdm, ray)
-            except BaseException:
-                settle_threads()
-                raise
         elif known and text_export_due(index_dir, identity) and fast_text_unavailable(spec) is None:
-            try:  # nothing to embed, but the text export is behind (say, older than int8 towers)
+            with threads_settled_on_error():  # nothing to embed, but the text export is behind (older than int8)
                 ClipModel(spec).export_text_encoder(index_dir, report=report)
-            except BaseException:
-                settle_threads()
-                raise
         if (changed_store or known) and not _cache_current(index_dir):  # each commit was appended; this
             _sync(index_dir, None, None, report)  # only catches up what an earlier failure left out
         else:
