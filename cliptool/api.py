@@ -353,18 +353,13 @@ def extract_keyframes(video: PathLike, output: PathLike, options: KeyframeOption
 
 def _text_tower(directory: Path, identity: str | None) -> dict[str, Any]:
     """How text queries are encoded: the exported ONNX tower (and its int8 variant), or open_clip."""
-    import json
-
     from .embed import TEXTENC_DIR, text_encoder_identity
-    from .textenc import META_FILE
+    from .textenc import export_meta
 
-    if identity is None or text_encoder_identity(directory) != identity:
+    meta = export_meta(directory / TEXTENC_DIR) if identity is not None else None
+    if meta is None or text_encoder_identity(directory) != identity:
         return {"path": "open_clip"}
-    try:
-        meta = json.loads((directory / TEXTENC_DIR / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"path": "open_clip"}
-    return {"path": "onnxruntime", "int8": meta.get("int8") if isinstance(meta, dict) else None}
+    return {"path": "onnxruntime", "int8": meta.get("int8")}
 
 
 def _dir_size(path: Path) -> int:

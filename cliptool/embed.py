@@ -454,12 +454,9 @@ def text_export_due(index_dir: Path, identity: str) -> bool:
 
 def _has_int8_entry(export: Path) -> bool:
     """Whether an export's meta says how its int8 variant went (made, or why not)."""
-    from .textenc import META_FILE
+    from .textenc import export_meta
 
-    try:
-        return "int8" in json.loads((export / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        return False
+    return "int8" in (export_meta(export) or {})
 
 
 def _text_cache_entry(spec: ModelSpec) -> Path:

@@ -58,6 +58,7 @@ __all__ = [
     "add_int8_variant",
     "check_precision",
     "copy_export",
+    "export_meta",
     "export_text_encoder",
     "int8_unavailable",
     "is_text_encoder_dir",
@@ -395,14 +396,19 @@ class SharedScope:
 # --------------------------------------------------------------------------------------------
 
 
+def export_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The meta file of the export in `path` as a dict; None where it is missing or unreadable."""
+    try:
+        meta = json.loads((Path(path) / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def is_text_encoder_dir(path: str | os.PathLike) -> bool:
     """True if `path` holds an exported encoder of a format version this module reads."""
-    meta_path = Path(path) / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT_NAME and meta.get("version") == FORMAT_VERSION
+    meta = export_meta(path) or {}
+    return meta.get("format") == FORMAT_NAME and meta.get("version") == FORMAT_VERSION
 
 
 def _session(model: Path, threads: int, optimised_to: Path | None = None, prepack: bool = True,
