@@ -19,27 +19,28 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Index": "api", "extract_keyframes": "api", "model_spec": "api",
-    "IndexOptions": "config", "KeyframeOptions": "keyframes", "Hit": "search", "IndexSummary": "indexer",
-    "CheckReport": "check", "ExportResult": "export", "VideoRecord": "store", "SceneRecord": "store",
+    "IndexOptions": "config", "KeyframeOptions": "analysis.keyframes", "Hit": "search.searcher",
+    "IndexSummary": "index.indexer", "CheckReport": "index.check", "ExportResult": "writers.frame",
+    "VideoRecord": "store", "SceneRecord": "store",
     "CliptoolError": "errors", "UsageError": "errors", "IndexMissingError": "errors",
     "IndexBusyError": "errors", "IndexMismatchError": "errors", "ModelUnavailableError": "errors",
     "VideoError": "errors", "ClusterError": "errors",
-    "Query": "search", "QueryTerm": "search", "Filters": "search",
+    "Query": "search.searcher", "QueryTerm": "search.searcher", "Filters": "search.searcher",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from .api import Index, extract_keyframes, model_spec
-    from .check import CheckReport
-    from .config import IndexOptions
-    from .errors import (CliptoolError, ClusterError, IndexBusyError, IndexMismatchError, IndexMissingError,
+    from cliptool.api import Index, extract_keyframes, model_spec
+    from cliptool.index.check import CheckReport
+    from cliptool.config import IndexOptions
+    from cliptool.errors import (CliptoolError, ClusterError, IndexBusyError, IndexMismatchError, IndexMissingError,
                          ModelUnavailableError, UsageError, VideoError)
-    from .export import ExportResult
-    from .indexer import IndexSummary
-    from .keyframes import KeyframeOptions
-    from .search import Filters, Hit, Query, QueryTerm
-    from .store import SceneRecord, VideoRecord
+    from cliptool.writers.frame import ExportResult
+    from cliptool.index.indexer import IndexSummary
+    from cliptool.analysis.keyframes import KeyframeOptions
+    from cliptool.search.searcher import Filters, Hit, Query, QueryTerm
+    from cliptool.store import SceneRecord, VideoRecord
 
 
 def __getattr__(name: str) -> Any:
@@ -48,6 +49,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'cliptool' has no attribute {name!r}")
     from importlib import import_module
 
-    value = getattr(import_module(f".{module}", __name__), name)
+    value = getattr(import_module(f"cliptool.{module}"), name)
     globals()[name] = value
     return value

@@ -1,3 +1,3 @@
-from .cli import run
+from cliptool.cli import run
 
 run()

@@ -16,17 +16,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import IndexOptions
-from .errors import UsageError
+from cliptool.config import IndexOptions
+from cliptool.errors import UsageError
 
 if TYPE_CHECKING:
-    from .check import CheckReport
-    from .embed import ModelSpec
-    from .export import ExportResult
-    from .indexer import IndexSummary
-    from .keyframes import KeyframeOptions
-    from .search import Filters, Hit, Query, Searcher
-    from .store import SceneRecord, VideoRecord
+    from cliptool.index.check import CheckReport
+    from cliptool.models.clip import ModelSpec
+    from cliptool.writers.frame import ExportResult
+    from cliptool.index.indexer import IndexSummary
+    from cliptool.analysis.keyframes import KeyframeOptions
+    from cliptool.search.searcher import Filters, Hit, Query, Searcher
+    from cliptool.store import SceneRecord, VideoRecord
 
 PathLike = str | os.PathLike[str]
 
@@ -37,8 +37,8 @@ def model_spec(model: str | None = None, pretrained: str | None = None) -> Model
     else the default, is used)."""
     if model is None and pretrained is None:
         return None
-    from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED, MODEL_SHORT_NAMES
-    from .embed import ModelSpec
+    from cliptool.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, MODEL_SHORT_NAMES
+    from cliptool.models.clip import ModelSpec
 
     name, default_pretrained = MODEL_SHORT_NAMES.get(model or "", (model or DEFAULT_MODEL, DEFAULT_PRETRAINED))
     return ModelSpec(name, pretrained or default_pretrained)
@@ -63,7 +63,7 @@ class Index:
         self.text_precision = text_precision
         self.vector_store = vector_store
         if directory is None:
-            from .config import default_index_dir
+            from cliptool.config import default_index_dir
 
             directory = default_index_dir()
         self.directory = Path(directory).expanduser()
@@ -95,10 +95,10 @@ class Index:
         a process already connected to Ray uses its connection), committed here as locally.
         vector_store ("faiss", "milvus://..."): recorded in the index for later searches; the
         Milvus collection is kept in step commit by commit."""
-        from .indexer import DEFAULT_FILE_TIMEOUT, index_paths
+        from cliptool.index.indexer import DEFAULT_FILE_TIMEOUT, index_paths
 
         if vector_store is not None:
-            from .milvus_store import record_vector_store
+            from cliptool.vectors.milvus import record_vector_store
 
             record_vector_store(self.directory, vector_store)
 
@@ -109,16 +109,16 @@ class Index:
 
     def check(self, repair: bool = False) -> CheckReport:
         """Whether the stores and the search cache agree; with repair, fixes what it can."""
-        from .check import check_index
+        from cliptool.index.check import check_index
 
         return check_index(self.directory, repair=repair)
 
     # -- reading -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Where the index is, its model, how many videos, scenes and hours, and its sizes."""
-        from .store import STORE_NAMES, IndexStore
-        from .milvus_store import recorded_vector_store
-        from .vector_index import cache_state, describe_cache
+        from cliptool.store import STORE_NAMES, IndexStore
+        from cliptool.vectors.milvus import recorded_vector_store
+        from cliptool.vectors.faiss import cache_state, describe_cache
 
         with IndexStore(self.directory) as store:
             meta = store.meta()
@@ -140,14 +140,14 @@ class Index:
 
     def videos(self) -> list[VideoRecord]:
         """Every indexed video's record, by path."""
-        from .store import IndexStore
+        from cliptool.store import IndexStore
 
         with IndexStore(self.directory) as store:
             return sorted(store.videos(), key=lambda v: v.path)
 
     def scenes(self, video: PathLike) -> tuple[VideoRecord, list[SceneRecord]]:
         """An indexed video's record and scene list (any spelling of its path)."""
-        from .store import IndexStore, video_id_for
+        from cliptool.store import IndexStore, video_id_for
 
         with IndexStore(self.directory) as store:
             record = store.get_video(video_id_for(video))
@@ -158,7 +158,7 @@ class Index:
     # -- searching ---------------------------------------------------------------------------
     def searcher(self) -> Searcher:
         """The index opened for queries, kept between calls and brought up to date on each."""
-        from .search import Searcher
+        from cliptool.search.searcher import Searcher
 
         if self._searcher is None:
             self._searcher = Searcher(self.directory, text_runtime=self.text_runtime, vector_store=self.vector_store,
@@ -170,7 +170,7 @@ class Index:
     def query_vector(self, text: str | Query | None = None, image: PathLike | None = None) -> Any:
         """The embedding of a text or an image file (exactly one of them), or of a `Query`:
         the sum of weight * normalised vector over its terms, renormalised."""
-        from .search import Query
+        from cliptool.search.searcher import Query
 
         if isinstance(text, Query):
             if image is not None:
@@ -202,7 +202,7 @@ class Index:
         """Writes the best matching frame (in `video` if given), or with `at` the frame of
         `video` at that time, at full resolution (.jpg or .png by the output's name). `text`
         may be a `Query` of several weighted terms."""
-        from .export import check_output, export_at, export_best
+        from cliptool.writers.frame import check_output, export_at, export_best
 
         output = check_output(Path(output))
         if at is not None:
@@ -231,7 +231,7 @@ class Index:
     def scene_at(self, video: PathLike, t: float) -> tuple[VideoRecord, SceneRecord]:
         """The indexed scene of `video` on screen at `t` seconds (the last one for a time in
         its final frame's span); UsageError for a time outside the video."""
-        from .errors import printable
+        from cliptool.errors import printable
 
         if t < 0:
             raise UsageError("time must not be negative")
@@ -243,7 +243,7 @@ class Index:
                 return record, scene
         last = scene_list[-1]
         if t < scene_list[0].start_time or t > max(last.end_time, record.duration) + 1e-3:
-            from .timecode import format_time
+            from cliptool.media.timecode import format_time
 
             raise UsageError(f"{printable(str(video))} has no moment at {format_time(t)} "
                              f"(it lasts {format_time(max(last.end_time, record.duration))})")
@@ -304,7 +304,7 @@ class Index:
 
     def records_of(self, hits: Iterable[Hit]) -> dict[str, VideoRecord]:
         """video id -> record of the videos the hits come from (for frame rates and lengths)."""
-        from .store import IndexStore
+        from cliptool.store import IndexStore
 
         ids = {h.video_id for h in hits}
         with IndexStore(self.directory) as store:
@@ -316,7 +316,7 @@ class Index:
         """Writes each hit's span as a video file in `output` plus manifest.json (see
         cliptool.writers.clips): stream copy from the key frame at or before each start, or
         with exact, re-encoded frame-accurately. Returns the manifest."""
-        from .writers.clips import write_clips
+        from cliptool.writers.clips import write_clips
 
         return write_clips(hits, Path(output), exact=exact, query=query,
                            image=str(image) if image is not None else None, report=report)
@@ -327,9 +327,9 @@ def extract_keyframes(video: PathLike, output: PathLike, options: KeyframeOption
               progress: bool | None = None) -> dict[str, Any]:
     """A few distinct pictures of a video, written to `output` with manifest.json; returns the
     manifest. With index_dir, the model defaults to that index's, and its vectors are reused."""
-    from .embed import ClipModel, ModelSpec
-    from .indexer import resolve_model_spec
-    from . import keyframes as stage
+    from cliptool.models.clip import ClipModel, ModelSpec
+    from cliptool.index.indexer import resolve_model_spec
+    from cliptool.analysis import keyframes as stage
 
     video = Path(video).expanduser()
     if not video.is_file():
@@ -353,8 +353,8 @@ def extract_keyframes(video: PathLike, output: PathLike, options: KeyframeOption
 
 def _text_tower(directory: Path, identity: str | None) -> dict[str, Any]:
     """How text queries are encoded: the exported ONNX tower (and its int8 variant), or open_clip."""
-    from .embed import TEXTENC_DIR, text_encoder_identity
-    from .textenc import export_meta
+    from cliptool.models.clip import TEXTENC_DIR, text_encoder_identity
+    from cliptool.models.text import export_meta
 
     meta = export_meta(directory / TEXTENC_DIR) if identity is not None else None
     if meta is None or text_encoder_identity(directory) != identity:

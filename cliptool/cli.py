@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 import typer
 
-from .config import INDEX_DIR_ENV
-from .errors import CliptoolError, UsageError
+from cliptool.config import INDEX_DIR_ENV
+from cliptool.errors import CliptoolError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -33,7 +33,7 @@ class _State:
 def _index_dir() -> Path:
     if _State.index_dir is not None:
         return _State.index_dir
-    from .config import default_index_dir
+    from cliptool.config import default_index_dir
 
     return default_index_dir()
 
@@ -78,7 +78,7 @@ def _print_json(data: object) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from cliptool import __version__
 
         print(f"cliptool {__version__}")
         raise typer.Exit()
@@ -97,7 +97,7 @@ def main(
 ) -> None:
     _State.index_dir = index_dir
     if text_precision is not None:  # for every searcher of this run (the web app's too)
-        from .search import TEXT_PRECISION_ENV, check_text_precision
+        from cliptool.search.searcher import TEXT_PRECISION_ENV, check_text_precision
 
         try:
             os.environ[TEXT_PRECISION_ENV] = check_text_precision(text_precision)
@@ -106,7 +106,7 @@ def main(
 
 
 def _index() -> Any:
-    from .api import Index
+    from cliptool.api import Index
 
     return Index(_index_dir(), text_runtime="numpy")  # one query per process: nothing to start
 
@@ -121,7 +121,7 @@ def _use_vector_store(value: str | None) -> None:
     of this process (the web app's too)."""
     if value is None:
         return
-    from .milvus_store import VECTOR_STORE_ENV, parse_vector_store
+    from cliptool.vectors.milvus import VECTOR_STORE_ENV, parse_vector_store
 
     parse_vector_store(value, _index_dir())
     os.environ[VECTOR_STORE_ENV] = value
@@ -167,9 +167,9 @@ def index(
     """Find videos, cut them into scenes, embed and store them; later runs redo only what changed."""
 
     def body() -> None:
-        from .config import IndexOptions
-        from .detect import DETECTORS
-        from .embed import PRECISIONS
+        from cliptool.config import IndexOptions
+        from cliptool.analysis.detect import DETECTORS
+        from cliptool.models.clip import PRECISIONS
 
         if detector not in DETECTORS:
             raise UsageError(f"unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
@@ -213,7 +213,7 @@ def check(
     """Verify that the stores and the search cache agree; exit 1 while problems remain."""
 
     def body() -> None:
-        from .errors import printable
+        from cliptool.errors import printable
 
         report = _index().check(repair=repair)
         if as_json:
@@ -266,7 +266,7 @@ _MAX_DURATION_OPTION = typer.Option(None, "--max-duration", metavar="<duration>"
 def _query_of(text: str | None, image: Path | None, also: list[str] | None, avoid: list[str] | None,
               also_images: list[str] | None, avoid_images: list[str] | None) -> Any:
     """The search.Query the options spell (main term: words or --image), checked before anything loads."""
-    from .search import Query
+    from cliptool.search.searcher import Query
 
     _check_query(text, image)
     query = Query.parse(text if image is None else None, image, also=also or [], avoid=avoid or [],
@@ -278,7 +278,7 @@ def _query_of(text: str | None, image: Path | None, also: list[str] | None, avoi
 def _filters_of(under: list[Path] | None, min_score: str | None, since: str | None, until: str | None,
                 min_duration: str | None, max_duration: str | None) -> Any:
     """The search.Filters the options spell; one-line UsageError (exit 2) for a bad value."""
-    from .search import Filters
+    from cliptool.search.searcher import Filters
 
     for folder in under or []:
         if not folder.expanduser().exists():
@@ -340,27 +340,27 @@ class _HandOn:
 
     @classmethod
     def check(cls, html: Path | None, edl: Path | None, otio: Path | None, play: int | None) -> _HandOn:
-        from .writers.html import HTML_SUFFIXES
-        from .writers._common import check_output_file
-        from .writers.timeline import check_outputs
+        from cliptool.writers.html import HTML_SUFFIXES
+        from cliptool.writers.files import check_output_file
+        from cliptool.writers.timeline import check_outputs
 
         html = check_output_file(html, HTML_SUFFIXES, "--html file") if html is not None else None
         otio, edl = check_outputs(otio, edl)
         return cls(html, edl, otio, play)
 
     def run(self, index: Any, shown: list[Any], hits: list[Any], *, query: str | None, image: str | None) -> None:
-        from .errors import printable
+        from cliptool.errors import printable
 
         def report(message: str) -> None:
             print(f"cliptool: warning: {printable(message)}", file=sys.stderr)
 
         if self.html is not None:
-            from .writers.html import write_contact_sheet
+            from cliptool.writers.html import write_contact_sheet
 
             write_contact_sheet(shown, self.html, query=query, image=image, report=report)
             print(f"contact sheet: {printable(str(self.html))}", file=sys.stderr)
         if self.edl is not None or self.otio is not None:
-            from .writers.timeline import write_timelines
+            from cliptool.writers.timeline import write_timelines
 
             write_timelines(shown, index.records_of(shown), otio_path=self.otio, edl_path=self.edl,
                             query=query, image=image, report=report)
@@ -368,8 +368,8 @@ class _HandOn:
                 if path is not None:
                     print(f"timeline: {printable(str(path))}", file=sys.stderr)
         if self.play is not None:
-            from .timecode import format_time
-            from .writers.player import play as start_player
+            from cliptool.media.timecode import format_time
+            from cliptool.writers.player import play as start_player
 
             if self.play > len(hits):
                 raise UsageError(f"--play {self.play}: there {'is' if len(hits) == 1 else 'are'} only "
@@ -391,7 +391,7 @@ def _check_query(query: str | None, image: Path | None) -> None:
 
 
 def _print_hits(hits: list[Any]) -> None:
-    from .timecode import format_time
+    from cliptool.media.timecode import format_time
 
     if not hits:
         print("no results", file=sys.stderr)
@@ -427,7 +427,7 @@ def similar(
 
     def body() -> None:
         _use_vector_store(vector_store)
-        from .timecode import parse_time
+        from cliptool.media.timecode import parse_time
 
         if scene is not None and (video is not None or at is not None):
             raise UsageError("give either VIDEO --at TIME or --scene SCENE_ID, not both")
@@ -477,9 +477,9 @@ def clips(
     """Write each hit's span as a video file, in rank order, with manifest.json."""
 
     def body() -> None:
-        from .errors import printable
-        from .timecode import format_time
-        from .writers.clips import check_output_dir
+        from cliptool.errors import printable
+        from cliptool.media.timecode import format_time
+        from cliptool.writers.clips import check_output_dir
 
         _check_query(query, image)
         outputs = _HandOn.check(None, edl, otio, None)
@@ -534,8 +534,8 @@ def export_frame(
     """Write the best matching frame (or the frame at a time) at full resolution."""
 
     def body() -> None:
-        from .export import check_output
-        from .timecode import format_time, parse_time
+        from cliptool.writers.frame import check_output
+        from cliptool.media.timecode import format_time, parse_time
 
         check_output(output)
         if at is None and image is None and (query is None or not query.strip()):
@@ -588,7 +588,7 @@ def _text_tower_line(d: dict[str, Any]) -> str:
     """How text queries are encoded, and whether --text-precision int8 can be had."""
     if d.get("path") != "onnxruntime":
         return "open_clip (torch; the fast path cannot run this tower or is not exported yet)"
-    from .textenc import int8_unavailable
+    from cliptool.models.text import int8_unavailable
 
     why = int8_unavailable(d.get("int8"))
     if why is None:
@@ -620,7 +620,7 @@ def scenes(
     def body() -> None:
         from dataclasses import asdict
 
-        from .timecode import format_time
+        from cliptool.media.timecode import format_time
 
         record, scene_list = _index().scenes(video)
         if as_json:
@@ -667,7 +667,7 @@ def keyframes(
     """Write one picture per distinct moment of a video (no near-duplicates, blanks or blur)."""
 
     def body() -> None:
-        from .detect import DETECTORS
+        from cliptool.analysis.detect import DETECTORS
 
         if not video.is_file():
             raise UsageError(f"no such video: {video}")
@@ -680,7 +680,7 @@ def keyframes(
                 fixed = int(count)
             except ValueError:
                 raise UsageError(f"--count must be a number or 'auto', not {count!r}") from None
-        from .keyframes import KeyframeOptions
+        from cliptool.analysis.keyframes import KeyframeOptions
 
         options = KeyframeOptions(
             step=step, count=fixed, auto_count=auto, min_count=min_count, max_count=max_count, chapters=chapters,
@@ -715,8 +715,8 @@ def serve(
 
     def body() -> None:
         _use_vector_store(vector_store)
-        from .milvus_store import connect, resolve_target
-        from .serve import serve as run_server
+        from cliptool.vectors.milvus import connect, resolve_target
+        from cliptool.serve import serve as run_server
 
         target = resolve_target(_index_dir())
         if target is not None:

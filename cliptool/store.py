@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CliptoolError, IndexBusyError, IndexMismatchError, IndexMissingError, one_line
+from cliptool.errors import CliptoolError, IndexBusyError, IndexMismatchError, IndexMissingError, one_line
 
 SCHEMA_VERSION = 1
 STORE_NAMES = ("videos", "scenes", "embeddings")

@@ -60,7 +60,7 @@ def test_search_similar_and_status(indexed: tuple[cliptool.Index, Path], tmp_pat
 
 
 def test_the_index_run_makes_a_thumbnail_per_sample(indexed: tuple[cliptool.Index, Path]) -> None:
-    from cliptool.thumbnails import WIDTH, path_for
+    from cliptool.analysis.thumbnails import WIDTH, path_for
 
     index, folder = indexed
     for name in ("shapes.mp4", "outdoors.mp4"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import cliptool
-from cliptool.serve.bench import chromium_driver
+from cliptool.bench.serve import chromium_driver
 
 from conftest import make_samples
 from test_serve import Server

@@ -318,8 +318,8 @@ def test_an_index_keeps_its_precision(tmp_path: Path, sample_clips: dict[str, Pa
     assert str(status).count("bf16") >= 1
     # The same model named again, without --precision: the index's bf16, not the new default.
     ok(run_here(index_dir, "index", sample_clips["titles.mp4"], *model_args))
-    from cliptool.embed import ModelSpec
-    from cliptool.search import Searcher
+    from cliptool.models.clip import ModelSpec
+    from cliptool.search.searcher import Searcher
 
     searcher = Searcher(index_dir, ModelSpec(model_args[1], model_args[3]))
     assert searcher.spec.precision == "bf16"
@@ -330,7 +330,7 @@ def test_an_index_keeps_its_precision(tmp_path: Path, sample_clips: dict[str, Pa
 
 
 def _first_frame(video: Path, tmp_path: Path) -> Path:
-    from cliptool.decode import VideoReader, to_rgb
+    from cliptool.media.decode import VideoReader, to_rgb
 
     with VideoReader(video) as reader:
         rgb = to_rgb(next(reader.frames()).av_frame)

@@ -28,7 +28,7 @@ def library(tmp_path_factory: pytest.TempPathFactory, sample_clips: dict[str, Pa
 
 
 def decode(path: Path) -> list[tuple[float, np.ndarray]]:
-    from cliptool.decode import VideoReader, to_rgb
+    from cliptool.media.decode import VideoReader, to_rgb
 
     with VideoReader(path) as reader:
         return [(f.time, to_rgb(f.av_frame)) for f in reader.frames()]
@@ -43,7 +43,7 @@ def key_frame_times(path: Path) -> list[float]:
 
 
 def check_clip(clip: dict, folder: Path, exact: bool) -> None:
-    from cliptool.export import frame_at
+    from cliptool.writers.frame import frame_at
 
     source = Path(clip["path"])
     frames = decode(folder / clip["file"])
@@ -142,7 +142,7 @@ def _with_audio(path: Path, seconds: float = 3.0) -> None:
 def test_audio_comes_along_in_both_modes(tmp_path: Path) -> None:
     import av
 
-    from cliptool.search import Hit
+    from cliptool.search.searcher import Hit
     from cliptool.writers.clips import write_clips
 
     source = tmp_path / "tone.mp4"

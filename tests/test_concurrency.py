@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cliptool.check import check_index
+from cliptool.index.check import check_index
 from cliptool.errors import IndexBusyError
 from cliptool.store import IndexStore, SceneRecord, SceneVectors, VideoRecord, WriterLock, deferred_interrupt
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.check import check_index
+from cliptool.index.check import check_index
 from cliptool.store import IndexStore, generation
-from cliptool.vector_index import cache_state, load_vector_index, sync_cache
+from cliptool.vectors.faiss import cache_state, load_vector_index, sync_cache
 
 from conftest import SHARED, make_samples
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import make_samples, shared
-from cliptool.decode import VideoReader, detect_bgr
-from cliptool.detect import make_detector
+from cliptool.media.decode import VideoReader, detect_bgr
+from cliptool.analysis.detect import make_detector
 
 
 def detect(path: Path, name: str = "content") -> tuple[list[int], dict[int, float]]:

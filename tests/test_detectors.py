@@ -1,5 +1,5 @@
 """Shot detectors on real videos with known cuts, through cliptool's own decode path, and the
-detector evaluation (`cliptool.detect.evaluate`)."""
+detector evaluation (`cliptool.analysis.detect.evaluate`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import shared
-from cliptool.detect.evaluate import GROUND_TRUTH, detector_rows, match_cuts, run_detector
+from cliptool.analysis.detect.evaluate import GROUND_TRUTH, detector_rows, match_cuts, run_detector
 
 BIKES = [30, 76, 137, 187, 242]
 TESTVIDEO = [30, 180, 394]
@@ -80,7 +80,7 @@ def test_detector_rows_and_table(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         detector_rows(["nope"])
 
-    run = [sys.executable, "-m", "cliptool.detect.evaluate"]
+    run = [sys.executable, "-m", "cliptool.analysis.detect.evaluate"]
     proc = subprocess.run(run + ["--videos", "counter", "--detectors", "adaptive"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "adaptive" in proc.stdout and "counter" in proc.stdout and "F1" in proc.stdout

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from cliptool.discover import discover_videos
+from cliptool.media.discover import discover_videos
 from cliptool.errors import UsageError
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.embed import ClipModel, ModelSpec
+from cliptool.models.clip import ClipModel, ModelSpec
 from cliptool.errors import ModelUnavailableError
 
 from conftest import ok, one_line_error
@@ -139,7 +139,7 @@ def test_a_gelu_clip_folder_gives_the_vectors_of_transformers(tmp_path: Path) ->
 
 @pytest.mark.parametrize("kind", ["clip", "chinese_clip"])
 def test_a_folder_runs_the_int8_image_tower(kind: str, clip_folder: Path, chinese_folder: Path) -> None:
-    from cliptool import onnx_tower
+    from cliptool.models import onnx_tower
 
     folder = clip_folder if kind == "clip" else chinese_folder
     exact = ClipModel(ModelSpec(str(folder), precision="fp32")).wait()
@@ -153,7 +153,7 @@ def test_chinese_clip_text_tower_is_a_module_of_token_ids(chinese_folder: Path) 
     """What a generic text exporter takes: token ids -> normalised vectors, and the tokenizer."""
     import torch
 
-    from cliptool.hf_models import text_tower
+    from cliptool.models.hf import text_tower
 
     model = ClipModel(ModelSpec(str(chinese_folder), precision="fp32")).wait()
     module, tokenizer = text_tower(model.torch_model, model._tokenizer)
@@ -166,7 +166,7 @@ def test_chinese_clip_text_tower_is_a_module_of_token_ids(chinese_folder: Path) 
     # the converted text tower's folder carries a tokenizer.json: `tokenizers` alone gives the ids
     from tokenizers import Tokenizer
 
-    from cliptool.hf_models import prepare
+    from cliptool.models.hf import prepare
 
     text_dir = json.loads(prepare(str(chinese_folder)).config.read_text())["text_cfg"]["hf_tokenizer_name"]
     fast = Tokenizer.from_file(str(Path(text_dir) / "tokenizer.json"))
@@ -193,7 +193,7 @@ def test_index_and_search_with_a_folder(cli_here, tmp_path: Path, folder: Path, 
     gives transformers' text vectors; a moved folder is the same model. (The commands run in
     this process, where torch and transformers are loaded already; the hub test below runs
     `cliptool index` on a model of this kind in a new process.)"""
-    from cliptool.search import Searcher
+    from cliptool.search.searcher import Searcher
 
     cli = cli_here
     ok(cli("index", folder, "--model", clip_folder))
@@ -216,7 +216,7 @@ def test_a_chinese_query_on_a_chinese_clip_index(cli_here, folder: Path, index_d
     """Indexed with a Chinese-CLIP folder (`cliptool index` in this process), a search's query
     vectors are transformers' (on the fast text path where the text exporter covers BERT towers,
     else in open_clip)."""
-    from cliptool.search import Searcher
+    from cliptool.search.searcher import Searcher
 
     ok(cli_here("index", folder, "--model", chinese_folder))
     searcher = Searcher(index_dir)

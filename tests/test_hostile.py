@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.check import check_index
-from cliptool.decode import VideoReader, to_rgb
-from cliptool.embed import ModelSpec
-from cliptool.indexer import index_paths
+from cliptool.index.check import check_index
+from cliptool.media.decode import VideoReader, to_rgb
+from cliptool.models.clip import ModelSpec
+from cliptool.index.indexer import index_paths
 from cliptool.store import IndexStore, generation
 
 from conftest import SHARED, make_samples

@@ -8,9 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 
-from cliptool.check import check_index
-from cliptool.embed import ModelSpec
-from cliptool.indexer import index_paths
+from cliptool.index.check import check_index
+from cliptool.models.clip import ModelSpec
+from cliptool.index.indexer import index_paths
 from cliptool.store import IndexStore, VideoRecord, real_path, video_id_for
 
 from conftest import run_json

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.bench import image_containment
-from cliptool.embed import ModelSpec
-from cliptool.indexer import index_paths
+from cliptool.bench.main import image_containment
+from cliptool.models.clip import ModelSpec
+from cliptool.index.indexer import index_paths
 
 from conftest import SHARED
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import plyvel
 
-from cliptool.check import check_index
-from cliptool.embed import ModelSpec
-from cliptool.indexer import index_paths
+from cliptool.index.check import check_index
+from cliptool.models.clip import ModelSpec
+from cliptool.index.indexer import index_paths
 from cliptool.store import IndexStore, video_id_for
-from cliptool.vector_index import current_build
+from cliptool.vectors.faiss import current_build
 
 from conftest import make_samples, run_json
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cliptool.vector_index as vi
-from cliptool.check import check_index
+import cliptool.vectors.faiss as vi
+from cliptool.index.check import check_index
 from cliptool.store import IndexStore, SceneRecord, SceneVectors, VideoRecord, generation
-from cliptool.vector_index import cache_state, load_vector_index, read_manifest, rebuild, sync_cache
+from cliptool.vectors.faiss import cache_state, load_vector_index, read_manifest, rebuild, sync_cache
 
 DIM = 16
 
@@ -184,9 +184,9 @@ _KILLED_WRITER = """
 import sys, numpy as np, random
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-import cliptool.vector_index as vi
+import cliptool.vectors.faiss as vi
 from cliptool.store import IndexStore, generation
-from cliptool.vector_index import sync_cache
+from cliptool.vectors.faiss import sync_cache
 from test_incremental_cache import put
 vi.COMPACT_DELTAS, vi.MAX_DELTAS = 3.0, 3
 root, seed = Path(sys.argv[1]), int(sys.argv[2])
@@ -228,7 +228,7 @@ def test_sigkill_during_cache_updates(tmp_path: Path) -> None:
             put(store, f"first{i}", 20, rng)
     rebuild(index_dir)
     queries = np.stack([v.scene for v in _vectors(rng, 4)])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(vi.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(vi.__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
     during_write = 0
     for kill in range(8):
         proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(index_dir), str(seed + kill),
@@ -263,7 +263,7 @@ def test_a_search_outlives_the_segments_a_merge_removes(tmp_path: Path, monkeypa
     """A searcher (the web app's, say) opened the cache, then an index run in another process
     merged it into new segments and removed the old ones: its next queries still answer, from
     the files it mapped or from the cache as it is now, with the same hits as a fresh searcher."""
-    from cliptool.search import Searcher
+    from cliptool.search.searcher import Searcher
 
     monkeypatch.setenv(vi.VECTOR_INDEX_ENV, "approx")  # an approximate index, read on first use
     index_dir = tmp_path / "index"

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cliptool.keyframes import (
+from cliptool.analysis.keyframes import (
     KeyframeOptions,
     adaptive_threshold,
     contiguous_segments,
@@ -19,7 +19,7 @@ from cliptool.keyframes import (
     segment_moments,
     silhouette,
 )
-from cliptool.quality import blank_reason, blurry, measure
+from cliptool.analysis.quality import blank_reason, blurry, measure
 
 from conftest import make_samples, shared
 
@@ -78,7 +78,7 @@ def _what(spans: list[tuple[str, int, int]], frame: int) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def clip_model(tiny_model: tuple[Path, Path]):  # type: ignore[no-untyped-def]
-    from cliptool.embed import ClipModel, ModelSpec
+    from cliptool.models.clip import ClipModel, ModelSpec
 
     config, ckpt = tiny_model
     return ClipModel(ModelSpec(str(config), str(ckpt)))

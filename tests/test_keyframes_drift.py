@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cliptool.keyframes import KeyframeOptions, extract_keyframes
+from cliptool.analysis.keyframes import KeyframeOptions, extract_keyframes
 
 from conftest import make_samples, shared
 
@@ -56,7 +56,7 @@ def crossfade(a, b, frames: int):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def clip_model(tiny_model: tuple[Path, Path]):  # type: ignore[no-untyped-def]
-    from cliptool.embed import ClipModel, ModelSpec
+    from cliptool.models.clip import ClipModel, ModelSpec
 
     return ClipModel(ModelSpec(str(tiny_model[0]), str(tiny_model[1])))
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cliptool.keyframes import Candidate, KeyframeOptions, Scene, select_keyframes
-from cliptool.quality import FrameQuality
+from cliptool.analysis.keyframes import Candidate, KeyframeOptions, Scene, select_keyframes
+from cliptool.analysis.quality import FrameQuality
 
 
 def make(n: int, clusters: int, per_shot: int = 30, dim: int = 512, noise: float = 0.3,
@@ -39,7 +39,7 @@ _CHILD = """
 import json, sys, time
 sys.path.insert(0, sys.argv[2])
 from test_keyframes_long import make
-from cliptool.keyframes import KeyframeOptions, select_keyframes
+from cliptool.analysis.keyframes import KeyframeOptions, select_keyframes
 
 cands, scenes = make(int(sys.argv[1]), 8)
 t0 = time.perf_counter()

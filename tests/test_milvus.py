@@ -55,21 +55,21 @@ def milvus_index(tmp_path_factory: pytest.TempPathFactory, sample_clips: dict[st
 
 
 def _searchers(index_dir: Path):
-    from cliptool.search import Searcher
+    from cliptool.search.searcher import Searcher
 
     return Searcher(index_dir, vector_store="faiss"), Searcher(index_dir)
 
 
 def _release(index_dir: Path) -> None:
     """Lets go of the Milvus Lite file, so that a cliptool process may open it."""
-    from cliptool.milvus_store import release, resolve_target
+    from cliptool.vectors.milvus import release, resolve_target
 
     release(resolve_target(index_dir))
 
 
 def test_recorded_and_same_hits_as_faiss(milvus_index, sample_clips) -> None:
-    from cliptool.milvus_store import MilvusVectors
-    from cliptool.search import Filters
+    from cliptool.vectors.milvus import MilvusVectors
+    from cliptool.search.searcher import Filters
 
     index_dir, videos = milvus_index
     videos = videos.resolve()
@@ -123,7 +123,7 @@ def test_serve_answers_from_milvus(milvus_index) -> None:
 
 
 def test_kept_in_step_then_check_and_repair(milvus_index, sample_clips, model_args) -> None:
-    from cliptool.milvus_store import collection_problems, collection_state, connect, resolve_target
+    from cliptool.vectors.milvus import collection_problems, collection_state, connect, resolve_target
     from cliptool.store import IndexStore
 
     index_dir, videos = milvus_index
@@ -177,7 +177,7 @@ def test_kept_in_step_then_check_and_repair(milvus_index, sample_clips, model_ar
 
 def test_vector_store_uris(tmp_path: Path) -> None:
     from cliptool.errors import UsageError
-    from cliptool.milvus_store import parse_vector_store
+    from cliptool.vectors.milvus import parse_vector_store
 
     assert parse_vector_store("faiss", tmp_path) is None
     lite = parse_vector_store("milvus", tmp_path)
@@ -193,7 +193,7 @@ def test_vector_store_uris(tmp_path: Path) -> None:
 
 
 def test_one_line_errors(milvus_index, tmp_path: Path) -> None:
-    from cliptool.milvus_store import connect, resolve_target
+    from cliptool.vectors.milvus import connect, resolve_target
 
     index_dir, _ = milvus_index
     # a Milvus Lite file another process holds
@@ -216,7 +216,7 @@ def test_one_line_errors(milvus_index, tmp_path: Path) -> None:
                           timeout=120, env=env)
     one_line_error(proc, 1, "--vector-store milvus needs pymilvus: pip install 'cliptool[cluster]'")
     # nothing of Milvus is imported unless asked
-    proc = subprocess.run([sys.executable, "-c", "import sys, cliptool.cli, cliptool.search; "
+    proc = subprocess.run([sys.executable, "-c", "import sys, cliptool.cli, cliptool.search.searcher; "
                            "print(any(m.split('.')[0] in ('pymilvus', 'milvus_lite') for m in sys.modules))"],
                           capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
@@ -228,7 +228,7 @@ def test_building_a_collection_logs_no_traceback(milvus_index, caplog: pytest.Lo
     driver, an application embedding cliptool), none of that may reach the user."""
     import logging
 
-    from cliptool.milvus_store import resolve_target, sync_collection
+    from cliptool.vectors.milvus import resolve_target, sync_collection
 
     index_dir, _ = milvus_index
     with caplog.at_level(logging.WARNING):

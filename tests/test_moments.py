@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from cliptool.analyse import analyse_video
+from cliptool.analysis.analyse import analyse_video
 from cliptool.config import IndexOptions
-from cliptool.decode import Frame
-from cliptool.embed import ClipModel, ModelSpec
-from cliptool.sample import ChangeSampler, SceneCutter
+from cliptool.media.decode import Frame
+from cliptool.models.clip import ClipModel, ModelSpec
+from cliptool.analysis.sample import ChangeSampler, SceneCutter
 from cliptool.store import SceneRecord
 
 from conftest import data_module

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.analyse import analyse_video
+from cliptool.analysis.analyse import analyse_video
 from cliptool.config import IndexOptions
-from cliptool.decode import VideoReader, to_rgb
-from cliptool.embed import TEXTENC_DIR, ClipModel, ModelSpec
-from cliptool.sample import SceneCutter
+from cliptool.media.decode import VideoReader, to_rgb
+from cliptool.models.clip import TEXTENC_DIR, ClipModel, ModelSpec
+from cliptool.analysis.sample import SceneCutter
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_int8_tower_is_exported_once_and_loads_without_torch(sample_clips: dict[
     import subprocess
     import sys
 
-    from cliptool import onnx_tower
+    from cliptool.models import onnx_tower
 
     spec = ModelSpec(str(tiny_model[0]), str(tiny_model[1]), "int8")
     images = _photos_and_frames(sample_clips)[:6]
@@ -155,7 +155,7 @@ def test_int8_tower_is_exported_once_and_loads_without_torch(sample_clips: dict[
     np.save(tmp_path / "images.npy", np.stack([np.ascontiguousarray(im[:64, :64]) for im in images]))
     code = (
         "import json, sys, numpy as np\n"
-        "from cliptool.embed import ClipModel, ModelSpec\n"
+        "from cliptool.models.clip import ClipModel, ModelSpec\n"
         "m = ClipModel(ModelSpec(*sys.argv[1:4]))\n"
         "v = m.encode_images(list(np.load(sys.argv[4])))\n"
         "assert m.export_text_encoder(sys.argv[5])\n"
@@ -199,9 +199,9 @@ def test_streamed_cache_build_is_what_faiss_writes(sample_clips: dict[str, Path]
                                                    tmp_path: Path) -> None:
     import faiss
 
-    from cliptool.indexer import index_paths
+    from cliptool.index.indexer import index_paths
     from cliptool.store import IndexStore
-    from cliptool.vector_index import load_vector_index, rebuild
+    from cliptool.vectors.faiss import load_vector_index, rebuild
 
     index_dir = tmp_path / "index"
     index_paths(list(sample_clips.values()), index_dir, ModelSpec(str(tiny_model[0]), str(tiny_model[1])),
@@ -223,7 +223,7 @@ def test_streamed_cache_build_is_what_faiss_writes(sample_clips: dict[str, Path]
 
 
 def test_scene_cutter_memory_is_bounded_on_an_endless_shot() -> None:
-    from cliptool.decode import Frame
+    from cliptool.media.decode import Frame
 
     cutter = SceneCutter(0.0, 3, 1920 * 1080 * 3 // 2)  # never split: one shot of an hour
     for i in range(30 * 3600):
@@ -237,7 +237,7 @@ def test_fast_checkpoint_load_gives_open_clip_model(tiny_model: tuple[Path, Path
     import open_clip
     import torch
 
-    from cliptool.embed import _load_plain_checkpoint
+    from cliptool.models.clip import _load_plain_checkpoint
 
     open_clip.add_model_config(tiny_model[0])
     fast = _load_plain_checkpoint(tiny_model[0].stem, tiny_model[1])

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from cliptool.errors import UsageError
-from cliptool.search import Filters, Query, QueryTerm, Searcher
-from cliptool.vector_index import ScenePosition
+from cliptool.search.searcher import Filters, Query, QueryTerm, Searcher
+from cliptool.vectors.faiss import ScenePosition
 
 from conftest import REPO, data_module, one_line_error, run, run_here
 
@@ -84,7 +84,7 @@ def test_term_syntax() -> None:
 
 
 def _still(videos: Path, name: str, t: float, out: Path) -> Path:
-    from cliptool.export import frame_at, write_image
+    from cliptool.writers.frame import frame_at, write_image
 
     _, rgb = frame_at(videos / "short" / name, t)
     write_image(out, rgb)
@@ -342,9 +342,9 @@ def test_filter_mask_on_a_cache_with_later_commits_and_a_split_scan(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The mask covers the build's rows and the rows committed since (LiveIndex), hides removed
     videos, and gives the brute-force ranking of the allowed rows, on one scan or two halves."""
-    import cliptool.vector_index as vi
+    import cliptool.vectors.faiss as vi
     from cliptool.store import IndexStore
-    from cliptool.vector_index import LiveIndex, load_vector_index
+    from cliptool.vectors.faiss import LiveIndex, load_vector_index
 
     with IndexStore(tmp_path, create=True) as store:
         store.bind_model("m", {"name": "m", "pretrained": "p"})

@@ -50,7 +50,7 @@ def test_text_search_finds_the_video_and_the_moment(cli: CliRun, toy_model: list
                                                     tmp_path: Path) -> None:
     folder, videos = moments
     cli("index", folder, *toy_model, check=True)
-    from cliptool.search import Searcher
+    from cliptool.search.searcher import Searcher
 
     searcher = Searcher(tmp_path / "index")
     missed = []

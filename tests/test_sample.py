@@ -1,5 +1,5 @@
-from cliptool.decode import Frame
-from cliptool.sample import SceneCutter, sample_positions
+from cliptool.media.decode import Frame
+from cliptool.analysis.sample import SceneCutter, sample_positions
 
 
 def feed(cutter: SceneCutter, n: int, fps: float, cuts: dict[int, list[int]]) -> list:  # type: ignore[type-arg]

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cliptool.vector_index as vi
-from cliptool.bench import synthetic_centres, synthetic_scene_vectors, write_synthetic
+import cliptool.vectors.faiss as vi
+from cliptool.bench.main import synthetic_centres, synthetic_scene_vectors, write_synthetic
 from cliptool.store import IndexStore
-from cliptool.vector_index import describe_cache, load_vector_index
+from cliptool.vectors.faiss import describe_cache, load_vector_index
 
 from conftest import ok, run
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.embed import TEXTENC_DIR, TEXTENC_MARKER, ClipModel, ModelSpec
-from cliptool.indexer import index_paths
-from cliptool.search import Searcher
+from cliptool.models.clip import TEXTENC_DIR, TEXTENC_MARKER, ClipModel, ModelSpec
+from cliptool.index.indexer import index_paths
+from cliptool.search.searcher import Searcher
 
 QUERIES = ["a red circle", "blue sky over the sea", "Title card: THE END!", "x", "a photo of a cat " * 20]
 

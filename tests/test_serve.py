@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 import cliptool
-from cliptool import thumbnails
-from cliptool.check import check_index
+from cliptool.analysis import thumbnails
+from cliptool.index.check import check_index
 from cliptool.serve import create_app
 
 from conftest import make_samples
@@ -148,7 +148,7 @@ def test_search_schema_thumbnails_and_media(client: httpx.Client, indexed) -> No
 def test_search_by_uploaded_image(client: httpx.Client, indexed) -> None:
     index_dir, folder, _ = indexed
     record, scenes = cliptool.Index.open(index_dir).scenes(folder / "titles.mp4")
-    from cliptool.export import frame_at
+    from cliptool.writers.frame import frame_at
 
     _, rgb = frame_at(folder / "titles.mp4", scenes[-1].sample_times[1])
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -385,7 +385,7 @@ def test_cli_serve_non_loopback_generates_a_token(indexed) -> None:
 
 def test_thumbnails_at_commit_and_in_check(indexed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The index run writes the analysis pass's JPEGs; check counts missing/extra ones as harmless."""
-    import cliptool.indexer as indexer
+    import cliptool.index.indexer as indexer
 
     _, folder, (config, ckpt) = indexed
     real = indexer.analyse_video
@@ -483,7 +483,7 @@ def client_ok(c: httpx.Client, url: str) -> bool:
 
 
 def test_bench_serve_smoke(indexed, tmp_path: Path) -> None:
-    from cliptool.serve.bench import bench_serve
+    from cliptool.bench.serve import bench_serve
 
     result = bench_serve(indexed[0], queries=20, browser=False)
     assert result["queries"] == 20 and result["query_ms"] > 0 and result["rss_mb"] > 0

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.check import check_index
+from cliptool.index.check import check_index
 from cliptool.errors import IndexBusyError, IndexMismatchError, IndexMissingError
 from cliptool.store import (
     CLEAN_MARKER, IndexStore, SceneRecord, SceneVectors, VideoRecord, WriterLock, decode_vectors, encode_vectors, generation,
 )
-from cliptool.vector_index import current_build, load_vector_index
+from cliptool.vectors.faiss import current_build, load_vector_index
 
 DIM = 8
 
@@ -195,7 +195,7 @@ def test_search_sees_every_commit_without_rebuilding_the_cache(tmp_path: Path) -
 def test_split_scan_gives_the_single_scan_ranking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Large indexes are scanned in two halves on two threads; the merged top-k, ties included,
     is what one FAISS scan of the whole index returns."""
-    import cliptool.vector_index as vi
+    import cliptool.vectors.faiss as vi
 
     with IndexStore(tmp_path, create=True) as store:
         store.bind_model("m", {"name": "m", "pretrained": "p"})
@@ -224,7 +224,7 @@ def test_split_scan_gives_the_single_scan_ranking(tmp_path: Path, monkeypatch: p
 _REBUILDER = """
 import os, sys, time
 from pathlib import Path
-from cliptool.vector_index import current_build, load_vector_index, rebuild
+from cliptool.vectors.faiss import current_build, load_vector_index, rebuild
 real_replace = os.replace
 
 def slow_replace(src, dst):  # widen the moment between a build's rename and its switch-in
@@ -265,7 +265,7 @@ def test_concurrent_rebuilds_never_remove_each_others_build(tmp_path: Path) -> N
 
 
 def test_a_cache_that_cannot_be_loaded_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cliptool.vector_index as vi
+    import cliptool.vectors.faiss as vi
     from cliptool.errors import CliptoolError
 
     with IndexStore(tmp_path, create=True) as store:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cliptool import textenc
-from cliptool.embed import TEXTENC_MARKER, ModelSpec, fast_text_unavailable, warn_slow_text_path
+from cliptool.models import text as textenc
+from cliptool.models.clip import TEXTENC_MARKER, ModelSpec, fast_text_unavailable, warn_slow_text_path
 
 REPO = Path(__file__).resolve().parents[1]
 NOTE = "the fast text search path cannot run"

@@ -1,4 +1,4 @@
-"""Tests for cliptool.textenc: text towers exported to ONNX, run torch-free in ONNX Runtime.
+"""Tests for cliptool.models.text: text towers exported to ONNX, run torch-free in ONNX Runtime.
 
 Small open_clip models with seeded random weights (CLIP text transformers of several kinds and
 an XLM-RoBERTa tower from Hugging Face transformers) are exported and compared with open_clip
@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from cliptool import textenc  # noqa: E402
-from cliptool.textenc import (  # noqa: E402
+from cliptool.models import text as textenc  # noqa: E402
+from cliptool.models.text import (  # noqa: E402
     ClipBpeTokenizer,
     OnnxTextEncoder,
     export_text_encoder,
@@ -139,7 +139,7 @@ def hf_tower(tmp_path_factory):
     """(model, open_clip HFTokenizer, export dir) of the tiny XLM-RoBERTa CLIP (data/tiny_multilingual.py)."""
     from conftest import data_module
 
-    from cliptool.embed import ClipModel, ModelSpec
+    from cliptool.models.clip import ClipModel, ModelSpec
 
     config, ckpt = data_module("tiny_multilingual").write_tiny_multilingual_model(tmp_path_factory.mktemp("xlmr"))
     clip = ClipModel(ModelSpec(str(config), str(ckpt), "fp32"))
@@ -434,7 +434,7 @@ def test_encoding_never_imports_torch(exported, hf_tower):
     code = (
         "import sys, json\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "import cliptool.textenc as te\n"
+        "import cliptool.models.text as te\n"
         f"vecs = [[te.OnnxTextEncoder.load(d).encode(t).tolist() for t in {texts!r}] for d in sys.argv[1:]]\n"
         "bad = [m for m in ('torch', 'open_clip', 'transformers') if m in sys.modules]\n"
         "print(json.dumps({'bad': bad, 'vecs': vecs}))\n"

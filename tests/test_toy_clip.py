@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.embed import ClipModel, ModelSpec
+from cliptool.models.clip import ClipModel, ModelSpec
 
 from conftest import REPO, data_module, make_samples, run_here
 

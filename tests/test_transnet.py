@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.detect import transnet
-from cliptool.detect.transnet import TransitionCuts, TransNetUnavailableError, TransNetV2Detector
+from cliptool.analysis.detect import transnet
+from cliptool.analysis.detect.transnet import TransitionCuts, TransNetUnavailableError, TransNetV2Detector
 from cliptool.errors import ModelUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def _synthetic(seed: int = 0, lengths: tuple[int, ...] = (40, 40, 40)) -> list[n
 
 
 def test_import_does_not_import_torch():
-    code = "import sys, cliptool.detect.transnet; sys.exit('torch' in sys.modules)"
+    code = "import sys, cliptool.analysis.detect.transnet; sys.exit('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 

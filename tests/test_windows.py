@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cliptool.analyse import analyse_video
+from cliptool.analysis.analyse import analyse_video
 from cliptool.config import IndexOptions
-from cliptool.embed import ClipModel, ModelSpec
-from cliptool.keyframes import KeyframeOptions, extract_keyframes
+from cliptool.models.clip import ClipModel, ModelSpec
+from cliptool.analysis.keyframes import KeyframeOptions, extract_keyframes
 
 from conftest import shared
 from test_detect import detect

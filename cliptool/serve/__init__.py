@@ -16,13 +16,13 @@ DEFAULT_PORT = 8765
 
 
 def create_app(index_dir: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None) -> Any:
-    from .app import create_app as make
+    from cliptool.serve.app import create_app as make
 
     return make(Path(index_dir), host=host, port=port, token=token)
 
 
 def url_for(host: str, port: int, token: str | None) -> str:
-    from .security import WILDCARDS
+    from cliptool.serve.security import WILDCARDS
 
     shown = host.strip("[]")
     if shown in WILDCARDS:
@@ -34,10 +34,10 @@ def url_for(host: str, port: int, token: str | None) -> str:
 
 def prepare(host: str, token: str | None) -> tuple[str | None, bool]:
     """(the token to use, whether it was generated): a non-loopback host always gets one."""
-    from .security import is_loopback, new_token
+    from cliptool.serve.security import is_loopback, new_token
 
     if token is not None and not token.strip():
-        from ..errors import UsageError
+        from cliptool.errors import UsageError
 
         raise UsageError("--token must not be empty")
     if token is None and not is_loopback(host):
@@ -50,7 +50,7 @@ def serve(index_dir: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     """Runs the server until Ctrl-C. Prints the address (with the token, if any) first."""
     import uvicorn
 
-    from ..errors import CliptoolError
+    from cliptool.errors import CliptoolError
 
     say = say or (lambda m: print(m, flush=True))
     token, generated = prepare(host, token)

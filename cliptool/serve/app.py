@@ -25,12 +25,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from .. import thumbnails
-from ..api import Index
-from ..errors import CliptoolError, IndexBusyError, IndexMismatchError, IndexMissingError, UsageError, one_line
-from ..store import IndexStore, SceneRecord, VideoRecord, generation
-from . import media
-from .security import Guard, is_loopback
+from cliptool.analysis import thumbnails
+from cliptool.api import Index
+from cliptool.errors import CliptoolError, IndexBusyError, IndexMismatchError, IndexMissingError, UsageError, one_line
+from cliptool.store import IndexStore, SceneRecord, VideoRecord, generation
+from cliptool.serve import media
+from cliptool.serve.security import Guard, is_loopback
 
 UPLOAD_LIMIT = 20 * 1024 * 1024
 DRAIN_LIMIT = 128 * 1024 * 1024  # an oversized upload is read (and dropped) up to this, then cut off
@@ -198,7 +198,7 @@ class ServeState:
             if key in self._frames:
                 self._frames.move_to_end(key)
                 return self._frames[key]
-        from ..export import frame_at
+        from cliptool.writers.frame import frame_at
 
         with self.decoding:
             _, rgb = frame_at(Path(record.path), t)
@@ -400,7 +400,7 @@ def create_app(index_dir: Path, *, host: str = "127.0.0.1", port: int = 8765, to
             raise ApiError(400, "t must be a time in seconds inside the video")
         if not os.path.isfile(record.path):
             raise ApiError(404, "the video file is gone")
-        from .player import open_in_player
+        from cliptool.serve.player import open_in_player
 
         try:
             player = open_in_player(record.path, float(t))

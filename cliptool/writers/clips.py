@@ -22,11 +22,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CliptoolError, UsageError, VideoError, one_line, printable
-from ._common import safe_stem, time_tag
+from cliptool.errors import CliptoolError, UsageError, VideoError, one_line, printable
+from cliptool.writers.files import safe_stem, time_tag
 
 if TYPE_CHECKING:
-    from ..search import Hit
+    from cliptool.search.searcher import Hit
 
 _EPS = 1e-4
 # Containers that take whatever a stream copy brings; others keep their own suffix.
@@ -206,7 +206,7 @@ def encode_span(source: Path, output: Path, start: float, end: float, crf: int =
     """Re-encodes [start, end) frame-accurately as H.264 (and AAC); (first frame's time, end, frames)."""
     import av
 
-    from ..decode import VideoReader
+    from cliptool.media.decode import VideoReader
 
     out = av.open(str(output), mode="w")
     try:

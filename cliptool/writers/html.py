@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import CliptoolError, printable
-from ._common import check_output_file, write_atomic
-from .timeline import file_url
+from cliptool.errors import CliptoolError, printable
+from cliptool.writers.files import check_output_file, write_atomic
+from cliptool.writers.timeline import file_url
 
 if TYPE_CHECKING:
-    from ..search import Hit
+    from cliptool.search.searcher import Hit
 
 HTML_SUFFIXES = (".html", ".htm")
 THUMB_WIDTH = 320
@@ -47,7 +47,7 @@ def thumbnail(video: Path, t: float, width: int = THUMB_WIDTH) -> bytes:
     """JPEG bytes of the frame on screen at `t`, scaled down to `width` pixels wide."""
     import cv2
 
-    from ..export import frame_at
+    from cliptool.writers.frame import frame_at
 
     _, rgb = frame_at(video, t)
     h, w = rgb.shape[:2]
@@ -67,7 +67,7 @@ def _e(text: object) -> str:
 def render(hits: Sequence[Hit], thumbs: Sequence[bytes | None], *, query: str | None = None,
            image: str | None = None, title: str | None = None) -> str:
     """The sheet as a string (thumbs: JPEG bytes or None per hit)."""
-    from ..timecode import format_time
+    from cliptool.media.timecode import format_time
 
     what = query if query else (f"image {Path(printable(image)).name}" if image else (title or "results"))
     heading = title or f"cliptool: {what}"

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CliptoolError, UsageError, printable
+from cliptool.errors import CliptoolError, UsageError, printable
 
 PLAYER_ENV = "CLIPTOOL_PLAYER"
 
@@ -29,7 +29,7 @@ class PlayerCommand:
 
 
 def _fill(template: str, path: str, t: float) -> list[str]:
-    from ..timecode import format_time
+    from cliptool.media.timecode import format_time
 
     try:
         parts = shlex.split(template)

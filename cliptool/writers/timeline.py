@@ -15,12 +15,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CliptoolError, UsageError, printable
-from ._common import check_output_file, write_atomic
+from cliptool.errors import CliptoolError, UsageError, printable
+from cliptool.writers.files import check_output_file, write_atomic
 
 if TYPE_CHECKING:
-    from ..search import Hit
-    from ..store import VideoRecord
+    from cliptool.search.searcher import Hit
+    from cliptool.store import VideoRecord
 
 OTIO_SUFFIXES = (".otio",)
 EDL_SUFFIXES = (".edl",)

@@ -1,0 +1,1 @@
+"""`python -m cliptool.bench`: benchmarks that print the README's tables."""

@@ -1,0 +1,280 @@
+"""`cliptool check`: do the three stores and the FAISS cache agree? `repair` fixes what can be
+fixed without decoding anything again."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cliptool.errors import CliptoolError, printable
+from cliptool.store import IndexStore, VideoRecord, WriterLock, decode_vectors, scene_id
+
+# Kinds of problem: "orphan" (scene lists or vectors no record names: left by an interrupted
+# write, harmless), "video" (a record whose scene list or vectors are missing or malformed),
+# "cache" (the FAISS cache is corrupt or disagrees with the stores), "failure" (a malformed
+# failure note), "identity" (a video filed under another spelling of its path: `..`, a symbolic
+# link, or an index made before ids came from real paths; a second such record is a duplicate),
+# "collection" (the Milvus collection recorded in the index is missing, damaged or out of step).
+ORPHAN, VIDEO, CACHE, FAILURE, IDENTITY = "orphan", "video", "cache", "failure", "identity"
+COLLECTION = "collection"
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the index, in words."""
+
+    kind: str
+    message: str
+    video_id: str = ""
+    repaired: bool = False
+
+
+@dataclass
+class CheckReport:
+    """The outcome of a check (and repair)."""
+
+    index_dir: str
+    videos: int = 0
+    scenes: int = 0
+    cache: str = "missing"  # missing, current, stale
+    collection: str = ""  # the recorded Milvus collection: missing, current, stale ("": none recorded)
+    problems: list[Problem] = field(default_factory=list)
+    # derived pictures (thumbnails/): missing ones are made on request, extra ones (of scenes no
+    # longer indexed) only take space; neither is a problem. {"missing", "extra", "deleted"}
+    thumbnails: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def remaining(self) -> list[Problem]:
+        return [p for p in self.problems if not p.repaired]
+
+    @property
+    def ok(self) -> bool:
+        return not self.remaining
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index_dir": self.index_dir, "ok": self.ok, "videos": self.videos, "scenes": self.scenes,
+            "cache": self.cache, **({"collection": self.collection} if self.collection else {}),
+            "thumbnails": self.thumbnails,
+            "problems": [{**asdict(p), "message": printable(p.message)} for p in self.problems],
+        }
+
+
+def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> list[str]:
+    """What is wrong with one video's scene list and vectors ([] when it is whole)."""
+    raw = store.raw_scene_list(video)
+    if raw is None:
+        return [f"{video.path}: its scene list is missing"]
+    try:
+        scenes = json.loads(raw)
+        ids = [s["scene_id"] for s in scenes]
+        indices = [s["index"] for s in scenes]
+    except (ValueError, KeyError, TypeError):
+        return [f"{video.path}: its scene list is malformed"]
+    wrong: list[str] = []
+    if len(scenes) != video.scene_count:
+        wrong.append(f"{video.path}: {len(scenes)} scenes stored, its record says {video.scene_count}")
+    if indices != list(range(len(scenes))) or ids != [scene_id(video.video_id, video.version, i) for i in indices]:
+        wrong.append(f"{video.path}: its scene list is out of order or names other scenes")
+    keys = []
+    for key, value in store.vector_records(video):
+        keys.append(key)
+        try:
+            vec = decode_vectors(value)
+        except (ValueError, Exception):  # noqa: BLE001 - struct errors too
+            wrong.append(f"{video.path}: vector record {key} is malformed")
+            continue
+        dims.add(vec.scene.shape[0])
+        if not np.all(np.isfinite(vec.scene)) or not np.all(np.isfinite(vec.frames)):
+            wrong.append(f"{video.path}: vector record {key} holds NaN or infinity")
+    if keys != ids:
+        missing = len(set(ids) - set(keys))
+        extra = len(set(keys) - set(ids))
+        wrong.append(f"{video.path}: {missing} scene vector(s) missing, {extra} unexpected")
+    return wrong
+
+
+def _cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: list[VideoRecord],
+                    stale: bool = False) -> list[str]:
+    """What is wrong with the live search cache (its segments, retired rows hidden), compared
+    with the stores; of a stale cache (commits not yet appended), only the videos it agrees on
+    with the stores are compared."""
+    from cliptool.vectors.faiss import VectorIndex, _cache_root, _live_map, _retired_mask, read_manifest
+
+    manifest = read_manifest(index_dir)
+    if manifest is None:
+        return []
+    root = _cache_root(index_dir)
+    try:
+        segments = [VectorIndex(root / s["name"]) for s in manifest["segments"]]
+        ids: list[str] = []
+        wrong_vector = ""
+        for entry, seg in zip(manifest["segments"], segments):
+            hidden = _retired_mask(entry, seg)
+            mat = seg.scene_matrix()
+            for row, sid in enumerate(seg.scene_ids()):
+                if hidden is not None and hidden[row]:
+                    continue
+                ids.append(sid)
+                if not wrong_vector and sid in expected and not np.allclose(mat[row], expected[sid], atol=1e-6):
+                    wrong_vector = sid
+        live = _live_map(manifest, segments)
+    except Exception as exc:  # noqa: BLE001 - any failure to load means a corrupt cache
+        return [f"the search cache cannot be read ({type(exc).__name__})"]
+    if stale:  # only the videos the cache and the stores agree on; a search lays the rest over it
+        state = {r.video_id: (r.version, r.path) for r in records}
+        same = {(vid, version) for vid, (version, path, _, _) in live.items() if state.get(vid) == (version, path)}
+
+        def agreed(sid: str) -> bool:
+            return tuple(sid.split("/")[:2]) in same
+
+        ids = [sid for sid in ids if agreed(sid)]
+        expected = {sid: v for sid, v in expected.items() if agreed(sid)}
+    wrong = []
+    if sorted(ids) != sorted(expected):
+        wrong.append(f"the search cache lists {len(ids)} scenes, the stores hold {len(expected)} (or other ones)")
+    elif wrong_vector:
+        wrong.append(f"the search cache's vector for scene {wrong_vector} differs from the store's")
+    cached_videos = sorted((vid, path) for vid, (_, path, _, _) in live.items())
+    if not stale and cached_videos != sorted((r.video_id, r.path) for r in records):
+        wrong.append("the search cache's video list differs from the stores'")
+    return wrong
+
+
+def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -> CheckReport:
+    """Checks that the stores and the FAISS cache agree; with repair, fixes what it can.
+
+    Repair deletes orphans, removes a video whose scene list or vectors are damaged (the next
+    `cliptool index` redoes it) and rebuilds a corrupt or disagreeing cache. Holds the writer
+    lock (an index run in progress would look like orphans), unless take_lock is False.
+    """
+    from cliptool.vectors.faiss import cache_state, rebuild, sync_cache
+
+    index_dir = Path(index_dir)
+    if take_lock:
+        with _try_lock(index_dir):
+            return check_index(index_dir, repair, take_lock=False)
+    report = CheckReport(str(index_dir))
+    with IndexStore(index_dir) as store:
+        records = list(store.videos())
+        report.videos = len(records)
+        dims: set[int] = set()
+        damaged: list[VideoRecord] = []
+        expected: dict[str, np.ndarray] = {}
+        for video in records:
+            wrong = _video_problems(store, video, dims)
+            if wrong:
+                damaged.append(video)
+                report.problems += [Problem(VIDEO, w, video.video_id) for w in wrong]
+                continue
+            report.scenes += video.scene_count
+            for key, value in store.vector_records(video):
+                expected[key] = decode_vectors(value).scene
+        if len(dims) > 1:
+            report.problems.append(Problem(VIDEO, f"vectors of {len(dims)} different sizes {sorted(dims)}: "
+                                           "videos embedded by different models"))
+        scene_keys, vector_keys = store.orphans()
+        damaged_ids = {v.video_id for v in damaged}
+        n_orphans = len(scene_keys) + len(vector_keys)
+        if n_orphans:
+            report.problems.append(Problem(
+                ORPHAN, f"{len(scene_keys)} scene list(s) and {len(vector_keys)} vector record(s) belong to no video "
+                "(left by an interrupted run)"))
+        for vid, note in _raw_failures(store):
+            if note is None:
+                report.problems.append(Problem(FAILURE, f"failure note {vid} is malformed", vid))
+        misfiled = [(rec, real) for rec, real in store.misfiled() if rec.video_id not in damaged_ids]
+        misfiled_ids = {rec.video_id for rec, _ in misfiled}
+        holders = Counter([real for _, real in misfiled] + [r.path for r in records if r.video_id not in misfiled_ids])
+        for rec, real in misfiled:
+            twice = holders[real] > 1
+            report.problems.append(Problem(IDENTITY, f"{rec.path}: {'a duplicate of' if twice else 'filed under another spelling of'} "
+                                           f"{real}", rec.video_id))
+        if repair:
+            for rec, real in misfiled:
+                store.refile(rec, real)
+            for video in damaged:
+                store.delete_video(video.video_id)
+            store.recover(full=True)
+            bad_notes = [vid for vid, note in _raw_failures(store) if note is None]
+            for vid in bad_notes:
+                store.delete_failure(vid)
+            for p in report.problems:
+                if p.kind in (ORPHAN, FAILURE, IDENTITY) or (p.kind == VIDEO and p.video_id in damaged_ids):
+                    p.repaired = True
+            if misfiled:
+                records = list(store.videos())
+                expected = {key: decode_vectors(value).scene for r in records for key, value in store.vector_records(r)}
+                report.videos = len(records)
+                report.scenes = sum(r.scene_count for r in records)
+    records = [r for r in records if r.video_id not in damaged_ids]
+    _check_thumbnails(index_dir, report, records, repair)
+    report.cache = cache_state(index_dir)  # "stale" is no problem: a search adds what is newer
+    if report.cache != "missing":
+        for w in _cache_problems(index_dir, expected, records, stale=report.cache == "stale"):
+            report.problems.append(Problem(CACHE, w))
+    if repair and (damaged or misfiled or any(p.kind == CACHE for p in report.problems) or report.cache != "current"):
+        try:  # a cache that disagrees is built again; one that only lags is caught up (appended)
+            if any(p.kind == CACHE for p in report.problems) or report.cache == "missing":
+                rebuild(index_dir)
+            else:
+                sync_cache(index_dir)
+            report.cache = "current"
+            for p in report.problems:
+                if p.kind == CACHE:
+                    p.repaired = True
+        except CliptoolError:
+            pass  # no videos left: nothing to cache
+        except OSError as exc:
+            report.problems.append(Problem(CACHE, f"could not rebuild the search cache: {exc.strerror or exc}"))
+    from cliptool.vectors.milvus import check_recorded
+
+    check_recorded(index_dir, report, records, repair)  # a Milvus collection recorded in the index
+    return report
+
+
+def _check_thumbnails(index_dir: Path, report: CheckReport, records: list[VideoRecord], repair: bool) -> None:
+    """Counts missing and extra thumbnails (harmless either way); repair deletes the extra ones."""
+    from cliptool.analysis import thumbnails
+
+    with IndexStore(index_dir) as store:
+        scene_ids = {r.video_id: [(s.scene_id, len(s.sample_times)) for s in store.scenes(r)] for r in records}
+    missing, extra = thumbnails.survey(index_dir, records, scene_ids)
+    report.thumbnails = {"missing": missing, "extra": len(extra), "deleted": 0}
+    if repair and extra:
+        thumbnails.delete(extra)
+        report.thumbnails["deleted"] = len(extra)
+
+
+def _raw_failures(store: IndexStore) -> list[tuple[str, dict[str, Any] | None]]:
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    for vid, raw in store.raw_failures():
+        try:
+            note = json.loads(raw)
+            ok = isinstance(note, dict) and "path" in note
+        except ValueError:
+            ok = False
+        out.append((vid, note if ok else None))
+    return out
+
+
+class _try_lock:
+    """The writer lock, when the index exists: an index run in progress makes a check an error."""
+
+    def __init__(self, index_dir: Path) -> None:
+        self._lock = WriterLock(index_dir)
+
+    def __enter__(self) -> None:
+        if self._lock.path.parent.is_dir():
+            self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+
+__all__ = ["CheckReport", "Problem", "check_index"]

@@ -1,0 +1,637 @@
+"""An index run: discover -> plan (skip, move, remove) -> analyse each changed video -> store ->
+append it to the FAISS cache (vector_index.sync_cache, after each commit).
+
+Incremental: a file whose size and mtime match its record is skipped without reading it; one
+whose mtime changed but whose content fingerprint did not gets its record refreshed. A new
+path whose size and fingerprint match a record whose file is gone is a move: the stored scenes
+and vectors are carried over to the new path (no decoding). Records of files that are gone from
+the folders indexed in this run are removed. Files that failed to decode are remembered with
+their size and mtime and not retried until they change.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cliptool.analysis.analyse import AnalysedVideo, ModelLoadError, analyse_video
+from cliptool.config import IndexOptions, usable_cores
+from cliptool.media.discover import discover_videos
+from cliptool.models.clip import ClipModel, ModelSpec, fast_text_unavailable, file_fingerprint, text_export_due, threads_settled_on_error
+from cliptool.errors import CliptoolError, ModelUnavailableError, NothingToDoError, VideoError, one_line, printable
+from cliptool.store import IndexStore, VideoRecord, WriterLock, generation, real_path, video_id_for
+from cliptool.analysis.thumbnails import write_scene_thumbnails
+
+Reporter = Callable[[str], None]
+
+DEFAULT_FILE_TIMEOUT = 120.0  # seconds without a decoded frame before a file is given up
+HARD_TIMEOUT_GRACE = 30.0  # then this long for a decoder stuck in C before the run is ended
+EXIT_HUNG = 9
+WRITER_LOCK_TIMEOUT = 120.0  # how long a writer waits for a reader to let go of the stores
+
+
+@dataclass
+class IndexSummary:
+    """What an index run did."""
+
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    kept_missing: int = 0  # gone files kept because their folder looked unmounted (or --no-prune)
+    scenes: int = 0
+    seconds: float = 0.0
+    video_seconds: float = 0.0
+    workers: int = 0  # processes that analysed videos: 1 locally, the Ray actors that took part with --ray
+    retried: int = 0  # videos analysed again after a Ray worker or node died under them
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "added": self.added, "updated": self.updated, "moved": self.moved, "removed": self.removed,
+            "skipped": self.skipped, "kept_missing": self.kept_missing,
+            "failed": [{"path": printable(p), "error": printable(e)} for p, e in self.failed],
+            "scenes": self.scenes, "seconds": round(self.seconds, 3),
+            "video_seconds": round(self.video_seconds, 3), "workers": self.workers, "retried": self.retried,
+        }
+
+
+class FileTimeoutError(Exception):
+    """Raised in the main thread when the file being analysed made no progress for too long."""
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def resolve_model_spec(index_dir: Path, spec: ModelSpec | None) -> ModelSpec:
+    """The model to use: the given one, else the one the index was built with, else the default.
+
+    Given the model the index was built with, it keeps the index's precision (a default changed
+    between versions must not turn an existing index into a mismatch).
+    """
+    recorded = None
+    store = IndexStore(index_dir)
+    if store.exists():
+        with store:
+            meta = store.meta().get("model")
+        if meta:
+            recorded = ModelSpec.from_record(meta)
+    if spec is not None:
+        spec = spec.resolved()
+        return recorded if recorded is not None and recorded.same_model(spec) else spec
+    return recorded or ModelSpec().resolved()
+
+
+# -- per-file time limit ---------------------------------------------------------------------------
+class _Watchdog:
+    """Gives up on a file that makes no progress for `limit` seconds.
+
+    Soft: SIGALRM to the main thread, whose handler raises FileTimeoutError as soon as the
+    decoder returns to Python. Hard: a decoder stuck inside C never returns, so after a further
+    grace period the file is remembered as failed and the process ends (the next run goes on
+    without it).
+    """
+
+    def __init__(self, limit: float, index_dir: Path, report: Reporter) -> None:
+        self.limit = limit
+        self.index_dir = index_dir
+        self.report = report
+        self._lock = threading.RLock()
+        self._token = 0
+        self._path: Path | None = None
+        self._stat: os.stat_result | None = None
+        self._last = 0.0
+        self._fired: int | None = None
+        self._fired_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._previous: Any = None
+
+    def __enter__(self) -> _Watchdog:
+        if self.limit > 0 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGALRM, self._on_alarm)
+            self._thread = threading.Thread(target=self._watch, name="cliptool-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            signal.signal(signal.SIGALRM, self._previous or signal.SIG_DFL)
+
+    @contextmanager
+    def file(self, path: Path, st: os.stat_result) -> Iterator[None]:
+        """Times the work on one file (not its commit)."""
+        with self._lock:
+            self._token += 1
+            self._path, self._stat, self._last, self._fired = path, st, time.monotonic(), None
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._path = None
+                self._token += 1
+
+    def progress(self, _t: float = 0.0) -> None:
+        self._last = time.monotonic()
+
+    def _on_alarm(self, signum: int, frame: Any) -> None:
+        with self._lock:
+            live = self._path is not None and self._fired == self._token
+        if live:
+            raise FileTimeoutError(f"no progress for {self.limit:g} s (--file-timeout)")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(0.25, max(0.005, self.limit / 4))):
+            with self._lock:
+                if self._path is None:
+                    continue
+                now = time.monotonic()
+                if self._fired is None and now - self._last > self.limit:
+                    self._fired, self._fired_at = self._token, now
+                    send = True
+                elif self._fired == self._token and now - self._fired_at > HARD_TIMEOUT_GRACE:
+                    self._hung(self._path, self._stat)
+                    return
+                elif self._fired == self._token and now - self._fired_at > 1.0:
+                    send = True  # the first signal may have landed where it could not act
+                else:
+                    send = False
+            if send:
+                try:
+                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGALRM)
+                except (OSError, ValueError):
+                    pass
+
+    def _hung(self, path: Path, st: os.stat_result | None) -> None:
+        """Remembers the file as failed and ends the process (a Ray worker's watchdog only ends it)."""
+        message = f"{path}: decoder hung for over {self.limit + HARD_TIMEOUT_GRACE:g} s"
+        try:
+            with IndexStore(self.index_dir, lock_timeout=5) as store:
+                store.put_failure(video_id_for(path), str(path), st.st_size if st else -1,
+                                  st.st_mtime if st else -1.0, message)
+            tail = "; it is marked as failed: run `cliptool index` again to go on without it"
+        except Exception:  # noqa: BLE001 - ending the process matters more than the note
+            tail = "; run `cliptool index` again"
+        try:
+            print(f"cliptool: error: {message}{tail}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(EXIT_HUNG)
+
+
+# -- planning --------------------------------------------------------------------------------------
+def _under(path: str, root: Path, root_is_dir: bool) -> bool:
+    """Whether `path` is `root` or lies under it; give both as real paths (one spelling per file)."""
+    if not root_is_dir:
+        return path == str(root)
+    prefix = str(root).rstrip(os.sep) + os.sep
+    return path.startswith(prefix)
+
+
+def _gone(path: str) -> bool:
+    """True only when the file is certainly absent (not for permission or I/O errors)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _safe_fingerprint(path: Path) -> str | None:
+    try:
+        return file_fingerprint(path)
+    except OSError:
+        return None
+
+
+Todo = list[tuple[Path, os.stat_result, "VideoRecord | None"]]
+
+
+@dataclass
+class _Plan:
+    """What an index run will do, decided before anything is decoded."""
+
+    todo: Todo = field(default_factory=list)  # (path, stat, its old record) to decode and embed
+    refresh: list[VideoRecord] = field(default_factory=list)  # touched, not changed: new mtime only
+    moves: list[tuple[Path, os.stat_result, VideoRecord]] = field(default_factory=list)
+    removals: list[VideoRecord] = field(default_factory=list)
+    stale_failures: list[str] = field(default_factory=list)  # notes of failed files that are gone
+
+    def writes(self) -> bool:
+        return bool(self.refresh or self.moves or self.removals or self.stale_failures)
+
+
+def index_paths(
+    paths: Iterable[Path],
+    index_dir: Path,
+    spec: ModelSpec | None = None,
+    options: IndexOptions | None = None,
+    report: Reporter = _stderr,
+    progress: bool | None = None,
+    prune: bool | None = None,
+    file_timeout: float = DEFAULT_FILE_TIMEOUT,
+    precision: str | None = None,
+    ray: str | None = None,
+) -> IndexSummary:
+    """Indexes every video under `paths` into the index at `index_dir`; see the module docstring.
+
+    ray: a Ray cluster's address ("auto", "ray://HOST:PORT" or a GCS "HOST:PORT"): the plan is
+    made here, the videos are analysed by a pool of Ray actors (see cluster.py), and each result
+    is committed here exactly as a local run commits it.
+
+    prune: None removes records of files gone from the indexed folders, except under a folder
+    that now holds no videos at all (an unmounted disk looks like that); True removes those
+    too; False removes nothing. Each video is committed on its own, so an interruption loses
+    at most the one being processed.
+    """
+    args = (paths, index_dir, spec, options, report, progress, prune, file_timeout, precision, ray)
+    if ray is None:
+        return _index_run(*args)
+    from cliptool.index.cluster import connection
+
+    with connection(ray):  # joined first: no Ray, or no cluster there, is said before any work
+        return _index_run(*args)
+
+
+def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, options: IndexOptions | None,
+               report: Reporter, progress: bool | None, prune: bool | None, file_timeout: float,
+               precision: str | None, ray: str | None) -> IndexSummary:
+    """The body of `index_paths`."""
+    from tqdm import tqdm
+
+    options = options or IndexOptions()
+    started = time.monotonic()
+    paths = [Path(p).expanduser() for p in paths]
+    files = list(discover_videos(paths))
+    roots = [(Path(real_path(p)), p.is_dir()) for p in paths]
+    summary = IndexSummary()
+    index_dir = Path(index_dir)
+    with WriterLock(index_dir):
+        spec = resolve_model_spec(index_dir, spec)
+        if precision:  # image tower int8, bf16 or fp32; part of the model identity
+            spec = ModelSpec(spec.name, spec.pretrained, precision)
+        identity = spec.identity()
+        with IndexStore(index_dir, create=True, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+            store.check_model(identity)
+            store.recover()
+            misfiled = store.misfiled()
+            for record, real in misfiled:  # one record per file, however its path was spelled
+                outcome = store.refile(record, real)
+                report(f"{'removed duplicate' if outcome == 'duplicate' else 'refiled'} {record.path} -> {real}")
+            known = {v.video_id: v for v in store.videos()}
+            failures = store.failures()
+        if known and not _cache_current(index_dir):  # a cache left behind (a crash, say): caught up
+            _sync(index_dir, None, None, report)
+        plan = _classify(files, known, failures, identity, summary, report)
+        file_ids = {video_id_for(f) for f in files}
+        gone = {vid: rec for vid, rec in known.items() if vid not in file_ids and _gone(rec.path)}
+        _match_moves(plan, gone, identity)
+        _plan_removals(plan, gone, failures, roots, files, file_ids, prune, summary)
+        if plan.writes():
+            _apply(plan, index_dir, known, summary, report)
+        if summary.kept_missing:
+            why = "--no-prune" if prune is False else "its folder holds no videos now (unmounted disk?); --prune removes them"
+            report(f"kept {summary.kept_missing} indexed video(s) whose files are missing: {why}")
+        if not files and not (summary.removed or summary.moved):
+            raise NothingToDoError("no video files found in " + ", ".join(str(p) for p in paths))
+
+        changed_store = bool(misfiled) or plan.writes()
+        if plan.todo:  # decode, detect, sample and embed what is new or changed
+            with threads_settled_on_error():
+                model = ClipModel(spec, threads=max(1, usable_cores() // 2))  # the decoder has the rest
+                changed_store |= _analyse_with(model, plan.todo, index_dir, identity, options, summary, report,
+                                               progress, file_timeout, tqdm, ray)
+        elif known and text_export_due(index_dir, identity) and fast_text_unavailable(spec) is None:
+            with threads_settled_on_error():  # nothing to embed, but the text export is behind (older than int8)
+                ClipModel(spec).export_text_encoder(index_dir, report=report)
+        if (changed_store or known) and not _cache_current(index_dir):  # each commit was appended; this
+            _sync(index_dir, None, None, report)  # only catches up what an earlier failure left out
+        else:
+            from cliptool.vectors.milvus import sync_recorded
+
+            sync_recorded(index_dir, None, None, report)  # a Milvus collection behind the stores: caught up
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _classify(files: list[Path], known: dict[str, VideoRecord], failures: dict[str, dict[str, Any]], identity: str,
+              summary: IndexSummary, report: Reporter) -> _Plan:
+    """Step 1: which files found are unchanged, only touched, or to be (re)indexed."""
+    plan = _Plan()
+    for path in files:
+        vid = video_id_for(path)
+        old = known.get(vid)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            _fail(summary, report, path, exc.strerror or str(exc))
+            continue
+        if old and old.model == identity and old.size == st.st_size:
+            if old.mtime == st.st_mtime:
+                summary.skipped += 1
+                continue
+            if _safe_fingerprint(path) == old.fingerprint:  # touched, not changed
+                old.mtime = st.st_mtime
+                plan.refresh.append(old)
+                summary.skipped += 1
+                continue
+        if st.st_size == 0 and old is None:  # nothing to decode (checked each run: it costs nothing)
+            _fail(summary, report, path, "empty file (0 bytes)")
+            continue
+        fail = failures.get(vid)
+        if old is None and fail and fail.get("size") == st.st_size and fail.get("mtime") == st.st_mtime:
+            _fail(summary, report, path, f"{fail.get('error')} (unchanged since it failed; not retried)")
+            continue
+        plan.todo.append((path, st, old))
+    return plan
+
+
+def _match_moves(plan: _Plan, gone: dict[str, VideoRecord], identity: str) -> None:
+    """Step 2: a new or changed path whose content matches a record whose file is gone is a move."""
+    by_size: dict[int, list[VideoRecord]] = {}
+    for rec in gone.values():
+        if rec.model == identity:
+            by_size.setdefault(rec.size, []).append(rec)
+    remaining: Todo = []
+    for path, st, old in plan.todo:
+        candidates = by_size.get(st.st_size)
+        fp = _safe_fingerprint(path) if candidates else None
+        match = next((r for r in candidates or [] if fp is not None and r.fingerprint == fp), None)
+        if match is not None:
+            candidates.remove(match)  # type: ignore[union-attr]
+            plan.moves.append((path, st, match))
+        else:
+            remaining.append((path, st, old))
+    plan.todo = remaining
+
+
+def _plan_removals(plan: _Plan, gone: dict[str, VideoRecord], failures: dict[str, dict[str, Any]],
+                   roots: list[tuple[Path, bool]], files: list[Path], file_ids: set[str], prune: bool | None,
+                   summary: IndexSummary) -> None:
+    """Step 3: records of files gone from the folders indexed now (not from other disks).
+
+    `roots` and `files` are real paths; a record's path is resolved here (an older index may
+    have stored another spelling of it)."""
+    moved_ids = {rec.video_id for _, _, rec in plan.moves}
+    empty: dict[Path, bool] = {}  # folder -> holds no video now (an unmounted disk looks like that)
+    for rec in gone.values():
+        if rec.video_id in moved_ids:
+            continue
+        path = real_path(rec.path)
+        root = next(((r, d) for r, d in roots if _under(path, r, d)), None)
+        if root is None:
+            continue  # not under this run's folders: another disk, maybe not mounted now
+        if root[1] and root[0] not in empty:
+            empty[root[0]] = not any(_under(str(f), root[0], True) for f in files)
+        if prune is False or (prune is None and empty.get(root[0], False)):
+            summary.kept_missing += 1
+            continue
+        plan.removals.append(rec)
+    plan.stale_failures = [vid for vid, f in failures.items()
+                           if vid not in file_ids and any(_under(real_path(str(f.get("path"))), r, d) for r, d in roots)
+                           and _gone(str(f.get("path")))]
+
+
+def _apply(plan: _Plan, index_dir: Path, known: dict[str, VideoRecord], summary: IndexSummary, report: Reporter) -> None:
+    """Writes the plan's refreshes, moves and removals (no decoding), then appends them to the
+    search cache."""
+    since = generation(index_dir)
+    touched: list[str] = []
+    try:
+        with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+            _apply_to(store, plan, known, summary, report, touched)
+    finally:
+        _sync(index_dir, touched, since, report)
+
+
+def _apply_to(store: IndexStore, plan: _Plan, known: dict[str, VideoRecord], summary: IndexSummary,
+              report: Reporter, touched: list[str]) -> None:
+    """The store writes of `_apply`; the ids of the videos they touch go into `touched`."""
+    for rec in plan.refresh:
+        store.put_record(rec)
+        touched.append(rec.video_id)
+    for path, st, src in plan.moves:
+        record = VideoRecord(**{**src.__dict__, "video_id": video_id_for(path), "path": str(path),
+                                "size": st.st_size, "mtime": st.st_mtime, "indexed_at": time.time()})
+        touched += [src.video_id, record.video_id]
+        try:
+            store.move_video(src.video_id, record)
+        except ValueError:  # its stored scenes are incomplete: index the file afresh
+            store.delete_video(src.video_id)
+            plan.todo.append((path, st, known.get(video_id_for(path))))
+            continue
+        summary.moved += 1
+        report(f"moved {src.path} -> {path}")
+    for rec in plan.removals:
+        touched.append(rec.video_id)
+        store.delete_video(rec.video_id)
+        summary.removed += 1
+        report(f"removed {rec.path} (file is gone)")
+    for vid in plan.stale_failures:
+        store.delete_failure(vid)
+
+
+def _sync(index_dir: Path, video_ids: list[str] | None, since: str | None, report: Reporter) -> None:
+    """Appends what was just committed (these videos; None: whatever differs) to the search
+    cache. A failure here loses nothing: a search lays what the cache lacks over it, and the
+    next run or `check --repair` catches it up."""
+    from cliptool.vectors.milvus import sync_recorded
+    from cliptool.vectors.faiss import sync_cache
+
+    try:
+        sync_cache(index_dir, video_ids, since=since, report=report)
+    except CliptoolError:
+        pass  # nothing indexed yet (search will say so), or another process holds the cache build
+    except OSError as exc:
+        report(f"warning: could not update the search cache ({exc.strerror or exc}); search will catch up")
+    sync_recorded(index_dir, video_ids, since, report)  # a Milvus collection recorded in the index, if any
+
+
+def _cache_current(index_dir: Path) -> bool:
+    from cliptool.vectors.faiss import cache_state
+
+    return cache_state(index_dir) == "current"
+
+
+def _changed_since(path: Path, st: os.stat_result) -> bool:
+    try:
+        now = path.stat()
+    except OSError:
+        return True
+    return (now.st_size, now.st_mtime) != (st.st_size, st.st_mtime)
+
+
+def _fail(summary: IndexSummary, report: Reporter, path: Path, message: str) -> None:
+    summary.failed.append((str(path), message))
+    report(f"warning: failed {path}: {message}")
+
+
+@dataclass
+class FileResult:
+    """What analysing one file of the plan gave: its analysis, or why it failed (`error`, and
+    whether to remember the failure against this content), with the file's stat and
+    fingerprint as they were when it was read. `fatal`: the run cannot go on (the model)."""
+
+    path: Path
+    st: os.stat_result
+    old: VideoRecord | None
+    fingerprint: str = ""
+    analysed: AnalysedVideo | None = None
+    error: str | None = None
+    remember: bool = False
+    fatal: str | None = None
+    worker: str = ""  # who analysed it (a Ray actor's id; "" locally)
+
+
+def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model: ClipModel, options: IndexOptions,
+                 watchdog: _Watchdog) -> FileResult:
+    """Reads one file of the plan: its stat and fingerprint now, then one analysis pass (timed
+    by `watchdog`); any failure of the file becomes the result's error. The local loop and
+    each Ray worker run this."""
+    try:
+        st = path.stat()  # as it is now: it may have been replaced since the run began
+        with watchdog.file(path, st):
+            fingerprint = file_fingerprint(path)
+            analysed = analyse_video(path, model, options, on_frame=watchdog.progress)
+    except KeyboardInterrupt:
+        raise
+    except ModelLoadError as exc:  # the model, not this file: the run cannot go on
+        return FileResult(path, st, old, fatal=str(exc))
+    except Exception as exc:  # noqa: BLE001 - a decoder or library fault on one file must not end the run
+        error, remember = _error_of(exc, path)
+        return FileResult(path, st, old, error=error, remember=remember)
+    return FileResult(path, st, old, fingerprint, analysed)
+
+
+def _error_of(exc: Exception, path: Path) -> tuple[str, bool]:
+    """A failed file's one-line error, and whether to remember it (content failures are, so an
+    unchanged bad file is not retried; passing ones, such as a timeout or I/O error, are not)."""
+    if isinstance(exc, FileTimeoutError):
+        return str(exc), False
+    if isinstance(exc, VideoError):
+        return one_line(exc).removeprefix(f"{path}: "), True
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc), False
+    if isinstance(exc, MemoryError):
+        return "out of memory", True
+    return f"{type(exc).__name__}: {one_line(exc)}", True
+
+
+def _local_results(todo: Todo, model: ClipModel, options: IndexOptions, watchdog: _Watchdog,
+                   starting: Reporter) -> Iterator[FileResult]:
+    """The plan's files analysed one after another in this process."""
+    for path, st, old in todo:
+        starting(path.name)
+        yield analyse_file(path, st, old, model, options, watchdog)
+
+
+def _commit_result(result: FileResult, index_dir: Path, identity: str, summary: IndexSummary,
+                   report: Reporter) -> bool:
+    """Commits one analysed file (or remembers its failure), whichever process analysed it;
+    returns whether the stores changed."""
+    if result.fatal is not None:
+        raise ModelUnavailableError(result.fatal)
+    path, st, old, error, remember = result.path, result.st, result.old, result.error, result.remember
+    if error is None and _changed_since(path, st):
+        error = "changed while it was being indexed; run index again"
+    if error is not None:
+        vanished = _gone(str(path))
+        if vanished:
+            error = "removed while it was being indexed"
+        elif _changed_since(path, st):  # a half-written file, say: try again next run
+            error, remember = "changed while it was being indexed; run index again", False
+        _fail(summary, report, path, error)
+        changed = False
+        since = generation(index_dir)
+        with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+            if old is not None and (vanished or remember):
+                store.delete_video(old.video_id)  # its record described other content
+                changed = True
+            if remember and not vanished:
+                store.put_failure(video_id_for(path), str(path), st.st_size, st.st_mtime, error)
+        if old is not None and (vanished or remember):
+            _sync(index_dir, [old.video_id], since, report)
+        return changed
+    analysed = result.analysed
+    assert analysed is not None
+    record = VideoRecord(
+        video_id=video_id_for(path), path=str(path), size=st.st_size, mtime=st.st_mtime,
+        fingerprint=result.fingerprint, duration=analysed.duration, fps=analysed.info.fps,
+        width=analysed.info.width, height=analysed.info.height, frame_count=analysed.frame_count,
+        scene_count=len(analysed.scenes), codec=analysed.info.codec, model=identity,
+        indexed_at=time.time(), version="",
+    )
+    since = generation(index_dir)
+    with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+        record = store.put_video(record, analysed.scenes, analysed.vectors)
+    _sync(index_dir, [record.video_id], since, report)  # its rows appended to the search cache
+    # derived data: the sample frames' JPEGs, when the analysis pass made them
+    write_scene_thumbnails(index_dir, record, analysed.scenes, getattr(analysed, "thumbnails", None))
+    if old is None:
+        summary.added += 1
+    else:
+        summary.updated += 1
+    summary.scenes += len(analysed.scenes)
+    summary.video_seconds += analysed.duration
+    return True
+
+
+def _analyse_with(
+    model: ClipModel,
+    todo: Todo,
+    index_dir: Path,
+    identity: str,
+    options: IndexOptions,
+    summary: IndexSummary,
+    report: Reporter,
+    progress: bool | None,
+    file_timeout: float,
+    tqdm: Any,
+    ray: str | None = None,
+) -> bool:
+    """Analyses the plan's files, here or (with `ray`, a cluster address) on a Ray cluster, and
+    commits each result as it comes, in the order they finish."""
+    with IndexStore(index_dir, create=True, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+        store.bind_model(identity, model.spec.to_dict())
+    changed = False
+    bar = tqdm(total=len(todo), unit="video", desc="indexing", file=sys.stderr,
+               disable=True if progress is False else None)  # None: only on a terminal
+    workers: set[str] = set()
+    with ExitStack() as stack:
+        if ray is None:
+            watchdog = stack.enter_context(_Watchdog(file_timeout, index_dir, report))
+            results = _local_results(todo, model, options, watchdog, lambda name: bar.set_postfix_str(name[-40:]))
+        else:
+            from cliptool.index.cluster import RayPool
+
+            pool = stack.enter_context(RayPool(ray, model.spec, options, file_timeout, report))
+            bar.set_postfix_str(f"{pool.size} Ray workers")
+            results = pool.results(todo)
+        for result in results:
+            changed |= _commit_result(result, index_dir, identity, summary, report)
+            if result.analysed is not None:
+                workers.add(result.worker)
+            bar.update(1)
+        if ray is not None:
+            summary.retried = pool.retried
+    summary.workers = len(workers)
+    bar.close()
+    model.export_text_encoder(index_dir, report=report)  # ONNX text encoder for fast search; raises a model load error
+    return changed
+
+
+__all__ = ["DEFAULT_FILE_TIMEOUT", "FileResult", "FileTimeoutError", "IndexSummary", "analyse_file", "index_paths",
+           "resolve_model_spec"]

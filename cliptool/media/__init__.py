@@ -1,0 +1,1 @@
+"""Reading video: finding files (discover), decoding frames at true times (decode), timecodes."""

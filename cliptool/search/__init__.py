@@ -1,0 +1,1 @@
+"""Queries (terms, weights, filters), ranking and merging windows into moments, similar scenes."""

@@ -1,0 +1,669 @@
+"""Stage 8: search the index by text or by image: query terms, filters, ranking, merging.
+
+A query is one or more terms (`Query`, `QueryTerm`): words or an image file, each with a
+weight, negative for a term to avoid. Its vector is the sum of weight * normalised term
+vector, renormalised. Filters (`Filters`) decide which videos may answer (folder, file date,
+duration) in Python over the few videos, then reach FAISS as a boolean mask over rows; a
+minimum score applies to the scored hits. Neighbouring windows of one long shot that both
+match are reported as one hit spanning them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
+
+import numpy as np
+
+from cliptool.models.clip import TEXTENC_DIR, ClipModel, ModelSpec, text_encoder_identity, warn_slow_text_path
+from cliptool.errors import IndexMismatchError, UsageError, one_line
+from cliptool.store import IndexStore, VideoRecord, generation, real_path
+from cliptool.vectors.faiss import CacheChangedError, LiveIndex, ScenePosition, VectorIndex
+
+if TYPE_CHECKING:
+    from cliptool.vectors.milvus import MilvusVectors
+
+RERANK_CANDIDATES = 50  # scenes fetched by scene vector (and by frame) before re-scoring with their frames
+FRAME_SCAN_LIMIT = 40_000  # up to this many frame vectors, each query also scans them all for candidates
+RANKINGS = ("frames", "scene+frames", "scene")
+PER_VIDEO_CANDIDATES = 8  # with --videos, each video's best scenes by scene vector re-scored by their frames
+CANCELLED = 1e-4  # a query whose weighted sum is shorter than this (times the sum of |weights|) says nothing
+TOUCHING = 1e-3  # seconds: windows of one shot that end and start within this are neighbours
+
+_WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*:(.*)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class QueryTerm:
+    """One term of a query: words or an image file, and its weight (negative: a term to avoid)."""
+
+    text: str | None = None
+    image: str | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.image is None):
+            raise UsageError("a query term is either words or an image, not both or neither")
+        if self.text is not None and not self.text.strip():
+            raise UsageError("empty query: give some words to search for, or --image FILE")
+        if not math.isfinite(self.weight) or self.weight == 0:
+            raise UsageError(f"a term's weight must be a non-zero number, not {self.weight!r}")
+
+    @classmethod
+    def parse(cls, raw: str, *, image: bool = False, avoid: bool = False, option: str = "query") -> QueryTerm:
+        """A term as the command line writes it: `2:a dog` is "a dog" with weight 2 (a number,
+        then a colon, at the start); without one the weight is 1. Text that itself starts with
+        a number and a colon takes an explicit weight: `1:3:10 to Yuma`. With avoid (--not,
+        --not-image) the weight is negated."""
+        weight = 1.0
+        match = _WEIGHT.match(raw)
+        if match:
+            weight, raw = float(match.group(1)), match.group(2)
+            if not math.isfinite(weight) or weight <= 0:
+                raise UsageError(f"{option}: a weight must be a positive number, not {match.group(1)!r} "
+                                 "(use --not or --not-image for a term to avoid)")
+        if not raw.strip():
+            raise UsageError(f"{option}: empty term" + (" after its weight" if match else ""))
+        weight = -weight if avoid else weight
+        return cls(image=raw, weight=weight) if image else cls(text=raw.strip(), weight=weight)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"text": self.text, "image": self.image, "weight": self.weight}
+
+
+@dataclass(frozen=True)
+class Query:
+    """Terms whose weighted, normalised vectors add up to one query vector (see `Searcher.query_vector`)."""
+
+    terms: tuple[QueryTerm, ...]
+
+    def __post_init__(self) -> None:
+        if not self.terms:
+            raise UsageError("empty query: give some words to search for, or --image FILE")
+
+    @classmethod
+    def of(cls, text: str | None = None, image: str | os.PathLike[str] | None = None, *,
+           also: Iterable[str] = (), avoid: Iterable[str] = (),
+           also_images: Iterable[str | os.PathLike[str]] = (),
+           avoid_images: Iterable[str | os.PathLike[str]] = ()) -> Query:
+        """A query from literal terms, each of weight 1 (-1 for those to avoid)."""
+        terms = [QueryTerm(text=text)] if text is not None else []
+        terms += [QueryTerm(image=os.fspath(image))] if image is not None else []
+        terms += [QueryTerm(text=t) for t in also] + [QueryTerm(image=os.fspath(i)) for i in also_images]
+        terms += [QueryTerm(text=t, weight=-1.0) for t in avoid]
+        terms += [QueryTerm(image=os.fspath(i), weight=-1.0) for i in avoid_images]
+        return cls(tuple(terms))
+
+    @classmethod
+    def parse(cls, text: str | None = None, image: str | os.PathLike[str] | None = None, *,
+              also: Sequence[str] = (), avoid: Sequence[str] = (),
+              also_images: Sequence[str] = (), avoid_images: Sequence[str] = ()) -> Query:
+        """A query as the command line writes it: each term may start with a weight (`2:a dog`,
+        see `QueryTerm.parse`); `image` (--image) is taken literally."""
+        terms = [QueryTerm.parse(text)] if text is not None else []
+        terms += [QueryTerm(image=os.fspath(image))] if image is not None else []
+        terms += [QueryTerm.parse(t, option="--and") for t in also]
+        terms += [QueryTerm.parse(t, image=True, option="--and-image") for t in also_images]
+        terms += [QueryTerm.parse(t, avoid=True, option="--not") for t in avoid]
+        terms += [QueryTerm.parse(t, image=True, avoid=True, option="--not-image") for t in avoid_images]
+        return cls(tuple(terms))
+
+    def check_images(self) -> None:
+        """UsageError for an image term whose file is missing (before any model loads)."""
+        for term in self.terms:
+            if term.image is not None and not Path(term.image).expanduser().is_file():
+                raise UsageError(f"no such image: {term.image}")
+
+    def to_list(self) -> list[dict[str, object]]:
+        return [t.to_dict() for t in self.terms]
+
+
+# -- filters ----------------------------------------------------------------------------------
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_UNITS = re.compile(r"^(?:(\d+(?:\.\d*)?|\.\d+)h)?(?:(\d+(?:\.\d*)?|\.\d+)m(?:in)?)?(?:(\d+(?:\.\d*)?|\.\d+)s)?$")
+
+
+def parse_date(text: str, option: str, *, end_of_day: bool = False) -> float:
+    """Seconds since the epoch of YYYY-MM-DD (local midnight; with end_of_day the last moment
+    of that day) or of an ISO date and time (`2024-05-01T14:30`, `...+02:00`, `...Z`; local
+    time when it names no zone)."""
+    from datetime import datetime, timedelta
+
+    value = text.strip()
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{option}: not a date: {text!r} (use YYYY-MM-DD or an ISO date and time "
+                         "such as 2024-05-01T14:30)") from None
+    if _DATE_ONLY.match(value) and end_of_day:
+        return (moment + timedelta(days=1)).timestamp() - 1e-6
+    return moment.timestamp()
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds from `90`, `1:30`, `01:02:03.5`, `2m`, `1h30m` or `45s`."""
+    value = text.strip().lower().replace(" ", "")
+    units = _UNITS.match(value)
+    if value and units and any(units.groups()):
+        h, m, s = (float(g) if g else 0.0 for g in units.groups())
+        return h * 3600 + m * 60 + s
+    from cliptool.media.timecode import parse_time
+
+    try:
+        return parse_time(value)
+    except UsageError:
+        raise UsageError(f"{option}: not a duration: {text!r} (use seconds, M:SS, H:MM:SS, 2m or 1h30m)") from None
+
+
+class VideoFacts(NamedTuple):
+    """What filters look at in a video: its real path, file date (mtime) and length (s)."""
+
+    path: str
+    mtime: float
+    duration: float
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which hits may answer: videos under some folders (real paths), whose file date (the
+    modification time the index recorded) lies in [since, until] and whose length lies in
+    [min_duration, max_duration] seconds; and hits scoring at least min_score."""
+
+    under: tuple[str, ...] = ()
+    since: float | None = None
+    until: float | None = None
+    min_duration: float | None = None
+    max_duration: float | None = None
+    min_score: float | None = None
+
+    @classmethod
+    def parse(cls, under: Sequence[str | os.PathLike[str]] = (), *, since: str | None = None,
+              until: str | None = None, min_duration: str | None = None, max_duration: str | None = None,
+              min_score: str | float | None = None) -> Filters:
+        """Filters from what a user wrote (see parse_date, parse_duration); UsageError, naming
+        the option, for a bad value."""
+        folders = []
+        for folder in under:
+            if not str(folder).strip():
+                raise UsageError("--in: empty folder")
+            folders.append(real_path(folder))
+        score = None
+        if min_score is not None:
+            try:
+                score = float(min_score)
+            except ValueError:
+                raise UsageError(f"--min-score: not a number: {min_score!r}") from None
+            if not math.isfinite(score):
+                raise UsageError(f"--min-score: not a number: {min_score!r}")
+        lo = parse_date(since, "--since") if since is not None else None
+        hi = parse_date(until, "--until", end_of_day=True) if until is not None else None
+        if lo is not None and hi is not None and lo > hi:
+            raise UsageError(f"--since {since} is after --until {until}")
+        shortest = parse_duration(min_duration, "--min-duration") if min_duration is not None else None
+        longest = parse_duration(max_duration, "--max-duration") if max_duration is not None else None
+        if shortest is not None and longest is not None and shortest > longest:
+            raise UsageError(f"--min-duration {min_duration} is longer than --max-duration {max_duration}")
+        return cls(tuple(folders), lo, hi, shortest, longest, score)
+
+    @property
+    def narrows_videos(self) -> bool:
+        """Whether some videos may be left out (else only min_score, if anything, applies)."""
+        return bool(self.under) or any(v is not None for v in (self.since, self.until, self.min_duration,
+                                                               self.max_duration))
+
+    def allows(self, record: VideoFacts | VideoRecord | None) -> bool:
+        """Whether a video (its facts or record) may answer."""
+        if record is None:
+            return False
+        if self.under and not any(record.path == d or record.path.startswith(d.rstrip(os.sep) + os.sep)
+                                  for d in self.under):
+            return False
+        if self.since is not None and record.mtime < self.since:
+            return False
+        if self.until is not None and record.mtime > self.until:
+            return False
+        if self.min_duration is not None and record.duration < self.min_duration:
+            return False
+        return self.max_duration is None or record.duration <= self.max_duration
+
+    def to_dict(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, ())}
+
+
+@dataclass
+class Hit:
+    """One search result: a scene (or, with by_video, a video's best scene; merged, the
+    neighbouring windows of one shot, `scene_ids`, with the best one's score and time)."""
+
+    rank: int
+    score: float
+    path: str
+    start: float
+    end: float
+    best_time: float
+    scene_id: str
+    scene_index: int
+    video_id: str
+    scene_ids: list[str] = field(default_factory=list)  # the scenes the hit spans, in time order
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["score"] = round(self.score, 6)
+        return d
+
+
+def _first_per_video(videos: np.ndarray, cap: int) -> np.ndarray:
+    """Which entries of a best-first list of rows' videos are among their video's first `cap`."""
+    order = np.argsort(videos, kind="stable")
+    ranked = videos[order]
+    rank_in_video = np.arange(len(videos)) - np.searchsorted(ranked, ranked)
+    keep = np.zeros(len(videos), dtype=bool)
+    keep[order[rank_in_video < cap]] = True
+    return keep
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as RGB uint8; UsageError when it is missing or not an image."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no such image: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise UsageError(f"not a readable image: {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+_T = TypeVar("_T")
+
+
+def _again_on_a_changed_cache(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Runs a query again on the cache as it is now when a merge removed a segment the
+    searcher had open but not yet read (an index run in another process)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Searcher, *args: object, **kwargs: object) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except CacheChangedError:
+            self.refresh(force=True)
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+TEXT_PRECISION_ENV = "CLIPTOOL_TEXT_PRECISION"  # set by the global --text-precision for one run
+
+
+def check_text_precision(value: str) -> str:
+    from cliptool.models.text import check_precision
+
+    try:
+        return check_precision(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+class Searcher:
+    """An index opened for queries; loads the model it was built with on first need.
+
+    text_runtime: how the exported text tower starts in ONNX Runtime: "numpy" (the name of the
+    numpy encoder this replaced; one query per process: starts with nothing to prepare, ~0.15 s
+    of CPU less) or "onnxruntime" (packs the weights once at start, then each query takes about
+    a third of the CPU; for a searcher that lives on).
+    text_precision: "fp32" (the exact text tower) or "int8" (its quantised variant: about half
+    the time per query for a large tower, at a cosine of about 0.9997 to the exact vector);
+    None: $CLIPTOOL_TEXT_PRECISION, else fp32.
+    """
+
+    def __init__(self, index_dir: Path, spec: ModelSpec | None = None, *, text_runtime: str = "numpy",
+                 vector_store: str | None = None, text_precision: str | None = None) -> None:
+        from cliptool.vectors.milvus import open_vectors
+
+        self.index_dir = Path(index_dir)
+        self.text_runtime = text_runtime
+        self.text_precision = check_text_precision(text_precision or os.environ.get(TEXT_PRECISION_ENV) or "fp32")
+        self.vector_store = vector_store  # None: $CLIPTOOL_VECTOR_STORE, else the index's recorded one, else FAISS
+        self._generation = generation(self.index_dir)
+        self.vectors: VectorIndex | LiveIndex | MilvusVectors = open_vectors(self.index_dir, vector_store)
+        recorded = ModelSpec.from_record(self.vectors.model_spec)
+        # a given model is compared in the index's precision (search has no precision of its own)
+        if spec is not None and spec.resolved().with_precision(recorded.precision).identity() != \
+                self.vectors.meta["model_identity"]:
+            raise IndexMismatchError(
+                f"index at {self.index_dir} was built with {self.vectors.meta['model_identity']}; "
+                "search it without --model/--pretrained, or use another --index-dir"
+            )
+        self.spec = recorded
+        self._model: ClipModel | None = None
+        self._text_encoder: object = None  # None: not looked for yet; False: none usable
+        self.use_exported_text_encoder = True
+        # How a candidate scene is scored: "frames" (its best sample frame: what the query
+        # matches), "scene+frames" (the better of that and its scene vector, the old way) or
+        # "scene" (its scene vector alone). The bench compares them.
+        self.ranking = "frames"
+        self._row_videos: tuple[list[str], np.ndarray] | None = None
+        self._facts: dict[str, VideoFacts] | None = None
+        self._masks: dict[Filters, np.ndarray] = {}
+
+    def exported_text_encoder(self) -> object | None:
+        """The ONNX text encoder exported into the index for this model (see textenc), if any.
+
+        It gives open_clip's text vectors without importing torch or open_clip, which is what
+        lets a search in a new process answer in a fraction of a second.
+        """
+        if self._text_encoder is None:
+            self._text_encoder = False
+            if text_encoder_identity(self.index_dir) == self.vectors.meta.get("model_identity"):
+                from cliptool.models.text import OnnxTextEncoder
+
+                folder, prepack = self.index_dir / TEXTENC_DIR, self.text_runtime != "numpy"
+                try:
+                    try:
+                        self._text_encoder = OnnxTextEncoder.load(folder, prepack=prepack,
+                                                                  precision=self.text_precision)
+                    except ValueError as exc:
+                        if self.text_precision == "fp32":
+                            raise
+                        print(f"note: {one_line(exc)}; using the exact text tower", file=sys.stderr)
+                        self._text_encoder = OnnxTextEncoder.load(folder, prepack=prepack)
+                except Exception:  # noqa: BLE001 - damaged or foreign export, or ONNX Runtime failed: open_clip
+                    self._text_encoder = False
+        return self._text_encoder or None
+
+    @property
+    def model(self) -> ClipModel:
+        if self._model is None:
+            self._model = ClipModel(self.spec)
+        return self._model
+
+    def text_vector(self, text: str) -> np.ndarray:
+        if not text or not text.strip():
+            raise UsageError("empty query: give some words to search for, or --image FILE")
+        encoder = self.exported_text_encoder() if self.use_exported_text_encoder else None
+        if encoder is not None:
+            return encoder.encode(text.strip())  # type: ignore[attr-defined]
+        if self.use_exported_text_encoder:
+            warn_slow_text_path(self.spec)
+        return self.model.encode_text([text.strip()])[0]
+
+    def image_vector(self, path: Path) -> np.ndarray:
+        image = read_image(path)  # a bad file fails before the model starts loading
+        return self.model.encode_images([image])[0]
+
+    def _candidate(self, row: int, scene_score: float, query: np.ndarray) -> tuple[float, float, ScenePosition]:
+        """(score, best sample time, position) of a scene. A scene scores what the query actually
+        matches: its best sample frame (`ranking` "frames"). The normalised mean of unlike frames
+        sits close to everything, so the scene vector only finds candidates; a scene without
+        frame vectors scores its scene vector."""
+        pos = self.vectors.position(row)
+        frame_scores = self.vectors.frame_vectors(row) @ query
+        if len(frame_scores) == 0:
+            return scene_score, pos.start_time, pos
+        best = int(np.argmax(frame_scores))
+        score = float(frame_scores[best])
+        if self.ranking == "scene+frames":
+            score = max(scene_score, score)
+        elif self.ranking == "scene":
+            score = scene_score
+        return score, pos.sample_times[best], pos
+
+    def query_vector(self, query: Query | str) -> np.ndarray:
+        """The vector of a query: the sum of weight * normalised vector over its terms,
+        renormalised. UsageError when the terms cancel out (the sum is about zero)."""
+        if isinstance(query, str):
+            query = Query.of(query)
+        query.check_images()
+        total = np.zeros(self.vectors.dim, dtype=np.float64)
+        for term in query.terms:
+            vector = self.text_vector(term.text) if term.text is not None else self.image_vector(Path(term.image or ""))
+            vector = np.asarray(vector, dtype=np.float64)
+            total += term.weight * vector / max(float(np.linalg.norm(vector)), 1e-12)
+        length = float(np.linalg.norm(total))
+        if length <= CANCELLED * sum(abs(t.weight) for t in query.terms):
+            raise UsageError("the query's terms cancel out (their weighted sum is zero): "
+                             "change a weight or leave out a --not term")
+        return (total / length).astype(np.float32)
+
+    @staticmethod
+    def _hits(candidates: list[tuple[float, float, ScenePosition]], top: int, by_video: bool) -> list[Hit]:
+        candidates.sort(key=lambda c: -c[0])
+        hits: list[Hit] = []
+        seen: set[str] = set()
+        for score, best_time, pos in candidates:
+            if by_video:
+                if pos.video_id in seen:
+                    continue
+                seen.add(pos.video_id)
+            hits.append(Hit(len(hits) + 1, score, pos.path, pos.start_time, pos.end_time, best_time,
+                            pos.scene_id, pos.scene_index, pos.video_id, [pos.scene_id]))
+            if len(hits) >= top:
+                break
+        return hits
+
+    @_again_on_a_changed_cache
+    def search(self, query: np.ndarray, top: int = 10, by_video: bool = False, where: Filters | None = None,
+               merge: bool = True) -> list[Hit]:
+        """Ranked scenes for a query vector; with by_video, each video once, ranked by its best scene.
+
+        Candidates come from FAISS by scene vector (the mean of a scene's sample frames) and,
+        on a cache small enough to scan, by frame vector too; each is then scored by
+        `_candidate` (its best frame). `where` narrows the videos (as a row mask FAISS honours)
+        and drops hits under its min_score. With merge, neighbouring windows of one long shot
+        that both make the results become one hit spanning them (see `_merged`).
+        """
+        if top < 1:
+            raise UsageError("--top must be at least 1")
+        allowed = self.allowed_rows(where) if where is not None and where.narrows_videos else None
+        if allowed is not None and not allowed.any():
+            return []
+        if allowed is not None and allowed.all():
+            allowed = None  # every row may answer: FAISS's plain scan is the faster one
+        floor = where.min_score if where is not None else None
+        k = max(4 * top, RERANK_CANDIDATES)
+        while True:
+            if by_video:
+                candidates, exhausted = self._video_candidates(query, top, allowed)
+            else:
+                candidates, exhausted = self._scene_candidates(query, k, allowed)
+            if floor is not None:
+                scored = len(candidates)
+                candidates = [c for c in candidates if c[0] >= floor]
+                exhausted = exhausted or len(candidates) < scored  # deeper ones score lower still
+            if by_video or not merge:
+                return self._hits(candidates, top, by_video)
+            hits = self._merged(candidates, top)
+            if len(hits) >= top or exhausted:
+                return hits
+            k *= 4  # windows merged into fewer hits than asked for: look deeper
+
+    def _scene_candidates(self, query: np.ndarray, k: int, allowed: np.ndarray | None
+                          ) -> tuple[list[tuple[float, float, ScenePosition]], bool]:
+        """The k best rows by scene vector (and, on a small cache, the scenes of the k best
+        frames), scored by `_candidate`; and whether that was every allowed row."""
+        scene_scores, rows = self.vectors.scores(query, k, allowed=allowed)
+        by_row = {int(r): float(s) for s, r in zip(scene_scores, rows)}
+        if self.ranking != "scene":
+            for r in self.vectors.frame_candidates(query, k, FRAME_SCAN_LIMIT, allowed=allowed):
+                if r not in by_row:
+                    by_row[r] = float(self.vectors.scene_vector(r) @ query)
+        return [self._candidate(r, s, query) for r, s in by_row.items()], len(rows) < k
+
+    def _video_candidates(self, query: np.ndarray, top: int, allowed: np.ndarray | None
+                          ) -> tuple[list[tuple[float, float, ScenePosition]], bool]:
+        """Candidates for ranking videos, scored by `_candidate`: the rows a plain search would
+        take (so the best video is the best moment's), then rows by scene vector and, on a
+        cache small enough to scan, by frame vector, in growing batches until they come from
+        `top` videos, each video's first PER_VIDEO_CANDIDATES of them. On a scanned cache this
+        is exact: the first `top` videos among the best frames are the best `top` videos."""
+        _, row_video = self.row_videos()
+        first = max(4 * top, RERANK_CANDIDATES)
+        k = first
+        while True:
+            scene_scores, rows = self.vectors.scores(query, k, allowed=allowed)
+            if len(rows) < k or len(np.unique(row_video[rows])) >= top:
+                break
+            k *= 4
+        keep = _first_per_video(row_video[rows], PER_VIDEO_CANDIDATES)
+        keep[:first] = True
+        by_row = {int(r): float(s) for r, s, kept in zip(rows, scene_scores, keep) if kept}
+        if self.ranking != "scene":
+            k = first
+            while True:
+                found = np.asarray(self.vectors.frame_candidates(query, k, FRAME_SCAN_LIMIT, allowed=allowed),
+                                   dtype=np.int64)
+                if len(found) < k or len(np.unique(row_video[found])) >= top:
+                    break
+                k *= 4
+            for r in found[_first_per_video(row_video[found], PER_VIDEO_CANDIDATES)]:
+                if int(r) not in by_row:
+                    by_row[int(r)] = float(self.vectors.scene_vector(int(r)) @ query)
+        return [self._candidate(r, s, query) for r, s in by_row.items()], True
+
+    # -- which rows may answer ----------------------------------------------------------------
+    def row_videos(self) -> tuple[list[str], np.ndarray]:
+        """The cache's videos and, for each row, the number of its video in that list (-1 for a
+        row hidden since the build). Read from the cache's per-row video column; kept until
+        the searcher takes in new commits."""
+        if self._row_videos is None and hasattr(self.vectors, "video_column"):  # Milvus: the rows seen so far
+            self._row_videos = self.vectors.video_column()  # type: ignore[union-attr]
+        if self._row_videos is None:
+            vectors = self.vectors
+            # numbered from the segments' small video lists (a fresh array: hidden rows are marked in it)
+            ids, column = vectors.video_numbers()  # type: ignore[union-attr]
+            if isinstance(vectors, LiveIndex):  # rows of videos removed or replaced since
+                hidden = np.asarray(vectors.retired, dtype=bool)
+                column[: len(hidden)][hidden] = -1
+            self._row_videos = ([str(v) for v in ids], column)
+        return self._row_videos
+
+    def video_facts(self) -> dict[str, VideoFacts]:
+        """video id -> what filters look at (real path, file date, length): from the cache's
+        video list when it has them all, else from the videos store; read once per generation."""
+        if self._facts is None:
+            if isinstance(self.vectors, VectorIndex):
+                listed = self.vectors.videos
+            elif not self.vectors.overlay.positions:  # segments only: a later one's entry wins
+                listed = [v for segment in self.vectors.segments for v in segment.videos]
+            else:
+                listed = []
+            if listed and all("mtime" in v for v in listed):
+                self._facts = {v["video_id"]: VideoFacts(v["path"], float(v["mtime"]), float(v["duration"]))
+                               for v in listed}
+            else:  # a cache with videos committed since, or one built before it listed file dates
+                with IndexStore(self.index_dir) as store:
+                    self._facts = {r.video_id: VideoFacts(r.path, r.mtime, r.duration) for r in store.videos()}
+        return self._facts
+
+    def allowed_rows(self, where: Filters) -> np.ndarray:
+        """A boolean mask over the cache's rows: those of the videos `where` allows. The
+        videos are judged in Python (there are few); the rows follow with one numpy gather.
+        The last few masks are kept until the searcher takes in new commits."""
+        if hasattr(self.vectors, "filter_for"):  # Milvus: a filter expression, not a mask
+            return self.vectors.filter_for(where)  # type: ignore[union-attr, return-value]
+        key = replace(where, min_score=None)
+        mask = self._masks.get(key)
+        if mask is None:
+            ids, column = self.row_videos()
+            facts = self.video_facts()
+            ok = np.array([where.allows(facts.get(vid)) for vid in ids] + [False], dtype=bool)
+            mask = ok[column]  # a hidden row (-1) takes the last entry: False
+            if len(self._masks) >= 8:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[key] = mask
+        return mask
+
+    # -- one moment, not three --------------------------------------------------------------
+    def _merged(self, candidates: list[tuple[float, float, ScenePosition]], top: int) -> list[Hit]:
+        """The top hits, best first, where a candidate that is the next or previous window of
+        the same shot as a hit already taken (adjacent scene index in one video, touching
+        times, the later one continuing the shot) joins that hit instead of starting its own:
+        the hit spans them all and keeps the better one's score, best time and scene id. A
+        candidate joins only while it would still have made the results on its own."""
+        candidates = sorted(candidates, key=lambda c: -c[0])
+        groups: list[list[tuple[float, float, ScenePosition]]] = []  # each in time order; best is max score
+        first_at: dict[tuple[str, int], int] = {}  # (video, scene index of a group's first) -> group
+        last_at: dict[tuple[str, int], int] = {}
+        live = 0  # groups not emptied into another
+        for cand in candidates:
+            pos = cand[2]
+            left = last_at.get((pos.video_id, pos.scene_index - 1))
+            right = first_at.get((pos.video_id, pos.scene_index + 1))
+            if left is not None and not (pos.continues_shot
+                                         and abs(groups[left][-1][2].end_time - pos.start_time) <= TOUCHING):
+                left = None
+            if right is not None:
+                after = groups[right][0][2]
+                if not (after.continues_shot and abs(pos.end_time - after.start_time) <= TOUCHING):
+                    right = None
+            if left is None and right is None:
+                if live >= top:
+                    break
+                groups.append([cand])
+                live += 1
+                first_at[(pos.video_id, pos.scene_index)] = last_at[(pos.video_id, pos.scene_index)] = len(groups) - 1
+                continue
+            if left is not None:
+                del last_at[(pos.video_id, pos.scene_index - 1)]
+                groups[left].append(cand)
+                last_at[(pos.video_id, pos.scene_index)] = left
+            if right is not None:
+                del first_at[(pos.video_id, pos.scene_index + 1)]
+                if left is None:
+                    groups[right].insert(0, cand)
+                    first_at[(pos.video_id, pos.scene_index)] = right
+                else:  # it joins two hits into one: the later group is emptied into the earlier
+                    moved = groups[right]
+                    groups[left].extend(moved)
+                    last_at[(pos.video_id, moved[-1][2].scene_index)] = left
+                    groups[right] = []
+                    live -= 1
+        hits: list[Hit] = []
+        for group in sorted((g for g in groups if g), key=lambda g: -max(c[0] for c in g)):
+            score, best_time, best = max(group, key=lambda c: c[0])
+            hits.append(Hit(len(hits) + 1, score, best.path, group[0][2].start_time, group[-1][2].end_time,
+                            best_time, best.scene_id, best.scene_index, best.video_id,
+                            [c[2].scene_id for c in group]))
+        return hits[:top]
+
+    @_again_on_a_changed_cache
+    def similar(self, scene_id: str, top: int = 10, by_video: bool = False) -> list[Hit]:
+        """Scenes most like an indexed one ("more like this"), that scene itself left out."""
+        row = self.vectors.row_of_scene(scene_id)
+        if row is None:
+            raise UsageError(f"no scene {scene_id!r} in the index (scene ids come from search results)")
+        query = self.vectors.scene_vector(row)
+        hits = [h for h in self.search(query, top=top + 1, by_video=by_video, merge=False) if h.scene_id != scene_id]
+        for rank, hit in enumerate(hits[:top], 1):
+            hit.rank = rank
+        return hits[:top]
+
+    def refresh(self, force: bool = False) -> bool:
+        """Takes in what was committed since this searcher opened the index; True if anything was
+        (force: loads the cache again whatever the stores say)."""
+        if generation(self.index_dir) == self._generation and not force:
+            return False
+        from cliptool.vectors.milvus import open_vectors
+
+        self._generation = generation(self.index_dir)
+        self.vectors = open_vectors(self.index_dir, self.vector_store)
+        self._frame_rows = None
+        self._row_videos, self._facts, self._masks = None, None, {}
+        return True
+
+    @_again_on_a_changed_cache
+    def best_in_video(self, query: np.ndarray, video_id: str) -> Hit | None:
+        """The best scene of one video for a query, scored as `search` scores scenes."""
+        rows = self.vectors.rows_of_video(video_id)
+        candidates = [self._candidate(int(r), float(self.vectors.scene_vector(int(r)) @ query), query) for r in rows]
+        hits = self._hits(candidates, 1, False)
+        return hits[0] if hits else None
