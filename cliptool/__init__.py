@@ -25,7 +25,7 @@ _EXPORTS = {
     "CliptoolError": "errors", "UsageError": "errors", "IndexMissingError": "errors",
     "IndexBusyError": "errors", "IndexMismatchError": "errors", "ModelUnavailableError": "errors",
     "VideoError": "errors", "ClusterError": "errors",
-    "Query": "search.searcher", "QueryTerm": "search.searcher", "Filters": "search.searcher",
+    "Query": "search.query", "QueryTerm": "search.query", "Filters": "search.filters",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -39,7 +39,9 @@ if TYPE_CHECKING:
     from cliptool.writers.frame import ExportResult
     from cliptool.index.indexer import IndexSummary
     from cliptool.analysis.keyframes import KeyframeOptions
-    from cliptool.search.searcher import Filters, Hit, Query, QueryTerm
+    from cliptool.search.filters import Filters
+    from cliptool.search.query import Query, QueryTerm
+    from cliptool.search.searcher import Hit
     from cliptool.store import SceneRecord, VideoRecord
 
 

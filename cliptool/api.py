@@ -21,11 +21,13 @@ from cliptool.errors import UsageError
 
 if TYPE_CHECKING:
     from cliptool.index.check import CheckReport
-    from cliptool.models.clip import ModelSpec
+    from cliptool.models.spec import ModelSpec
     from cliptool.writers.frame import ExportResult
     from cliptool.index.indexer import IndexSummary
     from cliptool.analysis.keyframes import KeyframeOptions
-    from cliptool.search.searcher import Filters, Hit, Query, Searcher
+    from cliptool.search.filters import Filters
+    from cliptool.search.query import Query
+    from cliptool.search.searcher import Hit, Searcher
     from cliptool.store import SceneRecord, VideoRecord
 
 PathLike = str | os.PathLike[str]
@@ -38,7 +40,7 @@ def model_spec(model: str | None = None, pretrained: str | None = None) -> Model
     if model is None and pretrained is None:
         return None
     from cliptool.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, MODEL_SHORT_NAMES
-    from cliptool.models.clip import ModelSpec
+    from cliptool.models.spec import ModelSpec
 
     name, default_pretrained = MODEL_SHORT_NAMES.get(model or "", (model or DEFAULT_MODEL, DEFAULT_PRETRAINED))
     return ModelSpec(name, pretrained or default_pretrained)
@@ -95,7 +97,8 @@ class Index:
         a process already connected to Ray uses its connection), committed here as locally.
         vector_store ("faiss", "milvus://..."): recorded in the index for later searches; the
         Milvus collection is kept in step commit by commit."""
-        from cliptool.index.indexer import DEFAULT_FILE_TIMEOUT, index_paths
+        from cliptool.index.indexer import index_paths
+        from cliptool.index.worker import DEFAULT_FILE_TIMEOUT
 
         if vector_store is not None:
             from cliptool.vectors.milvus import record_vector_store
@@ -170,7 +173,7 @@ class Index:
     def query_vector(self, text: str | Query | None = None, image: PathLike | None = None) -> Any:
         """The embedding of a text or an image file (exactly one of them), or of a `Query`:
         the sum of weight * normalised vector over its terms, renormalised."""
-        from cliptool.search.searcher import Query
+        from cliptool.search.query import Query
 
         if isinstance(text, Query):
             if image is not None:
@@ -327,7 +330,8 @@ def extract_keyframes(video: PathLike, output: PathLike, options: KeyframeOption
               progress: bool | None = None) -> dict[str, Any]:
     """A few distinct pictures of a video, written to `output` with manifest.json; returns the
     manifest. With index_dir, the model defaults to that index's, and its vectors are reused."""
-    from cliptool.models.clip import ClipModel, ModelSpec
+    from cliptool.models.clip import ClipModel
+    from cliptool.models.spec import ModelSpec
     from cliptool.index.indexer import resolve_model_spec
     from cliptool.analysis import keyframes as stage
 

@@ -169,7 +169,7 @@ def index(
     def body() -> None:
         from cliptool.config import IndexOptions
         from cliptool.analysis.detect import DETECTORS
-        from cliptool.models.clip import PRECISIONS
+        from cliptool.models.spec import PRECISIONS
 
         if detector not in DETECTORS:
             raise UsageError(f"unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
@@ -266,7 +266,7 @@ _MAX_DURATION_OPTION = typer.Option(None, "--max-duration", metavar="<duration>"
 def _query_of(text: str | None, image: Path | None, also: list[str] | None, avoid: list[str] | None,
               also_images: list[str] | None, avoid_images: list[str] | None) -> Any:
     """The search.Query the options spell (main term: words or --image), checked before anything loads."""
-    from cliptool.search.searcher import Query
+    from cliptool.search.query import Query
 
     _check_query(text, image)
     query = Query.parse(text if image is None else None, image, also=also or [], avoid=avoid or [],
@@ -278,7 +278,7 @@ def _query_of(text: str | None, image: Path | None, also: list[str] | None, avoi
 def _filters_of(under: list[Path] | None, min_score: str | None, since: str | None, until: str | None,
                 min_duration: str | None, max_duration: str | None) -> Any:
     """The search.Filters the options spell; one-line UsageError (exit 2) for a bad value."""
-    from cliptool.search.searcher import Filters
+    from cliptool.search.filters import Filters
 
     for folder in under or []:
         if not folder.expanduser().exists():

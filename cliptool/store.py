@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,6 +108,11 @@ class SceneVectors:
 def real_path(path: str | os.PathLike[str]) -> str:
     """The one spelling of a file's path: absolute, `~`, `..` and symbolic links resolved."""
     return os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
+def path_under(path: str, folders: Iterable[str]) -> bool:
+    """Whether a real path is one of `folders` (real paths) or lies inside one of them."""
+    return any(path == d or path.startswith(d.rstrip(os.sep) + os.sep) for d in folders)
 
 
 def video_id_for(path: str | os.PathLike[str]) -> str:

@@ -318,7 +318,7 @@ def test_an_index_keeps_its_precision(tmp_path: Path, sample_clips: dict[str, Pa
     assert str(status).count("bf16") >= 1
     # The same model named again, without --precision: the index's bf16, not the new default.
     ok(run_here(index_dir, "index", sample_clips["titles.mp4"], *model_args))
-    from cliptool.models.clip import ModelSpec
+    from cliptool.models.spec import ModelSpec
     from cliptool.search.searcher import Searcher
 
     searcher = Searcher(index_dir, ModelSpec(model_args[1], model_args[3]))

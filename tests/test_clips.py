@@ -43,7 +43,7 @@ def key_frame_times(path: Path) -> list[float]:
 
 
 def check_clip(clip: dict, folder: Path, exact: bool) -> None:
-    from cliptool.writers.frame import frame_at
+    from cliptool.media.decode import frame_at
 
     source = Path(clip["path"])
     frames = decode(folder / clip["file"])

@@ -9,7 +9,7 @@ import pytest
 from conftest import make_samples, shared
 from cliptool.media.decode import VideoReader, detect_bgr, detect_size, small_bgr, to_rgb
 from cliptool.errors import VideoError
-from cliptool.writers.frame import frame_at
+from cliptool.media.decode import frame_at
 
 
 def test_counter_frames_have_exact_times() -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.models.clip import ClipModel, ModelSpec
+from cliptool.models.clip import ClipModel
+from cliptool.models.spec import ModelSpec
 from cliptool.errors import ModelUnavailableError
 
 from conftest import ok, one_line_error

@@ -21,7 +21,7 @@ import pytest
 
 from cliptool.index.check import check_index
 from cliptool.media.decode import VideoReader, to_rgb
-from cliptool.models.clip import ModelSpec
+from cliptool.models.spec import ModelSpec
 from cliptool.index.indexer import index_paths
 from cliptool.store import IndexStore, generation
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 from cliptool.index.check import check_index
-from cliptool.models.clip import ModelSpec
+from cliptool.models.spec import ModelSpec
 from cliptool.index.indexer import index_paths
 from cliptool.store import IndexStore, VideoRecord, real_path, video_id_for
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cliptool.bench.main import image_containment
-from cliptool.models.clip import ModelSpec
+from cliptool.models.spec import ModelSpec
 from cliptool.index.indexer import index_paths
 
 from conftest import SHARED

@@ -10,7 +10,7 @@ from pathlib import Path
 import plyvel
 
 from cliptool.index.check import check_index
-from cliptool.models.clip import ModelSpec
+from cliptool.models.spec import ModelSpec
 from cliptool.index.indexer import index_paths
 from cliptool.store import IndexStore, video_id_for
 from cliptool.vectors.faiss import current_build

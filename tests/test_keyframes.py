@@ -78,7 +78,8 @@ def _what(spans: list[tuple[str, int, int]], frame: int) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def clip_model(tiny_model: tuple[Path, Path]):  # type: ignore[no-untyped-def]
-    from cliptool.models.clip import ClipModel, ModelSpec
+    from cliptool.models.clip import ClipModel
+    from cliptool.models.spec import ModelSpec
 
     config, ckpt = tiny_model
     return ClipModel(ModelSpec(str(config), str(ckpt)))

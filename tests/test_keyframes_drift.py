@@ -56,7 +56,8 @@ def crossfade(a, b, frames: int):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def clip_model(tiny_model: tuple[Path, Path]):  # type: ignore[no-untyped-def]
-    from cliptool.models.clip import ClipModel, ModelSpec
+    from cliptool.models.clip import ClipModel
+    from cliptool.models.spec import ModelSpec
 
     return ClipModel(ModelSpec(str(tiny_model[0]), str(tiny_model[1])))
 

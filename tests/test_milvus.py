@@ -69,7 +69,7 @@ def _release(index_dir: Path) -> None:
 
 def test_recorded_and_same_hits_as_faiss(milvus_index, sample_clips) -> None:
     from cliptool.vectors.milvus import MilvusVectors
-    from cliptool.search.searcher import Filters
+    from cliptool.search.filters import Filters
 
     index_dir, videos = milvus_index
     videos = videos.resolve()

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cliptool.models.clip import ClipModel, ModelSpec
+from cliptool.models.clip import ClipModel
+from cliptool.models.spec import ModelSpec
 from cliptool.errors import ModelUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,8 @@ def test_running_out_of_memory_is_named(tmp_path: Path, tiny_model: tuple[Path, 
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))\n"
-        "from cliptool.models.clip import ClipModel, ModelSpec\n"
+        "from cliptool.models.clip import ClipModel\n"
+        "from cliptool.models.spec import ModelSpec\n"
         "from cliptool.errors import ModelUnavailableError\n"
         "try:\n"
         "    ClipModel(ModelSpec(sys.argv[1], sys.argv[2], 'fp32')).wait()\n"

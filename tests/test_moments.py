@@ -13,7 +13,8 @@ import pytest
 from cliptool.analysis.analyse import analyse_video
 from cliptool.config import IndexOptions
 from cliptool.media.decode import Frame
-from cliptool.models.clip import ClipModel, ModelSpec
+from cliptool.models.clip import ClipModel
+from cliptool.models.spec import ModelSpec
 from cliptool.analysis.sample import ChangeSampler, SceneCutter
 from cliptool.store import SceneRecord
 

@@ -13,7 +13,8 @@ import pytest
 from cliptool.analysis.analyse import analyse_video
 from cliptool.config import IndexOptions
 from cliptool.media.decode import VideoReader, to_rgb
-from cliptool.models.clip import TEXTENC_DIR, ClipModel, ModelSpec
+from cliptool.models.clip import ClipModel, TEXTENC_DIR
+from cliptool.models.spec import ModelSpec
 from cliptool.analysis.sample import SceneCutter
 
 
@@ -155,7 +156,8 @@ def test_int8_tower_is_exported_once_and_loads_without_torch(sample_clips: dict[
     np.save(tmp_path / "images.npy", np.stack([np.ascontiguousarray(im[:64, :64]) for im in images]))
     code = (
         "import json, sys, numpy as np\n"
-        "from cliptool.models.clip import ClipModel, ModelSpec\n"
+        "from cliptool.models.clip import ClipModel\n"
+        "from cliptool.models.spec import ModelSpec\n"
         "m = ClipModel(ModelSpec(*sys.argv[1:4]))\n"
         "v = m.encode_images(list(np.load(sys.argv[4])))\n"
         "assert m.export_text_encoder(sys.argv[5])\n"
@@ -237,7 +239,7 @@ def test_fast_checkpoint_load_gives_open_clip_model(tiny_model: tuple[Path, Path
     import open_clip
     import torch
 
-    from cliptool.models.clip import _load_plain_checkpoint
+    from cliptool.models.loading import _load_plain_checkpoint
 
     open_clip.add_model_config(tiny_model[0])
     fast = _load_plain_checkpoint(tiny_model[0].stem, tiny_model[1])

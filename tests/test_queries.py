@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 
 from cliptool.errors import UsageError
-from cliptool.search.searcher import Filters, Query, QueryTerm, Searcher
-from cliptool.vectors.faiss import ScenePosition
+from cliptool.search.filters import Filters
+from cliptool.search.query import Query, QueryTerm
+from cliptool.search.searcher import Searcher
+from cliptool.vectors.base import ScenePosition
 
 from conftest import REPO, data_module, one_line_error, run, run_here
 
@@ -84,7 +86,8 @@ def test_term_syntax() -> None:
 
 
 def _still(videos: Path, name: str, t: float, out: Path) -> Path:
-    from cliptool.writers.frame import frame_at, write_image
+    from cliptool.media.decode import frame_at
+    from cliptool.writers.frame import write_image
 
     _, rgb = frame_at(videos / "short" / name, t)
     write_image(out, rgb)

@@ -13,6 +13,7 @@ import cliptool.vectors.faiss as vi
 from cliptool.bench.main import synthetic_centres, synthetic_scene_vectors, write_synthetic
 from cliptool.store import IndexStore
 from cliptool.vectors.faiss import describe_cache, load_vector_index
+from cliptool.vectors.base import ScenePosition
 
 from conftest import ok, run
 
@@ -120,7 +121,7 @@ def test_cache_columns_are_mapped_and_videos_numbered_without_strings(approx_ind
     assert np.array_equal(np.asarray(ids)[column], index.video_of_rows())
     # across segments a video keeps one number (here: the same segment twice, one overlay row)
     overlay = vi._Overlay(2 * index.size, np.zeros((1, index.dim), np.float32), [np.zeros((0, index.dim))],
-                          [vi.ScenePosition(2 * index.size, "s", ids[3], "/p", 0, 0.0, 1.0, [])])
+                          [ScenePosition(2 * index.size, "s", ids[3], "/p", 0, 0.0, 1.0, [])])
     live = vi.LiveIndex([index, index], [None, None], overlay, len(ids))
     live_ids, live_column = live.video_numbers()
     assert live_ids == ids and np.array_equal(live_column[: index.size], column)

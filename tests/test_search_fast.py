@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.models.clip import TEXTENC_DIR, TEXTENC_MARKER, ClipModel, ModelSpec
+from cliptool.models.clip import ClipModel, TEXTENC_DIR, TEXTENC_MARKER
+from cliptool.models.spec import ModelSpec
 from cliptool.index.indexer import index_paths
 from cliptool.search.searcher import Searcher
 

@@ -148,7 +148,7 @@ def test_search_schema_thumbnails_and_media(client: httpx.Client, indexed) -> No
 def test_search_by_uploaded_image(client: httpx.Client, indexed) -> None:
     index_dir, folder, _ = indexed
     record, scenes = cliptool.Index.open(index_dir).scenes(folder / "titles.mp4")
-    from cliptool.writers.frame import frame_at
+    from cliptool.media.decode import frame_at
 
     _, rgb = frame_at(folder / "titles.mp4", scenes[-1].sample_times[1])
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -385,10 +385,10 @@ def test_cli_serve_non_loopback_generates_a_token(indexed) -> None:
 
 def test_thumbnails_at_commit_and_in_check(indexed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The index run writes the analysis pass's JPEGs; check counts missing/extra ones as harmless."""
-    import cliptool.index.indexer as indexer
+    import cliptool.index.worker as worker
 
     _, folder, (config, ckpt) = indexed
-    real = indexer.analyse_video
+    real = worker.analyse_video
 
     def with_pictures(*args: object, **kw: object):
         analysed = real(*args, **kw)
@@ -396,7 +396,7 @@ def test_thumbnails_at_commit_and_in_check(indexed, tmp_path: Path, monkeypatch:
                                for s in analysed.scenes]
         return analysed
 
-    monkeypatch.setattr(indexer, "analyse_video", with_pictures)
+    monkeypatch.setattr(worker, "analyse_video", with_pictures)
     videos = tmp_path / "v"
     videos.mkdir()
     shutil.copy2(folder / "outdoors.mp4", videos / "outdoors.mp4")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from cliptool.models import text as textenc
-from cliptool.models.clip import TEXTENC_MARKER, ModelSpec, fast_text_unavailable, warn_slow_text_path
+from cliptool.models.clip import TEXTENC_MARKER, fast_text_unavailable, warn_slow_text_path
+from cliptool.models.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 NOTE = "the fast text search path cannot run"

@@ -139,7 +139,8 @@ def hf_tower(tmp_path_factory):
     """(model, open_clip HFTokenizer, export dir) of the tiny XLM-RoBERTa CLIP (data/tiny_multilingual.py)."""
     from conftest import data_module
 
-    from cliptool.models.clip import ClipModel, ModelSpec
+    from cliptool.models.clip import ClipModel
+    from cliptool.models.spec import ModelSpec
 
     config, ckpt = data_module("tiny_multilingual").write_tiny_multilingual_model(tmp_path_factory.mktemp("xlmr"))
     clip = ClipModel(ModelSpec(str(config), str(ckpt), "fp32"))

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.models.clip import ClipModel, ModelSpec
+from cliptool.models.clip import ClipModel
+from cliptool.models.spec import ModelSpec
 
 from conftest import REPO, data_module, make_samples, run_here
 

@@ -9,7 +9,8 @@ import pytest
 
 from cliptool.analysis.analyse import analyse_video
 from cliptool.config import IndexOptions
-from cliptool.models.clip import ClipModel, ModelSpec
+from cliptool.models.clip import ClipModel
+from cliptool.models.spec import ModelSpec
 from cliptool.analysis.keyframes import KeyframeOptions, extract_keyframes
 
 from conftest import shared

@@ -76,7 +76,7 @@ class _Links(html.parser.HTMLParser):
 
 
 def test_contact_sheet_is_self_contained_escaped_and_shows_the_best_frames(library: tuple[Path, Path], tmp_path: Path) -> None:
-    from cliptool.writers.frame import frame_at
+    from cliptool.media.decode import frame_at
     from cliptool.writers.timeline import url_path
 
     index_dir, root = library

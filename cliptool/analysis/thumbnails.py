@@ -128,7 +128,7 @@ def make(index_dir: Path, record: VideoRecord, scene: SceneRecord, sample: int, 
     data = read(index_dir, scene.scene_id, sample)
     if data is not None:
         return data
-    from cliptool.writers.frame import frame_at
+    from cliptool.media.decode import frame_at
 
     _, rgb = frame_at(Path(record.path), float(scene.sample_times[sample]))
     data = encode(rgb)

@@ -293,7 +293,7 @@ def index_once(paths: Path | list[Path], ckpt: Path, work: Path, extra: list[str
 def build_search_index(out: Path, ckpt: Path, scenes: int, model: str = "ViT-B-32", label: str = "") -> Path:
     """An index of `scenes` random unit vectors written through the store API (cached), with
     the model's text encoder exported as `cliptool index` does."""
-    from cliptool.models.clip import ModelSpec
+    from cliptool.models.spec import ModelSpec
     from cliptool.store import IndexStore, SceneRecord, SceneVectors, VideoRecord
     from cliptool.vectors.faiss import load_vector_index
 
@@ -329,7 +329,7 @@ def build_search_index(out: Path, ckpt: Path, scenes: int, model: str = "ViT-B-3
 def export_text(code: Path, model: str, ckpt: Path, index_dir: Path) -> None:
     """Exports the model's text tower into the index with the cliptool in `code` (this one, or an
     older one the text bench compares with), in a new process, as `cliptool index` does."""
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); from cliptool.models.clip import ClipModel, ModelSpec; "
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from cliptool.models.clip import ClipModel; from cliptool.models.spec import ModelSpec; "
               "ClipModel(ModelSpec(sys.argv[2], sys.argv[3])).export_text_encoder(sys.argv[4])")
     subprocess.run([sys.executable, "-c", script, str(code), model, str(ckpt), str(index_dir)], check=True,
                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -569,7 +569,8 @@ def write_synthetic(index_dir: Path, scenes: int, dim: int, identity: str, spec:
 
 def synth_index_main(argv: list[str]) -> int:
     """`python -m cliptool.bench synth-index DIR --scenes N --model M --pretrained P`."""
-    from cliptool.models.clip import ClipModel, ModelSpec
+    from cliptool.models.clip import ClipModel
+    from cliptool.models.spec import ModelSpec
     from cliptool.index.indexer import resolve_model_spec
 
     ap = argparse.ArgumentParser(prog="python -m cliptool.bench synth-index",
@@ -676,7 +677,7 @@ def warm_scale(index_dir: Path, repeat: int) -> dict[str, Any]:
     query-like vectors; the float16 error of the stored vectors; this process's VmHWM."""
     from cliptool.search import searcher as search_module
     from cliptool.search.searcher import Searcher
-    from cliptool.vectors.faiss import _sample_queries
+    from cliptool.vectors.faiss import sample_queries
 
     searcher = Searcher(index_dir, text_runtime="onnxruntime")
     searcher.search(searcher.text_vector("warm up"), top=10)
@@ -701,7 +702,7 @@ def warm_scale(index_dir: Path, repeat: int) -> dict[str, Any]:
                       "vmhwm_mb": _vmhwm_mb()}  # after these queries (before the measures below)
     index = searcher.vectors
     base = index.segments[0] if hasattr(index, "segments") else index
-    queries = _sample_queries(base.vectors_view(), 200, seed=12345)
+    queries = sample_queries(base.vectors_view(), 200, seed=12345)
     exact = _exact_top(index, queries, 10)
     found = sum(len(set(index.scores(q, 10)[1].tolist()) & want) for q, want in zip(queries, exact))
     out["recall_at_10"] = found / (10 * len(queries))
@@ -851,8 +852,9 @@ def milvus_latency(index_dir: Path, repeat: int) -> dict[str, Any]:
     alternating per query, and the bare top-10 scene search of each (FAISS's flat scan: exact);
     and whether their top 10 agree with the exact scan."""
     from cliptool.vectors.milvus import collection_state, parse_vector_store, release, sync_collection
-    from cliptool.search.searcher import Filters, Searcher
-    from cliptool.vectors.faiss import _sample_queries
+    from cliptool.search.filters import Filters
+    from cliptool.search.searcher import Searcher
+    from cliptool.vectors.faiss import sample_queries
 
     index_dir = Path(index_dir)
     target = parse_vector_store(f"milvus://{index_dir.resolve() / 'bench-milvus.db'}")
@@ -869,7 +871,7 @@ def milvus_latency(index_dir: Path, repeat: int) -> dict[str, Any]:
     milvus = Searcher(index_dir, vector_store=target.spelled)
     index = faiss.vectors
     base = index.segments[0] if hasattr(index, "segments") else index
-    queries = _sample_queries(base.vectors_view(), MILVUS_QUERIES, seed=4321)
+    queries = sample_queries(base.vectors_view(), MILVUS_QUERIES, seed=4321)
     durations = sorted(faiss.video_facts()[v].duration for v in faiss.row_videos()[0])
     short = Filters(max_duration=durations[max(0, len(durations) // 10 - 1)])  # about 10% of the videos
     cases = {"plain": {}, "videos": {"by_video": True}, "filter 10%": {"where": short}}
@@ -964,7 +966,8 @@ def print_milvus(rows: list[dict[str, Any]]) -> None:
 # -- int8 and bf16 against fp32 on real frames -------------------------------------------------------
 def precision_accuracy(ckpt: Path, clips: list[Path], per_clip: int) -> dict[str, dict[str, float]]:
     from cliptool.media.decode import VideoReader, to_rgb
-    from cliptool.models.clip import ClipModel, ModelSpec
+    from cliptool.models.clip import ClipModel
+    from cliptool.models.spec import ModelSpec
 
     frames = []
     for clip in clips:
@@ -1052,7 +1055,7 @@ def bench_recall(out: Path, model_dir: Path = TOY_MODEL, per_duration: int = 8, 
     """Moment recall on generated toy videos, for the old and the new sampling and each ranking:
     for each set (one per duration D, plus two-shape videos) a fresh index; per query (a shown
     shape's caption) found = rank 1 is its video and the best time lies inside its appearance."""
-    from cliptool.models.clip import ModelSpec
+    from cliptool.models.spec import ModelSpec
     from cliptool.search.searcher import Searcher
     from cliptool.store import video_id_for
 
@@ -1139,7 +1142,7 @@ def image_containment(index_dir: Path, videos: list[Path], per_video: int = 12, 
 
 def bench_images(out: Path, ckpt_args: tuple[str, str], per_video: int = 12) -> dict[str, Any]:
     """Image search by real frames of the shared videos, old and new sampling, each ranking."""
-    from cliptool.models.clip import ModelSpec
+    from cliptool.models.spec import ModelSpec
 
     videos = [SHARED / v for v in IMAGE_VIDEOS if (SHARED / v).is_file()]
     if not videos:
@@ -1169,7 +1172,7 @@ def index_time_ratio(corpus: dict[str, Path], ckpt: Path, work: Path, repeat: in
             index_dir = work / f"ratio-{mode}"
             shutil.rmtree(index_dir, ignore_errors=True)
             script = ("import sys, json; from pathlib import Path; from cliptool.config import IndexOptions; "
-                      "from cliptool.models.clip import ModelSpec; from cliptool.index.indexer import index_paths; "
+                      "from cliptool.models.spec import ModelSpec; from cliptool.index.indexer import index_paths; "
                       "index_paths([Path(p) for p in sys.argv[4:]], Path(sys.argv[1]), ModelSpec('ViT-B-32', sys.argv[2]), "
                       "IndexOptions(**json.loads(sys.argv[3])), progress=False)")
             wall, _, code_ = run_child([sys.executable, "-c", script, str(index_dir), str(ckpt), json.dumps(changes),
@@ -1223,7 +1226,8 @@ def bench_queries(index_dir: Path, repeat: int) -> dict[str, Any]:
     """Warm query latency (query vector ready; the search alone) on a large synthetic index:
     plain, with filters (1 and 10% of the videos, and one every video passes: the mask's own
     cost) and with --videos, against the code paths they replace, all in this one process."""
-    from cliptool.search.searcher import Filters, Searcher
+    from cliptool.search.filters import Filters
+    from cliptool.search.searcher import Searcher
 
     searcher = Searcher(index_dir, text_runtime="numpy")
     texts = ["a dog running on a beach", "a red car at night", "two people talking in a kitchen",

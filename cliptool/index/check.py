@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from cliptool.errors import CliptoolError, printable
+from cliptool.errors import CliptoolError, one_line, printable
 from cliptool.store import IndexStore, VideoRecord, WriterLock, decode_vectors, scene_id
 
 # Kinds of problem: "orphan" (scene lists or vectors no record names: left by an interrupted
@@ -99,53 +99,6 @@ def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> li
     return wrong
 
 
-def _cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: list[VideoRecord],
-                    stale: bool = False) -> list[str]:
-    """What is wrong with the live search cache (its segments, retired rows hidden), compared
-    with the stores; of a stale cache (commits not yet appended), only the videos it agrees on
-    with the stores are compared."""
-    from cliptool.vectors.faiss import VectorIndex, _cache_root, _live_map, _retired_mask, read_manifest
-
-    manifest = read_manifest(index_dir)
-    if manifest is None:
-        return []
-    root = _cache_root(index_dir)
-    try:
-        segments = [VectorIndex(root / s["name"]) for s in manifest["segments"]]
-        ids: list[str] = []
-        wrong_vector = ""
-        for entry, seg in zip(manifest["segments"], segments):
-            hidden = _retired_mask(entry, seg)
-            mat = seg.scene_matrix()
-            for row, sid in enumerate(seg.scene_ids()):
-                if hidden is not None and hidden[row]:
-                    continue
-                ids.append(sid)
-                if not wrong_vector and sid in expected and not np.allclose(mat[row], expected[sid], atol=1e-6):
-                    wrong_vector = sid
-        live = _live_map(manifest, segments)
-    except Exception as exc:  # noqa: BLE001 - any failure to load means a corrupt cache
-        return [f"the search cache cannot be read ({type(exc).__name__})"]
-    if stale:  # only the videos the cache and the stores agree on; a search lays the rest over it
-        state = {r.video_id: (r.version, r.path) for r in records}
-        same = {(vid, version) for vid, (version, path, _, _) in live.items() if state.get(vid) == (version, path)}
-
-        def agreed(sid: str) -> bool:
-            return tuple(sid.split("/")[:2]) in same
-
-        ids = [sid for sid in ids if agreed(sid)]
-        expected = {sid: v for sid, v in expected.items() if agreed(sid)}
-    wrong = []
-    if sorted(ids) != sorted(expected):
-        wrong.append(f"the search cache lists {len(ids)} scenes, the stores hold {len(expected)} (or other ones)")
-    elif wrong_vector:
-        wrong.append(f"the search cache's vector for scene {wrong_vector} differs from the store's")
-    cached_videos = sorted((vid, path) for vid, (_, path, _, _) in live.items())
-    if not stale and cached_videos != sorted((r.video_id, r.path) for r in records):
-        wrong.append("the search cache's video list differs from the stores'")
-    return wrong
-
-
 def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -> CheckReport:
     """Checks that the stores and the FAISS cache agree; with repair, fixes what it can.
 
@@ -153,7 +106,7 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
     `cliptool index` redoes it) and rebuilds a corrupt or disagreeing cache. Holds the writer
     lock (an index run in progress would look like orphans), unless take_lock is False.
     """
-    from cliptool.vectors.faiss import cache_state, rebuild, sync_cache
+    from cliptool.vectors.faiss import cache_problems, cache_state, rebuild, sync_cache
 
     index_dir = Path(index_dir)
     if take_lock:
@@ -216,7 +169,7 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
     _check_thumbnails(index_dir, report, records, repair)
     report.cache = cache_state(index_dir)  # "stale" is no problem: a search adds what is newer
     if report.cache != "missing":
-        for w in _cache_problems(index_dir, expected, records, stale=report.cache == "stale"):
+        for w in cache_problems(index_dir, expected, records, stale=report.cache == "stale"):
             report.problems.append(Problem(CACHE, w))
     if repair and (damaged or misfiled or any(p.kind == CACHE for p in report.problems) or report.cache != "current"):
         try:  # a cache that disagrees is built again; one that only lags is caught up (appended)
@@ -232,10 +185,38 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
             pass  # no videos left: nothing to cache
         except OSError as exc:
             report.problems.append(Problem(CACHE, f"could not rebuild the search cache: {exc.strerror or exc}"))
-    from cliptool.vectors.milvus import check_recorded
-
-    check_recorded(index_dir, report, records, repair)  # a Milvus collection recorded in the index
+    _check_collection(index_dir, report, records, repair)  # a Milvus collection recorded in the index
     return report
+
+
+def _check_collection(index_dir: Path, report: CheckReport, records: list[VideoRecord], repair: bool) -> None:
+    """`check`: how the recorded Milvus collection differs from the stores (a problem of kind
+    "collection"); with repair, it is rebuilt from the stores. Nothing when none is recorded."""
+    from cliptool.vectors.milvus import (collection_problems, collection_state, parse_vector_store, recorded_vector_store,
+                                         release, sync_collection)
+
+    text = recorded_vector_store(index_dir)
+    target = parse_vector_store(text, index_dir) if text else None
+    if target is None:
+        return
+    try:
+        report.collection = collection_state(index_dir, target)
+        found = collection_problems(index_dir, target, records)
+        if report.collection == "stale" and not found:
+            found = ["the Milvus collection lags the stores (a search catches it up)"]
+        report.problems += [Problem(COLLECTION, message) for message in found]
+        if repair and found:
+            if records:
+                sync_collection(index_dir, target, rebuild=True)
+                report.collection = "current"
+            for p in report.problems:
+                if p.kind == COLLECTION:
+                    p.repaired = True
+    except CliptoolError as exc:
+        report.problems.append(Problem(COLLECTION, one_line(exc)))
+    finally:
+        if target.lite:
+            release(target)
 
 
 def _check_thumbnails(index_dir: Path, report: CheckReport, records: list[VideoRecord], repair: bool) -> None:

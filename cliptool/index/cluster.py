@@ -3,7 +3,7 @@
 The run plans locally (indexer: discover, skip, move, prune). Each video still to analyse
 becomes a task for one of the actors, by its path: the workers read the videos, and the model
 the driver resolved, from storage every node sees at the same paths. Each actor loads the
-model once and runs `indexer.analyse_file`, exactly what a local run does per file; the
+model once and runs `worker.analyse_file`, exactly what a local run does per file; the
 results come back to the driver in the order they finish, and the driver commits them with
 the local run's code. A worker (or its node) that dies mid-video loses nothing: its videos go
 back to the queue and are analysed again on another actor, up to `TRIES` times, and only a
@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +28,9 @@ from types import ModuleType
 from typing import Any
 
 from cliptool.config import IndexOptions
-from cliptool.models.clip import ModelSpec
+from cliptool.models.spec import ModelSpec
 from cliptool.errors import ClusterError, CliptoolError, ModelUnavailableError, UsageError, one_line
-from cliptool.index.indexer import EXIT_HUNG, FileResult, Todo, _Watchdog, analyse_file
+from cliptool.index.worker import EXIT_HUNG, FileResult, Reporter, Todo, Watchdog, analyse_file
 
 RAY_MISSING = "--ray needs Ray: pip install 'cliptool[cluster]'"
 TRIES = 3  # analyses of one video before a worker dying under it counts as its failure
@@ -38,8 +38,6 @@ CPUS_PER_WORKER = 2  # one video's pass keeps about two cores busy: decoding, an
 QUEUED_PER_WORKER = 2  # a worker's next video waits on it while the driver commits the last
 START_TIMEOUT = 300.0  # seconds without any worker ready before the run gives up
 CONNECT_TIMEOUT = 5.0
-
-Reporter = Callable[[str], None]
 
 
 def import_ray() -> ModuleType:
@@ -100,7 +98,7 @@ def connection(address: str) -> Iterator[None]:
             import_ray().shutdown()
 
 
-class _WorkerWatchdog(_Watchdog):
+class _WorkerWatchdog(Watchdog):
     """A worker's per-file time limit: a decoder stuck in C ends the worker process (the
     driver, which owns the stores, then hands the video to another worker)."""
 
@@ -135,7 +133,7 @@ class AnalysisWorker:
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "error": self.error}
 
     def analyse(self, path: str, st: os.stat_result) -> FileResult:
-        """`indexer.analyse_file` for one video (its per-frame vectors stay here: nothing commits them)."""
+        """`worker.analyse_file` for one video (its per-frame vectors stay here: nothing commits them)."""
         with _WorkerWatchdog(self.file_timeout, Path(), lambda _message: None) as watchdog:
             result = analyse_file(Path(path), st, None, self.model, self.options, watchdog)
         if result.analysed is not None:

@@ -11,7 +11,7 @@ import av
 import cv2
 import numpy as np
 
-from cliptool.errors import VideoError, one_line
+from cliptool.errors import UsageError, VideoError, one_line
 
 _PLANAR_420 = {"yuv420p", "yuvj420p"}
 _TIME_EPS = 1e-4
@@ -306,3 +306,14 @@ def detect_size(width: int, height: int, target_width: int) -> tuple[int, int]:
     if width <= target_width or width <= 0:
         return max(2, width), max(2, height)
     return target_width, max(2, int(round(height * target_width / width)))
+
+
+def frame_at(video: Path, t: float) -> tuple[float, np.ndarray]:
+    """(time, RGB) of the frame on screen at time `t` seconds."""
+    if t < 0:
+        raise UsageError("time must not be negative")
+    with VideoReader(video) as reader:
+        frame = next(reader.frames_from(t), None)
+        if frame is None:
+            raise UsageError(f"{video}: no frame at {t:.3f} s")
+        return frame.time, to_rgb(frame.av_frame)

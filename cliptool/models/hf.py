@@ -225,7 +225,7 @@ def config_text_tower(config: Path) -> tuple[dict[str, Any] | None, tuple[Path, 
 def folder_identity(folder: Path) -> str:
     """A folder model's identity: a hash of the fingerprints of the files that define it, so a
     moved folder keeps it and a changed file changes it."""
-    from cliptool.models.clip import file_fingerprint
+    from cliptool.models.common import file_fingerprint
 
     layout = inspect_folder(folder)
     h = hashlib.sha256(layout.kind.encode())
@@ -277,9 +277,9 @@ def hub_folder(name: str) -> Path:
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise ModelUnavailableError(
             f"{name} is not in the local Hugging Face cache{incomplete} and HF_HUB_OFFLINE is set; {advice}")
-    from cliptool.models.clip import _cause, _hub_reachable
+    from cliptool.models.common import failure_line, hub_reachable
 
-    if not _hub_reachable("huggingface.co"):
+    if not hub_reachable("huggingface.co"):
         raise ModelUnavailableError(f"{name} is not in the local Hugging Face cache{incomplete} and "
                                     f"huggingface.co cannot be reached (no network?); {advice}")
     try:
@@ -287,7 +287,7 @@ def hub_folder(name: str) -> Path:
     except ModelUnavailableError:
         raise
     except Exception as exc:  # noqa: BLE001 - hub, HTTP and disk errors of many kinds
-        raise ModelUnavailableError(_cause(exc, f"cannot download {name}")) from None
+        raise ModelUnavailableError(failure_line(exc, f"cannot download {name}")) from None
 
 
 def _download_repo(repo: str) -> Path:
@@ -386,9 +386,9 @@ def _hf_config(layout: FolderLayout) -> Any:
     try:
         import transformers
     except ImportError as exc:
-        from cliptool.models.clip import _cause
+        from cliptool.models.common import failure_line
 
-        raise ModelUnavailableError(_cause(exc, f"cannot read model folder {layout.folder}")) from None
+        raise ModelUnavailableError(failure_line(exc, f"cannot read model folder {layout.folder}")) from None
     cls = transformers.CLIPConfig if layout.kind == "clip" else transformers.ChineseCLIPConfig
     try:
         return cls.from_dict(_read_json(layout.config))

@@ -1,8 +1,6 @@
-"""Stage 8: search the index by text or by image: query terms, filters, ranking, merging.
+"""Stage 8: search the index by text or by image: ranking and merging windows into moments.
 
-A query is one or more terms (`Query`, `QueryTerm`): words or an image file, each with a
-weight, negative for a term to avoid. Its vector is the sum of weight * normalised term
-vector, renormalised. Filters (`Filters`) decide which videos may answer (folder, file date,
+A query (`search.query`) is one or more weighted terms. Filters (`search.filters`) decide which videos may answer (folder, file date,
 duration) in Python over the few videos, then reach FAISS as a boolean mask over rows; a
 minimum score applies to the scored hits. Neighbouring windows of one long shot that both
 match are reported as one hit spanning them.
@@ -11,24 +9,23 @@ match are reported as one hit spanning them.
 from __future__ import annotations
 
 import functools
-import math
 import os
-import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
-from cliptool.models.clip import TEXTENC_DIR, ClipModel, ModelSpec, text_encoder_identity, warn_slow_text_path
+from cliptool.models.clip import ClipModel, TEXTENC_DIR, text_encoder_identity, warn_slow_text_path
+from cliptool.models.spec import ModelSpec
 from cliptool.errors import IndexMismatchError, UsageError, one_line
-from cliptool.store import IndexStore, VideoRecord, generation, real_path
-from cliptool.vectors.faiss import CacheChangedError, LiveIndex, ScenePosition, VectorIndex
-
-if TYPE_CHECKING:
-    from cliptool.vectors.milvus import MilvusVectors
+from cliptool.store import IndexStore, generation
+from cliptool.search.filters import Filters, VideoFacts
+from cliptool.search.query import Query
+from cliptool.vectors.base import ScenePosition, VectorBackend
+from cliptool.vectors.faiss import CacheChangedError
 
 RERANK_CANDIDATES = 50  # scenes fetched by scene vector (and by frame) before re-scoring with their frames
 FRAME_SCAN_LIMIT = 40_000  # up to this many frame vectors, each query also scans them all for candidates
@@ -36,206 +33,6 @@ RANKINGS = ("frames", "scene+frames", "scene")
 PER_VIDEO_CANDIDATES = 8  # with --videos, each video's best scenes by scene vector re-scored by their frames
 CANCELLED = 1e-4  # a query whose weighted sum is shorter than this (times the sum of |weights|) says nothing
 TOUCHING = 1e-3  # seconds: windows of one shot that end and start within this are neighbours
-
-_WEIGHT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*:(.*)$", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class QueryTerm:
-    """One term of a query: words or an image file, and its weight (negative: a term to avoid)."""
-
-    text: str | None = None
-    image: str | None = None
-    weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if (self.text is None) == (self.image is None):
-            raise UsageError("a query term is either words or an image, not both or neither")
-        if self.text is not None and not self.text.strip():
-            raise UsageError("empty query: give some words to search for, or --image FILE")
-        if not math.isfinite(self.weight) or self.weight == 0:
-            raise UsageError(f"a term's weight must be a non-zero number, not {self.weight!r}")
-
-    @classmethod
-    def parse(cls, raw: str, *, image: bool = False, avoid: bool = False, option: str = "query") -> QueryTerm:
-        """A term as the command line writes it: `2:a dog` is "a dog" with weight 2 (a number,
-        then a colon, at the start); without one the weight is 1. Text that itself starts with
-        a number and a colon takes an explicit weight: `1:3:10 to Yuma`. With avoid (--not,
-        --not-image) the weight is negated."""
-        weight = 1.0
-        match = _WEIGHT.match(raw)
-        if match:
-            weight, raw = float(match.group(1)), match.group(2)
-            if not math.isfinite(weight) or weight <= 0:
-                raise UsageError(f"{option}: a weight must be a positive number, not {match.group(1)!r} "
-                                 "(use --not or --not-image for a term to avoid)")
-        if not raw.strip():
-            raise UsageError(f"{option}: empty term" + (" after its weight" if match else ""))
-        weight = -weight if avoid else weight
-        return cls(image=raw, weight=weight) if image else cls(text=raw.strip(), weight=weight)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"text": self.text, "image": self.image, "weight": self.weight}
-
-
-@dataclass(frozen=True)
-class Query:
-    """Terms whose weighted, normalised vectors add up to one query vector (see `Searcher.query_vector`)."""
-
-    terms: tuple[QueryTerm, ...]
-
-    def __post_init__(self) -> None:
-        if not self.terms:
-            raise UsageError("empty query: give some words to search for, or --image FILE")
-
-    @classmethod
-    def of(cls, text: str | None = None, image: str | os.PathLike[str] | None = None, *,
-           also: Iterable[str] = (), avoid: Iterable[str] = (),
-           also_images: Iterable[str | os.PathLike[str]] = (),
-           avoid_images: Iterable[str | os.PathLike[str]] = ()) -> Query:
-        """A query from literal terms, each of weight 1 (-1 for those to avoid)."""
-        terms = [QueryTerm(text=text)] if text is not None else []
-        terms += [QueryTerm(image=os.fspath(image))] if image is not None else []
-        terms += [QueryTerm(text=t) for t in also] + [QueryTerm(image=os.fspath(i)) for i in also_images]
-        terms += [QueryTerm(text=t, weight=-1.0) for t in avoid]
-        terms += [QueryTerm(image=os.fspath(i), weight=-1.0) for i in avoid_images]
-        return cls(tuple(terms))
-
-    @classmethod
-    def parse(cls, text: str | None = None, image: str | os.PathLike[str] | None = None, *,
-              also: Sequence[str] = (), avoid: Sequence[str] = (),
-              also_images: Sequence[str] = (), avoid_images: Sequence[str] = ()) -> Query:
-        """A query as the command line writes it: each term may start with a weight (`2:a dog`,
-        see `QueryTerm.parse`); `image` (--image) is taken literally."""
-        terms = [QueryTerm.parse(text)] if text is not None else []
-        terms += [QueryTerm(image=os.fspath(image))] if image is not None else []
-        terms += [QueryTerm.parse(t, option="--and") for t in also]
-        terms += [QueryTerm.parse(t, image=True, option="--and-image") for t in also_images]
-        terms += [QueryTerm.parse(t, avoid=True, option="--not") for t in avoid]
-        terms += [QueryTerm.parse(t, image=True, avoid=True, option="--not-image") for t in avoid_images]
-        return cls(tuple(terms))
-
-    def check_images(self) -> None:
-        """UsageError for an image term whose file is missing (before any model loads)."""
-        for term in self.terms:
-            if term.image is not None and not Path(term.image).expanduser().is_file():
-                raise UsageError(f"no such image: {term.image}")
-
-    def to_list(self) -> list[dict[str, object]]:
-        return [t.to_dict() for t in self.terms]
-
-
-# -- filters ----------------------------------------------------------------------------------
-_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_UNITS = re.compile(r"^(?:(\d+(?:\.\d*)?|\.\d+)h)?(?:(\d+(?:\.\d*)?|\.\d+)m(?:in)?)?(?:(\d+(?:\.\d*)?|\.\d+)s)?$")
-
-
-def parse_date(text: str, option: str, *, end_of_day: bool = False) -> float:
-    """Seconds since the epoch of YYYY-MM-DD (local midnight; with end_of_day the last moment
-    of that day) or of an ISO date and time (`2024-05-01T14:30`, `...+02:00`, `...Z`; local
-    time when it names no zone)."""
-    from datetime import datetime, timedelta
-
-    value = text.strip()
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageError(f"{option}: not a date: {text!r} (use YYYY-MM-DD or an ISO date and time "
-                         "such as 2024-05-01T14:30)") from None
-    if _DATE_ONLY.match(value) and end_of_day:
-        return (moment + timedelta(days=1)).timestamp() - 1e-6
-    return moment.timestamp()
-
-
-def parse_duration(text: str, option: str) -> float:
-    """Seconds from `90`, `1:30`, `01:02:03.5`, `2m`, `1h30m` or `45s`."""
-    value = text.strip().lower().replace(" ", "")
-    units = _UNITS.match(value)
-    if value and units and any(units.groups()):
-        h, m, s = (float(g) if g else 0.0 for g in units.groups())
-        return h * 3600 + m * 60 + s
-    from cliptool.media.timecode import parse_time
-
-    try:
-        return parse_time(value)
-    except UsageError:
-        raise UsageError(f"{option}: not a duration: {text!r} (use seconds, M:SS, H:MM:SS, 2m or 1h30m)") from None
-
-
-class VideoFacts(NamedTuple):
-    """What filters look at in a video: its real path, file date (mtime) and length (s)."""
-
-    path: str
-    mtime: float
-    duration: float
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which hits may answer: videos under some folders (real paths), whose file date (the
-    modification time the index recorded) lies in [since, until] and whose length lies in
-    [min_duration, max_duration] seconds; and hits scoring at least min_score."""
-
-    under: tuple[str, ...] = ()
-    since: float | None = None
-    until: float | None = None
-    min_duration: float | None = None
-    max_duration: float | None = None
-    min_score: float | None = None
-
-    @classmethod
-    def parse(cls, under: Sequence[str | os.PathLike[str]] = (), *, since: str | None = None,
-              until: str | None = None, min_duration: str | None = None, max_duration: str | None = None,
-              min_score: str | float | None = None) -> Filters:
-        """Filters from what a user wrote (see parse_date, parse_duration); UsageError, naming
-        the option, for a bad value."""
-        folders = []
-        for folder in under:
-            if not str(folder).strip():
-                raise UsageError("--in: empty folder")
-            folders.append(real_path(folder))
-        score = None
-        if min_score is not None:
-            try:
-                score = float(min_score)
-            except ValueError:
-                raise UsageError(f"--min-score: not a number: {min_score!r}") from None
-            if not math.isfinite(score):
-                raise UsageError(f"--min-score: not a number: {min_score!r}")
-        lo = parse_date(since, "--since") if since is not None else None
-        hi = parse_date(until, "--until", end_of_day=True) if until is not None else None
-        if lo is not None and hi is not None and lo > hi:
-            raise UsageError(f"--since {since} is after --until {until}")
-        shortest = parse_duration(min_duration, "--min-duration") if min_duration is not None else None
-        longest = parse_duration(max_duration, "--max-duration") if max_duration is not None else None
-        if shortest is not None and longest is not None and shortest > longest:
-            raise UsageError(f"--min-duration {min_duration} is longer than --max-duration {max_duration}")
-        return cls(tuple(folders), lo, hi, shortest, longest, score)
-
-    @property
-    def narrows_videos(self) -> bool:
-        """Whether some videos may be left out (else only min_score, if anything, applies)."""
-        return bool(self.under) or any(v is not None for v in (self.since, self.until, self.min_duration,
-                                                               self.max_duration))
-
-    def allows(self, record: VideoFacts | VideoRecord | None) -> bool:
-        """Whether a video (its facts or record) may answer."""
-        if record is None:
-            return False
-        if self.under and not any(record.path == d or record.path.startswith(d.rstrip(os.sep) + os.sep)
-                                  for d in self.under):
-            return False
-        if self.since is not None and record.mtime < self.since:
-            return False
-        if self.until is not None and record.mtime > self.until:
-            return False
-        if self.min_duration is not None and record.duration < self.min_duration:
-            return False
-        return self.max_duration is None or record.duration <= self.max_duration
-
-    def to_dict(self) -> dict[str, object]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, ())}
-
 
 @dataclass
 class Hit:
@@ -327,14 +124,14 @@ class Searcher:
 
     def __init__(self, index_dir: Path, spec: ModelSpec | None = None, *, text_runtime: str = "numpy",
                  vector_store: str | None = None, text_precision: str | None = None) -> None:
-        from cliptool.vectors.milvus import open_vectors
+        from cliptool.vectors import open_vectors
 
         self.index_dir = Path(index_dir)
         self.text_runtime = text_runtime
         self.text_precision = check_text_precision(text_precision or os.environ.get(TEXT_PRECISION_ENV) or "fp32")
         self.vector_store = vector_store  # None: $CLIPTOOL_VECTOR_STORE, else the index's recorded one, else FAISS
         self._generation = generation(self.index_dir)
-        self.vectors: VectorIndex | LiveIndex | MilvusVectors = open_vectors(self.index_dir, vector_store)
+        self.vectors: VectorBackend = open_vectors(self.index_dir, vector_store)
         recorded = ModelSpec.from_record(self.vectors.model_spec)
         # a given model is compared in the index's precision (search has no precision of its own)
         if spec is not None and spec.resolved().with_precision(recorded.precision).identity() != \
@@ -534,15 +331,8 @@ class Searcher:
         """The cache's videos and, for each row, the number of its video in that list (-1 for a
         row hidden since the build). Read from the cache's per-row video column; kept until
         the searcher takes in new commits."""
-        if self._row_videos is None and hasattr(self.vectors, "video_column"):  # Milvus: the rows seen so far
-            self._row_videos = self.vectors.video_column()  # type: ignore[union-attr]
         if self._row_videos is None:
-            vectors = self.vectors
-            # numbered from the segments' small video lists (a fresh array: hidden rows are marked in it)
-            ids, column = vectors.video_numbers()  # type: ignore[union-attr]
-            if isinstance(vectors, LiveIndex):  # rows of videos removed or replaced since
-                hidden = np.asarray(vectors.retired, dtype=bool)
-                column[: len(hidden)][hidden] = -1
+            ids, column = self.vectors.row_videos()
             self._row_videos = ([str(v) for v in ids], column)
         return self._row_videos
 
@@ -550,12 +340,7 @@ class Searcher:
         """video id -> what filters look at (real path, file date, length): from the cache's
         video list when it has them all, else from the videos store; read once per generation."""
         if self._facts is None:
-            if isinstance(self.vectors, VectorIndex):
-                listed = self.vectors.videos
-            elif not self.vectors.overlay.positions:  # segments only: a later one's entry wins
-                listed = [v for segment in self.vectors.segments for v in segment.videos]
-            else:
-                listed = []
+            listed = self.vectors.listed_videos()
             if listed and all("mtime" in v for v in listed):
                 self._facts = {v["video_id"]: VideoFacts(v["path"], float(v["mtime"]), float(v["duration"]))
                                for v in listed}
@@ -568,8 +353,9 @@ class Searcher:
         """A boolean mask over the cache's rows: those of the videos `where` allows. The
         videos are judged in Python (there are few); the rows follow with one numpy gather.
         The last few masks are kept until the searcher takes in new commits."""
-        if hasattr(self.vectors, "filter_for"):  # Milvus: a filter expression, not a mask
-            return self.vectors.filter_for(where)  # type: ignore[union-attr, return-value]
+        native = self.vectors.native_filter(where)  # Milvus: a filter expression, not a mask
+        if native is not None:
+            return native
         key = replace(where, min_score=None)
         mask = self._masks.get(key)
         if mask is None:
@@ -652,7 +438,7 @@ class Searcher:
         (force: loads the cache again whatever the stores say)."""
         if generation(self.index_dir) == self._generation and not force:
             return False
-        from cliptool.vectors.milvus import open_vectors
+        from cliptool.vectors import open_vectors
 
         self._generation = generation(self.index_dir)
         self.vectors = open_vectors(self.index_dir, self.vector_store)

@@ -198,7 +198,7 @@ class ServeState:
             if key in self._frames:
                 self._frames.move_to_end(key)
                 return self._frames[key]
-        from cliptool.writers.frame import frame_at
+        from cliptool.media.decode import frame_at
 
         with self.decoding:
             _, rgb = frame_at(Path(record.path), t)

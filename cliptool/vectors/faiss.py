@@ -55,6 +55,7 @@ import numpy as np
 
 from cliptool.config import usable_cores
 from cliptool.errors import CliptoolError, IndexBusyError, IndexMissingError, one_line
+from cliptool.vectors.base import ScenePosition, VideoFilter
 from cliptool.store import IndexStore, VideoRecord, generation
 
 CACHE_DIR = "faiss"
@@ -90,21 +91,6 @@ def approx_mode() -> str:
 def _wants_approx(rows: int, mode: str | None = None) -> bool:
     mode = mode or approx_mode()
     return rows >= _APPROX_FLOOR and (mode == "approx" or (mode == "auto" and rows >= APPROX_MIN_ROWS))
-
-
-@dataclass
-class ScenePosition:
-    """Where a FAISS row points: one scene of one video."""
-
-    row: int
-    scene_id: str
-    video_id: str
-    path: str
-    scene_index: int
-    start_time: float
-    end_time: float
-    sample_times: list[float]
-    continues_shot: bool = False  # a window of a long shot after its first (no cut before it)
 
 
 class _LazyTable(dict):
@@ -366,6 +352,15 @@ class VectorIndex:
         """The segment's video ids, each once, and for every row the number of its video in
         that list, (size,) int64: video_of_rows as numbers, without a string per row."""
         return _numbered_videos([self])
+
+    def row_videos(self) -> tuple[list[str], np.ndarray]:
+        return self.video_numbers()
+
+    def listed_videos(self) -> list[dict[str, Any]]:
+        return self.videos
+
+    def native_filter(self, where: VideoFilter) -> None:
+        return None
 
     def scene_vector(self, row: int) -> np.ndarray:
         return np.array(self.vectors_view()[int(row)], dtype=np.float32)
@@ -915,7 +910,7 @@ def _ivf_params(info: dict[str, Any], nprobe: int) -> Any:
     return params
 
 
-def _sample_queries(vectors: np.ndarray, count: int, seed: int) -> np.ndarray:
+def sample_queries(vectors: np.ndarray, count: int, seed: int) -> np.ndarray:
     """Query-like vectors: stored scene vectors moved well away from themselves (cosine about
     0.7 and 0.45 to their source), as a text or image query sits near, not on, what it finds."""
     rng = np.random.default_rng(seed)
@@ -954,7 +949,7 @@ def tune_nprobe(seg: VectorIndex, info: dict[str, Any], queries: int = 400) -> N
     """Sets info's nprobe: one step above the smallest reaching APPROX_TARGET_RECALL on sample
     queries (the step is a margin for queries unlike the sample: measured at 1M scenes, the
     smallest alone gave 0.976-0.981 on fresh queries), and the recall@10 measured with it."""
-    sample = _sample_queries(seg.vectors_view(), queries, seed=1)
+    sample = sample_queries(seg.vectors_view(), queries, seed=1)
     exact = seg.faiss.search(sample, 10)[1]
     ladder = [p for p in _NPROBES if p <= info["nlist"]]
     for i, nprobe in enumerate(ladder):
@@ -1228,6 +1223,20 @@ class LiveIndex:
         the segments': a video in several segments has one number."""
         return _numbered_videos(self.segments, [p.video_id for p in self.overlay.positions])
 
+    def row_videos(self) -> tuple[list[str], np.ndarray]:
+        ids, column = self.video_numbers()  # a fresh array: hidden rows are marked in it
+        hidden = np.asarray(self.retired, dtype=bool)  # rows of videos removed or replaced since
+        column[: len(hidden)][hidden] = -1
+        return ids, column
+
+    def listed_videos(self) -> list[dict[str, Any]]:
+        if self.overlay.positions:  # videos committed since the segments: the stores answer
+            return []
+        return [v for segment in self.segments for v in segment.videos]  # a later segment's entry wins
+
+    def native_filter(self, where: VideoFilter) -> None:
+        return None
+
     def scores(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rows), best first, ties by row, as VectorIndex.scores; `allowed`: a
         boolean mask over rows (segments' and overlay's), or None."""
@@ -1282,6 +1291,51 @@ def describe_cache(index_dir: Path) -> dict[str, Any]:
 
 
 # -- one builder at a time ---------------------------------------------------------------------------
+def cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: list[VideoRecord],
+                    stale: bool = False) -> list[str]:
+    """What is wrong with the live search cache (its segments, retired rows hidden), compared
+    with the stores; of a stale cache (commits not yet appended), only the videos it agrees on
+    with the stores are compared."""
+    manifest = read_manifest(index_dir)
+    if manifest is None:
+        return []
+    root = _cache_root(index_dir)
+    try:
+        segments = [VectorIndex(root / s["name"]) for s in manifest["segments"]]
+        ids: list[str] = []
+        wrong_vector = ""
+        for entry, seg in zip(manifest["segments"], segments):
+            hidden = _retired_mask(entry, seg)
+            mat = seg.scene_matrix()
+            for row, sid in enumerate(seg.scene_ids()):
+                if hidden is not None and hidden[row]:
+                    continue
+                ids.append(sid)
+                if not wrong_vector and sid in expected and not np.allclose(mat[row], expected[sid], atol=1e-6):
+                    wrong_vector = sid
+        live = _live_map(manifest, segments)
+    except Exception as exc:  # noqa: BLE001 - any failure to load means a corrupt cache
+        return [f"the search cache cannot be read ({type(exc).__name__})"]
+    if stale:  # only the videos the cache and the stores agree on; a search lays the rest over it
+        state = {r.video_id: (r.version, r.path) for r in records}
+        same = {(vid, version) for vid, (version, path, _, _) in live.items() if state.get(vid) == (version, path)}
+
+        def agreed(sid: str) -> bool:
+            return tuple(sid.split("/")[:2]) in same
+
+        ids = [sid for sid in ids if agreed(sid)]
+        expected = {sid: v for sid, v in expected.items() if agreed(sid)}
+    wrong = []
+    if sorted(ids) != sorted(expected):
+        wrong.append(f"the search cache lists {len(ids)} scenes, the stores hold {len(expected)} (or other ones)")
+    elif wrong_vector:
+        wrong.append(f"the search cache's vector for scene {wrong_vector} differs from the store's")
+    cached_videos = sorted((vid, path) for vid, (_, path, _, _) in live.items())
+    if not stale and cached_videos != sorted((r.video_id, r.path) for r in records):
+        wrong.append("the search cache's video list differs from the stores'")
+    return wrong
+
+
 class _BuildLock:
     """One cache build or update at a time per index (flock: freed on any exit)."""
 

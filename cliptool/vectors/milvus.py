@@ -35,13 +35,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cliptool.errors import CliptoolError, IndexMissingError, UsageError, one_line
-from cliptool.store import IndexStore, VideoRecord, generation
-from cliptool.vectors.faiss import ScenePosition, load_vector_index
+from cliptool.store import IndexStore, VideoRecord, generation, path_under
+from cliptool.vectors.base import ScenePosition, VideoFilter
 
 if TYPE_CHECKING:
-    from cliptool.index.check import CheckReport
-    from cliptool.search.searcher import Filters
-    from cliptool.vectors.faiss import LiveIndex, VectorIndex
+    pass
 
 VECTOR_STORE_FILE = "vector-store.json"  # in the index directory: the store `cliptool index` recorded
 VECTOR_STORE_ENV = "CLIPTOOL_VECTOR_STORE"  # set by `search/serve --vector-store` for one run
@@ -163,15 +161,6 @@ def resolve_target(index_dir: Path, override: str | None = None) -> MilvusTarget
     None: the FAISS cache."""
     text = override or os.environ.get(VECTOR_STORE_ENV) or recorded_vector_store(index_dir)
     return parse_vector_store(text, index_dir) if text else None
-
-
-def open_vectors(index_dir: Path, override: str | None = None) -> VectorIndex | LiveIndex | MilvusVectors:
-    """What a search asks for vectors: the FAISS cache, or the Milvus collection (caught up
-    with the stores first when it lags)."""
-    target = resolve_target(index_dir, override)
-    if target is None:
-        return load_vector_index(index_dir)
-    return MilvusVectors.open(index_dir, target)
 
 
 # -- talking to Milvus ----------------------------------------------------------------------------
@@ -570,35 +559,6 @@ def sync_recorded(index_dir: Path, video_ids: list[str] | None, since: str | Non
                "`cliptool check --repair` catches up")
 
 
-def check_recorded(index_dir: Path, report: CheckReport, records: list[VideoRecord], repair: bool) -> None:
-    """`check`: how the recorded Milvus collection differs from the stores (a problem of kind
-    "collection"); with repair, it is rebuilt from the stores. Nothing when none is recorded."""
-    from cliptool.index.check import COLLECTION, Problem
-
-    text = recorded_vector_store(index_dir)
-    target = parse_vector_store(text, index_dir) if text else None
-    if target is None:
-        return
-    try:
-        report.collection = collection_state(index_dir, target)
-        found = collection_problems(index_dir, target, records)
-        if report.collection == "stale" and not found:
-            found = ["the Milvus collection lags the stores (a search catches it up)"]
-        report.problems += [Problem(COLLECTION, message) for message in found]
-        if repair and found:
-            if records:
-                sync_collection(index_dir, target, rebuild=True)
-                report.collection = "current"
-            for p in report.problems:
-                if p.kind == COLLECTION:
-                    p.repaired = True
-    except CliptoolError as exc:
-        report.problems.append(Problem(COLLECTION, one_line(exc)))
-    finally:
-        if target.lite:
-            release(target)
-
-
 # -- what a search asks ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MilvusFilter:
@@ -690,7 +650,7 @@ class MilvusVectors:
         return {"kind": "milvus", "uri": self.target.uri, "collection": self.target.collection, "rows": self.size}
 
     # -- filters ---------------------------------------------------------------------------------
-    def filter_for(self, where: Filters) -> MilvusFilter:
+    def filter_for(self, where: VideoFilter) -> MilvusFilter:
         """The Milvus expression of a search's filters (folders, file dates, lengths)."""
         parts = []
         if where.under:
@@ -704,11 +664,8 @@ class MilvusVectors:
                     continue
                 either += [f"path == {_literal(text)}", f"path like {_literal(pattern)}"]
             if needs_listing:  # a folder Milvus cannot spell as a pattern: its videos by id
-                from cliptool.search.searcher import Filters
-
-                listing = Filters(under=tuple(needs_listing))
                 ids = [vid for vid, (_, path) in _video_states(self.client, self.target, None).items()
-                       if listing.allows(_Facts(path))]
+                       if path_under(path, needs_listing)]
                 either.append(f"video_id in {json.dumps(sorted(ids))}")
             parts.append("(" + " or ".join(either) + ")")
         for name, op, value in (("mtime", ">=", where.since), ("mtime", "<=", where.until),
@@ -716,6 +673,15 @@ class MilvusVectors:
             if value is not None:
                 parts.append(f"{name} {op} {float(value)!r}")
         return MilvusFilter(" and ".join(parts))
+
+    def native_filter(self, where: VideoFilter) -> MilvusFilter:
+        return self.filter_for(where)
+
+    def listed_videos(self) -> list[dict[str, Any]]:
+        return []  # the stores answer
+
+    def row_videos(self) -> tuple[list[str], _VideoColumn]:
+        return self.video_column()
 
     def video_column(self) -> tuple[list[str], _VideoColumn]:
         """(video ids, per-row video numbers) for ranking videos; filled as rows are seen."""
@@ -834,15 +800,6 @@ class MilvusVectors:
         return np.asarray(rows, dtype=np.int64)
 
 
-@dataclass(frozen=True)
-class _Facts:
-    """A video's path alone, for judging --in in Python (a folder Milvus cannot spell)."""
-
-    path: str
-    mtime: float = 0.0
-    duration: float = 0.0
-
-
-__all__ = ["MilvusTarget", "MilvusVectors", "collection_problems", "collection_state", "open_vectors",
+__all__ = ["MilvusTarget", "MilvusVectors", "collection_problems", "collection_state", 
            "parse_vector_store", "record_vector_store", "recorded_vector_store", "resolve_target",
            "sync_collection", "sync_recorded"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cliptool.media.decode import VideoReader, to_rgb
+from cliptool.media.decode import VideoReader, frame_at, to_rgb
 from cliptool.errors import UsageError
 from cliptool.store import video_id_for
 
@@ -52,17 +52,6 @@ def write_image(output: Path, rgb: np.ndarray) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write {output}: {exc.strerror}") from None
-
-
-def frame_at(video: Path, t: float) -> tuple[float, np.ndarray]:
-    """(time, RGB) of the frame on screen at time `t` seconds."""
-    if t < 0:
-        raise UsageError("time must not be negative")
-    with VideoReader(video) as reader:
-        frame = next(reader.frames_from(t), None)
-        if frame is None:
-            raise UsageError(f"{video}: no frame at {t:.3f} s")
-        return frame.time, to_rgb(frame.av_frame)
 
 
 def export_at(video: Path, t: float, output: Path) -> ExportResult:

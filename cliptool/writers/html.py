@@ -47,7 +47,7 @@ def thumbnail(video: Path, t: float, width: int = THUMB_WIDTH) -> bytes:
     """JPEG bytes of the frame on screen at `t`, scaled down to `width` pixels wide."""
     import cv2
 
-    from cliptool.writers.frame import frame_at
+    from cliptool.media.decode import frame_at
 
     _, rgb = frame_at(video, t)
     h, w = rgb.shape[:2]
