@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 import cliptool.vectors.faiss as vi
+import cliptool.vectors.faiss.live as live
+import cliptool.vectors.faiss.sync as sync
 from cliptool.index.check import check_index
 from cliptool.store import IndexStore, SceneRecord, SceneVectors, VideoRecord, generation
 from cliptool.vectors.faiss import cache_state, load_vector_index, read_manifest, rebuild, sync_cache
@@ -111,8 +113,8 @@ def test_incremental_cache_equals_a_full_rebuild(tmp_path: Path, monkeypatch: py
     does (only the videos touched), with deltas merging and compactions on the way: after every
     step a search sees exactly what a cache rebuilt from the stores sees, and what an exact
     scan of the stores gives; the cache is never rebuilt from scratch."""
-    monkeypatch.setattr(vi, "COMPACT_DELTAS", 3.0)  # let deltas pile up and merge
-    monkeypatch.setattr(vi, "MAX_DELTAS", 4)
+    monkeypatch.setattr(sync, "COMPACT_DELTAS", 3.0)  # let deltas pile up and merge
+    monkeypatch.setattr(sync, "MAX_DELTAS", 4)
     rng = np.random.default_rng(7)
     pick = random.Random(7)
     index_dir = tmp_path / "index"
@@ -164,8 +166,8 @@ def test_incremental_cache_equals_a_full_rebuild(tmp_path: Path, monkeypatch: py
 def test_a_search_appends_a_large_change_instead_of_rebuilding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A search that finds more committed since the cache than it lays over it in memory
     appends it to the cache (the base segment stays), and then reads the cache as current."""
-    monkeypatch.setattr(vi, "_OVERLAY_LIMIT", 1)
-    monkeypatch.setattr(vi, "COMPACT_DELTAS", 100.0)
+    monkeypatch.setattr(live, "_OVERLAY_LIMIT", 1)
+    monkeypatch.setattr(sync, "COMPACT_DELTAS", 100.0)
     rng = np.random.default_rng(3)
     with IndexStore(tmp_path, create=True) as store:
         store.bind_model("m", {"name": "m", "pretrained": "p"})
@@ -228,7 +230,7 @@ def test_sigkill_during_cache_updates(tmp_path: Path) -> None:
             put(store, f"first{i}", 20, rng)
     rebuild(index_dir)
     queries = np.stack([v.scene for v in _vectors(rng, 4)])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(vi.__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(vi.__file__).parents[3]), os.environ.get("PYTHONPATH", "")])}
     during_write = 0
     for kill in range(8):
         proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(index_dir), str(seed + kill),
@@ -295,7 +297,7 @@ def test_a_merge_without_room_on_the_disk_waits_and_says_so(tmp_path: Path, monk
         store.bind_model("m", {"name": "m", "pretrained": "p"})
         put(store, "aaaa", 40, rng)
     rebuild(index_dir)
-    monkeypatch.setattr(vi, "_free_bytes", lambda path: 10 << 20)  # 10 MB free: under MERGE_SPARE_BYTES alone
+    monkeypatch.setattr(sync, "_free_bytes", lambda path: 10 << 20)  # 10 MB free: under MERGE_SPARE_BYTES alone
     since = generation(index_dir)
     with IndexStore(index_dir) as store:
         put(store, "bbbb", 30, rng)  # deltas at 75% of the base: a compaction is due

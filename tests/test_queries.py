@@ -345,7 +345,7 @@ def test_filter_mask_on_a_cache_with_later_commits_and_a_split_scan(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The mask covers the build's rows and the rows committed since (LiveIndex), hides removed
     videos, and gives the brute-force ranking of the allowed rows, on one scan or two halves."""
-    import cliptool.vectors.faiss as vi
+    import cliptool.vectors.faiss.segment as segment
     from cliptool.store import IndexStore
     from cliptool.vectors.faiss import LiveIndex, load_vector_index
 
@@ -361,8 +361,8 @@ def test_filter_mask_on_a_cache_with_later_commits_and_a_split_scan(tmp_path: Pa
     searcher = Searcher(tmp_path)
     vectors = searcher.vectors
     assert isinstance(vectors, LiveIndex)
-    monkeypatch.setattr(vi, "_SPLIT_ROWS", 10)
-    monkeypatch.setattr(vi, "usable_cores", lambda: 2)
+    monkeypatch.setattr(segment, "_SPLIT_ROWS", 10)
+    monkeypatch.setattr(segment, "usable_cores", lambda: 2)
     rows_total = vectors.base.size + len(vectors.overlay.positions)
     for where, want in [(Filters(under=("/videos/a",)), {"aaaa", "cccc"}), (Filters(since=1500.0), {"bbbb", "cccc"}),
                         (Filters(under=("/videos/a",), until=2500.0), {"aaaa"}), (Filters(max_duration=100.0), {"cccc"})]:

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 import cliptool.vectors.faiss as vi
+import cliptool.vectors.faiss.live as faiss_live
+import cliptool.vectors.faiss.segment as segment
 from cliptool.bench.main import synthetic_centres, synthetic_scene_vectors, write_synthetic
 from cliptool.store import IndexStore
 from cliptool.vectors.faiss import describe_cache, load_vector_index
@@ -115,12 +117,12 @@ def test_cache_columns_are_mapped_and_videos_numbered_without_strings(approx_ind
     compressed = tmp_path / "t.npz"
     np.savez_compressed(compressed, a=np.arange(5))
     with np.load(compressed) as npz:
-        assert vi._mapped_member(npz, "a") is None  # not mappable: read as before
-        assert np.array_equal(vi._LazyTable(npz)["a"], np.arange(5))
+        assert segment._mapped_member(npz, "a") is None  # not mappable: read as before
+        assert np.array_equal(segment._LazyTable(npz)["a"], np.arange(5))
     ids, column = index.video_numbers()
     assert np.array_equal(np.asarray(ids)[column], index.video_of_rows())
     # across segments a video keeps one number (here: the same segment twice, one overlay row)
-    overlay = vi._Overlay(2 * index.size, np.zeros((1, index.dim), np.float32), [np.zeros((0, index.dim))],
+    overlay = faiss_live._Overlay(2 * index.size, np.zeros((1, index.dim), np.float32), [np.zeros((0, index.dim))],
                           [ScenePosition(2 * index.size, "s", ids[3], "/p", 0, 0.0, 1.0, [])])
     live = vi.LiveIndex([index, index], [None, None], overlay, len(ids))
     live_ids, live_column = live.video_numbers()
@@ -137,8 +139,8 @@ def test_split_scan_works_in_a_forked_child(tmp_path: Path, monkeypatch: pytest.
 
     small = tmp_path / "small"
     write_synthetic(small, 2_000, 32, "m3", {"name": "m3", "pretrained": "p"}, per_video=100, progress=False)
-    monkeypatch.setattr(vi, "_SPLIT_ROWS", 1)  # two halves on two threads even here
-    monkeypatch.setattr(vi, "usable_cores", lambda: 2)
+    monkeypatch.setattr(segment, "_SPLIT_ROWS", 1)  # two halves on two threads even here
+    monkeypatch.setattr(segment, "usable_cores", lambda: 2)
     index = load_vector_index(small)
     query = _queries(index, 1, seed=2)[0]
     want = index.scores(query, 10)[1].tolist()  # starts the helper thread in this process

@@ -195,7 +195,7 @@ def test_search_sees_every_commit_without_rebuilding_the_cache(tmp_path: Path) -
 def test_split_scan_gives_the_single_scan_ranking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Large indexes are scanned in two halves on two threads; the merged top-k, ties included,
     is what one FAISS scan of the whole index returns."""
-    import cliptool.vectors.faiss as vi
+    import cliptool.vectors.faiss.segment as segment
 
     with IndexStore(tmp_path, create=True) as store:
         store.bind_model("m", {"name": "m", "pretrained": "p"})
@@ -206,8 +206,8 @@ def test_split_scan_gives_the_single_scan_ranking(tmp_path: Path, monkeypatch: p
         rec = VideoRecord("dddd", "/videos/dddd.mp4", 1, 1.0, "fp", 10.0, 25.0, 64, 48, 250, 0, "h264", "m", 0.0, "")
         store.put_video(rec, [SceneRecord(0, 0.0, 1.0, 0, 25, [0.5], [12])], [SceneVectors(dup, dup[None, :])])
     index = load_vector_index(tmp_path)
-    monkeypatch.setattr(vi, "_SPLIT_ROWS", 10)
-    monkeypatch.setattr(vi, "usable_cores", lambda: 2)
+    monkeypatch.setattr(segment, "_SPLIT_ROWS", 10)
+    monkeypatch.setattr(segment, "usable_cores", lambda: 2)
     rng = np.random.default_rng(5)
     for query in [dup, *unit(rng, 20)]:
         for k in (1, 10, 50, index.size):
