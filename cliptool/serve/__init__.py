@@ -1,6 +1,6 @@
-"""`cliptool serve`: a local web app over an index (see app.py for the routes and security.py
-for the checks in front of them). Importing this package is light; `serve` and `create_app`
-import FastAPI and uvicorn when called."""
+"""`cliptool serve`: a local web app over an index (see app.py for the app, routes_*.py for the
+routes and security.py for the checks in front of them). Importing this package is light;
+`serve` and `create_app` import FastAPI and uvicorn when called."""
 
 from __future__ import annotations
 

@@ -1,0 +1,124 @@
+"""Searching: by words (GET /api/search), by an uploaded image (POST /api/search, multipart,
+at most UPLOAD_LIMIT) and by a scene already indexed (GET /api/similar)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from cliptool.errors import UsageError, one_line
+from cliptool.serve.errors import ApiError, error_response
+from cliptool.serve.params import flag_param, int_param, one_param
+from cliptool.serve.state import UPLOAD_LIMIT, ServeState
+
+DRAIN_LIMIT = 128 * 1024 * 1024  # an oversized upload is read (and dropped) up to this, then cut off
+MAX_TOP = 500
+
+
+def make_router(state: ServeState) -> APIRouter:
+    """The routes GET and POST /api/search and GET /api/similar, over `state`."""
+    router = APIRouter()
+
+    @router.get("/api/search")
+    def api_search(request: Request) -> Any:
+        q = one_param(request, "q")
+        top = int_param(one_param(request, "top"), "top", 10, 1, MAX_TOP)
+        videos = flag_param(one_param(request, "videos"), "videos")
+        if q is None or not q.strip():
+            raise ApiError(400, "empty query: give some words (q=...) or POST an image")
+        if len(q) > 1000:
+            raise ApiError(400, "query too long (at most 1000 characters)")
+        with state.lock:
+            hits = state.index.search(q, top=top, videos=videos)
+        return {"query": q, "image": None, "results": [state.hit_json(h) for h in hits]}
+
+    @router.post("/api/search")
+    async def api_search_image(request: Request) -> Any:
+        top = int_param(one_param(request, "top"), "top", 10, 1, MAX_TOP)
+        videos = flag_param(one_param(request, "videos"), "videos")
+        ctype = request.headers.get("content-type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            raise ApiError(415, "send the image as multipart/form-data, field 'image'")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > DRAIN_LIMIT:
+            return error_response(413, f"upload too large (at most {UPLOAD_LIMIT // (1024 * 1024)} MB)",
+                                  {"connection": "close"})
+        body = bytearray()
+        too_big, total = False, 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if too_big or len(body) + len(chunk) > UPLOAD_LIMIT:
+                too_big = True  # read on (dropping it) so the client hears the answer
+                body.clear()
+                if total > DRAIN_LIMIT:
+                    break
+                continue
+            body += chunk
+        if too_big:
+            return error_response(413, f"upload too large (at most {UPLOAD_LIMIT // (1024 * 1024)} MB)")
+        data = await _image_field(request, bytes(body))
+        name = "upload"
+        results = await run_in_threadpool(_search_image, state, data, top, videos)
+        return {"query": None, "image": name, "results": results}
+
+    @router.get("/api/similar")
+    def api_similar(request: Request) -> Any:
+        scene = one_param(request, "scene")
+        top = int_param(one_param(request, "top"), "top", 10, 1, MAX_TOP)
+        videos = flag_param(one_param(request, "videos"), "videos")
+        other = flag_param(one_param(request, "other"), "other")
+        if not scene:
+            raise ApiError(400, "give scene=SCENE_ID (a search result's scene_id)")
+        state.scene(scene)  # 404 unless it is an indexed scene
+        with state.lock:
+            try:
+                if other:  # leave out the scene's whole video
+                    hits = state.index.similar_scene(scene, top=top, videos=videos, other_videos=True)
+                else:
+                    hits = state.index.similar(scene, top=top, videos=videos)
+            except UsageError as exc:
+                raise ApiError(404, one_line(exc)) from None
+        return {"query": None, "image": None, "scene_id": scene, "results": [state.hit_json(h) for h in hits]}
+
+    return router
+
+
+async def _image_field(request: Request, body: bytes) -> bytes:
+    async def replay() -> dict[str, Any]:
+        nonlocal body
+        chunk, body = body, b""
+        return {"type": "http.request", "body": chunk, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+    except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors, Starlette's limits
+        raise ApiError(400, f"malformed multipart upload ({one_line(exc) or type(exc).__name__})") from None
+    item = form.get("image")
+    if item is None or isinstance(item, str):
+        raise ApiError(400, "multipart field 'image' (a file) is missing")
+    data = await item.read()
+    await form.close()
+    if not data:
+        raise ApiError(400, "the uploaded image is empty")
+    return data
+
+
+def _search_image(state: ServeState, data: bytes, top: int, videos: bool) -> list[dict[str, Any]]:
+    import cv2
+    import numpy as np
+
+    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is None:
+        raise ApiError(400, "not a readable image (JPEG, PNG, WebP, BMP or TIFF)")
+    fd, tmp = tempfile.mkstemp(prefix="cliptool-query-", suffix=".img")  # the system's temp dir
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        with state.lock:
+            hits = state.index.search(image=tmp, top=top, videos=videos)
+        return [state.hit_json(h) for h in hits]
+    finally:
+        os.unlink(tmp)
