@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.bench.main import image_containment
+from cliptool.bench.recall import image_containment
 from cliptool.models.spec import ModelSpec
 from cliptool.index.indexer import index_paths
 

@@ -12,7 +12,7 @@ import pytest
 import cliptool.vectors.faiss as vi
 import cliptool.vectors.faiss.live as faiss_live
 import cliptool.vectors.faiss.segment as segment
-from cliptool.bench.main import synthetic_centres, synthetic_scene_vectors, write_synthetic
+from cliptool.bench.scale import synthetic_centres, synthetic_scene_vectors, write_synthetic
 from cliptool.store import IndexStore
 from cliptool.vectors.faiss import describe_cache, load_vector_index
 from cliptool.vectors.base import ScenePosition
