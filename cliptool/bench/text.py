@@ -23,7 +23,10 @@ _CLI = "import sys; sys.path.insert(0, sys.argv[1]); sys.argv = ['cliptool', *sy
 _WARM = """
 import json, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
-from cliptool.search import Searcher
+try:  # the layered package; an older cliptool had one search module
+    from cliptool.search.searcher import Searcher
+except ImportError:
+    from cliptool.search import Searcher
 searcher = Searcher(sys.argv[2], text_runtime="onnxruntime")
 queries = ["a dog running on a beach", "a red car at night", "two people talking in a kitchen",
            "snow on mountains", "a cat", "fireworks over a city skyline"]
