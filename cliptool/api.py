@@ -91,8 +91,13 @@ class Index:
         report: Callable[[str], None] | None = None,
         ray: str | None = None,
         vector_store: str | None = None,
+        settings: dict[str, Any] | None = None,
+        reindex: bool = False,
     ) -> IndexSummary:
         """Indexes the videos under `paths`; later calls redo only what changed (see README).
+        options: the analysis settings (None: the index's recorded ones, else the defaults);
+        settings: some of them changed ({"max_scene_seconds": 5}); reindex: analyse every video
+        found again (an unchanged one made with other settings is otherwise kept, and counted).
         ray: analyse them on a Ray cluster ("auto", "ray://HOST:PORT" or a GCS "HOST:PORT";
         a process already connected to Ray uses its connection), committed here as locally.
         vector_store ("faiss", "milvus://..."): recorded in the index for later searches; the
@@ -107,7 +112,8 @@ class Index:
 
         kwargs: dict[str, Any] = {} if report is None else {"report": report}
         return index_paths([Path(p) for p in paths], self.directory, model_spec(model, pretrained), options,
-                           progress=progress, prune=prune, precision=precision, ray=ray,
+                           progress=progress, prune=prune, precision=precision, ray=ray, settings=settings,
+                           reindex=reindex,
                            file_timeout=DEFAULT_FILE_TIMEOUT if file_timeout is None else file_timeout, **kwargs)
 
     def check(self, repair: bool = False) -> CheckReport:
@@ -343,7 +349,7 @@ def extract_keyframes(video: PathLike, output: PathLike, options: KeyframeOption
     if index_dir is not None:
         spec = resolve_model_spec(Path(index_dir), model_spec(model, pretrained))
     else:
-        spec = (model_spec(model, pretrained) or ModelSpec()).resolved()
+        spec = (model_spec(model, pretrained) or ModelSpec()).check_files().resolved()
     loaded: list[ClipModel] = []
 
     def get_model() -> ClipModel:

@@ -5,16 +5,57 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from cliptool.config import INDEX_DIR_ENV
 from cliptool.errors import CliptoolError, UsageError
 
+# Options of the program as a whole, which may also follow the subcommand (`cliptool serve
+# --index-dir DIR`): each takes one value.
+GLOBAL_OPTIONS = ("--index-dir", "--text-precision")
+
+
+def hoist_global_options(args: list[str], commands: Collection[str]) -> list[str]:
+    """`args` with every global option that follows the subcommand moved to just before it, so
+    that it may be written on either side (after `--` nothing moves)."""
+    for at, arg in enumerate(args):
+        if arg in commands:
+            break
+        if arg == "--":
+            return args
+    else:
+        return args
+    head, command, tail, moved = args[:at], args[at], [], []
+    rest = iter(args[at + 1:])
+    for arg in rest:
+        if arg == "--":
+            tail += [arg, *rest]
+            break
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            moved.append(arg)
+            if "=" not in arg:
+                value = next(rest, None)
+                if value is not None:
+                    moved.append(value)
+        else:
+            tail.append(arg)
+    return [*head, *moved, command, *tail]
+
+
+class _Group(TyperGroup):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(list(args), self.commands))
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -50,15 +91,35 @@ def _run(action: Callable[[], Any]) -> Any:
     except CliptoolError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        _say_interrupted()
-        # Every store is closed by now. Exit at once: interpreter shutdown while a library
-        # thread (torch, the decoder) is still inside native code can abort the process.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
+        _exit_interrupted()
+    except Exception as exc:
+        if _caused_by_interrupt(exc):  # Ctrl-C inside an import turns into the import's own error
+            _exit_interrupted()
+        raise
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0) from None
+
+
+def _exit_interrupted() -> None:
+    _say_interrupted()
+    # Every store is closed by now. Exit at once: interpreter shutdown while a library
+    # thread (torch, the decoder) is still inside native code can abort the process.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _caused_by_interrupt(exc: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt is among an error's causes (a dataclass defined while Ctrl-C
+    lands raises RuntimeError from it, for one)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _say_interrupted() -> None:
@@ -137,10 +198,16 @@ def index(
     pretrained: Optional[str] = typer.Option(
         None, help="open_clip pretrained tag, a local checkpoint file or hf-hub:ORG/NAME [default: datacomp_xl_s13b_b90k]."
     ),
-    detector: str = typer.Option("content", help="Shot detector: content, adaptive, threshold, transnetv2."),
-    threshold: Optional[float] = typer.Option(None, help="Detector threshold [default: the detector's own]."),
-    max_scene: float = typer.Option(10.0, help="Split shots longer than this many seconds into windows (0: never)."),
-    samples: int = typer.Option(3, min=1, max=16, help="Frames embedded per scene."),
+    detector: Optional[str] = typer.Option(
+        None, help="Shot detector: content, adaptive, threshold, transnetv2 [default: the index's, else content]."),
+    threshold: Optional[float] = typer.Option(None, help="Detector threshold [default: the index's, else the "
+                                              "detector's own]."),
+    max_scene: Optional[float] = typer.Option(None, help="Split shots longer than this many seconds into windows "
+                                              "(0: never) [default: the index's, else 10]."),
+    samples: Optional[int] = typer.Option(None, min=1, max=16, help="Frames embedded per scene [default: the "
+                                          "index's, else 3]."),
+    reindex: bool = typer.Option(False, "--reindex", help="Analyse every video found again, unchanged ones too "
+                                 "(after changing --max-scene, --samples or the detector)."),
     prune: Optional[bool] = typer.Option(
         None, "--prune/--no-prune",
         help="Remove indexed videos whose files are gone from these folders [default: yes, except under "
@@ -167,22 +234,22 @@ def index(
     """Find videos, cut them into scenes, embed and store them; later runs redo only what changed."""
 
     def body() -> None:
-        from cliptool.config import IndexOptions
         from cliptool.analysis.detect import DETECTORS
         from cliptool.models.spec import PRECISIONS
 
-        if detector not in DETECTORS:
+        if detector is not None and detector not in DETECTORS:
             raise UsageError(f"unknown detector {detector!r} (choose from {', '.join(DETECTORS)})")
-        if max_scene < 0:
+        if max_scene is not None and max_scene < 0:
             raise UsageError("--max-scene must not be negative")
         if file_timeout < 0:
             raise UsageError("--file-timeout must not be negative")
         if precision is not None and precision not in PRECISIONS:
             raise UsageError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-        options = IndexOptions(detector=detector, threshold=threshold, max_scene_seconds=max_scene, samples_per_scene=samples)
-        summary = _index().index(paths, model=model, pretrained=pretrained, options=options, prune=prune,
+        settings = {"detector": detector, "threshold": threshold, "max_scene_seconds": max_scene,
+                    "samples_per_scene": samples}
+        summary = _index().index(paths, model=model, pretrained=pretrained, settings=settings, prune=prune,
                                  file_timeout=file_timeout, precision=precision, ray=ray,
-                                 vector_store=vector_store)
+                                 vector_store=vector_store, reindex=reindex)
         if as_json:
             _print_json(summary.to_dict())
         else:
@@ -689,14 +756,22 @@ def keyframes(
             detector=detector or "content", detector_threshold=threshold, use_index=not no_index and detector is None,
         )
         manifest = _index().keyframes(video, output, options, model=model, pretrained=pretrained)
+        from cliptool.media.timecode import format_time
+
         if as_json:
             _print_json(manifest)
             return
         for k in manifest["keyframes"]:
-            print(f"{output / k['file']}  {k['timecode']}  scene {k['scene']}")
+            chapter = f"  chapter {k['chapter'] + 1}" if k.get("chapter") is not None else ""
+            print(f"{output / k['file']}  {k['timecode']}  scene {k['scene']}{chapter}")
+        groups = manifest.get("chapters")
+        for ch in groups or []:
+            print(f"chapter {ch['index'] + 1}  {format_time(ch['start'])}-{format_time(ch['end'])}  "
+                  f"{ch['keyframes']} picture{'' if ch['keyframes'] == 1 else 's'}")
         c = manifest["counts"]
-        print(f"{c['kept']} pictures from {c['candidates']} candidates; dropped {c['duplicate']} near-duplicates, "
-              f"{c['repeat']} repeats, {c['blank']} blank, {c['blurry']} blurry; manifest: "
+        grouped = f" in {len(groups)} chapter{'' if len(groups) == 1 else 's'}" if groups is not None else ""
+        print(f"{c['kept']} pictures{grouped} from {c['candidates']} candidates; dropped {c['duplicate']} "
+              f"near-duplicates, {c['repeat']} repeats, {c['blank']} blank, {c['blurry']} blurry; manifest: "
               f"{output / 'manifest.json'}", file=sys.stderr)
 
     _run(body)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 INDEX_DIR_ENV = "CLIPTOOL_INDEX_DIR"
 CACHE_DIR_ENV = "CLIPTOOL_CACHE_DIR"
@@ -87,3 +89,51 @@ class IndexOptions:
     change_min_gap: float = 0.3
     change_mean_gap: float = 5.0
     change_burst: int = 4
+
+    def settings(self) -> dict[str, Any]:
+        """What changes the scenes and vectors an analysis gives (not how fast it runs)."""
+        return {k: v for k, v in asdict(self).items() if k not in _RUN_ONLY}
+
+    def settings_key(self) -> str:
+        """The settings as a video's record keeps them."""
+        return json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
+
+    def changed(self, given: dict[str, Any]) -> IndexOptions:
+        """These options with the settings in `given` (None values: unchanged). Another detector
+        without a threshold of its own takes its default one."""
+        chosen = {k: v for k, v in given.items() if v is not None}
+        if chosen.get("detector", self.detector) != self.detector and "threshold" not in chosen:
+            chosen["threshold"] = None
+        return replace(self, **chosen)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> IndexOptions:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in settings.items() if k in known})
+
+
+_RUN_ONLY = ("batch_size",)
+# the command line's spelling of a setting, where it has one
+SETTING_OPTIONS = {"detector": "--detector", "threshold": "--threshold", "max_scene_seconds": "--max-scene",
+                   "samples_per_scene": "--samples"}
+
+
+def settings_difference(old_key: str, new: IndexOptions) -> str:
+    """How a video's recorded settings differ from `new`'s, as options: "--max-scene 20 (now 5)"."""
+    try:
+        old = json.loads(old_key)
+    except ValueError:
+        return "settings unknown"
+    now = new.settings()
+    parts = []
+    for name, value in now.items():
+        if name in old and old[name] != value:
+            spelled = SETTING_OPTIONS.get(name, name)
+            parts.append(f"{spelled} {_shown(old[name])} (now {_shown(value)})")
+    return ", ".join(parts) or "other settings"
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "default"
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -74,6 +74,7 @@ class VideoRecord:
     model: str  # model identity
     indexed_at: float
     version: str  # which scene list and vectors belong to this record
+    settings: str = ""  # the analysis settings it was made with (config.IndexOptions.settings_key; "": before they were kept)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -81,7 +82,7 @@ class VideoRecord:
     @classmethod
     def from_json(cls, raw: bytes) -> VideoRecord:
         d = json.loads(raw)
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass
@@ -283,8 +284,20 @@ class IndexStore:
         meta = self.meta()
         if meta.get("model_identity") == identity:
             return
-        meta = {"schema": SCHEMA_VERSION, "model_identity": identity, "model": spec, "created": time.time()}
+        meta = {"schema": SCHEMA_VERSION, "model_identity": identity, "model": spec, "created": time.time(),
+                **({"settings": meta["settings"]} if "settings" in meta else {})}
         self._write(lambda: self._db("videos").put(_META_KEY, json.dumps(meta).encode(), sync=True))
+
+    def settings(self) -> dict[str, Any] | None:
+        """The analysis settings of the index's last run that chose them (None: never chosen)."""
+        return self.meta().get("settings")
+
+    def record_settings(self, settings: dict[str, Any]) -> None:
+        """Keeps the analysis settings later runs use when they choose none."""
+        meta = self.meta()
+        if meta.get("settings") != settings:
+            meta["settings"] = settings
+            self._write(lambda: self._db("videos").put(_META_KEY, json.dumps(meta).encode(), sync=True))
 
     # -- reading -----------------------------------------------------------------------------
     def videos(self) -> Iterator[VideoRecord]:

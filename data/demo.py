@@ -11,7 +11,7 @@ text search still means something on the clips that show those shapes.
 
 from __future__ import annotations
 
-import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +19,46 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def command_name() -> str:
+    """How to call this cliptool from the folder the demo runs in (the venv's script, else -m)."""
+    script = Path(sys.executable).parent / "cliptool"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m cliptool"
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script))
+
+
+def shown(index_dir: Path, *args: object) -> str:
+    """The command line, quoted so that it can be pasted into a shell as it is."""
+    return f"{command_name()} --index-dir {shlex.quote(str(index_dir))} {shlex.join(map(str, args))}"
+
+
 def cliptool(index_dir: Path, *args: object, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "cliptool", *map(str, args)]
-    print("$ cliptool " + " ".join(map(str, args)), flush=True)
-    env = {**os.environ, "CLIPTOOL_INDEX_DIR": str(index_dir)}
-    proc = subprocess.run(cmd, env=env, text=True, stdout=subprocess.PIPE)
+    cmd = [sys.executable, "-m", "cliptool", "--index-dir", str(index_dir), *map(str, args)]
+    print("$ " + shown(index_dir, *args), flush=True)
+    proc = subprocess.run(cmd, text=True, stdout=subprocess.PIPE)
     print(proc.stdout, end="", flush=True)
     if check and proc.returncode != 0:
         sys.exit(proc.returncode)
     return proc
+
+
+def go_on(index_dir: Path, query: str) -> None:
+    """The demo's last words: where its index is and the exact commands to go on with."""
+    print(f"\nThe demo's index is {index_dir}. Go on with (paste as they are):\n"
+          f"  {shown(index_dir, 'search', query)}\n"
+          f"  {shown(index_dir, 'serve', '--open')}        # the web app, at http://127.0.0.1:8765/\n"
+          f"  {shown(index_dir, 'index', Path('~/Videos'))}   # your own videos (or pass --index-dir elsewhere)",
+          flush=True)
+
+
+def image_search(index_dir: Path, video: Path, at: float) -> None:
+    """A search by picture: a frame exported from one clip, searched for in the index."""
+    still = index_dir / "query.png"
+    cliptool(index_dir, "export-frame", "--video", video, "--at", at, "-o", still)
+    cliptool(index_dir, "search", "--image", still, "--top", "3")
 
 
 def main() -> None:
@@ -44,7 +75,9 @@ def main() -> None:
             cliptool(index_dir, "status")
             cliptool(index_dir, "search", "a yellow star", "--top", "3")
             cliptool(index_dir, "search", "a blue square", "--top", "3")
+            image_search(index_dir, samples / "parade.mp4", 3.5)  # the blue square
             cliptool(index_dir, "export-frame", "a yellow star", "-o", index_dir / "yellow-star.jpg")
+            go_on(index_dir, "a yellow star")
             return
         print("\nThe default weights cannot be downloaded here; using a local random-weight model instead.\n"
               "Text results below are meaningless; image search still finds the matching frame.\n", flush=True)
@@ -57,10 +90,9 @@ def main() -> None:
         sys.exit(proc.returncode)
     cliptool(index_dir, "status")
     cliptool(index_dir, "search", "a red circle on a white background", "--top", "3")
-    still = index_dir / "query.png"
-    cliptool(index_dir, "export-frame", "--video", samples / "outdoors.mp4", "--at", "1.2", "-o", still)
-    cliptool(index_dir, "search", "--image", still, "--top", "3")
+    image_search(index_dir, samples / "outdoors.mp4", 1.2)
     cliptool(index_dir, "export-frame", "the sun in a blue sky", "-o", index_dir / "sun.jpg")
+    go_on(index_dir, "the sun in a blue sky")
 
 
 if __name__ == "__main__":

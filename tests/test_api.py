@@ -94,3 +94,17 @@ def test_a_long_lived_index_sees_later_commits(indexed: tuple[cliptool.Index, Pa
     after = index.search("anything", top=50, videos=True)
     assert len(after) == len(before) + 1
     assert str((extra / "again.mp4").resolve()) in {h.path for h in after}
+
+
+def test_progress_counts_seconds_of_video_with_rate_and_time_left(tmp_path: Path, folder: Path, tiny_model,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """One long video must not sit at 0/1: the bar follows the seconds decoded (the three sample
+    clips: 6 + 5 + 4 s), with the speed and the time left."""
+    config, ckpt = tiny_model
+    cliptool.Index(tmp_path / "ix").index([folder], model=str(config), pretrained=str(ckpt), progress=True)
+    err = capsys.readouterr().err
+    final = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("indexing: 100%") and "| 15/15 s of video [" in final, final
+    assert "s/s]" in final and "<00:00" in final, final  # seconds of video a second; nothing left
+    updates = [line for line in err.replace("\r", "\n").splitlines() if "s of video" in line]
+    assert len({line.split("|")[2].split(" s of video")[0] for line in updates}) >= 3  # it moved within the run

@@ -269,6 +269,98 @@ def test_bad_time_and_video_for_export(index_dir: Path, tmp_path: Path, sample_c
     assert_one_line_error(run_here(index_dir, "export-frame", "--video", tmp_path / "gone.mp4", "--at", "1", "-o", tmp_path / "a.jpg"), 2, "no such video")
 
 
+def test_export_at_a_time_past_the_end_is_an_error_naming_the_length(index_dir: Path, tmp_path: Path,
+                                                                      sample_clips: dict[str, Path]) -> None:
+    clip = sample_clips["shapes.mp4"]
+    out = tmp_path / "late.jpg"
+    proc = run_here(index_dir, "export-frame", "--video", clip, "--at", "99", "-o", out)
+    assert_one_line_error(proc, 2, "00:01:39.000 is past the end of the video (00:00:0")
+    assert not out.exists()
+    ok(run_here(index_dir, "export-frame", "--video", clip, "--at", "5.9", "-o", out))  # the last frame: still there
+
+
+def test_global_options_work_on_either_side_of_the_subcommand(indexed: tuple[Path, subprocess.CompletedProcess],
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    index_dir, _ = indexed
+    monkeypatch.setenv("CLIPTOOL_TEXT_PRECISION", "fp32")  # --text-precision sets it in this process: undone after
+    elsewhere = tmp_path / "no-index-here"
+    expected = json.loads(ok(run_here(index_dir, "search", "a red circle", "--json")).stdout)["results"]
+    assert expected
+    for args in (["search", "a red circle", "--index-dir", index_dir, "--json"],
+                 ["search", "a red circle", f"--index-dir={index_dir}", "--json"],
+                 ["search", "--index-dir", index_dir, "a red circle", "--json", "--text-precision", "int8"]):
+        proc = run_here(elsewhere, *args)  # run_here puts --index-dir ELSEWHERE first: the later one wins
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert [h["path"] for h in json.loads(proc.stdout)["results"]][:1] == [expected[0]["path"]]
+    assert "videos:" in ok(run(elsewhere, "status", "--index-dir", index_dir)).stdout  # a fresh process too
+    assert_one_line_error(run_here(elsewhere, "status", "--index-dir", index_dir, "--text-precision", "fp16"), 2,
+                          "--text-precision")
+
+
+def test_hoisting_moves_only_global_options_after_the_command() -> None:
+    from cliptool.cli import hoist_global_options
+
+    commands = {"search", "index"}
+    assert hoist_global_options(["search", "a dog", "--index-dir", "X", "-n", "3"], commands) == \
+        ["--index-dir", "X", "search", "a dog", "-n", "3"]
+    assert hoist_global_options(["--index-dir", "A", "search", "q", "--text-precision=int8"], commands) == \
+        ["--index-dir", "A", "--text-precision=int8", "search", "q"]
+    assert hoist_global_options(["search", "--", "--index-dir", "X"], commands) == ["search", "--", "--index-dir", "X"]
+    assert hoist_global_options(["--version"], commands) == ["--version"]
+
+
+def test_ctrl_c_inside_an_import_counts_as_an_interrupt() -> None:
+    """A dataclass defined while Ctrl-C lands raises RuntimeError from the KeyboardInterrupt."""
+    from cliptool.cli import _caused_by_interrupt
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Error calling __set_name__") from exc
+    except RuntimeError as wrapped:
+        assert _caused_by_interrupt(wrapped)
+    assert not _caused_by_interrupt(RuntimeError("plain")) and not _caused_by_interrupt(None)
+
+
+def test_a_missing_pretrained_file_is_named_not_a_model_mismatch(indexed: tuple[Path, subprocess.CompletedProcess],
+                                                                 library: Path, tmp_path: Path) -> None:
+    index_dir, _ = indexed
+    missing = tmp_path / "weights" / "missing.pt"
+    proc = run(index_dir, "index", library, "--pretrained", missing)
+    assert_one_line_error(proc, 6, f"--pretrained: no such file: {missing}")
+    assert "was built with" not in proc.stderr
+    assert_one_line_error(run_here(index_dir, "keyframes", library / "shapes.mp4", "-o", tmp_path / "k",
+                                   "--pretrained", missing), 6, "no such file")
+
+
+def test_changed_settings_are_said_recorded_and_redone_with_reindex(tmp_path: Path, sample_clips: dict[str, Path],
+                                                                    model_args: list[str]) -> None:
+    """--max-scene 20, then 1 on the same unchanged files: they keep their scenes, and one line
+    says so and how to redo them; --reindex redoes them; a plain run takes the index's settings."""
+    folder = tmp_path / "v"
+    folder.mkdir()
+    shutil.copy(sample_clips["outdoors.mp4"], folder / "outdoors.mp4")  # a 3 s shot, then a 2 s one
+    ix = tmp_path / "ix"
+    ok(run_here(ix, "index", folder, "--max-scene", "20", *model_args))
+    long_scenes = scene_list(ix, folder / "outdoors.mp4")
+    assert max(s["end_time"] - s["start_time"] for s in long_scenes) > 2.5
+    proc = ok(run_here(ix, "index", folder, "--max-scene", "1", *model_args))
+    note = [line for line in proc.stderr.splitlines() if "keep the settings" in line]
+    assert note == ["1 unchanged video(s) keep the settings they were indexed with (--max-scene 20 (now 1)): "
+                    "`cliptool index --reindex PATH` analyses them again with this run's"], proc.stderr
+    assert scene_list(ix, folder / "outdoors.mp4") == long_scenes
+    summary = json.loads(ok(run_here(ix, "index", folder, "--json", *model_args)).stdout)  # the index's: 1
+    assert summary["kept_settings"] == 1 and summary["skipped"] == 1
+    shutil.copy(sample_clips["shapes.mp4"], folder / "shapes.mp4")  # new: analysed with the recorded --max-scene 1
+    ok(run_here(ix, "index", folder, *model_args))
+    assert max(s["end_time"] - s["start_time"] for s in scene_list(ix, folder / "shapes.mp4")) <= 1.0 + 1e-6
+    proc = ok(run_here(ix, "index", folder, "--reindex", *model_args))
+    assert "2 updated" in proc.stderr and "keep the settings" not in proc.stderr
+    assert max(s["end_time"] - s["start_time"] for s in scene_list(ix, folder / "outdoors.mp4")) <= 1.0 + 1e-6
+    assert "keep the settings" not in ok(run_here(ix, "index", folder, *model_args)).stderr
+
+
 def test_corrupt_video_is_skipped_by_name_and_the_rest_indexed(tmp_path: Path, sample_clips: dict[str, Path], model_args: list[str]) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -298,7 +390,7 @@ def test_weights_unavailable_offline_says_how_to_pass_a_file(tmp_path: Path, sam
                     "laion2b_s34b_b79k")
     assert_one_line_error(proc, 6, "--pretrained")
     proc = run(tmp_path / "ix", "index", sample_clips["shapes.mp4"], "--pretrained", tmp_path / "missing.pt")
-    assert_one_line_error(proc, 6, "checkpoint file not found")
+    assert_one_line_error(proc, 6, f"--pretrained: no such file: {tmp_path / 'missing.pt'}")
 
 
 def test_other_model_on_existing_index_is_refused(indexed: tuple[Path, subprocess.CompletedProcess], tmp_path: Path, sample_clips: dict[str, Path]) -> None:

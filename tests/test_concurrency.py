@@ -169,7 +169,63 @@ def test_ctrl_c_during_model_load(index_dir: Path, many_clips: Path, model_args)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode in INTERRUPTED, err
     assert "Traceback" not in err and "interrupted" in err
-    assert lock.read_text() == ""  # lock released and cleared
+    if _committed(index_dir):
+        assert lock.read_text() == ""  # lock released and cleared
+    else:  # a first run that committed nothing leaves no index behind (see the next test)
+        assert not index_dir.exists()
+
+
+def _interrupt_once_locked(index_dir: Path, many_clips: Path, model_args) -> subprocess.CompletedProcess:
+    proc = _start(index_dir, "index", str(many_clips), *model_args)
+    lock = index_dir / "index.lock"
+    while proc.poll() is None and not (lock.exists() and lock.read_text().strip() == str(proc.pid)):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode in INTERRUPTED and "Traceback" not in err, err
+    assert not _committed(index_dir), "a video was committed before the signal: the test needs a later one"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_a_first_run_cut_short_leaves_no_empty_index(tmp_path: Path, many_clips: Path, model_args) -> None:
+    """Nothing committed: the new index is removed, so the next command says there is none
+    (not that an empty one holds nothing); a folder the user had keeps what it held."""
+    index_dir = tmp_path / "new"
+    _interrupt_once_locked(index_dir, many_clips, model_args)
+    assert not index_dir.exists()
+    found = subprocess.run([sys.executable, "-m", "cliptool", "--index-dir", str(index_dir), "search", "a dog"],
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode == 3 and "no index at" in found.stderr and "yet" in found.stderr, found.stderr
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "notes.txt").write_text("mine")
+    _interrupt_once_locked(own, many_clips, model_args)
+    assert os.listdir(own) == ["notes.txt"] and (own / "notes.txt").read_text() == "mine"
+
+
+def test_a_first_run_cut_short_after_a_commit_searches_on_the_fast_path(tmp_path: Path, many_clips: Path,
+                                                                         model_args) -> None:
+    """The user cache holds the model's text export (an earlier index made it): a new index has
+    it from its first commit, so a run cut short there still answers on the fast text path."""
+    warm = tmp_path / "warm"
+    done = _start(warm, "index", str(many_clips / "clip0.mp4"), *model_args)
+    assert done.wait(timeout=300) == 0, done.stderr.read()  # type: ignore[union-attr]
+    index_dir = tmp_path / "cut"
+    proc = _start(index_dir, "index", str(many_clips), *model_args)
+    try:
+        while not _committed(index_dir) and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 1 <= len(_committed(index_dir)) < N_CLIPS
+    found = _start(index_dir, "search", "a red circle", "--json")
+    out, err = found.communicate(timeout=120)
+    assert found.returncode == 0, err
+    assert "slower path" not in err and err.strip() == "", err
+    assert json.loads(out)["results"]
 
 
 def test_interrupt_inside_a_commit_waits_for_it(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_samples, shared
 from cliptool.media.decode import VideoReader, detect_bgr, detect_size, small_bgr, to_rgb
-from cliptool.errors import VideoError
+from cliptool.errors import UsageError, VideoError
 from cliptool.media.decode import frame_at
 
 
@@ -19,7 +19,7 @@ def test_counter_frames_have_exact_times() -> None:
     assert times == pytest.approx([i / 10 for i in range(30)], abs=1e-6)
 
 
-@pytest.mark.parametrize("t,expected", [(0.0, 0), (1.5, 15), (1.549, 15), (1.55, 15), (2.0, 20), (2.95, 29), (99.0, 29)])
+@pytest.mark.parametrize("t,expected", [(0.0, 0), (1.5, 15), (1.549, 15), (1.55, 15), (2.0, 20), (2.95, 29), (3.0, 29)])
 def test_frame_at_is_frame_accurate_on_counter(t: float, expected: int) -> None:
     path = shared("scenes", "counter.mp4")
     with VideoReader(path) as reader:
@@ -27,6 +27,12 @@ def test_frame_at_is_frame_accurate_on_counter(t: float, expected: int) -> None:
     time, rgb = frame_at(path, t)
     assert time == pytest.approx(expected / 10, abs=1e-6)
     assert np.array_equal(rgb, reference[expected])
+
+
+@pytest.mark.parametrize("t", [3.2, 99.0])
+def test_frame_at_past_the_end_names_the_length(t: float) -> None:
+    with pytest.raises(UsageError, match=r"is past the end of the video \(00:00:03.000 long\)"):
+        frame_at(shared("scenes", "counter.mp4"), t)
 
 
 @pytest.mark.parametrize("folder,name", [("content", "cockatoo.mp4"), ("scenes", "testvideo.mp4"), ("scenes", "bikes.mp4")])

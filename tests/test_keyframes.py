@@ -135,6 +135,12 @@ def test_slideshow_one_keyframe_per_distinct_photo(cli, model_args, slideshow, t
     assert [c["start"] for c in chapters] == sorted(c["start"] for c in chapters)
     assert [k["chapter"] for k in kfs] == sorted(k["chapter"] for k in kfs)
     assert sum(c["keyframes"] for c in chapters) == len(kfs)
+    # ... and said on the command line: each picture's chapter, each chapter's span, their count
+    listed = [line for line in proc.stdout.splitlines() if line.startswith("chapter ")]
+    assert len(listed) == len(chapters) and listed[0].startswith("chapter 1  00:00:00.000-")
+    assert all(line.endswith(f"  chapter {k['chapter'] + 1}") for line, k in
+               zip([ln for ln in proc.stdout.splitlines() if not ln.startswith("chapter ")], kfs))
+    assert f"{len(kfs)} pictures in {len(chapters)} chapter" in proc.stderr
 
 
 

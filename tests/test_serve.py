@@ -303,6 +303,12 @@ def test_open_in_player(client: httpx.Client, indexed, tmp_path: Path, monkeypat
     while not log.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert log.read_text().split() == ["--start=1.250", hit["path"]]
+    assert r.json()["seeks"] is True
+    monkeypatch.setenv("CLIPTOOL_PLAYER", "false {path}")  # a player that fails is an error, not "opened"
+    one_line_error(client.post("/api/open", json={"scene": hit["scene_id"], "t": 1.25}), 500)
+    monkeypatch.setenv("CLIPTOOL_PLAYER", f"{script} {{path}}")  # no time in its command line: it cannot seek
+    r = client.post("/api/open", json={"scene": hit["scene_id"], "t": 1.25})
+    assert r.status_code == 200 and r.json()["seeks"] is False, r.text
     one_line_error(client.post("/api/open", json={"scene": hit["scene_id"], "t": 1e9}), 400)
     one_line_error(client.post("/api/open", content=b"{", headers={"content-type": "application/json"}), 400)
     one_line_error(client.post("/api/open", json={"path": "/etc/passwd"}), 400)

@@ -210,3 +210,24 @@ def test_output_paths_are_checked_before_searching(library: tuple[Path, Path], t
     one_line_error(run(index_dir, "search", "x", "--html", tmp_path / "s.txt"), 2, ".html")
     one_line_error(run(index_dir, "search", "x", "--edl", tmp_path / "t.otio"), 2, ".edl")
     one_line_error(run(index_dir, "search", "x", "--otio", tmp_path), 2, "")
+
+
+def test_a_failing_player_is_an_error_with_its_cause(library: tuple[Path, Path], tmp_path: Path) -> None:
+    """xdg-open without a handler exits 3, a wrong command 1: neither is reported as playing."""
+    index_dir, _ = library
+    proc = run(index_dir, "search", "a red circle", "--play", "1", env={"CLIPTOOL_PLAYER": "false {path}"})
+    one_line_error(proc, 1, "the player false failed (exit status 1)")
+    assert "playing" not in proc.stderr.decode()
+    script = tmp_path / "no-handler"
+    script.write_text("#!/bin/sh\necho 'xdg-open: no method available for opening it' >&2\nexit 3\n")
+    script.chmod(0o755)
+    one_line_error(run(index_dir, "search", "a red circle", "--play", "1", env={"CLIPTOOL_PLAYER": str(script)}),
+                   1, "failed (exit status 3): xdg-open: no method available for opening it")
+
+
+def test_a_player_that_cannot_seek_says_so(library: tuple[Path, Path], tmp_path: Path) -> None:
+    index_dir, _ = library
+    script, log = _recorder(tmp_path)
+    proc = ok(run(index_dir, "search", "a red circle", "--play", "1", env={"CLIPTOOL_PLAYER": f"{script} {{path}}"}))
+    _wait_for(log)
+    assert "(from the start: it takes no time)" in proc.stderr.decode()

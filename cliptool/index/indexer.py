@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cliptool.config import IndexOptions, usable_cores
+from cliptool.config import IndexOptions, settings_difference, usable_cores
 from cliptool.media.discover import discover_videos
 from cliptool.models.clip import ClipModel, fast_text_unavailable, text_export_due, threads_settled_on_error
 from cliptool.models.common import file_fingerprint
@@ -28,6 +28,7 @@ from cliptool.models.spec import ModelSpec
 from cliptool.errors import CliptoolError, ModelUnavailableError, NothingToDoError, printable
 from cliptool.store import IndexStore, VideoRecord, WriterLock, generation, real_path, video_id_for
 from cliptool.analysis.thumbnails import write_scene_thumbnails
+from cliptool.index.progress import RunProgress
 from cliptool.index.worker import (DEFAULT_FILE_TIMEOUT, Reporter, FileResult, Todo,
                                    Watchdog, analyse_file)
 
@@ -46,6 +47,7 @@ class IndexSummary:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     kept_missing: int = 0  # gone files kept because their folder looked unmounted (or --no-prune)
+    kept_settings: int = 0  # unchanged videos left as analysed with other settings (--reindex redoes them)
     scenes: int = 0
     seconds: float = 0.0
     video_seconds: float = 0.0
@@ -55,7 +57,7 @@ class IndexSummary:
     def to_dict(self) -> dict[str, object]:
         return {
             "added": self.added, "updated": self.updated, "moved": self.moved, "removed": self.removed,
-            "skipped": self.skipped, "kept_missing": self.kept_missing,
+            "skipped": self.skipped, "kept_missing": self.kept_missing, "kept_settings": self.kept_settings,
             "failed": [{"path": printable(p), "error": printable(e)} for p, e in self.failed],
             "scenes": self.scenes, "seconds": round(self.seconds, 3),
             "video_seconds": round(self.video_seconds, 3), "workers": self.workers, "retried": self.retried,
@@ -80,7 +82,7 @@ def resolve_model_spec(index_dir: Path, spec: ModelSpec | None) -> ModelSpec:
         if meta:
             recorded = ModelSpec.from_record(meta)
     if spec is not None:
-        spec = spec.resolved()
+        spec = spec.check_files().resolved()
         return recorded if recorded is not None and recorded.same_model(spec) else spec
     return recorded or ModelSpec().resolved()
 
@@ -121,6 +123,7 @@ class _Plan:
     moves: list[tuple[Path, os.stat_result, VideoRecord]] = field(default_factory=list)
     removals: list[VideoRecord] = field(default_factory=list)
     stale_failures: list[str] = field(default_factory=list)  # notes of failed files that are gone
+    kept_settings: list[VideoRecord] = field(default_factory=list)  # unchanged, made with other settings
 
     def writes(self) -> bool:
         return bool(self.refresh or self.moves or self.removals or self.stale_failures)
@@ -137,8 +140,16 @@ def index_paths(
     file_timeout: float = DEFAULT_FILE_TIMEOUT,
     precision: str | None = None,
     ray: str | None = None,
+    settings: dict[str, Any] | None = None,
+    reindex: bool = False,
 ) -> IndexSummary:
     """Indexes every video under `paths` into the index at `index_dir`; see the module docstring.
+
+    options: the analysis settings; None takes the index's recorded ones (those of the last run
+    that chose them), else the defaults; `settings` changes some of them (IndexOptions field ->
+    value). A run that chooses settings records them. An unchanged video analysed with other
+    settings is kept as it is and counted in `kept_settings` (said once); reindex analyses every
+    video found again, with this run's settings.
 
     ray: a Ray cluster's address ("auto", "ray://HOST:PORT" or a GCS "HOST:PORT"): the plan is
     made here, the videos are analysed by a pool of Ray actors (see cluster.py), and each result
@@ -149,22 +160,64 @@ def index_paths(
     too; False removes nothing. Each video is committed on its own, so an interruption loses
     at most the one being processed.
     """
-    args = (paths, index_dir, spec, options, report, progress, prune, file_timeout, precision, ray)
-    if ray is None:
-        return _index_run(*args)
-    from cliptool.index.cluster import connection
+    index_dir = Path(index_dir)
+    args = (paths, index_dir, spec, options, report, progress, prune, file_timeout, precision, ray, settings or {},
+            reindex)
+    fresh, before = not IndexStore(index_dir).exists(), _entries(index_dir)
+    try:
+        if ray is None:
+            return _index_run(*args)
+        from cliptool.index.cluster import connection
 
-    with connection(ray):  # joined first: no Ray, or no cluster there, is said before any work
-        return _index_run(*args)
+        with connection(ray):  # joined first: no Ray, or no cluster there, is said before any work
+            return _index_run(*args)
+    except BaseException:
+        if fresh:
+            _undo_empty_index(index_dir, before)
+        raise
+
+
+def _entries(folder: Path) -> set[str] | None:
+    """The names in a folder (None when it does not exist)."""
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return None
+
+
+def _undo_empty_index(index_dir: Path, before: set[str] | None) -> None:
+    """After a first run into a new index failed or was cut short: when it committed nothing (no
+    video, no remembered failure), what it created is removed, so that the next command says
+    there is no index yet instead of taking an empty one for real. A folder the user had is
+    kept, with whatever it held before; a run of another process in the meantime keeps it all."""
+    import shutil
+
+    try:
+        with WriterLock(index_dir):
+            if IndexStore(index_dir).exists():
+                with IndexStore(index_dir) as store:
+                    if next(iter(store.videos()), None) is not None or store.failures():
+                        return
+            for name in (_entries(index_dir) or set()) - (before or set()) - {"index.lock"}:
+                target = index_dir / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+        if before is None or "index.lock" not in before:
+            (index_dir / "index.lock").unlink(missing_ok=True)
+        if before is None:
+            index_dir.rmdir()
+    except (CliptoolError, OSError):
+        pass  # busy, or not ours to clean: left as it is
 
 
 def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, options: IndexOptions | None,
                report: Reporter, progress: bool | None, prune: bool | None, file_timeout: float,
-               precision: str | None, ray: str | None) -> IndexSummary:
+               precision: str | None, ray: str | None, settings: dict[str, Any], reindex: bool) -> IndexSummary:
     """The body of `index_paths`."""
     from tqdm import tqdm
 
-    options = options or IndexOptions()
     started = time.monotonic()
     paths = [Path(p).expanduser() for p in paths]
     files = list(discover_videos(paths))
@@ -185,9 +238,19 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
                 report(f"{'removed duplicate' if outcome == 'duplicate' else 'refiled'} {record.path} -> {real}")
             known = {v.video_id: v for v in store.videos()}
             failures = store.failures()
+            recorded = store.settings()
+            chosen = options is not None or any(v is not None for v in settings.values())
+            base = options or (IndexOptions.from_settings(recorded) if recorded else IndexOptions())
+            options = base.changed(settings)
+            if chosen:
+                store.record_settings(options.settings())
         if known and not _cache_current(index_dir):  # a cache left behind (a crash, say): caught up
             _sync(index_dir, None, None, report)
-        plan = _classify(files, known, failures, identity, summary, report)
+        plan = _classify(files, known, failures, identity, summary, report, options.settings_key(), reindex)
+        if plan.kept_settings:
+            report(f"{len(plan.kept_settings)} unchanged video(s) keep the settings they were indexed with "
+                   f"({settings_difference(plan.kept_settings[0].settings, options)}): `cliptool index --reindex "
+                   f"PATH` analyses them again with this run's")
         file_ids = {video_id_for(f) for f in files}
         gone = {vid: rec for vid, rec in known.items() if vid not in file_ids and _gone(rec.path)}
         _match_moves(plan, gone, identity)
@@ -220,8 +283,9 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
 
 
 def _classify(files: list[Path], known: dict[str, VideoRecord], failures: dict[str, dict[str, Any]], identity: str,
-              summary: IndexSummary, report: Reporter) -> _Plan:
-    """Step 1: which files found are unchanged, only touched, or to be (re)indexed."""
+              summary: IndexSummary, report: Reporter, settings: str = "", reindex: bool = False) -> _Plan:
+    """Step 1: which files found are unchanged, only touched, or to be (re)indexed (all of them
+    with `reindex`); unchanged ones made with other settings than `settings` are listed."""
     plan = _Plan()
     for path in files:
         vid = video_id_for(path)
@@ -231,14 +295,20 @@ def _classify(files: list[Path], known: dict[str, VideoRecord], failures: dict[s
         except OSError as exc:
             _fail(summary, report, path, exc.strerror or str(exc))
             continue
+        if reindex:
+            plan.todo.append((path, st, old))
+            continue
         if old and old.model == identity and old.size == st.st_size:
-            if old.mtime == st.st_mtime:
-                summary.skipped += 1
-                continue
-            if _safe_fingerprint(path) == old.fingerprint:  # touched, not changed
+            unchanged = old.mtime == st.st_mtime
+            if not unchanged and _safe_fingerprint(path) == old.fingerprint:  # touched, not changed
                 old.mtime = st.st_mtime
                 plan.refresh.append(old)
+                unchanged = True
+            if unchanged:
                 summary.skipped += 1
+                if old.settings and settings and old.settings != settings:
+                    plan.kept_settings.append(old)
+                    summary.kept_settings += 1
                 continue
         if st.st_size == 0 and old is None:  # nothing to decode (checked each run: it costs nothing)
             _fail(summary, report, path, "empty file (0 bytes)")
@@ -372,14 +442,14 @@ def _fail(summary: IndexSummary, report: Reporter, path: Path, message: str) -> 
 
 
 def _local_results(todo: Todo, model: ClipModel, options: IndexOptions, watchdog: Watchdog,
-                   starting: Reporter) -> Iterator[FileResult]:
+                   bar: RunProgress) -> Iterator[FileResult]:
     """The plan's files analysed one after another in this process."""
     for path, st, old in todo:
-        starting(path.name)
-        yield analyse_file(path, st, old, model, options, watchdog)
+        bar.start(path)
+        yield analyse_file(path, st, old, model, options, watchdog, on_frame=bar.at)
 
 
-def _commit_result(result: FileResult, index_dir: Path, identity: str, summary: IndexSummary,
+def _commit_result(result: FileResult, index_dir: Path, identity: str, settings: str, summary: IndexSummary,
                    report: Reporter) -> bool:
     """Commits one analysed file (or remembers its failure), whichever process analysed it;
     returns whether the stores changed."""
@@ -413,7 +483,7 @@ def _commit_result(result: FileResult, index_dir: Path, identity: str, summary: 
         fingerprint=result.fingerprint, duration=analysed.duration, fps=analysed.info.fps,
         width=analysed.info.width, height=analysed.info.height, frame_count=analysed.frame_count,
         scene_count=len(analysed.scenes), codec=analysed.info.codec, model=identity,
-        indexed_at=time.time(), version="",
+        indexed_at=time.time(), version="", settings=settings,
     )
     since = generation(index_dir)
     with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
@@ -447,29 +517,29 @@ def _analyse_with(
     commits each result as it comes, in the order they finish."""
     with IndexStore(index_dir, create=True, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
         store.bind_model(identity, model.spec.to_dict())
+    model.link_cached_text_encoder(index_dir)  # searches are fast from the first commit on
     changed = False
-    bar = tqdm(total=len(todo), unit="video", desc="indexing", file=sys.stderr,
-               disable=True if progress is False else None)  # None: only on a terminal
+    bar = RunProgress([path for path, _, _ in todo], tqdm, progress)  # None: only on a terminal
     workers: set[str] = set()
     with ExitStack() as stack:
+        stack.callback(bar.close)
         if ray is None:
             watchdog = stack.enter_context(Watchdog(file_timeout, index_dir, report))
-            results = _local_results(todo, model, options, watchdog, lambda name: bar.set_postfix_str(name[-40:]))
+            results = _local_results(todo, model, options, watchdog, bar)
         else:
             from cliptool.index.cluster import RayPool
 
             pool = stack.enter_context(RayPool(ray, model.spec, options, file_timeout, report))
-            bar.set_postfix_str(f"{pool.size} Ray workers")
+            bar.note(f"{pool.size} Ray workers")
             results = pool.results(todo)
         for result in results:
-            changed |= _commit_result(result, index_dir, identity, summary, report)
+            changed |= _commit_result(result, index_dir, identity, options.settings_key(), summary, report)
             if result.analysed is not None:
                 workers.add(result.worker)
-            bar.update(1)
+            bar.done(result.path)
         if ray is not None:
             summary.retried = pool.retried
     summary.workers = len(workers)
-    bar.close()
     model.export_text_encoder(index_dir, report=report)  # ONNX text encoder for fast search; raises a model load error
     return changed
 

@@ -149,15 +149,21 @@ class FileResult:
 
 
 def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model: ClipModel, options: IndexOptions,
-                 watchdog: Watchdog) -> FileResult:
+                 watchdog: Watchdog, on_frame: Callable[[float], None] | None = None) -> FileResult:
     """Reads one file of the plan: its stat and fingerprint now, then one analysis pass (timed
-    by `watchdog`); any failure of the file becomes the result's error. The local loop and
-    each Ray worker run this."""
+    by `watchdog`, and told each decoded frame's time through `on_frame`); any failure of the
+    file becomes the result's error. The local loop and each Ray worker run this."""
+
+    def frame_decoded(t: float) -> None:
+        watchdog.progress(t)
+        if on_frame is not None:
+            on_frame(t)
+
     try:
         st = path.stat()  # as it is now: it may have been replaced since the run began
         with watchdog.file(path, st):
             fingerprint = file_fingerprint(path)
-            analysed = analyse_video(path, model, options, on_frame=watchdog.progress)
+            analysed = analyse_video(path, model, options, on_frame=frame_decoded)
     except KeyboardInterrupt:
         raise
     except ModelLoadError as exc:  # the model, not this file: the run cannot go on

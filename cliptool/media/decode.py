@@ -313,7 +313,16 @@ def frame_at(video: Path, t: float) -> tuple[float, np.ndarray]:
     if t < 0:
         raise UsageError("time must not be negative")
     with VideoReader(video) as reader:
-        frame = next(reader.frames_from(t), None)
+        frames = reader.frames_from(t)
+        frame = next(frames, None)
         if frame is None:
             raise UsageError(f"{video}: no frame at {t:.3f} s")
+        if next(frames, None) is None:  # the last frame: `t` must fall while it is on screen
+            period = 1.0 / reader.info.fps if reader.info.fps > 0 else 0.04
+            length = max(frame.time + period, reader.info.duration)
+            if t > length + _TIME_EPS:
+                from cliptool.media.timecode import format_time
+
+                raise UsageError(f"{video}: {format_time(t)} is past the end of the video "
+                                 f"({format_time(length)} long)")
         return frame.time, to_rgb(frame.av_frame)

@@ -225,7 +225,7 @@ class ClipModel:
         open_clip, and search uses open_clip (see `fast_text_unavailable`). A failure to write
         is reported and not recorded: the next run tries again.
         """
-        from cliptool.models.text import META_FILE, add_int8_variant, copy_export, export_text_encoder
+        from cliptool.models.text import META_FILE, add_int8_variant, export_text_encoder
 
         self._wait()
         say = report or (lambda message: print(message, file=sys.stderr))
@@ -254,17 +254,43 @@ class ClipModel:
                     return False
             if not _has_int8_entry(cached):  # exported before int8 towers: its variant is added once
                 add_int8_variant(cached)
-            copy_export(cached, index_dir / TEXTENC_DIR)
-            marker = index_dir / TEXTENC_MARKER
-            tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"model_identity": identity}))
-            os.replace(tmp, marker)
-            _remove_old_text_export(index_dir)
+            _install_text_export(cached, index_dir, identity)
         except OSError as exc:
             say(f"warning: could not write the fast text encoder ({exc.strerror or one_line(exc)}); "
                 "text search will use open_clip until an index run writes it")
             return False
         return True
+
+
+    def link_cached_text_encoder(self, index_dir: Path) -> bool:
+        """Puts the text tower the user cache already holds for this model into `index_dir`
+        (hard links: no torch, no waiting for the model), so that an index run cut short after
+        its first commit still searches on the fast path. False when there is none to link yet
+        (the run's end exports it) or the index has it already."""
+        from cliptool.models.text import META_FILE
+
+        identity = self.spec.identity()
+        cached = _text_cache_entry(self.spec.with_precision("fp32"))
+        if not text_export_due(index_dir, identity) or not (cached / META_FILE).is_file() or not _has_int8_entry(cached):
+            return False
+        try:
+            _install_text_export(cached, Path(index_dir), identity)
+        except OSError:
+            return False  # the run's end tries again, and says why
+        return True
+
+
+def _install_text_export(cached: Path, index_dir: Path, identity: str) -> None:
+    """Copies (hard-links) an export of the user cache into the index and marks it as the
+    model's; the marker is written last, so a half-copied export is never taken for one."""
+    from cliptool.models.text import copy_export
+
+    copy_export(cached, index_dir / TEXTENC_DIR)
+    marker = index_dir / TEXTENC_MARKER
+    tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"model_identity": identity}))
+    os.replace(tmp, marker)
+    _remove_old_text_export(index_dir)
 
 
 _AT_EXIT: list[bool] = []

@@ -56,6 +56,14 @@ class ModelSpec:
             return registry_name(self.name)
         return cfg.stem if cfg else self.name
 
+    def check_files(self) -> ModelSpec:
+        """The spec itself, once the files it names exist (a config JSON, a checkpoint file);
+        ModelUnavailableError "no such file" naming the option and the path otherwise."""
+        for option, path in (("--model", self.config_path), ("--pretrained", self.checkpoint_path)):
+            if path is not None and not path.expanduser().is_file():
+                raise ModelUnavailableError(f"{option}: no such file: {path}")
+        return self
+
     def resolved(self) -> ModelSpec:
         """The same spec with absolute paths, so it can be recorded and reused from anywhere."""
         if is_model_source(self.name):  # a folder or hub model: its weights come with it

@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from cliptool.errors import CliptoolError, one_line
 from cliptool.store import IndexStore
 from cliptool.serve.errors import ApiError
 from cliptool.serve.state import ServeState
@@ -53,14 +54,14 @@ def make_router(state: ServeState) -> APIRouter:
             raise ApiError(400, "t must be a time in seconds inside the video")
         if not os.path.isfile(record.path):
             raise ApiError(404, "the video file is gone")
-        from cliptool.serve.player import open_in_player
+        from cliptool.writers.player import NoPlayerError, play
 
         try:
-            player = open_in_player(record.path, float(t))
-        except LookupError as exc:
+            command = play(record.path, float(t))
+        except NoPlayerError as exc:
             raise ApiError(501, str(exc)) from None
-        except OSError as exc:
-            raise ApiError(500, f"cannot start the player: {exc.strerror or exc}") from None
-        return {"player": player, "video_id": record.video_id, "t": float(t)}
+        except CliptoolError as exc:
+            raise ApiError(500, one_line(exc)) from None
+        return {"player": command.name, "seeks": command.seeks, "video_id": record.video_id, "t": float(t)}
 
     return router

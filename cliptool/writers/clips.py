@@ -329,6 +329,8 @@ def write_clips(hits: Sequence[Hit], output: Path, *, exact: bool = False, query
                 # a stream this container cannot copy (or a broken index): re-encode it instead
                 tmp.unlink(missing_ok=True)
                 mode, note = "exact", f"re-encoded: stream copy failed ({exc})"
+                if report is not None:
+                    report(f"clip for #{hit.rank} {printable(hit.path)} {note}")
                 target = target.with_suffix(".mp4")
                 name = target.name
                 tmp = tmp.with_suffix(".mp4")

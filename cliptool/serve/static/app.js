@@ -239,7 +239,8 @@
     try {
       const r = await api("/api/open", { method: "POST", headers: { "content-type": "application/json" },
                                          body: JSON.stringify({ scene: hit.scene_id, t: t }) });
-      notice(`Opened in ${r.player} at ${fmt(r.t)}.`);
+      notice(r.seeks ? `Opened in ${r.player} at ${fmt(r.t)}.`
+                     : `Opened in ${r.player}, which cannot start at a time: go to ${fmt(r.t)} yourself.`);
     } catch (e) { notice(e.message, true); }
   }
 
