@@ -7,15 +7,24 @@ TORCH := torch==2.13.0,!=2.13.0+cpu
 SAMPLES := data/samples
 DEMO_INDEX := data/demo-index
 
-.PHONY: install install-browser demo test test-long bench clean
+.PHONY: install install-light install-browser demo test test-long bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)" -e ".[test,cluster]"
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[torch,test,cluster]"
 	touch $@
 
 install: $(VENV)/.installed
+
+# What a user needs to index and search with models already exported (about 0.95 GB, no torch):
+# `pip install .`; `pip install '.[torch]'` adds open_clip and torch for exporting a new model.
+LIGHT_VENV ?= .venv-light
+install-light:
+	$(PYTHON) -m venv $(LIGHT_VENV)
+	$(LIGHT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LIGHT_VENV)/bin/python -m pip install --quiet .
+	@du -sh $(LIGHT_VENV)
 
 # Headless Chromium and its driver for tests/test_browser.py (Debian/Ubuntu; the test skips without them).
 install-browser:

@@ -73,7 +73,7 @@ def test_a_missing_package_is_named(monkeypatch: pytest.MonkeyPatch, tiny_model:
     monkeypatch.setitem(sys.modules, "open_clip", None)  # `import open_clip` now fails
     message = _load_error(ModelSpec(str(tiny_model[0]), str(tiny_model[1]), "fp32"))
     assert "the Python package 'open_clip' is missing or broken" in message, message
-    assert "pip install open_clip_torch" in message, message
+    assert "pip install 'cliptool[torch]'" in message, message
 
 
 def test_running_out_of_memory_is_named(tmp_path: Path, tiny_model: tuple[Path, Path]) -> None:

