@@ -140,3 +140,63 @@ def test_old_scene_records_read_continues_shot_false() -> None:
     record = asdict(SceneRecord(0, 0.0, 1.0, 0, 25, [0.5], [12]))
     record.pop("continues_shot")
     assert SceneRecord(**record).continues_shot is False
+
+
+# -- a hit is the moment ---------------------------------------------------------------------------
+TOY = Path(__file__).resolve().parents[1] / "data" / "toy-clip"
+
+
+@pytest.fixture(scope="module")
+def long_shot(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, tuple[float, float]]:
+    """(index, video, appearance): a 30 s single shot with a yellow star on screen for 1 s,
+    indexed with the toy CLIP in windows of at most 10 s."""
+    from conftest import run_here
+
+    tv = _toy_videos()
+    folder = tmp_path_factory.mktemp("long-shot")
+    (video,) = tv.build_set(folder, [("star.mp4", 3, [("a yellow star", 17.4, 18.4)])], seconds=30.0)
+    index_dir = folder / "index"
+    proc = run_here(index_dir, "index", folder / "star.mp4", "--max-scene", "10",
+                    "--model", TOY / "config.json", "--pretrained", TOY / "weights.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    a = video.appearances[0]
+    return index_dir, folder / "star.mp4", (a.start, a.end)
+
+
+def test_a_one_second_appearance_in_a_long_shot_is_a_short_hit_whatever_the_top(long_shot) -> None:
+    import json
+
+    from conftest import run_here
+
+    index_dir, video, (start, end) = long_shot
+    spans = []
+    for top in ("1", "5", "50"):
+        proc = run_here(index_dir, "search", "a yellow star", "--top", top, "--json")
+        assert proc.returncode == 0, proc.stderr
+        hit = json.loads(proc.stdout)["results"][0]
+        spans.append((hit["start"], hit["end"], hit["best_time"]))
+        assert (hit["shot_start"], hit["shot_end"]) == (0.0, pytest.approx(30.0, abs=0.05))
+    assert spans[0] == spans[1] == spans[2], spans
+    s, e, best = spans[0]
+    assert s <= start + 0.04 and e >= end - 0.04, (spans[0], (start, end))  # it holds the appearance
+    assert e - s <= 10.0 and start - 0.04 <= best <= end + 0.04
+
+
+def test_a_clip_of_the_hit_lasts_the_moment(long_shot, tmp_path: Path) -> None:
+    import json
+
+    import av
+
+    from conftest import run_here
+
+    index_dir, video, _ = long_shot
+    hit = json.loads(run_here(index_dir, "search", "a yellow star", "--top", "1", "--json").stdout)["results"][0]
+    out = tmp_path / "clips"
+    proc = run_here(index_dir, "clips", "a yellow star", "--top", "1", "--exact", "-o", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    (clip,) = json.loads(proc.stdout)["clips"]
+    assert (clip["start"], clip["end"]) == (hit["start"], hit["end"])
+    with av.open(str(out / clip["file"])) as container:
+        stream = container.streams.video[0]
+        times = [float(f.pts * stream.time_base) for f in container.decode(stream)]
+    assert abs((times[-1] - times[0] + 1 / 25) - (hit["end"] - hit["start"])) <= 0.08, (times[0], times[-1], hit)

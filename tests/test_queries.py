@@ -246,8 +246,10 @@ def test_bad_query_values_are_one_line_errors(toy_index: tuple[Path, Path], opti
     one_line_error(run_here(index_dir, "search", "a red circle", *options), 2, needle)
 
 
-# -- one moment, not three ----------------------------------------------------------------------
-def test_windows_of_one_shot_are_one_hit(toy_index: tuple[Path, Path]) -> None:
+# -- the moment, not the shot ------------------------------------------------------------------
+def test_windows_of_one_shot_are_one_moment_no_longer_than_a_window(toy_index: tuple[Path, Path]) -> None:
+    """A shape on screen through a 12 s shot cut into 4 s windows: one hit for the video, a span
+    of at most a window around its best time, the shot beside it."""
     index_dir, _ = toy_index
     raw = _search(index_dir, "a yellow star", "--no-merge", "-n", "5")["results"]
     windows = [r for r in raw if Path(r["path"]).name == "yellow-star.mp4"]
@@ -256,40 +258,59 @@ def test_windows_of_one_shot_are_one_hit(toy_index: tuple[Path, Path]) -> None:
     first = merged[0]
     best = max(windows, key=lambda r: r["score"])
     assert Path(first["path"]).name == "yellow-star.mp4"
-    assert (first["start"], first["end"]) == (0.0, max(r["end"] for r in windows))
     assert first["score"] == best["score"] and first["best_time"] == best["best_time"]
-    assert first["scene_id"] == best["scene_id"]
-    assert first["scene_ids"] == [r["scene_id"] for r in sorted(windows, key=lambda r: r["start"])]
+    assert first["start"] <= first["best_time"] <= first["end"] and first["end"] - first["start"] <= 4.0 + 1e-6
+    assert (first["shot_start"], first["shot_end"]) == (0.0, max(r["end"] for r in windows))
+    assert best["scene_id"] in first["scene_ids"] and set(first["scene_ids"]) <= {r["scene_id"] for r in windows}
     assert len(merged) == len(set(_names(merged))) == 5  # each single-shot video is one moment
+    videos = _search(index_dir, "a yellow star", "--videos", "-n", "5")["results"]
+    assert {k: videos[0][k] for k in ("start", "end", "best_time")} == {k: first[k] for k in ("start", "end", "best_time")}
 
 
-def _position(row: int, index: int, start: float, end: float, continues: bool, video: str = "v") -> ScenePosition:
-    return ScenePosition(row, f"{video}/x/{index:05d}", video, f"/{video}.mp4", index, start, end, [start], continues)
+class _Shot:
+    """A vector backend of one video: windows with sample times and the score each sample gives
+    the query [1, 0] (frame vectors [s, sqrt(1 - s^2)])."""
+
+    def __init__(self, windows: list[tuple[float, float, bool, list[tuple[float, float]]]]) -> None:
+        self.windows = windows
+
+    def rows_of_video(self, video_id: str) -> np.ndarray:
+        return np.arange(len(self.windows)) if video_id == "v" else np.zeros(0, dtype=np.int64)
+
+    def position(self, row: int) -> ScenePosition:
+        start, end, continues, samples = self.windows[row]
+        return ScenePosition(row, f"v/x/{row:05d}", "v", "/v.mp4", row, start, end, [t for t, _ in samples], continues)
+
+    def frame_vectors(self, row: int) -> np.ndarray:
+        return np.array([[s, np.sqrt(1 - s * s)] for _, s in self.windows[row][3]], dtype=np.float32)
 
 
-def test_only_windows_of_one_shot_merge(toy_index: tuple[Path, Path]) -> None:
-    searcher = Searcher(toy_index[0])
-    cands = [
-        (0.9, 5.0, _position(1, 1, 4.0, 8.0, True)),    # continues scene 0: merges with it
-        (0.8, 1.0, _position(0, 0, 0.0, 4.0, False)),
-        (0.7, 9.0, _position(2, 2, 8.0, 12.0, False)),  # after a cut: a hit of its own
-        (0.6, 13.0, _position(4, 4, 12.5, 14.0, True)),  # continues, but does not touch scene 2
-        (0.5, 2.0, _position(5, 0, 0.0, 4.0, False, video="w")),
-        (0.4, 6.0, _position(6, 1, 4.0, 8.0, True, video="w")),
-    ]
-    hits = searcher._merged(list(cands), top=10)
-    assert [(h.video_id, h.start, h.end, h.score, h.best_time) for h in hits] == [
-        ("v", 0.0, 8.0, 0.9, 5.0), ("v", 8.0, 12.0, 0.7, 9.0), ("v", 12.5, 14.0, 0.6, 13.0),
-        ("w", 0.0, 8.0, 0.5, 2.0)]
-    # a window joins only while it would still have made the results on its own
-    hits = searcher._merged(list(cands), top=3)
-    assert [(h.video_id, h.start, h.end) for h in hits] == [("v", 0.0, 8.0), ("v", 8.0, 12.0), ("v", 12.5, 14.0)]
-    # a window between two hits joins both into one
-    bridge = [(0.99, 1.0, _position(0, 0, 0.0, 4.0, False)), (0.95, 9.0, _position(2, 2, 8.0, 12.0, True)),
-              (0.9, 5.0, _position(1, 1, 4.0, 8.0, True))]
-    (hit,) = searcher._merged(bridge, top=5)
-    assert (hit.start, hit.end, hit.score, hit.best_time) == (0.0, 12.0, 0.99, 1.0)
-    assert hit.scene_ids == ["v/x/00000", "v/x/00001", "v/x/00002"]
+def _moments(shot: _Shot, top: int) -> list[tuple[float, float, float]]:
+    searcher = Searcher.__new__(Searcher)
+    searcher.vectors = shot  # type: ignore[assignment]
+    query = np.array([1.0, 0.0], dtype=np.float32)
+    cands = []
+    for row in range(len(shot.windows)):
+        scores = shot.frame_vectors(row) @ query
+        best = int(np.argmax(scores))
+        cands.append((float(scores[best]), shot.windows[row][3][best][0], shot.position(row)))
+    return [(h.start, h.end, h.best_time) for h in searcher._merged(cands, top, query)]
+
+
+def test_a_short_appearance_in_a_long_shot_is_a_short_moment_whatever_the_top() -> None:
+    low = 0.3
+    shot = _Shot([(0.0, 10.0, False, [(2.0, low), (5.0, low), (8.0, low)]),
+                  (10.0, 20.0, True, [(12.0, low), (13.1, 0.9), (13.6, 0.88), (14.2, low), (18.0, low)]),
+                  (20.0, 30.0, True, [(22.0, low), (25.0, 0.8), (28.0, low)])])
+    first, second = (12.0, 14.2, 13.1), (22.0, 28.0, 25.0)  # between the samples that do not match
+    assert _moments(shot, 1) == [first]
+    assert _moments(shot, 2) == [first, second]  # two appearances, two moments
+    # the shot's first window matches nothing: its best (low) sample is a moment of a window's length
+    assert _moments(shot, 5) == _moments(shot, 50) == [first, second, (0.0, 10.0, 2.0)]
+    matched = _Shot([(0.0, 10.0, False, [(2.0, 0.9), (5.0, 0.89), (8.0, 0.9)]),
+                     (10.0, 20.0, True, [(12.0, 0.9), (15.0, 0.91), (18.0, 0.9)])])
+    ((start, end, best),) = _moments(matched, 5)  # it matches all along: a window's length around the best time
+    assert (start, end, best) == (10.0, 20.0, 15.0)
 
 
 def test_videos_rank_like_a_full_scan(toy_index: tuple[Path, Path]) -> None:

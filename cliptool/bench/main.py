@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--recall-only", action="store_true",
                     help="only the sampling figures: moment recall (toy CLIP), image search by real frames, "
                          "and index time of old vs new sampling on the corpus")
+    ap.add_argument("--moments-only", action="store_true",
+                    help="only how long a hit is: moment spans on the toy videos for several MOMENT_DROP values")
     ap.add_argument("--queries-only", action="store_true",
                     help="only warm query latency with filters and --videos (and the code they replace) "
                          "on the synthetic search index (100k scenes; quick: 20k)")
@@ -118,6 +120,16 @@ def run_queries(args: argparse.Namespace, out: Path, results: dict[str, Any], re
     write_json(out / "bench.json", results)
     print_queries(results["queries"])
     print(f"\nfigures: {out / 'bench.json'}")
+    return 0
+
+
+def run_moments(args: argparse.Namespace, out: Path, results: dict[str, Any]) -> int:
+    from cliptool.bench.moments import bench_moments, print_moments
+
+    results["moments"] = bench_moments(out, args.toy_model, per_duration=4 if args.quick else 8)
+    write_json(out / "bench-moments.json", results)
+    print_moments(results["moments"])
+    print(f"\nfigures: {out / 'bench-moments.json'}")
     return 0
 
 
@@ -261,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["CLIPTOOL_CACHE_DIR"] = str(cache)
     if args.queries_only:
         return run_queries(args, out, results, repeat)
+    if args.moments_only:
+        return run_moments(args, out, results)
     sizes = scene_counts(args.scale_sizes, "--scale-sizes", args.quick, argv)
     milvus_sizes = scene_counts(args.milvus_sizes, "--milvus-sizes", args.quick, argv)
     if args.milvus_only:

@@ -29,7 +29,7 @@ IMAGE_VIDEOS = [  # shared videos for image queries; vtest.avi is a fixed camera
 STATIC_CAMERAS = {"content/vtest.avi"}
 
 
-def _toy_videos() -> Any:
+def toy_videos() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("toy_videos", REPO / "data" / "toy_videos.py")
@@ -75,7 +75,7 @@ def bench_recall(out: Path, model_dir: Path = TOY_MODEL, per_duration: int = 8, 
     config, weights = model_dir / "config.json", model_dir / "weights.safetensors"
     if not (config.is_file() and weights.is_file()):
         return {"skipped": f"no toy model at {model_dir}"}
-    tv = _toy_videos()
+    tv = toy_videos()
     print("bench: recall corpus (cached)", file=sys.stderr)
     sets = tv.recall_corpus(out / "toy-videos", per_duration=per_duration, two_count=two_count)
     spec = ModelSpec(str(config), str(weights))

@@ -33,11 +33,16 @@ RANKINGS = ("frames", "scene+frames", "scene")
 PER_VIDEO_CANDIDATES = 8  # with --videos, each video's best scenes by scene vector re-scored by their frames
 CANCELLED = 1e-4  # a query whose weighted sum is shorter than this (times the sum of |weights|) says nothing
 TOUCHING = 1e-3  # seconds: windows of one shot that end and start within this are neighbours
+# A hit is the moment around its best sample: the samples of its shot next to it in time that
+# score within MOMENT_DROP of it (see `_moment`; measured by `python -m cliptool.bench --moments-only`).
+MOMENT_DROP = 0.05
 
 @dataclass
 class Hit:
-    """One search result: a scene (or, with by_video, a video's best scene; merged, the
-    neighbouring windows of one shot, `scene_ids`, with the best one's score and time)."""
+    """One search result: a moment. `start`-`end` is the span around `best_time` where the
+    query matches about as well (never longer than the window it was found in; see
+    `Searcher._moment`), inside the shot `shot_start`-`shot_end`; `scene_ids` are the windows
+    of the shot the span touches. Without merging, the span is the scene (window) itself."""
 
     rank: int
     score: float
@@ -49,6 +54,14 @@ class Hit:
     scene_index: int
     video_id: str
     scene_ids: list[str] = field(default_factory=list)  # the scenes the hit spans, in time order
+    shot_start: float | None = None  # the shot (all its windows) the moment lies in; None: the span's
+    shot_end: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.shot_start is None:
+            self.shot_start = self.start
+        if self.shot_end is None:
+            self.shot_end = self.end
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -276,9 +289,11 @@ class Searcher:
                 scored = len(candidates)
                 candidates = [c for c in candidates if c[0] >= floor]
                 exhausted = exhausted or len(candidates) < scored  # deeper ones score lower still
-            if by_video or not merge:
+            if not merge:
                 return self._hits(candidates, top, by_video)
-            hits = self._merged(candidates, top)
+            if by_video:  # each video's best candidate, as the moment a plain search gives it
+                return self._video_moments(candidates, top, query)
+            hits = self._merged(candidates, top, query)
             if len(hits) >= top or exhausted:
                 return hits
             k *= 4  # windows merged into fewer hits than asked for: look deeper
@@ -368,58 +383,101 @@ class Searcher:
             self._masks[key] = mask
         return mask
 
-    # -- one moment, not three --------------------------------------------------------------
-    def _merged(self, candidates: list[tuple[float, float, ScenePosition]], top: int) -> list[Hit]:
-        """The top hits, best first, where a candidate that is the next or previous window of
-        the same shot as a hit already taken (adjacent scene index in one video, touching
-        times, the later one continuing the shot) joins that hit instead of starting its own:
-        the hit spans them all and keeps the better one's score, best time and scene id. A
-        candidate joins only while it would still have made the results on its own."""
-        candidates = sorted(candidates, key=lambda c: -c[0])
-        groups: list[list[tuple[float, float, ScenePosition]]] = []  # each in time order; best is max score
-        first_at: dict[tuple[str, int], int] = {}  # (video, scene index of a group's first) -> group
-        last_at: dict[tuple[str, int], int] = {}
-        live = 0  # groups not emptied into another
-        for cand in candidates:
-            pos = cand[2]
-            left = last_at.get((pos.video_id, pos.scene_index - 1))
-            right = first_at.get((pos.video_id, pos.scene_index + 1))
-            if left is not None and not (pos.continues_shot
-                                         and abs(groups[left][-1][2].end_time - pos.start_time) <= TOUCHING):
-                left = None
-            if right is not None:
-                after = groups[right][0][2]
-                if not (after.continues_shot and abs(pos.end_time - after.start_time) <= TOUCHING):
-                    right = None
-            if left is None and right is None:
-                if live >= top:
-                    break
-                groups.append([cand])
-                live += 1
-                first_at[(pos.video_id, pos.scene_index)] = last_at[(pos.video_id, pos.scene_index)] = len(groups) - 1
-                continue
-            if left is not None:
-                del last_at[(pos.video_id, pos.scene_index - 1)]
-                groups[left].append(cand)
-                last_at[(pos.video_id, pos.scene_index)] = left
-            if right is not None:
-                del first_at[(pos.video_id, pos.scene_index + 1)]
-                if left is None:
-                    groups[right].insert(0, cand)
-                    first_at[(pos.video_id, pos.scene_index)] = right
-                else:  # it joins two hits into one: the later group is emptied into the earlier
-                    moved = groups[right]
-                    groups[left].extend(moved)
-                    last_at[(pos.video_id, moved[-1][2].scene_index)] = left
-                    groups[right] = []
-                    live -= 1
+    # -- the moment, not the shot -----------------------------------------------------------
+    def _shot(self, pos: ScenePosition, videos: dict[str, list[tuple[int, ScenePosition]]]
+              ) -> list[tuple[int, ScenePosition]]:
+        """The windows (row, position) of the shot `pos` lies in, in time order: its neighbours
+        of one video that continue the shot and touch in time."""
+        if pos.video_id not in videos:
+            rows = self.vectors.rows_of_video(pos.video_id)
+            videos[pos.video_id] = sorted(((int(r), self.vectors.position(int(r))) for r in rows),
+                                          key=lambda rp: rp[1].scene_index)
+        windows = videos[pos.video_id]
+        at = next((i for i, (_, p) in enumerate(windows) if p.scene_index == pos.scene_index), None)
+        if at is None:
+            return [(pos.row, pos)]
+        lo = hi = at
+        while lo > 0 and _continues(windows[lo - 1][1], windows[lo][1]):
+            lo -= 1
+        while hi + 1 < len(windows) and _continues(windows[hi][1], windows[hi + 1][1]):
+            hi += 1
+        return windows[lo:hi + 1]
+
+    def _moment(self, cand: tuple[float, float, ScenePosition], query: np.ndarray,
+                videos: dict[str, list[tuple[int, ScenePosition]]]) -> tuple[Hit, float, float]:
+        """The hit of a candidate window: the run of its shot's samples around the best one that
+        score at least its score - MOMENT_DROP, widened to the first samples on either side that
+        do not (the moment lies between them), else to the shot's ends; at most as long as the
+        window it was found in, around the best time. Returns the hit and the stretch that
+        matches as well before that cut (which later candidates of the same match fall in)."""
+        score, best_time, pos = cand
+        shot = self._shot(pos, videos)
+        samples = sorted((t, float(s)) for row, p in shot
+                         for t, s in zip(p.sample_times, self.vectors.frame_vectors(row) @ query))
+        shot_start, shot_end = shot[0][1].start_time, shot[-1][1].end_time
+        if not samples:
+            start, end = pos.start_time, pos.end_time
+            reach = (start, end)
+        else:
+            best = min(range(len(samples)), key=lambda i: (abs(samples[i][0] - best_time), -samples[i][1]))
+            floor = samples[best][1] - MOMENT_DROP
+            lo = hi = best
+            while lo > 0 and samples[lo - 1][1] >= floor:
+                lo -= 1
+            while hi + 1 < len(samples) and samples[hi + 1][1] >= floor:
+                hi += 1
+            start = samples[lo - 1][0] if lo > 0 else shot_start
+            end = samples[hi + 1][0] if hi + 1 < len(samples) else shot_end
+            reach = (start, end)
+            cap = max(pos.end_time - pos.start_time, 1e-3)
+            if end - start > cap:  # a long stretch that matches: the window's length around the best time
+                start = min(max(start, best_time - cap / 2), end - cap)
+                end = start + cap
+        ids = [p.scene_id for _, p in shot if p.end_time > start + TOUCHING and p.start_time < end - TOUCHING]
+        hit = Hit(0, score, pos.path, start, end, best_time, pos.scene_id, pos.scene_index, pos.video_id,
+                  ids or [pos.scene_id], shot_start, shot_end)
+        return hit, reach[0], reach[1]
+
+    def _video_moments(self, candidates: list[tuple[float, float, ScenePosition]], top: int,
+                       query: np.ndarray) -> list[Hit]:
+        videos: dict[str, list[tuple[int, ScenePosition]]] = {}
         hits: list[Hit] = []
-        for group in sorted((g for g in groups if g), key=lambda g: -max(c[0] for c in g)):
-            score, best_time, best = max(group, key=lambda c: c[0])
-            hits.append(Hit(len(hits) + 1, score, best.path, group[0][2].start_time, group[-1][2].end_time,
-                            best_time, best.scene_id, best.scene_index, best.video_id,
-                            [c[2].scene_id for c in group]))
-        return hits[:top]
+        seen: set[str] = set()
+        for cand in sorted(candidates, key=lambda c: -c[0]):
+            if cand[2].video_id in seen:
+                continue
+            seen.add(cand[2].video_id)
+            hit, _, _ = self._moment(cand, query, videos)
+            hit.rank = len(hits) + 1
+            hits.append(hit)
+            if len(hits) >= top:
+                break
+        return hits
+
+    def _merged(self, candidates: list[tuple[float, float, ScenePosition]], top: int, query: np.ndarray) -> list[Hit]:
+        """The top hits, best first, each the moment around a candidate's best sample (see
+        `_moment`). A candidate whose best time falls in the matching stretch of a moment
+        already taken, or whose moment overlaps one, is that moment again and is left out; so
+        one appearance in a long shot is one hit however many of its windows matched, and two
+        in one shot are two hits. Each moment depends on its shot alone, not on `top` or on the
+        other hits."""
+        videos: dict[str, list[tuple[int, ScenePosition]]] = {}
+        hits: list[Hit] = []
+        reaches: list[tuple[str, float, float]] = []
+        for cand in sorted(candidates, key=lambda c: -c[0]):
+            pos = cand[2]
+            if any(v == pos.video_id and lo - TOUCHING <= cand[1] <= hi + TOUCHING for v, lo, hi in reaches):
+                continue
+            hit, lo, hi = self._moment(cand, query, videos)
+            if any(h.video_id == hit.video_id and h.start < hit.end - TOUCHING and hit.start < h.end - TOUCHING
+                   for h in hits):
+                continue
+            reaches.append((hit.video_id, lo, hi))
+            hit.rank = len(hits) + 1
+            hits.append(hit)
+            if len(hits) >= top:
+                break
+        return hits
 
     @_again_on_a_changed_cache
     def similar(self, scene_id: str, top: int = 10, by_video: bool = False) -> list[Hit]:
@@ -448,8 +506,14 @@ class Searcher:
 
     @_again_on_a_changed_cache
     def best_in_video(self, query: np.ndarray, video_id: str) -> Hit | None:
-        """The best scene of one video for a query, scored as `search` scores scenes."""
+        """The best moment of one video for a query, scored and spanned as `search` does."""
         rows = self.vectors.rows_of_video(video_id)
         candidates = [self._candidate(int(r), float(self.vectors.scene_vector(int(r)) @ query), query) for r in rows]
-        hits = self._hits(candidates, 1, False)
+        hits = self._video_moments(candidates, 1, query)
         return hits[0] if hits else None
+
+
+def _continues(before: ScenePosition, after: ScenePosition) -> bool:
+    """Whether `after` is the next window of `before`'s shot (no cut between, touching times)."""
+    return (after.scene_index == before.scene_index + 1 and after.continues_shot
+            and abs(before.end_time - after.start_time) <= TOUCHING)
