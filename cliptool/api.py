@@ -286,11 +286,13 @@ class Index:
         position = vectors.position(row)
         query = vectors.scene_vector(row)
         if at is not None:
+            from cliptool.models.views import whole
+
             frames = vectors.frame_vectors(row)
-            if len(frames) and len(position.sample_times) == len(frames):
-                nearest = int(np.argmin([abs(s - at) for s in position.sample_times]))
-                query = np.asarray(frames[nearest], dtype=np.float32)
-                query = query / max(float(np.linalg.norm(query)), 1e-12)
+            times = np.asarray(position.sample_times, dtype=np.float64)
+            if len(frames) and len(times) == len(frames):  # a row per view of each sample
+                nearest = times[int(np.argmin(np.abs(times - at)))]
+                query = whole(np.asarray(frames[times == nearest], dtype=np.float32))
         if videos:
             wanted = vectors.size  # as search ranks videos: every scene a candidate
         elif other_videos:

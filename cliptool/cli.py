@@ -206,6 +206,10 @@ def index(
                                               "(0: never) [default: the index's, else 10]."),
     samples: Optional[int] = typer.Option(None, min=1, max=16, help="Frames embedded per scene [default: the "
                                           "index's, else 3]."),
+    views: Optional[str] = typer.Option(
+        None, "--views", help="What the image tower sees of each sample: tiles (squares across the frame, edge "
+        "to edge), centre (the centre square only), pad (letterboxed whole frame and centre), squeeze "
+        "[default: the index's, else tiles]."),
     reindex: bool = typer.Option(False, "--reindex", help="Analyse every video found again, unchanged ones too "
                                  "(after changing --max-scene, --samples or the detector)."),
     prune: Optional[bool] = typer.Option(
@@ -245,8 +249,12 @@ def index(
             raise UsageError("--file-timeout must not be negative")
         if precision is not None and precision not in PRECISIONS:
             raise UsageError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+        from cliptool.models.views import VIEWS
+
+        if views is not None and views not in VIEWS:
+            raise UsageError(f"unknown views {views!r} (choose from {', '.join(VIEWS)})")
         settings = {"detector": detector, "threshold": threshold, "max_scene_seconds": max_scene,
-                    "samples_per_scene": samples}
+                    "samples_per_scene": samples, "views": views}
         summary = _index().index(paths, model=model, pretrained=pretrained, settings=settings, prune=prune,
                                  file_timeout=file_timeout, precision=precision, ray=ray,
                                  vector_store=vector_store, reindex=reindex)

@@ -89,6 +89,8 @@ class IndexOptions:
     change_min_gap: float = 0.3
     change_mean_gap: float = 5.0
     change_burst: int = 4
+    # What the image tower sees of each sample (models.views): "tiles" covers the frame edge to edge
+    views: str = "tiles"
 
     def settings(self) -> dict[str, Any]:
         """What changes the scenes and vectors an analysis gives (not how fast it runs)."""
@@ -115,7 +117,7 @@ class IndexOptions:
 _RUN_ONLY = ("batch_size",)
 # the command line's spelling of a setting, where it has one
 SETTING_OPTIONS = {"detector": "--detector", "threshold": "--threshold", "max_scene_seconds": "--max-scene",
-                   "samples_per_scene": "--samples"}
+                   "samples_per_scene": "--samples", "views": "--views"}
 
 
 def settings_difference(old_key: str, new: IndexOptions) -> str:

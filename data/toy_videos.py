@@ -205,3 +205,57 @@ if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("toy-videos")
     for key, vids in recall_corpus(target).items():
         print(key, len(vids), "videos")
+
+
+# -- frames of any shape, a shape anywhere in them (what the image tower sees of a frame) ---------
+FRAME_SHAPES = {"16:9": (640, 360), "21:9": (840, 360), "4:3": (480, 360), "1:1": (360, 360), "9:16": (360, 640)}
+# where the shape's centre lies, as fractions of the frame's width and height: the outer fifths
+# of the long side (left/top and right/bottom), a corner, and the centre
+PLACES = {"centre": (0.5, 0.5), "side": (0.1, 0.5), "other side": (0.9, 0.5), "corner": (0.1, 0.1)}
+
+
+def place_in(frame: str, place: str) -> tuple[float, float]:
+    """(cx, cy) in pixels of a place in a frame shape; "side" is along the long side."""
+    w, h = FRAME_SHAPES[frame]
+    fx, fy = PLACES[place]
+    if h > w and place in ("side", "other side"):
+        fx, fy = fy, fx  # a tall frame's sides are its top and bottom
+    return fx * w, fy * h
+
+
+def write_framed(path: Path, frame: str, place: str, caption: str, start: float, end: float, seconds: float,
+                 seed: int, photos: list[np.ndarray] | None = None) -> None:
+    """A single shot of `seconds` in a frame of shape `frame` (FRAME_SHAPES), a muted still
+    background with sensor noise, and a shape (`caption`) of 18% of the frame's short side x 1.6
+    (it fits in an outer fifth) at `place` from `start` to `end`."""
+    import av
+
+    w, h = FRAME_SHAPES[frame]
+    rng = np.random.default_rng(seed)
+    photos = toy_world.load_photos() if photos is None else photos
+    bg = muted(toy_world.background(rng, w, h, photos))
+    colour, shape = caption.split()[1:]
+    rgb = toy_world.jittered(colour, rng)
+    cx, cy = place_in(frame, place)
+    height, angle = 0.29 * min(w, h), float(rng.uniform(0, 2 * math.pi))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    with av.open(str(tmp), mode="w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": "23", "preset": "veryfast"}
+        stream.codec_context.time_base = Fraction(1, FPS)
+        for i in range(int(round(seconds * FPS))):
+            t = i / FPS
+            img = bg.copy()
+            if start <= t < end:
+                toy_world.draw_shape(img, shape, rgb, cx, cy, height, angle)
+            img = np.clip(img.astype(np.float32) + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+            av_frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            av_frame.pts = i
+            av_frame.time_base = Fraction(1, FPS)
+            for packet in stream.encode(av_frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    tmp.replace(path)

@@ -114,7 +114,7 @@ def test_text_search_table_and_json(indexed: tuple[Path, subprocess.CompletedPro
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
     assert set(results[0]) == {"rank", "score", "path", "start", "end", "best_time", "scene_id", "scene_index", "video_id",
-                              "scene_ids"}
+                              "scene_ids", "shot_start", "shot_end"}
     by_video = json.loads(ok(run(index_dir, "search", "a red circle", "--videos", "--json", "-n", "50")).stdout)["results"]
     paths = [r["path"] for r in by_video]
     assert len(paths) == len(set(paths)) == len(list(library.rglob("*.mp4")))

@@ -30,8 +30,8 @@ def _reference_vectors(path: Path, model: ClipModel, frames: list[int]) -> np.nd
     with VideoReader(path) as reader:
         for frame in reader.frames():
             if frame.index in wanted:
-                found[frame.index] = model.encode_images([to_rgb(frame.av_frame)])[0]
-    return np.array([found[i] for i in frames])
+                found[frame.index] = model.encode_preprocessed(model.preprocess_views(to_rgb(frame.av_frame)))
+    return np.concatenate([found[i] for i in frames])  # each frame's views, in order
 
 
 @pytest.mark.parametrize("batch_size", [1, 5, 32])

@@ -19,7 +19,7 @@ import pytest
 from cliptool.errors import UsageError
 from cliptool.search.filters import Filters
 from cliptool.search.query import Query, QueryTerm
-from cliptool.search.searcher import Searcher
+from cliptool.search.searcher import Searcher, sample_scores
 from cliptool.vectors.base import ScenePosition
 
 from conftest import REPO, data_module, one_line_error, run, run_here
@@ -305,8 +305,9 @@ def test_a_short_appearance_in_a_long_shot_is_a_short_moment_whatever_the_top() 
     first, second = (12.0, 14.2, 13.1), (22.0, 28.0, 25.0)  # between the samples that do not match
     assert _moments(shot, 1) == [first]
     assert _moments(shot, 2) == [first, second]  # two appearances, two moments
-    # the shot's first window matches nothing: its best (low) sample is a moment of a window's length
-    assert _moments(shot, 5) == _moments(shot, 50) == [first, second, (0.0, 10.0, 2.0)]
+    # the shot's first window matches nothing, and no worse than what lies between it and the
+    # star: not a moment of its own
+    assert _moments(shot, 5) == _moments(shot, 50) == [first, second]
     matched = _Shot([(0.0, 10.0, False, [(2.0, 0.9), (5.0, 0.89), (8.0, 0.9)]),
                      (10.0, 20.0, True, [(12.0, 0.9), (15.0, 0.91), (18.0, 0.9)])])
     ((start, end, best),) = _moments(matched, 5)  # it matches all along: a window's length around the best time
@@ -323,7 +324,8 @@ def test_videos_rank_like_a_full_scan(toy_index: tuple[Path, Path]) -> None:
         best: dict[str, float] = {}
         for row in range(vectors.size):
             pos = vectors.position(row)
-            best[pos.path] = max(best.get(pos.path, -2.0), float(np.max(vectors.frame_vectors(row) @ q)))
+            _, scores = sample_scores(vectors.frame_vectors(row), pos.sample_times, q)  # the best view or whole frame
+            best[pos.path] = max(best.get(pos.path, -2.0), float(np.max(scores)))
         expected = sorted(best, key=lambda p: -best[p])
         for top in (1, 3, 5):
             hits = searcher.search(q, top=top, by_video=True)

@@ -183,13 +183,13 @@ def test_play_uses_cliptool_player_with_the_time_and_says_so(library: tuple[Path
     args = json.loads(log.read_text())
     assert args == [f"--start={hit['best_time']:.3f}", "--title", args[2], hit["path"]]
     assert args[2].startswith("cliptool 00:00:")
-    assert "playing #2 in record-player at" in proc.stderr.decode()
+    assert "playing #2 in record-player at" in proc.stderr.decode(errors='replace')
     # --play beyond --top still plays that hit; the table shows --top
     log.unlink()
     proc = ok(run(index_dir, "search", "a red circle", "-n", "1", "--play", "3",
                   env={"CLIPTOOL_PLAYER": str(script)}))
     _wait_for(log)
-    assert len(proc.stdout.decode().splitlines()) == 2 and len(json.loads(log.read_text())) == 1
+    assert len(proc.stdout.decode(errors='replace').splitlines()) == 2 and len(json.loads(log.read_text())) == 1
 
 
 def test_play_errors_are_one_line(library: tuple[Path, Path], tmp_path: Path) -> None:
@@ -217,7 +217,7 @@ def test_a_failing_player_is_an_error_with_its_cause(library: tuple[Path, Path],
     index_dir, _ = library
     proc = run(index_dir, "search", "a red circle", "--play", "1", env={"CLIPTOOL_PLAYER": "false {path}"})
     one_line_error(proc, 1, "the player false failed (exit status 1)")
-    assert "playing" not in proc.stderr.decode()
+    assert "playing" not in proc.stderr.decode(errors='replace')
     script = tmp_path / "no-handler"
     script.write_text("#!/bin/sh\necho 'xdg-open: no method available for opening it' >&2\nexit 3\n")
     script.chmod(0o755)
@@ -230,4 +230,4 @@ def test_a_player_that_cannot_seek_says_so(library: tuple[Path, Path], tmp_path:
     script, log = _recorder(tmp_path)
     proc = ok(run(index_dir, "search", "a red circle", "--play", "1", env={"CLIPTOOL_PLAYER": f"{script} {{path}}"}))
     _wait_for(log)
-    assert "(from the start: it takes no time)" in proc.stderr.decode()
+    assert "(from the start: it takes no time)" in proc.stderr.decode(errors='replace')

@@ -22,6 +22,7 @@ from cliptool.config import IndexOptions
 from cliptool.media.decode import Frame, VideoInfo, VideoReader, detect_bgr, to_rgb
 from cliptool.analysis.detect import make_detector
 from cliptool.models.clip import ClipModel
+from cliptool.models.views import whole
 from cliptool.errors import ModelUnavailableError
 from cliptool.analysis.sample import ChangeSampler, ClosedScene, KnownCutter, SceneCutter
 from cliptool.store import SceneRecord, SceneVectors
@@ -78,12 +79,13 @@ class _Embedder:
     _HELD_BYTES = 192 << 20
 
     def __init__(self, model: ClipModel, batch_size: int, frame_bytes: int, tap: FrameTap | None,
-                 known: dict[int, np.ndarray]) -> None:
+                 known: dict[int, np.ndarray], views: str = "tiles") -> None:
         self.model = model
+        self.views = views
         self.batch_size = max(1, batch_size)
         self.tap = tap
         self.known = known
-        self.vectors: dict[int, np.ndarray] = {}
+        self.vectors: dict[int, list[np.ndarray]] = {}  # frame number -> its views' vectors
         self.thumbnails: dict[int, bytes] = {}  # sample frame number -> small JPEG (without a tap)
         self._shown: set[int] = set()  # frames the tap has seen
         self._queued: set[int] = set()  # frames embedded or waiting in the batch
@@ -108,12 +110,13 @@ class _Embedder:
                 continue
 
     def finish(self) -> dict[int, np.ndarray]:
-        """Waits for every queued frame to be embedded; returns vectors by frame number."""
+        """Waits for every queued frame to be embedded; returns by frame number its views'
+        vectors, (views, D)."""
         self._put(None)  # end marker
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self.vectors
+        return {i: np.stack(v) for i, v in self.vectors.items()}
 
     def abort(self) -> None:
         self._stop.set()
@@ -160,8 +163,9 @@ class _Embedder:
             rgb = to_rgb(frame.av_frame)
         if sample and self.tap is None:  # the web app's picture of it, from the RGB already made
             self.thumbnails[frame.index] = thumbnail_jpeg(rgb)
-        inputs.append(self.model.preprocess(rgb))
-        owners.append(frame.index)
+        for view in self.model.preprocess_views(rgb, self.views):
+            inputs.append(view)
+            owners.append(frame.index)
 
     def _flush(self, inputs: list[np.ndarray], owners: list[int]) -> None:
         """Embeds the first `batch_size` inputs (all of them at the end)."""
@@ -170,7 +174,7 @@ class _Embedder:
         n = min(len(inputs), self.batch_size)
         vectors = self.model.encode_preprocessed(np.stack(inputs[:n]))
         for owner, vec in zip(owners[:n], vectors):
-            self.vectors[owner] = vec
+            self.vectors.setdefault(owner, []).append(vec)
         del inputs[:n], owners[:n]
 
 
@@ -204,7 +208,8 @@ def analyse_video(
                                         options.change_burst)
         else:
             cutter = KnownCutter(known.scenes)
-        embedder = _Embedder(model, options.batch_size, frame_bytes, tap, known.vectors if known else {})
+        embedder = _Embedder(model, options.batch_size, frame_bytes, tap, known.vectors if known else {},
+                             options.views)
         closed: list[ClosedScene] = []
 
         def take(scenes: list[ClosedScene]) -> None:
@@ -246,8 +251,8 @@ def analyse_video(
 def _assemble(info: VideoInfo, frame_count: int, end_time: float, closed: list[ClosedScene],
               frame_vectors: dict[int, np.ndarray], known: dict[int, np.ndarray], tapped: bool) -> AnalysedVideo:
     """Scene records and vectors (a scene's vector: the normalised mean of its frames')."""
-    out = AnalysedVideo(info, frame_count, end_time, [], [], [], frame_vectors)
-    every = {**known, **frame_vectors}
+    out = AnalysedVideo(info, frame_count, end_time, [], [], [], {i: whole(v) for i, v in frame_vectors.items()})
+    every = {**{i: np.atleast_2d(v) for i, v in known.items()}, **frame_vectors}  # frame -> (views, D)
     numbers = sorted(every)
     for scene in closed:
         if tapped:
@@ -257,7 +262,9 @@ def _assemble(info: VideoInfo, frame_count: int, end_time: float, closed: list[C
             vecs = [every[f.index] for f in scene.samples]
             if not vecs:
                 continue
-        frame_vecs = np.array(vecs, dtype=np.float32) if vecs else np.zeros((0, 0), np.float32)
+        if tapped:  # the tap's pictures: one vector each, the whole picture's
+            vecs = [whole(v)[None] for v in vecs]
+        frame_vecs = np.concatenate(vecs).astype(np.float32) if vecs else np.zeros((0, 0), np.float32)
         mean = frame_vecs.mean(axis=0) if vecs else np.zeros(0, np.float32)
         out.scenes.append(SceneRecord(
             index=len(out.scenes),

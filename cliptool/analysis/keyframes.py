@@ -56,6 +56,7 @@ from cliptool.media.decode import Frame, VideoReader, detect_size, small_bgr
 from cliptool.errors import UsageError
 from cliptool.analysis.quality import FrameQuality, blank_reason, blurry, local_median, measure
 from cliptool.media.timecode import format_time
+from cliptool.models.views import per_sample
 
 if TYPE_CHECKING:
     from cliptool.analysis.analyse import AnalysedVideo, KnownScenes
@@ -108,10 +109,12 @@ class KeyframeOptions:
             raise UsageError(f"unknown detector {self.detector!r} (choose from {', '.join(DETECTORS)})")
 
     def analysis(self) -> IndexOptions:
-        """The analysis pass's options: those `index` would use with the same settings."""
+        """The analysis pass's options: those `index` would use with the same settings, but
+        the picture seen as its centre square: the near-duplicate and cluster thresholds were
+        measured on those vectors (whole-frame views are future work for keyframes)."""
         return replace(IndexOptions(), detector=self.detector, threshold=self.detector_threshold,
                        min_scene_frames=self.min_scene_frames, max_scene_seconds=self.max_scene_seconds,
-                       samples_per_scene=self.samples_per_scene, batch_size=self.batch_size)
+                       samples_per_scene=self.samples_per_scene, batch_size=self.batch_size, views="centre")
 
 
 @dataclass(eq=False)
@@ -661,6 +664,8 @@ def _from_index(video: Path, index_dir: Path | None, identity: str,
         return None
     if not scene_records or len(vectors) != len(scene_records):
         return None
+    if any(per_sample(len(v.frames), len(s.sample_frames)) > 1 for s, v in zip(scene_records, vectors)):
+        return None  # the index sees each frame through several views; keyframes compare centre squares
     by_frame: dict[int, np.ndarray] = {}
     dense = []
     for s, v in zip(scene_records, vectors):

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--recall-only", action="store_true",
                     help="only the sampling figures: moment recall (toy CLIP), image search by real frames, "
                          "and index time of old vs new sampling on the corpus")
+    ap.add_argument("--views-only", action="store_true",
+                    help="only what the image tower sees of a frame: recall over frame shapes and places, per view")
     ap.add_argument("--moments-only", action="store_true",
                     help="only how long a hit is: moment spans on the toy videos for several MOMENT_DROP values")
     ap.add_argument("--queries-only", action="store_true",
@@ -130,6 +132,16 @@ def run_moments(args: argparse.Namespace, out: Path, results: dict[str, Any]) ->
     write_json(out / "bench-moments.json", results)
     print_moments(results["moments"])
     print(f"\nfigures: {out / 'bench-moments.json'}")
+    return 0
+
+
+def run_views(args: argparse.Namespace, out: Path, results: dict[str, Any]) -> int:
+    from cliptool.bench.views import bench_views, print_views
+
+    results["views"] = bench_views(out, args.toy_model, quick=args.quick)
+    write_json(out / "bench-views.json", results)
+    print_views(results["views"])
+    print(f"\nfigures: {out / 'bench-views.json'}")
     return 0
 
 
@@ -275,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_queries(args, out, results, repeat)
     if args.moments_only:
         return run_moments(args, out, results)
+    if args.views_only:
+        return run_views(args, out, results)
     sizes = scene_counts(args.scale_sizes, "--scale-sizes", args.quick, argv)
     milvus_sizes = scene_counts(args.milvus_sizes, "--milvus-sizes", args.quick, argv)
     if args.milvus_only:

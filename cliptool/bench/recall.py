@@ -139,7 +139,7 @@ def image_containment(index_dir: Path, videos: list[Path], per_video: int = 12, 
     out: dict[str, dict[str, float]] = {}
     for k, video in enumerate(videos):
         frames = _frame_times(video, per_video, seed + k)
-        queries = [(t, searcher.model.encode_images([rgb])[0]) for t, rgb in frames]
+        queries = [(t, searcher.model.encode_picture(rgb)) for t, rgb in frames]  # as a picture search embeds it
         for ranking in rankings:
             searcher.ranking = ranking
             same_video = same_scene = 0

@@ -18,6 +18,7 @@ from cliptool.models.loading import load_open_clip, preprocess_cfg, quick_check
 from cliptool.models.onnx_tower import is_cached
 from cliptool.models.spec import PRECISIONS, ModelSpec
 from cliptool.models.text import SharedScope
+from cliptool.models.views import DEFAULT_VIEWS, frame_views, whole
 
 
 def preprocess_rgb(rgb: np.ndarray, size: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -179,6 +180,16 @@ class ClipModel:
         """An RGB uint8 image as the image tower's (3, S, S) float32 input."""
         self._wait()
         return preprocess_rgb(rgb, self._image_size, self._mean, self._std)
+
+    def preprocess_views(self, rgb: np.ndarray, views: str = DEFAULT_VIEWS) -> np.ndarray:
+        """An RGB uint8 picture as the tower's inputs for each of its views (models.views):
+        (K, 3, S, S) float32."""
+        self._wait()
+        return frame_views(rgb, self._image_size, self._mean, self._std, views)
+
+    def encode_picture(self, rgb: np.ndarray, views: str = DEFAULT_VIEWS) -> np.ndarray:
+        """One vector for a whole picture (a query photo): the normalised mean of its views'."""
+        return whole(self.encode_preprocessed(self.preprocess_views(rgb, views)))
 
     def encode_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, S, S) float32 -> (N, D) L2-normalised float32."""

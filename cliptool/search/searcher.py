@@ -208,7 +208,7 @@ class Searcher:
 
     def image_vector(self, path: Path) -> np.ndarray:
         image = read_image(path)  # a bad file fails before the model starts loading
-        return self.model.encode_images([image])[0]
+        return self.model.encode_picture(image)  # the whole photo, every part of it seen
 
     def _candidate(self, row: int, scene_score: float, query: np.ndarray) -> tuple[float, float, ScenePosition]:
         """(score, best sample time, position) of a scene. A scene scores what the query actually
@@ -216,7 +216,7 @@ class Searcher:
         sits close to everything, so the scene vector only finds candidates; a scene without
         frame vectors scores its scene vector."""
         pos = self.vectors.position(row)
-        frame_scores = self.vectors.frame_vectors(row) @ query
+        times, frame_scores = sample_scores(self.vectors.frame_vectors(row), pos.sample_times, query)
         if len(frame_scores) == 0:
             return scene_score, pos.start_time, pos
         best = int(np.argmax(frame_scores))
@@ -225,7 +225,7 @@ class Searcher:
             score = max(scene_score, score)
         elif self.ranking == "scene":
             score = scene_score
-        return score, pos.sample_times[best], pos
+        return score, times[best], pos
 
     def query_vector(self, query: Query | str) -> np.ndarray:
         """The vector of a query: the sum of weight * normalised vector over its terms,
@@ -403,17 +403,26 @@ class Searcher:
             hi += 1
         return windows[lo:hi + 1]
 
+    def _shot_samples(self, shot: list[tuple[int, ScenePosition]], query: np.ndarray) -> list[tuple[float, float]]:
+        """(time, score) of every sample of a shot, in time order (see `sample_scores`)."""
+        out: list[tuple[float, float]] = []
+        for row, p in shot:
+            times, scores = sample_scores(self.vectors.frame_vectors(row), p.sample_times, query)
+            out += zip(times, (float(s) for s in scores))
+        return sorted(out)
+
     def _moment(self, cand: tuple[float, float, ScenePosition], query: np.ndarray,
-                videos: dict[str, list[tuple[int, ScenePosition]]]) -> tuple[Hit, float, float]:
+                videos: dict[str, list[tuple[int, ScenePosition]]]
+                ) -> tuple[Hit, float, float, list[tuple[float, float]]]:
         """The hit of a candidate window: the run of its shot's samples around the best one that
         score at least its score - MOMENT_DROP, widened to the first samples on either side that
         do not (the moment lies between them), else to the shot's ends; at most as long as the
-        window it was found in, around the best time. Returns the hit and the stretch that
-        matches as well before that cut (which later candidates of the same match fall in)."""
+        window it was found in, around the best time. Returns the hit, the stretch that matches
+        as well before that cut (which later candidates of the same match fall in) and the
+        shot's samples (time, score)."""
         score, best_time, pos = cand
         shot = self._shot(pos, videos)
-        samples = sorted((t, float(s)) for row, p in shot
-                         for t, s in zip(p.sample_times, self.vectors.frame_vectors(row) @ query))
+        samples = self._shot_samples(shot, query)
         shot_start, shot_end = shot[0][1].start_time, shot[-1][1].end_time
         if not samples:
             start, end = pos.start_time, pos.end_time
@@ -436,7 +445,7 @@ class Searcher:
         ids = [p.scene_id for _, p in shot if p.end_time > start + TOUCHING and p.start_time < end - TOUCHING]
         hit = Hit(0, score, pos.path, start, end, best_time, pos.scene_id, pos.scene_index, pos.video_id,
                   ids or [pos.scene_id], shot_start, shot_end)
-        return hit, reach[0], reach[1]
+        return hit, reach[0], reach[1], samples
 
     def _video_moments(self, candidates: list[tuple[float, float, ScenePosition]], top: int,
                        query: np.ndarray) -> list[Hit]:
@@ -447,7 +456,7 @@ class Searcher:
             if cand[2].video_id in seen:
                 continue
             seen.add(cand[2].video_id)
-            hit, _, _ = self._moment(cand, query, videos)
+            hit, _, _, _ = self._moment(cand, query, videos)
             hit.rank = len(hits) + 1
             hits.append(hit)
             if len(hits) >= top:
@@ -464,15 +473,20 @@ class Searcher:
         videos: dict[str, list[tuple[int, ScenePosition]]] = {}
         hits: list[Hit] = []
         reaches: list[tuple[str, float, float]] = []
+        shots: list[list[tuple[float, float]]] = []  # each hit's shot samples
         for cand in sorted(candidates, key=lambda c: -c[0]):
             pos = cand[2]
             if any(v == pos.video_id and lo - TOUCHING <= cand[1] <= hi + TOUCHING for v, lo, hi in reaches):
                 continue
-            hit, lo, hi = self._moment(cand, query, videos)
+            hit, lo, hi, samples = self._moment(cand, query, videos)
             if any(h.video_id == hit.video_id and h.start < hit.end - TOUCHING and hit.start < h.end - TOUCHING
                    for h in hits):
                 continue
+            if any(h.video_id == hit.video_id and (h.shot_start, h.shot_end) == (hit.shot_start, hit.shot_end)
+                   and not _dip_between(s, h, hit) for h, s in zip(hits, shots)):
+                continue  # the same shot, matched as well all the way between: the same moment
             reaches.append((hit.video_id, lo, hi))
+            shots.append(samples)
             hit.rank = len(hits) + 1
             hits.append(hit)
             if len(hits) >= top:
@@ -517,3 +531,31 @@ def _continues(before: ScenePosition, after: ScenePosition) -> bool:
     """Whether `after` is the next window of `before`'s shot (no cut between, touching times)."""
     return (after.scene_index == before.scene_index + 1 and after.continues_shot
             and abs(before.end_time - after.start_time) <= TOUCHING)
+
+
+def sample_scores(frames: np.ndarray, row_times: list[float], query: np.ndarray) -> tuple[list[float], np.ndarray]:
+    """Each sample's time and score: the best of its views' (a frame row each, sharing the
+    sample's time; models.views) and of the whole frame's (their normalised mean), so that a
+    shape at the edge scores as its view and a query picture as the whole frame it shows."""
+    if len(frames) == 0:
+        return [], np.zeros(0, dtype=np.float32)
+    rows = np.asarray(frames @ query, dtype=np.float32)
+    times = np.asarray(row_times[: len(rows)], dtype=np.float64)
+    if len(times) < len(rows) or len(np.unique(times)) == len(times):  # one view per sample
+        return [float(t) for t in row_times[: len(rows)]], rows
+    order, scores = [], []
+    for t in dict.fromkeys(times.tolist()):
+        views = frames[times == t]
+        mean = views.mean(axis=0)
+        whole = float(mean @ query) / max(float(np.linalg.norm(mean)), 1e-12)
+        order.append(float(t))
+        scores.append(max(float(rows[times == t].max()), whole))
+    return order, np.asarray(scores, dtype=np.float32)
+
+
+def _dip_between(samples: list[tuple[float, float]], a: Hit, b: Hit) -> bool:
+    """Whether a shot's samples between two moments' best times match clearly worse than both
+    (by MOMENT_DROP): two appearances, not one stretch of a shot that matches all along."""
+    lo, hi = sorted((a.best_time, b.best_time))
+    between = [s for t, s in samples if lo < t < hi]
+    return bool(between) and min(between) < min(a.score, b.score) - MOMENT_DROP

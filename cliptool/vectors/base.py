@@ -26,6 +26,16 @@ class ScenePosition:
     continues_shot: bool = False  # a window of a long shot after its first (no cut before it)
 
 
+def row_times(sample_times: list[float], rows: int, start_time: float) -> list[float]:
+    """The time of each of a scene's frame rows: each sample's time once per view of it when the
+    rows are a whole multiple of the samples (models.views), else the sample times padded with
+    the scene's start (a tap's frames, an old index)."""
+    samples = len(sample_times)
+    if samples and rows > samples and rows % samples == 0:
+        return [t for t in sample_times for _ in range(rows // samples)]
+    return list(sample_times[:rows]) + [start_time] * (rows - samples)
+
+
 class VideoFilter(Protocol):
     """Which videos may answer (see search.filters.Filters): real folders, file dates, lengths."""
 

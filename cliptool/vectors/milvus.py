@@ -36,7 +36,7 @@ import numpy as np
 
 from cliptool.errors import CliptoolError, IndexMissingError, UsageError, one_line
 from cliptool.store import IndexStore, VideoRecord, generation, path_under
-from cliptool.vectors.base import ScenePosition, VideoFilter
+from cliptool.vectors.base import ScenePosition, VideoFilter, row_times
 
 if TYPE_CHECKING:
     pass
@@ -368,7 +368,7 @@ def _entities(store: IndexStore, video: VideoRecord) -> tuple[list[dict[str, Any
     for scene, vec in zip(store.scenes(video), store.vectors(video)):
         row = row_of(scene.scene_id)
         count = len(vec.frames)
-        times = list(scene.sample_times[:count]) + [scene.start_time] * (count - len(scene.sample_times))
+        times = row_times(scene.sample_times, count, scene.start_time)
         scenes.append({"row": row, "scene_id": scene.scene_id, **facts, "raw_path": raw, "scene_index": scene.index,
                        "start_time": float(scene.start_time), "end_time": float(scene.end_time),
                        "sample_times": [float(t) for t in times], "continues_shot": bool(scene.continues_shot),

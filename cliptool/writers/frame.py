@@ -88,8 +88,9 @@ def best_frame_in_span(
         nonlocal best
         if not pending:
             return
-        vecs = model.encode_preprocessed(np.stack([p[1] for p in pending]))  # type: ignore[attr-defined]
-        scores = vecs @ query
+        views = [len(p[1]) for p in pending]  # each frame scores its best view, as search does
+        vecs = model.encode_preprocessed(np.concatenate([p[1] for p in pending]))  # type: ignore[attr-defined]
+        scores = np.array([part.max() for part in np.split(vecs @ query, np.cumsum(views)[:-1])])
         i = int(np.argmax(scores))
         if best is None or scores[i] > best[1]:
             best = (pending[i][0], float(scores[i]), pending[i][2])
@@ -104,7 +105,7 @@ def best_frame_in_span(
             if frame.time + 1e-6 < next_time and not exact:
                 continue
             rgb = to_rgb(frame.av_frame)
-            pending.append((frame.time, model.preprocess(rgb), rgb))  # type: ignore[attr-defined]
+            pending.append((frame.time, model.preprocess_views(rgb), rgb))  # type: ignore[attr-defined]
             next_time = frame.time + step
             if len(pending) >= batch:
                 score_pending()

@@ -14,7 +14,7 @@ import numpy as np
 
 from cliptool.errors import CliptoolError, one_line
 from cliptool.store import IndexStore, VideoRecord, generation
-from cliptool.vectors.base import ScenePosition, VideoFilter
+from cliptool.vectors.base import ScenePosition, row_times, VideoFilter
 from cliptool.vectors.faiss.approx import VECTOR_INDEX_ENV
 from cliptool.vectors.faiss.manifest import (
     cache_root,
@@ -121,7 +121,7 @@ class _Overlay:
                 positions.append(ScenePosition(
                     first_row + len(positions), scene.scene_id, video.video_id, video.path, scene.index,
                     scene.start_time, scene.end_time,
-                    list(scene.sample_times[: len(vec.frames)]) + [scene.start_time] * (len(vec.frames) - len(scene.sample_times)),
+                    row_times(scene.sample_times, len(vec.frames), scene.start_time),
                     scene.continues_shot))
                 scenes.append(vec.scene)
                 frames.append(vec.frames)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from cliptool.store import IndexStore
+from cliptool.vectors.base import row_times
 from cliptool.vectors.faiss.segment import FLAT_HEADER
 
 
@@ -44,8 +45,7 @@ def write_vectors(store: IndexStore, records: list[Any], flat: FlatWriter, frame
             cols["frame_offset"].append(frame_off)
             cols["frame_count"].append(count)
             cols["continues_shot"].append(bool(scene.continues_shot))
-            sample_times.extend(scene.sample_times[:count])
-            sample_times.extend([scene.start_time] * (count - len(scene.sample_times)))
+            sample_times.extend(row_times(scene.sample_times, count, scene.start_time))
             frame_off += count
         del scenes, vectors
     dtypes = {"video_row": np.int32, "scene_index": np.int32, "start_time": np.float64,
