@@ -272,6 +272,110 @@ def test_bad_parameters_are_one_line_4xx(client: httpx.Client) -> None:
     one_line_error(client.delete("/api/search"), 405)
 
 
+def test_library_pages_newest_first_with_capped_scenes(client: httpx.Client, indexed) -> None:
+    index_dir, folder, _ = indexed
+    records = {r.video_id: r for r in cliptool.Index.open(index_dir).videos()}
+    full = client.get("/api/library", params={"limit": 100, "scenes": 50}).json()
+    assert (full["total"], full["offset"], full["limit"], len(full["videos"])) == (4, 0, 100, 4)
+    mtimes = [v["mtime"] for v in full["videos"]]
+    assert mtimes == sorted(mtimes, reverse=True)  # newest file date first
+    assert full["folders"] == [{"path": str(folder.resolve()), "videos": 4}]
+    for v in full["videos"]:
+        record = records[v["video_id"]]
+        assert (v["path"], v["duration"], v["scene_count"]) == (record.path, record.duration, record.scene_count)
+        assert v["name"] == os.path.basename(record.path) and v["media"] == f"/media/{record.video_id}"
+        assert len(v["scenes"]) == record.scene_count and [s["scene_index"] for s in v["scenes"]] == list(range(record.scene_count))
+    s = full["videos"][0]["scenes"][0]
+    assert client.get(s["thumbnail"]).status_code == 200 and s["thumbnail"] in s["frames"]
+    # pages: limit and offset walk the same order; scenes caps each strip, first and last kept
+    ids = [v["video_id"] for v in full["videos"]]
+    pages = [client.get("/api/library", params={"limit": 3, "offset": o}).json() for o in (0, 3, 6)]
+    assert [[v["video_id"] for v in p["videos"]] for p in pages] == [ids[:3], ids[3:], []]
+    assert all(p["total"] == 4 for p in pages)
+    capped = client.get("/api/library", params={"scenes": 2}).json()["videos"]
+    for v, whole in zip(capped, full["videos"]):
+        assert [x["scene_id"] for x in v["scenes"]] == [whole["scenes"][0]["scene_id"], whole["scenes"][-1]["scene_id"]]
+        assert v["scene_count"] == whole["scene_count"] >= 2
+    assert all(v["scenes"] == [] for v in client.get("/api/library", params={"scenes": 0}).json()["videos"])
+    # narrowed by the search filters
+    long_ones = client.get("/api/library", params={"min_duration": "5.5"}).json()
+    assert long_ones["total"] == 2 and {v["name"] for v in long_ones["videos"]} == {"shapes.mp4", "shapes.webm"}
+    assert client.get("/api/library", params={"in": str(folder.resolve())}).json()["total"] == 4
+    assert client.get("/api/library", params={"in": str(folder.resolve()) + "-not"}).json()["total"] == 0
+    assert client.get("/api/library", params={"since": "2999-01-01"}).json()["total"] == 0
+
+
+def test_library_refuses_hostile_parameters(client: httpx.Client) -> None:
+    for params in ({"limit": 0}, {"limit": 101}, {"limit": "ten"}, {"limit": "1e3"}, {"limit": -1}, {"offset": -1},
+                   {"offset": "x"}, {"offset": 10**12}, {"scenes": 51}, {"scenes": -1}, {"limit": ["1", "2"]},
+                   {"since": "yesterday"}, {"until": "2024-13-40"}, {"min_duration": "long"},
+                   {"min_duration": "10", "max_duration": "5"}, {"since": "2024-02-01", "until": "2024-01-01"},
+                   {"in": "relative/folder"}, {"in": "/tmp/a\x00b"}, {"in": "/x" * 3000}, {"min_score": "0.2"},
+                   {"since": "2024-01-01" * 10}, {"in": ["/a"] * 17}):
+        one_line_error(client.get("/api/library", params=params), 400)
+    assert client.get("/api/library", params={"limit": "", "offset": "", "in": ""}).json()["total"] == 4
+
+
+def test_search_filters_like_the_cli(client: httpx.Client, indexed) -> None:
+    from cliptool.search.filters import Filters
+
+    index_dir, folder, _ = indexed
+    index = cliptool.Index.open(index_dir)
+    q = {"q": "a red circle", "top": 20}
+    everything = client.get("/api/search", params=q).json()
+    assert everything["filters"] == {} and len({h["video_id"] for h in everything["results"]}) == 4
+    for params, cli in [({"min_duration": "5.5"}, {"min_duration": "5.5"}), ({"max_duration": "0:04.5"}, {"max_duration": "0:04.5"}),
+                        ({"min_score": "0.1"}, {"min_score": "0.1"}), ({"until": "2999-12-31"}, {"until": "2999-12-31"}),
+                        ({"in": str(folder)}, {})]:
+        data = client.get("/api/search", params={**q, **params}).json()
+        where = Filters.parse([folder] if "in" in params else [], **cli)
+        assert [h["scene_id"] for h in data["results"]] == [h.scene_id for h in index.search("a red circle", top=20, where=where)]
+        assert data["filters"]
+    short = client.get("/api/search", params={**q, "max_duration": "4.5"}).json()["results"]
+    assert short and {h["name"] for h in short} == {"titles.mp4"} and all(h["duration"] <= 4.5 for h in short)
+    floor = client.get("/api/search", params={**q, "min_score": "0.05"}).json()["results"]
+    assert all(h["score"] >= 0.05 for h in floor)
+    assert client.get("/api/search", params={**q, "since": "2999-01-01"}).json()["results"] == []
+    assert client.get("/api/search", params={**q, "in": str(folder) + "/nothing-here"}).json()["results"] == []
+    grouped = client.get("/api/search", params={**q, "videos": 1, "min_duration": "5"}).json()["results"]
+    assert sorted(h["name"] for h in grouped) == ["outdoors.mp4", "shapes.mp4", "shapes.webm"]
+    # more like this and picture searches take them too
+    hit = everything["results"][0]
+    similar = client.get("/api/similar", params={"scene": hit["scene_id"], "top": 20, "max_duration": "4.5"}).json()
+    assert similar["results"] and {h["name"] for h in similar["results"]} == {"titles.mp4"}
+    assert hit["scene_id"] not in {h["scene_id"] for h in similar["results"]}
+    png = cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
+    pic = client.post("/api/search", params={"top": 20, "min_duration": "5.5"}, files={"image": ("x.png", png, "image/png")})
+    assert pic.status_code == 200 and {h["name"] for h in pic.json()["results"]} == {"shapes.mp4", "shapes.webm"}
+    # bad values: one line naming the parameter as the API spells it
+    msg = one_line_error(client.get("/api/search", params={**q, "since": "last week"}), 400)
+    assert msg.startswith("since: not a date: 'last week'") and "--" not in msg
+    assert "min_duration" in one_line_error(client.get("/api/search", params={**q, "min_duration": "a while"}), 400)
+    assert "min_score" in one_line_error(client.get("/api/search", params={**q, "min_score": "nan"}), 400)
+    assert "max_duration" in one_line_error(client.get("/api/search", params={**q, "min_duration": "9", "max_duration": "2"}), 400)
+    one_line_error(client.get("/api/search", params={**q, "until": "2024-01-01", "since": "2024-06-01"}), 400)
+    one_line_error(client.get("/api/search", params={**q, "in": "videos"}), 400)
+    one_line_error(client.get("/api/search", params={**q, "since": ["2024-01-01", "2024-01-02"]}), 400)
+    one_line_error(client.get("/api/similar", params={"scene": hit["scene_id"], "until": "soon"}), 400)
+    one_line_error(client.post("/api/search", params={"min_score": "high"}, files={"image": ("x.png", png, "image/png")}), 400)
+
+
+def test_hits_carry_their_video_duration(client: httpx.Client) -> None:
+    for hit in client.get("/api/search", params={"q": "stripes", "top": 8}).json()["results"]:
+        video = client.get(f"/api/videos/{hit['video_id']}").json()["video"]
+        assert KEYS <= set(hit) and hit["duration"] == video["duration"] > 0
+        assert 0 <= hit["start"] < hit["end"] <= hit["duration"] + 0.05
+
+
+def test_similar_says_what_it_searched_with(client: httpx.Client) -> None:
+    hit = client.get("/api/search", params={"q": "stripes", "top": 1}).json()["results"][0]
+    data = client.get("/api/similar", params={"scene": hit["scene_id"], "top": 3}).json()
+    src = data["scene"]
+    assert (src["scene_id"], src["video_id"], src["name"], src["start"], src["end"]) == \
+        (hit["scene_id"], hit["video_id"], hit["name"], hit["start"], hit["end"])
+    assert src["duration"] == hit["duration"] and client.get(src["thumbnail"]).status_code == 200
+
+
 def test_uploads_oversized_broken_and_malformed(client: httpx.Client) -> None:
     big = b"\xff\xd8" + os.urandom(21 * 1024 * 1024)
     msg = one_line_error(client.post("/api/search", files={"image": ("big.jpg", big, "image/jpeg")}), 413)

@@ -1,9 +1,11 @@
-"""The index's contents: its status, one video with all its scenes, and a scene or video opened
-in the user's own player (only on a loopback bind)."""
+"""The index's contents: its status, the library (the videos, newest first, each with a few of
+its scenes), one video with all its scenes, and a scene or video opened in the user's own player
+(only on a loopback bind)."""
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -11,16 +13,47 @@ from fastapi import APIRouter, Request
 from cliptool.errors import CliptoolError, one_line
 from cliptool.store import IndexStore
 from cliptool.serve.errors import ApiError
+from cliptool.serve.params import filters_param, int_param, one_param
 from cliptool.serve.state import ServeState
+
+MAX_LIMIT = 100  # videos in one page of the library
+MAX_SCENES = 50  # scenes shown per video in the library
+MAX_OFFSET = 10_000_000
+MAX_FOLDERS = 200
 
 
 def make_router(state: ServeState) -> APIRouter:
-    """The routes /api/status, /api/videos/{video_id} and /api/open, over `state`."""
+    """The routes /api/status, /api/library, /api/videos/{video_id} and /api/open, over `state`."""
     router = APIRouter()
 
     @router.get("/api/status")
     def api_status() -> Any:
         return state.status()
+
+    @router.get("/api/library")
+    def api_library(request: Request) -> Any:
+        """One page of the indexed videos, newest file date first: limit videos from offset, each
+        with at most `scenes` of its scenes; narrowed by the search filters (not min_score);
+        `folders`: the folders that hold indexed videos, most videos first."""
+        limit = int_param(one_param(request, "limit"), "limit", 12, 1, MAX_LIMIT)
+        offset = int_param(one_param(request, "offset"), "offset", 0, 0, MAX_OFFSET)
+        most = int_param(one_param(request, "scenes"), "scenes", 12, 0, MAX_SCENES)
+        where = filters_param(request)
+        if where is not None and where.min_score is not None:
+            raise ApiError(400, "min_score applies to searches, not to the library")
+        records = state.library()
+        matched = [r for r in records if where.allows(r)] if where is not None else records
+        videos = []
+        for record in matched[offset:offset + limit]:
+            try:
+                current, scenes = state.video(record.video_id)
+            except ApiError:  # removed since the list was read
+                continue
+            videos.append(state.library_json(current, scenes, most))
+        folders = Counter(os.path.dirname(r.path) for r in records)
+        return {"total": len(matched), "offset": offset, "limit": limit, "videos": videos,
+                "folders": [{"path": f, "videos": n}
+                            for f, n in sorted(folders.items(), key=lambda x: (-x[1], x[0]))[:MAX_FOLDERS]]}
 
     @router.get("/api/videos/{video_id}")
     def api_video(video_id: str) -> Any:

@@ -1,19 +1,24 @@
 """Searching: by words (GET /api/search), by an uploaded image (POST /api/search, multipart,
-at most UPLOAD_LIMIT) and by a scene already indexed (GET /api/similar)."""
+at most UPLOAD_LIMIT) and by a scene already indexed (GET /api/similar). Each takes top, videos
+(each video once, by its best scene) and the CLI's filters (params.filters_param: in, since,
+until, min_duration, max_duration, min_score)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from cliptool.errors import UsageError, one_line
 from cliptool.serve.errors import ApiError, error_response
-from cliptool.serve.params import flag_param, int_param, one_param
+from cliptool.serve.params import filters_param, flag_param, int_param, one_param
 from cliptool.serve.state import UPLOAD_LIMIT, ServeState
+
+if TYPE_CHECKING:
+    from cliptool.search.filters import Filters
 
 DRAIN_LIMIT = 128 * 1024 * 1024  # an oversized upload is read (and dropped) up to this, then cut off
 MAX_TOP = 500
@@ -28,18 +33,20 @@ def make_router(state: ServeState) -> APIRouter:
         q = one_param(request, "q")
         top = int_param(one_param(request, "top"), "top", 10, 1, MAX_TOP)
         videos = flag_param(one_param(request, "videos"), "videos")
+        where = filters_param(request)
         if q is None or not q.strip():
             raise ApiError(400, "empty query: give some words (q=...) or POST an image")
         if len(q) > 1000:
             raise ApiError(400, "query too long (at most 1000 characters)")
         with state.lock:
-            hits = state.index.search(q, top=top, videos=videos)
-        return {"query": q, "image": None, "results": [state.hit_json(h) for h in hits]}
+            hits = state.index.search(q, top=top, videos=videos, where=where)
+        return {"query": q, "image": None, "filters": filters_json(where), "results": [state.hit_json(h) for h in hits]}
 
     @router.post("/api/search")
     async def api_search_image(request: Request) -> Any:
         top = int_param(one_param(request, "top"), "top", 10, 1, MAX_TOP)
         videos = flag_param(one_param(request, "videos"), "videos")
+        where = filters_param(request)
         ctype = request.headers.get("content-type", "")
         if not ctype.lower().startswith("multipart/form-data"):
             raise ApiError(415, "send the image as multipart/form-data, field 'image'")
@@ -62,8 +69,8 @@ def make_router(state: ServeState) -> APIRouter:
             return error_response(413, f"upload too large (at most {UPLOAD_LIMIT // (1024 * 1024)} MB)")
         data = await _image_field(request, bytes(body))
         name = "upload"
-        results = await run_in_threadpool(_search_image, state, data, top, videos)
-        return {"query": None, "image": name, "results": results}
+        results = await run_in_threadpool(_search_image, state, data, top, videos, where)
+        return {"query": None, "image": name, "filters": filters_json(where), "results": results}
 
     @router.get("/api/similar")
     def api_similar(request: Request) -> Any:
@@ -71,18 +78,20 @@ def make_router(state: ServeState) -> APIRouter:
         top = int_param(one_param(request, "top"), "top", 10, 1, MAX_TOP)
         videos = flag_param(one_param(request, "videos"), "videos")
         other = flag_param(one_param(request, "other"), "other")
+        where = filters_param(request)
         if not scene:
             raise ApiError(400, "give scene=SCENE_ID (a search result's scene_id)")
-        state.scene(scene)  # 404 unless it is an indexed scene
+        source = state.scene_json(scene)  # 404 unless it is an indexed scene
         with state.lock:
             try:
-                if other:  # leave out the scene's whole video
-                    hits = state.index.similar_scene(scene, top=top, videos=videos, other_videos=True)
+                if other or where is not None:  # other: leave out the scene's whole video
+                    hits = state.index.similar_scene(scene, top=top, videos=videos, other_videos=other, where=where)
                 else:
                     hits = state.index.similar(scene, top=top, videos=videos)
             except UsageError as exc:
                 raise ApiError(404, one_line(exc)) from None
-        return {"query": None, "image": None, "scene_id": scene, "results": [state.hit_json(h) for h in hits]}
+        return {"query": None, "image": None, "scene_id": scene, "scene": source, "filters": filters_json(where),
+                "results": [state.hit_json(h) for h in hits]}
 
     return router
 
@@ -107,7 +116,14 @@ async def _image_field(request: Request, body: bytes) -> bytes:
     return data
 
 
-def _search_image(state: ServeState, data: bytes, top: int, videos: bool) -> list[dict[str, Any]]:
+def filters_json(where: Filters | None) -> dict[str, Any]:
+    """The filters a search applied, as the answer echoes them (dates in seconds since the epoch)."""
+    if where is None:
+        return {}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in where.to_dict().items()}
+
+
+def _search_image(state: ServeState, data: bytes, top: int, videos: bool, where: Filters | None) -> list[dict[str, Any]]:
     import cv2
     import numpy as np
 
@@ -118,7 +134,7 @@ def _search_image(state: ServeState, data: bytes, top: int, videos: bool) -> lis
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         with state.lock:
-            hits = state.index.search(image=tmp, top=top, videos=videos)
+            hits = state.index.search(image=tmp, top=top, videos=videos, where=where)
         return [state.hit_json(h) for h in hits]
     finally:
         os.unlink(tmp)

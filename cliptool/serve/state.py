@@ -55,6 +55,7 @@ class ServeState:
         self._videos: OrderedDict[str, tuple[str, VideoRecord | None, list[_Scene]]] = OrderedDict()
         self._cached_scenes = 0
         self._status: tuple[str, float, dict[str, Any]] | None = None
+        self._library: tuple[str, list[VideoRecord]] | None = None
         self._frames: OrderedDict[tuple[str, str, float], bytes] = OrderedDict()
         self._frames_lock = threading.Lock()
         self.decoding = threading.BoundedSemaphore(2)  # frames decoded at once (thumbnails made on request)
@@ -100,7 +101,59 @@ class ServeState:
             raise ApiError(404, "no such scene (re-indexed since? search again)")
         return record, scenes[number]
 
+    def library(self) -> list[VideoRecord]:
+        """Every indexed video's record, newest file date first (then by path); read once per
+        index generation; empty before anything was indexed."""
+        gen = generation(self.index_dir)
+        cached = self._library
+        if cached is not None and cached[0] == gen:
+            return cached[1]
+        with self.lock:
+            gen = generation(self.index_dir)
+            try:
+                records = self.index.videos()
+            except IndexMissingError:
+                records = []
+            records.sort(key=lambda r: -r.mtime)  # stable: by path within one date
+            self._library = (gen, records)
+        return records
+
     # -- JSON shapes -----------------------------------------------------------------------------
+    def scene_json(self, scene_id: str) -> dict[str, Any]:
+        """An indexed scene as the page shows what it searched with: its video, span and
+        middle thumbnail; 404 unless it is an indexed scene."""
+        record, scene = self.scene(scene_id)
+        k = len(scene.sample_times) // 2
+        return {"scene_id": scene.scene_id, "scene_index": scene.index, "video_id": record.video_id,
+                "name": os.path.basename(record.path), "path": record.path, "start": scene.start_time,
+                "end": scene.end_time, "duration": record.duration,
+                "thumbnail": _thumb_url(scene.scene_id, k) if scene.sample_times else None}
+
+    def library_json(self, record: VideoRecord, scenes: list[_Scene], most: int) -> dict[str, Any]:
+        """A video as the library lists it: its facts and at most `most` of its scenes, spread
+        evenly over the video (first and last included), each with its middle thumbnail."""
+        if most <= 0 or not scenes:
+            picked: list[_Scene] = []
+        elif len(scenes) <= most:
+            picked = scenes
+        elif most == 1:
+            picked = scenes[:1]
+        else:
+            picked = [scenes[round(i * (len(scenes) - 1) / (most - 1))] for i in range(most)]
+        return {
+            "video_id": record.video_id, "name": os.path.basename(record.path), "path": record.path,
+            "folder": os.path.dirname(record.path), "duration": record.duration, "mtime": record.mtime,
+            "indexed_at": record.indexed_at, "width": record.width, "height": record.height,
+            "codec": record.codec, "scene_count": len(scenes), "media": f"/media/{record.video_id}",
+            "type": media.browser_type(record.path, record.codec),
+            "scenes": [{"scene_id": s.scene_id, "scene_index": s.index, "start": s.start_time, "end": s.end_time,
+                        "best_time": s.sample_times[len(s.sample_times) // 2] if s.sample_times else s.start_time,
+                        "thumbnail": _thumb_url(s.scene_id, len(s.sample_times) // 2) if s.sample_times else None,
+                        "frames": [_thumb_url(s.scene_id, k) for k in range(len(s.sample_times))],
+                        "sample_times": s.sample_times}
+                       for s in picked],
+        }
+
     def hit_json(self, hit: Any) -> dict[str, Any]:
         d = hit.to_dict()
         d["name"] = os.path.basename(hit.path)
