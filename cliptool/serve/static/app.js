@@ -17,8 +17,16 @@
     return (h ? h + ":" + String(m).padStart(2, "0") : String(m)) + ":" + s.toFixed(1).padStart(4, "0");
   };
 
+  const pct = (x) => (100 * Math.max(0, Math.min(1, x))) + "%";
+  const day = (epoch) => new Date(epoch * 1000).toISOString().slice(0, 10);
+
   const state = { results: [], selected: -1, current: null, generation: null, shownGeneration: null,
-                  server: {}, frameTimer: null, hoverTimer: null };
+                  server: {}, frameTimer: null, hoverTimer: null, picture: null, library: null,
+                  foldersOf: undefined };
+
+  // the CLI's search filters: URL parameter -> its input in the filter panel
+  const FILTERS = [["in", "f-in"], ["since", "f-since"], ["until", "f-until"], ["min_duration", "f-min-duration"],
+                   ["max_duration", "f-max-duration"], ["min_score", "f-min-score"]];
 
   async function api(url, options) {
     const r = await fetch(url, Object.assign({ credentials: "same-origin" }, options || {}));
@@ -45,7 +53,10 @@
       $("index-state").textContent = s.missing ? "no index yet: run `cliptool index FOLDER`"
         : `${s.videos} videos · ${s.scenes} scenes · ${model}`;
       $("index-state").dataset.videos = s.videos;
-      if (state.shownGeneration !== null && s.generation !== state.shownGeneration && state.results.length) {
+      if (state.library && state.generation !== null && s.generation !== state.generation) {
+        state.generation = s.generation;
+        showLibrary(true);  // the start page: the new videos simply appear
+      } else if (state.shownGeneration !== null && s.generation !== state.shownGeneration && state.results.length) {
         notice("New videos were indexed since this search.", false, { label: "Search again", run: () => route(false) });
       }
       state.generation = s.generation;
@@ -53,7 +64,8 @@
     } catch (e) { $("index-state").textContent = "server unreachable"; }
   }
 
-  // -- the URL holds the query: ?q=...&top=..&videos=1, ?similar=SCENE, ?video=ID --------------
+  // -- the URL holds the query: ?q=...&top=..&videos=1, ?similar=SCENE, ?video=ID, ?image (a
+  // picture, kept in the page), and the filters (?in=FOLDER&since=DATE&...); nothing: the library
   function params() { return new URLSearchParams(location.search); }
   function go(p, push) {
     const url = "/" + (p.toString() ? "?" + p.toString() : "");
@@ -61,35 +73,76 @@
     route(false);
   }
 
+  // the query string of an API call: `extra`, then top, videos and the URL's filters
+  function apiParams(p, extra, forLibrary) {
+    const out = new URLSearchParams(extra);
+    if (!forLibrary) {
+      out.set("top", String(topN()));
+      out.set("videos", p.get("videos") === "1" ? "1" : "0");
+    }
+    for (const [name] of FILTERS) {
+      if (forLibrary && name === "min_score") continue;  // the library has no scores
+      for (const v of p.getAll(name)) if (v) out.append(name, v);
+    }
+    return out.toString();
+  }
+
+  // the URL of a new query (q, similar or image): it, top, videos, and the filters kept
+  function queryUrl(kind, value) {
+    const p = new URLSearchParams([[kind, value], ["top", String(topN())]]);
+    if ($("by-video").checked) p.set("videos", "1");
+    const now = params();
+    for (const [name] of FILTERS) for (const v of now.getAll(name)) p.append(name, v);
+    return p;
+  }
+
   async function route() {
     const p = params();
     $("q").value = p.get("q") || "";
     if (p.get("top")) $("top").value = p.get("top");
     $("by-video").checked = p.get("videos") === "1";
+    showFilters(p);
     notice("");
+    showQuery(null);
+    $("library").hidden = true;
+    state.library = null;
+    if (state.foldersOf !== state.generation && !isLibrary(p)) loadFolders();
     if (p.get("video")) return showVideo(p.get("video"));
     $("video-view").hidden = true;
     if (p.get("similar")) {
-      return runQuery(`/api/similar?scene=${encodeURIComponent(p.get("similar"))}&top=${topN()}&videos=${p.get("videos") === "1" ? 1 : 0}`,
-                      null, "more like this");
+      return runQuery("/api/similar?" + apiParams(p, { scene: p.get("similar") }), null, "more like this", (data) => {
+        const s = data.scene;
+        showQuery({ picture: s.thumbnail, label: `More like ${s.name} at ${fmt(s.start)}–${fmt(s.end)}`,
+                    detail: `scene ${s.scene_index + 1} of the video (${fmt(s.duration)} long)`, title: s.path });
+      });
     }
-    if (p.get("q")) {
-      return runQuery(`/api/search?q=${encodeURIComponent(p.get("q"))}&top=${topN()}&videos=${p.get("videos") === "1" ? 1 : 0}`,
-                      null, `“${p.get("q")}”`);
+    if (p.get("q")) return runQuery("/api/search?" + apiParams(p, { q: p.get("q") }), null, `“${p.get("q")}”`);
+    if (p.has("image") && state.picture) {
+      const pic = state.picture;
+      const form = new FormData();
+      form.append("image", pic.file, pic.name);
+      showQuery({ picture: pic.url, label: "Like this picture", detail: pic.name });
+      return runQuery("/api/search?" + apiParams(p, {}), { method: "POST", body: form }, `the picture ${pic.name}`);
     }
     if (p.has("image")) { notice("Picture queries are not kept in the address; drop or paste the picture again."); }
     showResults([], "");
+    return showLibrary(true);
   }
   const topN = () => parseInt($("top").value, 10) || 24;
 
-  async function runQuery(url, init, label) {
+  async function runQuery(url, init, label, then) {
     $("summary").textContent = "searching…";
     const t0 = performance.now();
     const gen = state.generation;
+    const p = params();
     try {
       const data = await api(url, init);
       state.shownGeneration = gen;
-      showResults(data.results, `${data.results.length} results for ${label} in ${Math.round(performance.now() - t0)} ms`);
+      if (then) then(data);
+      const n = data.results.length;
+      const what = p.get("videos") === "1" ? `${n} videos (the best scene of each)` : `${n} results`;
+      const only = describeFilters(p);
+      showResults(data.results, `${what} for ${label}${only ? " · only " + only : ""} in ${Math.round(performance.now() - t0)} ms`);
     } catch (e) {
       showResults([], "");
       notice(e.message, true);
@@ -98,12 +151,84 @@
 
   function searchImage(file) {
     if (!file || !file.type.startsWith("image/")) { notice("That is not a picture.", true); return; }
-    const form = new FormData();
-    form.append("image", file, file.name || "pasted.png");
-    history.pushState(null, "", "/?image");
-    $("video-view").hidden = true;
-    runQuery(`/api/search?top=${topN()}&videos=${$("by-video").checked ? 1 : 0}`, { method: "POST", body: form },
-             `the picture ${file.name || ""}`);
+    if (state.picture) URL.revokeObjectURL(state.picture.url);
+    state.picture = { file: file, name: file.name || "pasted picture", url: URL.createObjectURL(file) };
+    go(queryUrl("image", ""), true);  // the box is emptied: the picture is the query now
+  }
+
+  // what a picture or "more like this" search searched with, above its results
+  function showQuery(q) {
+    $("query-view").hidden = !q;
+    if (!q) return;
+    $("query-pic").hidden = !q.picture;
+    if (q.picture) $("query-pic").src = q.picture; else $("query-pic").removeAttribute("src");
+    $("query-label").textContent = q.label;
+    $("query-label").title = q.title || "";
+    $("query-detail").textContent = q.detail || "";
+  }
+
+  // -- the filters: the panel shows the URL's; Apply puts the panel's into the URL --------------
+  function showFilters(p) {
+    let n = 0;
+    for (const [name, id] of FILTERS) {
+      const v = p.get(name) || "";
+      if (name === "in" && v && ![...$(id).options].some((o) => o.value === v)) $(id).append(folderOption(v, 0));
+      $(id).value = v;
+      if (v) n++;
+    }
+    $("filter-count").textContent = n ? `(${n})` : "";
+    if (n) $("filters").open = true;
+  }
+
+  function applyFilters() {
+    const p = params();
+    p.delete("video");
+    p.set("top", String(topN()));
+    if ($("by-video").checked) p.set("videos", "1"); else p.delete("videos");
+    for (const [name, id] of FILTERS) {
+      const v = $(id).value.trim();
+      if (v) p.set(name, v); else p.delete(name);
+    }
+    go(p, true);
+  }
+
+  function describeFilters(p) {
+    const parts = [];
+    if (p.get("in")) parts.push("in " + shortPath(p.get("in")));
+    if (p.get("since")) parts.push("from " + p.get("since"));
+    if (p.get("until")) parts.push("until " + p.get("until"));
+    const long = (v) => /^[0-9.]+$/.test(v) ? v + " s" : v;  // plain numbers are seconds
+    if (p.get("min_duration")) parts.push("videos " + long(p.get("min_duration")) + " or longer");
+    if (p.get("max_duration")) parts.push("videos " + long(p.get("max_duration")) + " or shorter");
+    if (p.get("min_score")) parts.push("scoring " + p.get("min_score") + " or more");
+    return parts.join(", ");
+  }
+
+  function shortPath(path) {
+    const parts = path.split(/[\\/]/).filter(Boolean);
+    return parts.length > 2 ? "…/" + parts.slice(-2).join("/") : path;
+  }
+
+  function folderOption(path, count) {
+    return el("option", { value: path, title: path, text: shortPath(path) + (count ? ` (${count})` : "") });
+  }
+
+  const isLibrary = (p) => !p.get("video") && !p.get("similar") && !p.get("q") && !(p.has("image") && state.picture);
+
+  // the folder filter's choices: the folders that hold indexed videos (the library's answer)
+  async function loadFolders() {
+    try {
+      showFolders((await api("/api/library?limit=1&scenes=0")).folders);
+      state.foldersOf = state.generation;
+    } catch (e) { /* the choices stay as they were */ }
+  }
+
+  function showFolders(folders) {
+    const select = $("f-in"), chosen = select.value;
+    select.replaceChildren(el("option", { value: "", text: "all folders" }),
+                           ...folders.map((f) => folderOption(f.path, f.videos)));
+    if (chosen && ![...select.options].some((o) => o.value === chosen)) select.append(folderOption(chosen, 0));
+    select.value = chosen;
   }
 
   // -- results ------------------------------------------------------------------------------
@@ -138,7 +263,8 @@
       pic,
       el("div", { class: "meta" },
         el("div", { class: "name", title: hit.path, text: hit.name }),
-        el("div", { class: "times", text: `${fmt(hit.start)}–${fmt(hit.end)} · best ${fmt(hit.best_time)}` })),
+        whereBar(hit),
+        el("div", { class: "times", text: `${fmt(hit.start)}–${fmt(hit.end)}${hit.duration ? " of " + fmt(hit.duration) : ""} · best ${fmt(hit.best_time)}` })),
       el("div", { class: "actions" },
         el("button", { type: "button", class: "similar", text: "More like this",
                        onclick: (ev) => { ev.stopPropagation(); moreLike(hit.scene_id); } }),
@@ -146,6 +272,19 @@
                        onclick: (ev) => { ev.stopPropagation(); go(new URLSearchParams({ video: hit.video_id }), true); } })));
     c.addEventListener("click", () => { select(i); play(hit); });
     return c;
+  }
+
+  // where the moment falls in its video: a bar of the video's length, the hit's span marked
+  function whereBar(hit) {
+    const d = hit.duration;
+    const bar = el("div", { class: "where", title: `${fmt(hit.start)}–${fmt(hit.end)} of ${fmt(d)}` });
+    if (!(d > 0)) { bar.hidden = true; return bar; }
+    const span = el("span", { class: "where-span" }), best = el("span", { class: "where-best" });
+    span.style.left = pct(hit.start / d);
+    span.style.width = pct((hit.end - hit.start) / d);
+    best.style.left = pct(hit.best_time / d);
+    bar.append(span, best);
+    return bar;
   }
 
   function select(i) {
@@ -159,9 +298,7 @@
   }
 
   function moreLike(sceneId) {
-    const p = new URLSearchParams({ similar: sceneId, top: String(topN()) });
-    if ($("by-video").checked) p.set("videos", "1");
-    go(p, true);
+    go(queryUrl("similar", sceneId), true);  // the box is emptied: the scene is the query now
   }
 
   // -- playing: in the page from the best time, the scene's span on the timeline -------------
@@ -252,15 +389,61 @@
       $("video-title").textContent = v.name;
       $("video-title").title = v.video.path;
       $("video-meta").textContent = `${fmt(v.video.duration)} · ${v.video.width}×${v.video.height} · ${v.video.codec} · ${v.scenes.length} scenes`;
-      const hits = v.scenes.map((s, i) => ({ rank: i + 1, score: 0, path: v.video.path, name: v.name, start: s.start, end: s.end,
-        best_time: s.sample_times.length ? s.sample_times[Math.floor(s.sample_times.length / 2)] : s.start,
-        scene_id: s.scene_id, scene_index: s.scene_index, video_id: v.video.video_id, thumbnail: s.thumbnail,
-        frames: s.frames, media: v.media, type: v.type, duration: v.video.duration }));
-      $("strip").replaceChildren(...hits.map((h) => el("figure", { onclick: () => play(h), title: "Play this scene" },
-        el("img", { src: h.thumbnail || "", alt: "", loading: "lazy" }),
-        el("figcaption", { text: `${fmt(h.start)}–${fmt(h.end)}` }))));
+      const hits = v.scenes.map((s, i) => sceneHit(s, i, { path: v.video.path, name: v.name, video_id: v.video.video_id,
+                                                            media: v.media, type: v.type, duration: v.video.duration }));
+      $("strip").replaceChildren(...hits.map(sceneFigure));
       showResults(hits, `${v.name}: all ${hits.length} scenes in time order`);
     } catch (e) { notice(e.message, true); }
+  }
+
+  // a scene of a video, shaped like a search hit (so that it plays and shows as a card)
+  function sceneHit(s, i, v) {
+    return { rank: i + 1, score: 0, path: v.path, name: v.name, start: s.start, end: s.end,
+             best_time: s.best_time != null ? s.best_time
+               : s.sample_times.length ? s.sample_times[Math.floor(s.sample_times.length / 2)] : s.start,
+             scene_id: s.scene_id, scene_index: s.scene_index, video_id: v.video_id, thumbnail: s.thumbnail,
+             frames: s.frames, sample_times: s.sample_times, media: v.media, type: v.type, duration: v.duration };
+  }
+
+  function sceneFigure(h) {
+    return el("figure", { onclick: () => play(h), title: "Play this scene", "data-scene": h.scene_id },
+      el("img", { src: h.thumbnail || "", alt: "", loading: "lazy" }),
+      el("figcaption", { text: `${fmt(h.start)}–${fmt(h.end)}` }));
+  }
+
+  // -- the start page: the library, newest videos first, a strip of scenes each -----------------
+  const LIBRARY_PAGE = 12;
+
+  async function showLibrary(fresh) {
+    const p = params();
+    const offset = fresh || !state.library ? 0 : state.library.offset;
+    try {
+      const data = await api("/api/library?" + apiParams(p, { limit: String(LIBRARY_PAGE), offset: String(offset), scenes: "12" }, true));
+      if (params().toString() !== p.toString()) return;  // the user went elsewhere meanwhile
+      showFolders(data.folders);
+      state.foldersOf = state.generation;
+      const rows = data.videos.map(libraryRow);
+      if (offset === 0) $("library-list").replaceChildren(...rows); else $("library-list").append(...rows);
+      state.library = { offset: offset + data.videos.length, total: data.total };
+      const only = describeFilters(p);
+      $("library-count").textContent = `${data.total} videos${only ? " · only " + only : ""}, newest first`;
+      $("library-more").hidden = state.library.offset >= data.total;
+      $("library-more").textContent = `More videos (${data.total - state.library.offset} more)`;
+      $("library").hidden = false;
+      document.body.dataset.library = String(state.library.offset);
+    } catch (e) { notice(e.message, true); }
+  }
+
+  function libraryRow(v) {
+    const hits = v.scenes.map((s, i) => sceneHit(s, i, v));
+    const open = (ev) => { ev.preventDefault(); go(new URLSearchParams({ video: v.video_id }), true); };
+    const shown = v.scenes.length < v.scene_count ? `${v.scenes.length} of ${v.scene_count} scenes` : `${v.scene_count} scenes`;
+    return el("article", { class: "lib-video", "data-video": v.video_id },
+      el("div", { class: "lib-head" },
+        el("a", { class: "lib-title", href: "/?video=" + encodeURIComponent(v.video_id), title: v.path, text: v.name, onclick: open }),
+        el("span", { class: "lib-meta", text: `${fmt(v.duration)} · ${day(v.mtime)} · ${shown} · in ${shortPath(v.folder)}`,
+                     title: v.folder })),
+      el("div", { class: "lib-strip" }, ...hits.map(sceneFigure)));
   }
 
   // -- wiring ---------------------------------------------------------------------------------
@@ -268,10 +451,14 @@
     ev.preventDefault();
     const q = $("q").value.trim();
     if (!q) return;
-    const p = new URLSearchParams({ q: q, top: String(topN()) });
-    if ($("by-video").checked) p.set("videos", "1");
-    go(p, true);
+    go(queryUrl("q", q), true);
   });
+  $("filter-form").addEventListener("submit", (ev) => { ev.preventDefault(); applyFilters(); });
+  for (const id of ["top", "by-video", "f-in", "f-since", "f-until"]) $(id).addEventListener("change", applyFilters);
+  $("f-clear").addEventListener("click", () => { for (const [, id] of FILTERS) $(id).value = ""; applyFilters(); });
+  $("query-clear").addEventListener("click", () => go(new URLSearchParams(), true));
+  $("library-more").addEventListener("click", () => showLibrary(false));
+  $("home").addEventListener("click", (ev) => { ev.preventDefault(); go(new URLSearchParams(), true); });
   $("file").addEventListener("change", (ev) => { searchImage(ev.target.files[0]); ev.target.value = ""; });
   document.addEventListener("paste", (ev) => {
     const item = [...(ev.clipboardData || {}).items || []].find((i) => i.type.startsWith("image/"));
@@ -311,6 +498,8 @@
     }
   });
   window.addEventListener("popstate", () => route());
+  if (window.matchMedia("(min-width: 641px)").matches) $("filters").open = true;  // a phone: folded
+  else $("q").placeholder = "Describe a scene";
   pollStatus().then(() => route());
   setInterval(pollStatus, 4000);
 })();
