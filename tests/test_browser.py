@@ -259,14 +259,16 @@ def test_phone_layout_library_search_and_more_like_this(phone, site: Server, sho
     bars = driver.execute_script(
         "return [...document.querySelectorAll('#results .card')].map(c => { const b = c.querySelector('.where'), "
         "s = b.querySelector('.where-span'), r = b.getBoundingClientRect(), q = s.getBoundingClientRect();"
-        "return {shown: !b.hidden && r.width > 0 && q.width > 0, left: (q.left - r.left) / r.width, width: q.width / r.width,"
-        "times: c.querySelector('.times').textContent}; })")
+        "return {shown: b.checkVisibility() && r.width > 0 && q.width > 0, left: (q.left - r.left) / r.width,"
+        "width: q.width / r.width, length: c.querySelector('.where-len').textContent}; })")
     assert len(bars) == len(hits)
     for bar, hit in zip(bars, hits):
         assert bar["shown"] and hit["duration"] > 0
         assert abs(bar["left"] - hit["start"] / hit["duration"]) < 0.02, (bar, hit)
         assert abs(bar["width"] - (hit["end"] - hit["start"]) / hit["duration"]) < 0.03 or bar["width"] < 0.03, (bar, hit)
-        assert " of " in bar["times"]
+        assert bar["length"] == driver.execute_script(
+            "const d = arguments[0], m = Math.floor(d / 60); return m + ':' + (d % 60).toFixed(1).padStart(4, '0')",
+            hit["duration"])  # the video's length, said at the bar's end
     no_sideways_scroll(driver, PHONE[0])
     assert_reachable(driver, "#results .card .similar, #results .card .whole", 40)
     driver.execute_script("window.scrollTo(0, 0)")

@@ -253,6 +253,7 @@ def test_traversal_and_paths_get_404(client: httpx.Client, server: Server, index
 def test_host_header_and_cross_origin_writes(client: httpx.Client, server: Server) -> None:
     assert one_line_error(client.get("/api/status", headers={"Host": "evil.example"}), 400).startswith("bad Host")
     assert client.get("/api/status", headers={"Host": f"evil.example:{server.port}"}).status_code == 400
+    assert client.get("/api/library", headers={"Host": "evil.example"}).status_code == 400
     for ok in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", f"[::1]:{server.port}"):
         assert client.get("/api/status", headers={"Host": ok}).status_code == 200, ok
     png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
@@ -426,7 +427,8 @@ def test_token_required(indexed) -> None:
         with s.client() as c:
             assert one_line_error(c.get("/api/status"), 401).startswith("a token is required")
             assert c.get("/api/status").headers["www-authenticate"].startswith("Bearer")
-            for path in ("/", "/static/app.js", "/api/search?q=x", "/media/0123456789abcdef", "/thumb/a/b/00000/0.jpg"):
+            for path in ("/", "/static/app.js", "/api/search?q=x", "/api/library", "/api/library?in=/&limit=1",
+                         "/api/similar?scene=x&since=2024-01-01", "/media/0123456789abcdef", "/thumb/a/b/00000/0.jpg"):
                 assert c.get(path).status_code == 401, path
             assert c.get("/api/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
             assert c.get("/api/status", params={"token": "wrong"}).status_code == 401

@@ -264,7 +264,7 @@
       el("div", { class: "meta" },
         el("div", { class: "name", title: hit.path, text: hit.name }),
         whereBar(hit),
-        el("div", { class: "times", text: `${fmt(hit.start)}–${fmt(hit.end)}${hit.duration ? " of " + fmt(hit.duration) : ""} · best ${fmt(hit.best_time)}` })),
+        el("div", { class: "times", text: `${fmt(hit.start)}–${fmt(hit.end)} · best ${fmt(hit.best_time)}` })),
       el("div", { class: "actions" },
         el("button", { type: "button", class: "similar", text: "More like this",
                        onclick: (ev) => { ev.stopPropagation(); moreLike(hit.scene_id); } }),
@@ -274,17 +274,19 @@
     return c;
   }
 
-  // where the moment falls in its video: a bar of the video's length, the hit's span marked
+  // where the moment falls in its video: a bar of the video's length (said at its end), the
+  // hit's span marked on it, a tick at its best moment
   function whereBar(hit) {
     const d = hit.duration;
     const bar = el("div", { class: "where", title: `${fmt(hit.start)}–${fmt(hit.end)} of ${fmt(d)}` });
-    if (!(d > 0)) { bar.hidden = true; return bar; }
+    const row = el("div", { class: "where-row" }, bar, el("span", { class: "where-len", text: fmt(d) }));
+    if (!(d > 0)) { row.hidden = true; return row; }
     const span = el("span", { class: "where-span" }), best = el("span", { class: "where-best" });
     span.style.left = pct(hit.start / d);
     span.style.width = pct((hit.end - hit.start) / d);
     best.style.left = pct(hit.best_time / d);
     bar.append(span, best);
-    return bar;
+    return row;
   }
 
   function select(i) {
