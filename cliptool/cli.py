@@ -280,6 +280,49 @@ def index(
     _run(body)
 
 
+_SETTLE_HELP = ("Index a file once its size and modification time have not changed for this many seconds "
+                "(a copy in progress is never indexed half-way).")
+_POLL_HELP = ("Rescan the folders every this many seconds instead of waiting for file events [default: file "
+              "events; rescans every 30 s on a network file system, or where events are unavailable].")
+
+
+def _watcher(paths: list[Path], model: str | None, pretrained: str | None, precision: str | None, settle: float,
+             poll: float | None, file_timeout: float) -> Any:
+    from cliptool.api import model_spec
+    from cliptool.index.watch import Watcher
+    from cliptool.models.spec import PRECISIONS
+
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if file_timeout < 0:
+        raise UsageError("--file-timeout must not be negative")
+    return Watcher(paths, _index_dir(), model_spec(model, pretrained), precision=precision, settle=settle,
+                   poll=poll, file_timeout=file_timeout)
+
+
+@app.command()
+def watch(
+    paths: list[Path] = typer.Argument(..., help="Video files or folders to keep indexed (searched recursively)."),
+    model: Optional[str] = typer.Option(
+        None, help="open_clip model name or config JSON, a model folder, hf-hub:ORG/NAME, or 'multilingual' "
+        "[default: the index's, else ViT-B-32]."),
+    pretrained: Optional[str] = typer.Option(
+        None, help="open_clip pretrained tag, a local checkpoint file or hf-hub:ORG/NAME [default: the index's]."),
+    precision: Optional[str] = typer.Option(
+        None, help="Image tower numbers: int8, bf16 or fp32 [default: the index's, else int8]."),
+    settle: float = typer.Option(2.0, "--settle", metavar="SECONDS", help=_SETTLE_HELP),
+    poll: Optional[float] = typer.Option(None, "--poll", metavar="SECONDS", help=_POLL_HELP),
+    file_timeout: float = typer.Option(
+        120.0, "--file-timeout", help="Give up on a file after this many seconds without a decoded frame (0: never)."),
+) -> None:
+    """Keep the index in step with folders: new, changed, moved and deleted videos as they happen, until Ctrl-C."""
+
+    def body() -> None:
+        _watcher(paths, model, pretrained, precision, settle, poll, file_timeout).run()
+
+    _run(body)
+
+
 @app.command()
 def check(
     repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed without decoding videos again."),
@@ -793,10 +836,20 @@ def serve(
                                          "loopback; generated and printed otherwise]."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the web browser."),
     vector_store: Optional[str] = typer.Option(None, "--vector-store", help=_VECTOR_STORE_HELP),
+    watch: bool = typer.Option(False, "--watch", help="Also keep the index in step with the PATHs given, as "
+                               "`cliptool watch` does, while serving."),
+    paths: Optional[list[Path]] = typer.Argument(None, help="With --watch: video files or folders to keep indexed."),
+    settle: float = typer.Option(2.0, "--settle", metavar="SECONDS", help="With --watch: i" + _SETTLE_HELP[1:]),
+    poll: Optional[float] = typer.Option(None, "--poll", metavar="SECONDS", help="With --watch: r" + _POLL_HELP[1:]),
 ) -> None:
     """A local web app over the index: search, see, play; a JSON API under /api."""
 
     def body() -> None:
+        if watch and not paths:
+            raise UsageError("--watch needs the folders to watch: cliptool serve --watch PATH...")
+        if paths and not watch:
+            raise UsageError("folders to serve are not needed; to keep them indexed too, add --watch")
+        watcher = _watcher(paths or [], None, None, None, settle, poll, 120.0) if watch else None
         _use_vector_store(vector_store)
         from cliptool.vectors.milvus import connect, resolve_target
         from cliptool.serve import serve as run_server
@@ -806,7 +859,8 @@ def serve(
             connect(target)  # pymilvus missing or Milvus unreachable: one line now, not on each request
 
         try:
-            run_server(_index_dir(), host=host, port=port, token=token, open_browser=open_browser)
+            run_server(_index_dir(), host=host, port=port, token=token, open_browser=open_browser,
+                       beside=watcher.run if watcher is not None else None)
         except KeyboardInterrupt:
             pass
 

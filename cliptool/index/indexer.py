@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,10 @@ from cliptool.index.worker import (DEFAULT_FILE_TIMEOUT, Reporter, FileResult, T
 
 
 WRITER_LOCK_TIMEOUT = 120.0  # how long a writer waits for a reader to let go of the stores
+
+# A file an index run finds but leaves for a later run (one still being written, say): given its
+# path and stat, True holds it back. It is neither analysed nor counted as gone.
+Hold = Callable[[Path, os.stat_result], bool]
 
 
 @dataclass
@@ -142,6 +146,7 @@ def index_paths(
     ray: str | None = None,
     settings: dict[str, Any] | None = None,
     reindex: bool = False,
+    hold: Hold | None = None,
 ) -> IndexSummary:
     """Indexes every video under `paths` into the index at `index_dir`; see the module docstring.
 
@@ -159,10 +164,13 @@ def index_paths(
     that now holds no videos at all (an unmounted disk looks like that); True removes those
     too; False removes nothing. Each video is committed on its own, so an interruption loses
     at most the one being processed.
+
+    hold: files found that this run leaves alone, neither analysed nor taken for gone (the
+    watcher holds back a copy still in progress; see watch.py).
     """
     index_dir = Path(index_dir)
     args = (paths, index_dir, spec, options, report, progress, prune, file_timeout, precision, ray, settings or {},
-            reindex)
+            reindex, hold)
     fresh, before = not IndexStore(index_dir).exists(), _entries(index_dir)
     try:
         if ray is None:
@@ -214,7 +222,8 @@ def _undo_empty_index(index_dir: Path, before: set[str] | None) -> None:
 
 def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, options: IndexOptions | None,
                report: Reporter, progress: bool | None, prune: bool | None, file_timeout: float,
-               precision: str | None, ray: str | None, settings: dict[str, Any], reindex: bool) -> IndexSummary:
+               precision: str | None, ray: str | None, settings: dict[str, Any], reindex: bool,
+               hold: Hold | None = None) -> IndexSummary:
     """The body of `index_paths`."""
     from tqdm import tqdm
 
@@ -246,7 +255,7 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
                 store.record_settings(options.settings())
         if known and not _cache_current(index_dir):  # a cache left behind (a crash, say): caught up
             _sync(index_dir, None, None, report)
-        plan = _classify(files, known, failures, identity, summary, report, options.settings_key(), reindex)
+        plan = _classify(files, known, failures, identity, summary, report, options.settings_key(), reindex, hold)
         if plan.kept_settings:
             report(f"{len(plan.kept_settings)} unchanged video(s) keep the settings they were indexed with "
                    f"({settings_difference(plan.kept_settings[0].settings, options)}): `cliptool index --reindex "
@@ -283,9 +292,11 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
 
 
 def _classify(files: list[Path], known: dict[str, VideoRecord], failures: dict[str, dict[str, Any]], identity: str,
-              summary: IndexSummary, report: Reporter, settings: str = "", reindex: bool = False) -> _Plan:
+              summary: IndexSummary, report: Reporter, settings: str = "", reindex: bool = False,
+              hold: Hold | None = None) -> _Plan:
     """Step 1: which files found are unchanged, only touched, or to be (re)indexed (all of them
-    with `reindex`); unchanged ones made with other settings than `settings` are listed."""
+    with `reindex`); unchanged ones made with other settings than `settings` are listed; those
+    `hold` holds back are left as they are."""
     plan = _Plan()
     for path in files:
         vid = video_id_for(path)
@@ -294,6 +305,8 @@ def _classify(files: list[Path], known: dict[str, VideoRecord], failures: dict[s
             st = path.stat()
         except OSError as exc:
             _fail(summary, report, path, exc.strerror or str(exc))
+            continue
+        if hold is not None and hold(path, st):
             continue
         if reindex:
             plan.todo.append((path, st, old))
@@ -544,4 +557,4 @@ def _analyse_with(
     return changed
 
 
-__all__ = ["IndexSummary", "index_paths", "resolve_model_spec"]
+__all__ = ["Hold", "IndexSummary", "index_paths", "resolve_model_spec"]

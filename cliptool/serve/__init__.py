@@ -46,8 +46,14 @@ def prepare(host: str, token: str | None) -> tuple[str | None, bool]:
 
 
 def serve(index_dir: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
-          open_browser: bool = False, say: Callable[[str], None] | None = None) -> None:
-    """Runs the server until Ctrl-C. Prints the address (with the token, if any) first."""
+          open_browser: bool = False, say: Callable[[str], None] | None = None,
+          beside: Callable[[Callable[[], bool]], None] | None = None) -> None:
+    """Runs the server until Ctrl-C. Prints the address (with the token, if any) first.
+
+    beside: work to run with the server (the index watcher), given a function that says whether
+    the server has stopped. The server then answers from a thread of its own and `beside` has
+    the main thread, where Ctrl-C lands (a commit under way completes first); when it returns
+    or raises, the server is stopped."""
     import uvicorn
 
     from cliptool.errors import CliptoolError
@@ -83,7 +89,17 @@ def serve(index_dir: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
                 webbrowser.open(local)
 
         threading.Thread(target=opener, name="cliptool-open", daemon=True).start()
-    server.run()
+    if beside is None:
+        server.run()
+        return
+    thread = threading.Thread(target=server.run, name="cliptool-server", daemon=True)
+    thread.start()
+    try:
+        beside(lambda: not thread.is_alive())
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    raise CliptoolError(f"the server at {url} stopped")  # `beside` returns only then
 
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "serve", "url_for"]
