@@ -287,7 +287,7 @@ _POLL_HELP = ("Rescan the folders every this many seconds instead of waiting for
 
 
 def _watcher(paths: list[Path], model: str | None, pretrained: str | None, precision: str | None, settle: float,
-             poll: float | None, file_timeout: float) -> Any:
+             poll: float | None, file_timeout: float, prune: bool | None = None) -> Any:
     from cliptool.api import model_spec
     from cliptool.index.watch import Watcher
     from cliptool.models.spec import PRECISIONS
@@ -297,7 +297,7 @@ def _watcher(paths: list[Path], model: str | None, pretrained: str | None, preci
     if file_timeout < 0:
         raise UsageError("--file-timeout must not be negative")
     return Watcher(paths, _index_dir(), model_spec(model, pretrained), precision=precision, settle=settle,
-                   poll=poll, file_timeout=file_timeout)
+                   poll=poll, file_timeout=file_timeout, prune=prune)
 
 
 @app.command()
@@ -312,13 +312,18 @@ def watch(
         None, help="Image tower numbers: int8, bf16 or fp32 [default: the index's, else int8]."),
     settle: float = typer.Option(2.0, "--settle", metavar="SECONDS", help=_SETTLE_HELP),
     poll: Optional[float] = typer.Option(None, "--poll", metavar="SECONDS", help=_POLL_HELP),
+    prune: Optional[bool] = typer.Option(
+        None, "--prune/--no-prune",
+        help="Remove indexed videos whose files are gone from these folders [default: yes, except under "
+        "a folder that holds no videos at all, which may be an unmounted disk; --prune removes those too].",
+    ),
     file_timeout: float = typer.Option(
         120.0, "--file-timeout", help="Give up on a file after this many seconds without a decoded frame (0: never)."),
 ) -> None:
     """Keep the index in step with folders: new, changed, moved and deleted videos as they happen, until Ctrl-C."""
 
     def body() -> None:
-        _watcher(paths, model, pretrained, precision, settle, poll, file_timeout).run()
+        _watcher(paths, model, pretrained, precision, settle, poll, file_timeout, prune).run()
 
     _run(body)
 

@@ -176,7 +176,7 @@ class Watcher:
     def __init__(self, paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None = None, *,
                  precision: str | None = None, settle: float = SETTLE, debounce: float = DEBOUNCE,
                  poll: float | None = None, file_timeout: float = DEFAULT_FILE_TIMEOUT, say: Say = _stderr,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, prune: bool | None = None) -> None:
         if settle < 0:
             raise UsageError("--settle must not be negative")
         if debounce < 0:
@@ -193,6 +193,7 @@ class Watcher:
         self.index_dir = Path(index_dir).expanduser()
         self._index_real = real_path(self.index_dir)
         self.spec, self.precision, self.file_timeout, self.progress = spec, precision, file_timeout, progress
+        self.prune = prune  # as index_paths takes it: None keeps videos of a folder that looks unmounted
         self.settle, self.debounce, self.poll, self.say = settle, debounce, poll, say
         self.pending: dict[str, _Pending] = {}
         self.dirty = False
@@ -349,7 +350,7 @@ class Watcher:
         try:
             before = self._records()
             index_paths(paths, self.index_dir, self.spec, report=self._report, progress=self.progress,
-                        file_timeout=self.file_timeout, precision=self.precision, hold=self._hold)
+                        file_timeout=self.file_timeout, precision=self.precision, prune=self.prune, hold=self._hold)
         except IndexBusyError as exc:
             self.dirty, self.retry_at = True, time.monotonic() + BUSY_RETRY
             if not self._busy:
