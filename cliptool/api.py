@@ -57,8 +57,8 @@ class Index:
                  vector_store: str | None = None, text_precision: str | None = None) -> None:
         """text_runtime: "onnxruntime" (the default: ~0.3 s once, then about half the time per
         text query) or "numpy" (nothing to start: best for a single query, as the CLI makes).
-        vector_store: what searches ask ("faiss", "milvus://..."; see README "Serving from
-        Milvus"); None: $CLIPTOOL_VECTOR_STORE, else the one the index recorded, else FAISS.
+        vector_store: what searches ask ("faiss", "milvus://..."; see docs/cluster-and-milvus.md,
+        "Serving from Milvus"); None: $CLIPTOOL_VECTOR_STORE, else the one the index recorded, else FAISS.
         text_precision: "fp32" (exact) or "int8" (the quantised text tower, faster for a large
         one); None: $CLIPTOOL_TEXT_PRECISION, else fp32."""
         self.text_runtime = text_runtime
@@ -94,7 +94,7 @@ class Index:
         settings: dict[str, Any] | None = None,
         reindex: bool = False,
     ) -> IndexSummary:
-        """Indexes the videos under `paths`; later calls redo only what changed (see README).
+        """Indexes the videos under `paths`; later calls redo only what changed (see docs/commands.md).
         options: the analysis settings (None: the index's recorded ones, else the defaults);
         settings: some of them changed ({"max_scene_seconds": 5}); reindex: analyse every video
         found again (an unchanged one made with other settings is otherwise kept, and counted).
@@ -231,7 +231,7 @@ class Index:
                   model: str | None = None, pretrained: str | None = None,
                   progress: bool | None = None) -> dict[str, Any]:
         """A few distinct pictures of a video, written to `output` with manifest.json (see
-        README); uses this index's model, and its vectors when the video is indexed with it
+        docs/commands.md); uses this index's model, and its vectors when the video is indexed with it
         (unless options.use_index is False)."""
         return extract_keyframes(video, output, options, model=model, pretrained=pretrained,
                                  index_dir=self.directory, progress=progress)

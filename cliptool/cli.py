@@ -364,7 +364,7 @@ _PLAY_OPTION = typer.Option(None, "--play", min=1, help="Open result N in a vide
 _EDL_OPTION = typer.Option(None, "--edl", help="Also write the results as a CMX 3600 EDL.")
 _OTIO_OPTION = typer.Option(None, "--otio", help="Also write the results as an OpenTimelineIO timeline.")
 
-# Query terms (search, export-frame) and filters (search, similar): see README "Query syntax".
+# Query terms (search, export-frame) and filters (search, similar): see docs/query-syntax.md.
 _AND_OPTION = typer.Option(None, "--and", metavar="<text>",
                            help="Also match these words (repeatable; a weight first: '2:on a beach').")
 _NOT_OPTION = typer.Option(None, "--not", metavar="<text>",

@@ -1,4 +1,4 @@
-"""The public Python API (`import cliptool`), as the README's example uses it, on real parts."""
+"""The public Python API (`import cliptool`), as the Python API example of docs/web-app-and-api.md uses it, on real parts."""
 
 from __future__ import annotations
 

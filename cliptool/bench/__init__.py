@@ -1,1 +1,1 @@
-"""`python -m cliptool.bench`: benchmarks that print the README's tables."""
+"""`python -m cliptool.bench`: benchmarks that print the tables of docs/benchmarks.md."""
