@@ -95,8 +95,21 @@ def test_search_see_thumbnails_click_and_play(driver, site: Server, tmp_path: Pa
     cards[i].click()
     state = wait(driver, "const v = document.getElementById('video');"
                          "return !v.paused && v.readyState >= 2 && v.currentTime > arguments[0] + 0.05 && "
-                         "{t: v.currentTime, src: v.currentSrc, hidden: v.hidden}", 20, hit["best_time"])
+                         "{t: v.currentTime, src: v.currentSrc, hidden: v.hidden}", 20, hit["start"])
     assert hit["start"] - 0.05 <= state["t"] <= hit["end"] + 0.05, (state, hit)
+    # it plays the moment, not the shot: it stops at the span's end (marked on the timeline)
+    stopped = wait(driver, "const v = document.getElementById('video');"
+                           "return v.paused && v.currentTime > 0 && v.currentTime", 30)
+    assert abs(stopped - hit["end"]) <= 0.3, (stopped, hit)
+    # with loop on, it goes round the moment again
+    driver.execute_script("document.getElementById('player-loop').checked = true;"
+                          "const v = document.getElementById('video'); v.currentTime = arguments[0]; v.play();",
+                          hit["start"])
+    wait(driver, "return !document.getElementById('video').paused", 10)
+    time.sleep(hit["end"] - hit["start"] + 1.5)  # longer than the moment: it has gone round
+    looped = driver.execute_script("const v = document.getElementById('video'); return {t: v.currentTime, p: v.paused}")
+    assert not looped["p"] and hit["start"] - 0.3 <= looped["t"] <= hit["end"] + 0.3, (looped, hit)
+    driver.execute_script("document.getElementById('player-loop').checked = false; document.getElementById('video').pause();")
     assert state["src"].split("#")[0].endswith(f"/media/{hit['video_id']}") and not state["hidden"]
     span = driver.execute_script("return document.getElementById('tl-span').style.width")
     assert span.endswith("%") and float(span[:-1]) > 0  # the scene's span on the timeline

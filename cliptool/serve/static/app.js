@@ -318,7 +318,8 @@
     video.hidden = false;
     video.onerror = () => { showFrames(hit); };
     video.onloadedmetadata = () => { drawTimeline(); };
-    video.src = `${base}#t=${hit.best_time.toFixed(3)}`;
+    state.stopAtEnd = true;  // the moment plays from its start and stops (or loops) at its end
+    video.src = `${base}#t=${hit.start.toFixed(3)}`;
     const p = video.play();
     if (p && p.catch) p.catch(() => {});
     drawTimeline();
@@ -475,7 +476,24 @@
     const f = ev.dataTransfer && ev.dataTransfer.files[0];
     if (f) searchImage(f);
   });
-  $("video").addEventListener("timeupdate", () => { if (!$("video").hidden) drawTimeline(); });
+  $("video").addEventListener("timeupdate", () => {
+    const v = $("video"), hit = state.current;
+    if (v.hidden) return;
+    if (hit && state.stopAtEnd && v.currentTime >= hit.end - 0.05) {
+      if ($("player-loop").checked) {  // round again (a moment at the video's end has ended it: play on)
+        v.currentTime = hit.start;
+        const p = v.play();
+        if (p && p.catch) p.catch(() => {});
+      }
+      else { v.pause(); v.currentTime = hit.end; state.stopAtEnd = false; }
+    }
+    drawTimeline();
+  });
+  // seeking back into the moment plays it to its end again; elsewhere the video plays on
+  $("video").addEventListener("seeked", () => {
+    const v = $("video"), hit = state.current;
+    if (hit) state.stopAtEnd = v.currentTime >= hit.start - 0.05 && v.currentTime < hit.end - 0.05;
+  });
   $("timeline").addEventListener("click", (ev) => {
     const r = ev.currentTarget.getBoundingClientRect();
     const t = duration() * (ev.clientX - r.left) / r.width;
