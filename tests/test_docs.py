@@ -18,8 +18,9 @@ A failing line in neither place fails the test, and so does a MACHINE entry no p
 The example names stand for the fixture's things by SUBSTITUTIONS; outputs go to a fresh folder
 per command; `--index-dir` names the block's index; an `index` line that names a model
 (`--model`, `--pretrained`) starts a new index, which the block keeps when the line succeeds;
-`serve` (and `watch`) start in a new process on a free port and are stopped after their first
-line of output. `--play` finds a stand-in `mpv` on PATH that only records its arguments.
+`serve` and `watch` start in a new process (`serve` on a free port) and are stopped with Ctrl-C
+once they are in place (see start_and_stop). `--play` finds a stand-in `mpv` on PATH that only
+records its arguments.
 """
 
 from __future__ import annotations
@@ -339,11 +340,15 @@ def _listening(port: int, seconds: float) -> bool:
 
 
 def start_and_stop(argv: list[str], index: Path, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """A long-running command in a new process: its first line of output (for `serve`, on a free
-    port: its address, and then the port answers), then Ctrl-C, after which it must end well.
-    Exit 0 when all that happened, else its own exit status (1 if none) and its output."""
+    """A long-running command in a new process until it is in place: for `serve`, on a free port,
+    its first line of output (its address), and then the port answers; for `watch`, its line
+    "watching ..." (said after its catch-up run; lines before it are the run's). Then Ctrl-C,
+    after which it must end well: `serve` with exit 0, `watch` with 130 and its "interrupted"
+    line, as Ctrl-C makes it. Exit 0 when all that happened, else its own exit status (1 if
+    none) and its output."""
     port = None
-    if subcommand(argv) == "serve":
+    command = subcommand(argv)
+    if command == "serve":
         port = free_port()
         if "--port" in argv:
             argv[argv.index("--port") + 1] = str(port)
@@ -352,13 +357,24 @@ def start_and_stop(argv: list[str], index: Path, cwd: Path, env: dict[str, str])
     proc = subprocess.Popen([sys.executable, "-m", "cliptool", "--index-dir", str(index), *argv], cwd=cwd,
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first: list[str] = []
-    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+
+    def read() -> None:  # up to the line that says it is in place (or the end of its output)
+        for line in proc.stdout:  # type: ignore[union-attr]
+            first.append(line)
+            if command != "watch" or line.startswith("watching "):
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     reader.join(60)
-    started = bool(first and first[0].strip()) and proc.poll() is None
+    last = first[-1] if first else ""
+    started = bool(last.strip()) and proc.poll() is None
     if started and port is not None:
-        started = "http://" in first[0] and _listening(port, 30)
-    if proc.poll() is None:
+        started = "http://" in last and _listening(port, 30)
+    if started and command == "watch":
+        started = last.startswith("watching ")
+    interrupted = proc.poll() is None
+    if interrupted:
         proc.send_signal(signal.SIGINT)
     try:
         rest, _ = proc.communicate(timeout=20)
@@ -366,7 +382,9 @@ def start_and_stop(argv: list[str], index: Path, cwd: Path, env: dict[str, str])
         proc.kill()
         rest, _ = proc.communicate()
     said = "".join(first) + (rest or "")
-    code = proc.returncode if proc.returncode else (0 if started else 1)
+    ended_well = proc.returncode == 0 or (
+        command == "watch" and interrupted and proc.returncode == 130 and "cliptool: interrupted" in (rest or ""))
+    code = (0 if started else 1) if ended_well else proc.returncode
     return subprocess.CompletedProcess(argv, code, said if code == 0 else "", said)
 
 
