@@ -498,8 +498,8 @@ class _HandOn:
                 raise UsageError(f"--play {self.play}: there {'is' if len(hits) == 1 else 'are'} only "
                                  f"{len(hits)} result{'' if len(hits) == 1 else 's'}")
             hit = hits[self.play - 1]
-            command = start_player(hit.path, hit.best_time)
-            at = f" at {format_time(hit.best_time)}" if command.seeks else " (from the start: it takes no time)"
+            command = start_player(hit.path, hit.start)  # the moment, from its start
+            at = f" at {format_time(hit.start)}" if command.seeks else " (from the start: it takes no time)"
             print(f"playing #{hit.rank} in {command.name}{at}: {printable(hit.path)}", file=sys.stderr)
 
 

@@ -181,7 +181,7 @@ def test_play_uses_cliptool_player_with_the_time_and_says_so(library: tuple[Path
     hit = json.loads(proc.stdout)["results"][1]
     _wait_for(log)
     args = json.loads(log.read_text())
-    assert args == [f"--start={hit['best_time']:.3f}", "--title", args[2], hit["path"]]
+    assert args == [f"--start={hit['start']:.3f}", "--title", args[2], hit["path"]]  # the moment's start
     assert args[2].startswith("cliptool 00:00:")
     assert "playing #2 in record-player at" in proc.stderr.decode(errors='replace')
     # --play beyond --top still plays that hit; the table shows --top
