@@ -207,9 +207,9 @@ def index(
     samples: Optional[int] = typer.Option(None, min=1, max=16, help="Frames embedded per scene [default: the "
                                           "index's, else 3]."),
     views: Optional[str] = typer.Option(
-        None, "--views", help="What the image tower sees of each sample: tiles (squares across the frame, edge "
-        "to edge), centre (the centre square only), pad (letterboxed whole frame and centre), squeeze "
-        "[default: the index's, else tiles]."),
+        None, "--views", help="What the image tower sees of each sample: squeeze (the whole frame squeezed into "
+        "the tower's square), tiles (squares across the frame, edge to edge: 3 tower passes for 16:9), centre "
+        "(the centre square only), pad (letterboxed whole frame and centre) [default: the index's, else squeeze]."),
     reindex: bool = typer.Option(False, "--reindex", help="Analyse every video found again, unchanged ones too "
                                  "(after changing --max-scene, --samples or the detector)."),
     prune: Optional[bool] = typer.Option(

@@ -89,8 +89,8 @@ class IndexOptions:
     change_min_gap: float = 0.3
     change_mean_gap: float = 5.0
     change_burst: int = 4
-    # What the image tower sees of each sample (models.views): "tiles" covers the frame edge to edge
-    views: str = "tiles"
+    # What the image tower sees of each sample (models.views): "squeeze", the whole frame, by default
+    views: str = "squeeze"
 
     def settings(self) -> dict[str, Any]:
         """What changes the scenes and vectors an analysis gives (not how fast it runs)."""

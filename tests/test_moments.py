@@ -113,7 +113,7 @@ def test_analysis_samples_a_short_moment_and_makes_thumbnails(model: ClipModel, 
     # a 320-px JPEG per sample, in sample_times order, matching the frame at that time
     assert len(new.thumbnails) == len(new.scenes)
     for scene, pictures, vecs in zip(new.scenes, new.thumbnails, new.vectors):
-        assert len(pictures) == len(scene.sample_times) and len(vecs.frames) == 2 * len(scene.sample_times)  # 4:3: 2 views
+        assert len(pictures) == len(scene.sample_times) == len(vecs.frames)  # one view: the whole frame, squeezed
         for jpeg in pictures:
             img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
             assert img is not None and img.shape[1] == 320

@@ -1,6 +1,6 @@
 """What the image tower sees of a frame (models.views): every part of it. A shape only in the
-left fifth of a 16:9 shot, or the top fifth of a 9:16 one, is found at the right time; with the
-centre square alone it is not seen at all."""
+left fifth of a 16:9 shot, or the top fifth of a 9:16 one, is found at the right time, the
+whole frame squeezed (the default) or in tiles; with the centre square alone it is not seen."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def test_tiles_cover_every_frame_shape_edge_to_edge() -> None:
     assert np.linalg.norm(whole(np.eye(3, dtype=np.float32))) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("frame,views,found", [("16:9", "tiles", True), ("9:16", "tiles", True),
-                                                ("16:9", "centre", False)])
+@pytest.mark.parametrize("frame,views,found", [("16:9", "squeeze", True), ("9:16", "squeeze", True),
+                                                ("16:9", "tiles", True), ("16:9", "centre", False)])
 def test_a_shape_at_the_edge_of_the_frame_is_found_at_its_time(tmp_path: Path, frame: str, views: str,
                                                               found: bool) -> None:
     if not (TOY / "weights.safetensors").is_file():

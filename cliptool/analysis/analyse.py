@@ -79,7 +79,7 @@ class _Embedder:
     _HELD_BYTES = 192 << 20
 
     def __init__(self, model: ClipModel, batch_size: int, frame_bytes: int, tap: FrameTap | None,
-                 known: dict[int, np.ndarray], views: str = "tiles") -> None:
+                 known: dict[int, np.ndarray], views: str = "squeeze") -> None:
         self.model = model
         self.views = views
         self.batch_size = max(1, batch_size)
