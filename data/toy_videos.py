@@ -19,6 +19,7 @@ import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -104,22 +105,37 @@ def plan(name: str, seed: int, shows: list[tuple[str, float, float]], photos: li
     return video, bg, pan
 
 
-def write_video(path: Path, video: ToyVideo, bg: np.ndarray, pan: np.ndarray, crf: int = 23) -> None:
-    """Renders and encodes one video (H.264, yuv420p, FPS frames a second)."""
+def encode(path: Path, frames: Iterable[np.ndarray], width: int, height: int, crf: int = 23) -> None:
+    """Encodes RGB frames (H.264, yuv420p, FPS frames a second), written beside and moved into place."""
     import av
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    with av.open(str(tmp), mode="w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        stream.codec_context.time_base = Fraction(1, FPS)
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            frame.pts = i
+            frame.time_base = Fraction(1, FPS)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    tmp.replace(path)
+
+
+def write_video(path: Path, video: ToyVideo, bg: np.ndarray, pan: np.ndarray, crf: int = 23) -> None:
+    """Renders and encodes one video (H.264, yuv420p, FPS frames a second)."""
     rng = np.random.default_rng(video.seed + 1)
     pad = (bg.shape[1] - WIDTH) // 2
     noise_sigma = float(rng.uniform(2.0, 5.0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     n = int(round(video.seconds * FPS))
     bank = [rng.normal(0, noise_sigma, (HEIGHT, WIDTH, 3)).astype(np.float32) for _ in range(12)]
-    with av.open(str(tmp), mode="w") as out:
-        stream = out.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
-        stream.codec_context.time_base = Fraction(1, FPS)
+
+    def frames() -> Iterator[np.ndarray]:
         for i in range(n):
             t = i / FPS
             dx, dy = pad + pan[0] * (t - video.seconds / 2), pad + pan[1] * (t - video.seconds / 2)
@@ -130,15 +146,9 @@ def write_video(path: Path, video: ToyVideo, bg: np.ndarray, pan: np.ndarray, cr
                     shape = a.caption.split()[2]
                     toy_world.draw_shape(img, shape, a.rgb, a.cx, a.cy, a.height, a.angle)
             noise = bank[int(rng.integers(len(bank)))]  # fresh-looking noise on every frame, cheaply
-            img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
-            frame.pts = i
-            frame.time_base = Fraction(1, FPS)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    tmp.replace(path)
+            yield np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+
+    encode(path, frames(), WIDTH, HEIGHT, crf)
 
 
 def moment_set(duration: float, count: int, seed: int, two: bool = False, seconds: float = SECONDS,
@@ -226,10 +236,8 @@ def place_in(frame: str, place: str) -> tuple[float, float]:
 def write_framed(path: Path, frame: str, place: str, caption: str, start: float, end: float, seconds: float,
                  seed: int, photos: list[np.ndarray] | None = None) -> None:
     """A single shot of `seconds` in a frame of shape `frame` (FRAME_SHAPES), a muted still
-    background with sensor noise, and a shape (`caption`) of 18% of the frame's short side x 1.6
-    (it fits in an outer fifth) at `place` from `start` to `end`."""
-    import av
-
+    background with sensor noise, and a shape (`caption`) 29% of the frame's short side tall (it
+    fits in an outer fifth) at `place` from `start` to `end`."""
     w, h = FRAME_SHAPES[frame]
     rng = np.random.default_rng(seed)
     photos = toy_world.load_photos() if photos is None else photos
@@ -238,24 +246,12 @@ def write_framed(path: Path, frame: str, place: str, caption: str, start: float,
     rgb = toy_world.jittered(colour, rng)
     cx, cy = place_in(frame, place)
     height, angle = 0.29 * min(w, h), float(rng.uniform(0, 2 * math.pi))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    with av.open(str(tmp), mode="w") as out:
-        stream = out.add_stream("libx264", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": "23", "preset": "veryfast"}
-        stream.codec_context.time_base = Fraction(1, FPS)
+
+    def frames() -> Iterator[np.ndarray]:
         for i in range(int(round(seconds * FPS))):
-            t = i / FPS
             img = bg.copy()
-            if start <= t < end:
+            if start <= i / FPS < end:
                 toy_world.draw_shape(img, shape, rgb, cx, cy, height, angle)
-            img = np.clip(img.astype(np.float32) + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
-            av_frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
-            av_frame.pts = i
-            av_frame.time_base = Fraction(1, FPS)
-            for packet in stream.encode(av_frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    tmp.replace(path)
+            yield np.clip(img.astype(np.float32) + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+
+    encode(path, frames(), w, h)
