@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,9 +17,14 @@ from typing import Any
 
 import pytest
 
+# A test run started in the background by a shell without job control inherits SIGINT ignored,
+# and so would every cliptool it starts (Python installs its Ctrl-C handler only where SIGINT is
+# not ignored): the tests that press Ctrl-C need it delivered.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "testdata"
-
 
 
 def data_module(name: str) -> Any:

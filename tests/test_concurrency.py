@@ -38,6 +38,18 @@ def many_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def long_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Clips long enough that an index run cannot end between a signal's cause and its arrival."""
+    out = tmp_path_factory.mktemp("long")
+    for i in range(N_CLIPS):
+        make_samples.write_clip(out / f"clip{i}.mp4", [
+            (make_samples.circle((40 + 25 * i, 60, 220), (250, 250, 250)), 150),
+            (make_samples.stripes((0, 0, 0), (220, 40 + 25 * i, 30)), 150),
+        ], size=(320, 240))
+    return out
+
+
 def _start(index_dir: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "CLIPTOOL_INDEX_DIR": str(index_dir), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "cliptool", *args], env=env,
@@ -171,18 +183,18 @@ def _interrupt_once_locked(index_dir: Path, many_clips: Path, model_args) -> sub
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_ctrl_c_during_model_load(index_dir: Path, many_clips: Path, model_args) -> None:
+def test_ctrl_c_during_model_load(index_dir: Path, long_clips: Path, model_args) -> None:
     """SIGINT once the run has taken the writer lock (model load and first video follow)."""
-    proc = _interrupt_once_locked(index_dir, many_clips, model_args)
+    proc = _interrupt_once_locked(index_dir, long_clips, model_args)
     assert "interrupted" in proc.stderr
     assert not index_dir.exists()  # a first run that committed nothing leaves no index behind (see below)
 
 
-def test_a_first_run_cut_short_leaves_no_empty_index(tmp_path: Path, many_clips: Path, model_args) -> None:
+def test_a_first_run_cut_short_leaves_no_empty_index(tmp_path: Path, long_clips: Path, model_args) -> None:
     """Nothing committed: the new index is removed, so the next command says there is none
     (not that an empty one holds nothing); a folder the user had keeps what it held."""
     index_dir = tmp_path / "new"
-    _interrupt_once_locked(index_dir, many_clips, model_args)
+    _interrupt_once_locked(index_dir, long_clips, model_args)
     assert not index_dir.exists()
     found = subprocess.run([sys.executable, "-m", "cliptool", "--index-dir", str(index_dir), "search", "a dog"],
                            capture_output=True, text=True, timeout=120)
@@ -190,19 +202,19 @@ def test_a_first_run_cut_short_leaves_no_empty_index(tmp_path: Path, many_clips:
     own = tmp_path / "mine"
     own.mkdir()
     (own / "notes.txt").write_text("mine")
-    _interrupt_once_locked(own, many_clips, model_args)
+    _interrupt_once_locked(own, long_clips, model_args)
     assert os.listdir(own) == ["notes.txt"] and (own / "notes.txt").read_text() == "mine"
 
 
-def test_a_first_run_cut_short_after_a_commit_searches_on_the_fast_path(tmp_path: Path, many_clips: Path,
+def test_a_first_run_cut_short_after_a_commit_searches_on_the_fast_path(tmp_path: Path, long_clips: Path,
                                                                          model_args) -> None:
     """The user cache holds the model's text export (an earlier index made it): a new index has
     it from its first commit, so a run cut short there still answers on the fast text path."""
     warm = tmp_path / "warm"
-    done = _start(warm, "index", str(many_clips / "clip0.mp4"), *model_args)
+    done = _start(warm, "index", str(long_clips / "clip0.mp4"), *model_args)
     assert done.wait(timeout=300) == 0, done.stderr.read()  # type: ignore[union-attr]
     index_dir = tmp_path / "cut"
-    proc = _start(index_dir, "index", str(many_clips), *model_args)
+    proc = _start(index_dir, "index", str(long_clips), *model_args)
     try:
         while not _committed(index_dir) and proc.poll() is None:
             time.sleep(0.05)
