@@ -1,6 +1,8 @@
 """A world of shapes: filled circles, squares, triangles and stars in four colours, drawn on
 varied backgrounds and passed through video-like compression. The toy CLIP is trained on it
-(`train_toy_clip.py`), and tests and the demo draw their clips from it.
+(`train_toy_clip.py`), and tests and the demo draw their clips from it. Pictures that hold no
+shape (`render_empty`: a background alone, captioned by its kind in EMPTY_CAPTIONS) can be mixed in
+(`render_set(..., empty_share=)`); CAPTIONS stays the 16 shape captions.
 
 Nothing here needs the network; backgrounds use the real photos of `../shared/testdata` when
 that folder exists, and noise, gradients and flat colours always.
@@ -23,6 +25,11 @@ COLOURS = {  # RGB centres; each drawing jitters them
     "yellow": (235, 205, 40),
 }
 CAPTIONS = [f"a {colour} {shape}" for shape in SHAPES for colour in COLOURS]
+# Pictures that hold no shape, one caption per kind of background (what `background` draws), so
+# that the toy CLIP has somewhere else to put them than near the shape caption they most resemble.
+EMPTY_KINDS = ("photo", "noise", "gradient", "flat")
+EMPTY_CAPTIONS = ["a photo", "noise", "a gradient", "a flat colour"]  # EMPTY_CAPTIONS[i] names EMPTY_KINDS[i]
+ALL_CAPTIONS = CAPTIONS + EMPTY_CAPTIONS  # render_set's labels index this; < len(CAPTIONS) is a shape
 MIN_CONTRAST = 60  # summed |RGB difference| between a shape and the mean of the background under it
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "images"
 
@@ -51,10 +58,15 @@ def jittered(colour: str, rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(v) for v in np.clip(out, 0, 255))  # type: ignore[return-value]
 
 
-def background(rng: np.random.Generator, w: int, h: int, photos: Sequence[np.ndarray] = ()) -> np.ndarray:
-    """A random background: a real photo crop, noise, a gradient or a flat colour."""
-    kinds = ["photo", "noise", "gradient", "flat"] if photos else ["noise", "gradient", "flat"]
-    kind = kinds[int(rng.integers(len(kinds)))]
+def background(rng: np.random.Generator, w: int, h: int, photos: Sequence[np.ndarray] = (),
+               kind: str | None = None) -> np.ndarray:
+    """A random background: a real photo crop, noise, a gradient or a flat colour (one of
+    EMPTY_KINDS; drawn at random unless `kind` is given; "photo" needs photos)."""
+    if kind is None:
+        kinds = ["photo", "noise", "gradient", "flat"] if photos else ["noise", "gradient", "flat"]
+        kind = kinds[int(rng.integers(len(kinds)))]
+    elif kind not in EMPTY_KINDS or (kind == "photo" and not photos):
+        raise ValueError(f"no background of kind {kind!r}" + (" without photos" if kind == "photo" else ""))
     if kind == "photo":
         photo = photos[int(rng.integers(len(photos)))]
         ph, pw = photo.shape[:2]
@@ -144,12 +156,33 @@ def render(rng: np.random.Generator, shape: str, colour: str, size: int = 64, ph
     return compress(img, rng)
 
 
-def render_set(n: int, seed: int, size: int = 64, photos: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
-    """n pictures (uint8, n x size x size x 3) with their caption numbers (into CAPTIONS)."""
+def render_empty(rng: np.random.Generator, kind: str, size: int = 64, photos: Sequence[np.ndarray] = (),
+                 oversample: int = 2) -> np.ndarray:
+    """A picture that holds no shape: a background of one of EMPTY_KINDS, drawn and damaged as
+    `render` draws and damages a shape's."""
+    big = size * oversample
+    img = cv2.resize(background(rng, big, big, photos, kind), (size, size), interpolation=cv2.INTER_AREA)
+    return compress(img, rng)
+
+
+def render_set(n: int, seed: int, size: int = 64, photos: Sequence[np.ndarray] = (),
+               empty_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """n pictures (uint8, n x size x size x 3) with their caption numbers. Without `empty_share`
+    every picture shows a shape and its number indexes CAPTIONS (the pictures a seed gives are
+    those it always gave); with it, about that share hold no shape, of a kind drawn evenly from
+    EMPTY_KINDS ("photo" only with photos), numbered len(CAPTIONS) + its index in EMPTY_KINDS, so
+    that every number indexes ALL_CAPTIONS."""
     rng = np.random.default_rng(seed)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     labels = rng.integers(0, len(CAPTIONS), n)
+    if empty_share > 0:
+        kinds = [k for k in range(len(EMPTY_KINDS)) if photos or EMPTY_KINDS[k] != "photo"]
+        empty = rng.random(n) < empty_share
+        labels[empty] = len(CAPTIONS) + rng.choice(kinds, int(empty.sum()))
     for i, label in enumerate(labels):
+        if label >= len(CAPTIONS):
+            images[i] = render_empty(rng, EMPTY_KINDS[label - len(CAPTIONS)], size, photos)
+            continue
         colour, shape = CAPTIONS[label].split()[1:]
         images[i] = render(rng, shape, colour, size, photos)
     return images, labels
