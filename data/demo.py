@@ -50,7 +50,7 @@ def go_on(index_dir: Path, query: str) -> None:
     print(f"\nThe demo's index is {index_dir}. Go on with (paste as they are):\n"
           f"  {shown(index_dir, 'search', query)}\n"
           f"  {shown(index_dir, 'serve', '--open')}        # the web app, at http://127.0.0.1:8765/\n"
-          f"  {shown(index_dir, 'index', Path('~/Videos'))}   # your own videos (or pass --index-dir elsewhere)",
+          f"  {shown(index_dir, 'index')} ~/Videos   # your own videos (or pass --index-dir elsewhere)",
           flush=True)
 
 
