@@ -141,17 +141,24 @@ def run_here(index_dir: Path, *args: object) -> subprocess.CompletedProcess:
     """`cliptool --index-dir INDEX_DIR ARGS` through the same command-line app, in this process:
     the exit code, stdout and stderr as `run` gives them, without an interpreter start-up and
     its imports per call. For many quick commands on one index (searches, their usage errors);
-    what only a fresh process shows (imports, signals, start-up) stays with `run`."""
+    what only a fresh process shows (imports, signals, start-up) stays with `run`. The
+    environment a command sets for its process (--text-precision, --vector-store) is put back
+    afterwards, as the end of a real process would drop it."""
     from cliptool.cli import app
 
     argv = ["--index-dir", str(index_dir), *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            app(argv, prog_name="cliptool")
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    saved = dict(os.environ)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                app(argv, prog_name="cliptool")
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return subprocess.CompletedProcess(["cliptool", *argv], code, out.getvalue(), err.getvalue())
 
 

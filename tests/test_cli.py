@@ -280,9 +280,8 @@ def test_export_at_a_time_past_the_end_is_an_error_naming_the_length(index_dir: 
 
 
 def test_global_options_work_on_either_side_of_the_subcommand(indexed: tuple[Path, subprocess.CompletedProcess],
-                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                              tmp_path: Path) -> None:
     index_dir, _ = indexed
-    monkeypatch.setenv("CLIPTOOL_TEXT_PRECISION", "fp32")  # --text-precision sets it in this process: undone after
     elsewhere = tmp_path / "no-index-here"
     expected = json.loads(ok(run_here(index_dir, "search", "a red circle", "--json")).stdout)["results"]
     assert expected

@@ -26,7 +26,6 @@ records its arguments.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
@@ -43,7 +42,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_samples
+from conftest import REPO, make_samples, run_here
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_BLOCKS = ("", "sh", "bash", "shell", "console")
@@ -165,25 +164,9 @@ class Fixture:
     subs: dict[str, str]
 
 
-def run_cli(index_dir: Path, argv: list[str], stdin: str = "") -> subprocess.CompletedProcess:
-    """`cliptool --index-dir INDEX ARGV` through the CLI app in this process (conftest.run_here,
-    with the environment the command changes put back afterwards)."""
-    from cliptool.cli import app
-
-    full = ["--index-dir", str(index_dir), *argv]
-    out, err = io.StringIO(), io.StringIO()
-    saved = dict(os.environ)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                app(full, prog_name="cliptool")
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return subprocess.CompletedProcess(["cliptool", *full], code, out.getvalue(), err.getvalue())
+def run_cli(index_dir: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """`cliptool --index-dir INDEX ARGV` through the CLI app in this process (conftest.run_here)."""
+    return run_here(index_dir, *argv)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
