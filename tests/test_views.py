@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptool.models.views import frame_views, per_sample, sample_scores, tile_count, view_count, whole
+from cliptool.models.views import frame_views, per_sample, tile_count, view_count, whole
+from cliptool.search.searcher import sample_scores
 from conftest import REPO, data_module, run_here
 
 TOY = REPO / "data" / "toy-clip"
@@ -30,7 +31,9 @@ def test_tiles_cover_every_frame_shape_edge_to_edge() -> None:
     assert view_count(640, 360, "pad") == 2 and frame_views(frame, 36, mean, std, "pad").shape == (2, 3, 36, 36)
     assert frame_views(frame, 36, mean, std, "squeeze").shape == (1, 3, 36, 36)
     assert per_sample(6, 2) == 3 and per_sample(2, 2) == 1 and per_sample(5, 2) == 1
-    assert list(sample_scores(np.array([0.1, 0.5, 0.2, 0.3, 0.0, 0.9]), 2)) == [0.5, 0.9]
+    rows = np.array([[c, np.sqrt(1 - c * c)] for c in (0.1, 0.5, 0.2, 0.3, 0.0, 0.9)], np.float32)
+    times, scores = sample_scores(rows, [1.0, 1.0, 1.0, 2.0, 2.0, 2.0], np.array([1.0, 0.0], np.float32))
+    assert times == [1.0, 2.0] and list(np.round(scores, 6)) == [0.5, 0.9]  # each sample: its best view
     assert np.linalg.norm(whole(np.eye(3, dtype=np.float32))) == pytest.approx(1.0)
 
 

@@ -91,12 +91,6 @@ def per_sample(rows: int, samples: int) -> int:
     return rows // samples
 
 
-def sample_scores(scores: np.ndarray, samples: int) -> np.ndarray:
-    """Each sample's score: the best of its views' (scores of a scene's frame rows, in order)."""
-    k = per_sample(len(scores), samples)
-    return scores if k == 1 else np.asarray(scores).reshape(-1, k).max(axis=1)
-
-
 def whole(vectors: np.ndarray) -> np.ndarray:
     """One vector for a picture from its views: their normalised mean."""
     mean = np.asarray(vectors, dtype=np.float32).reshape(-1, vectors.shape[-1]).mean(axis=0)
