@@ -138,16 +138,24 @@ def compress(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) if ok else img
 
 
+def canvas(big: int, aspect: float) -> tuple[int, int]:
+    """Width and height of a frame of that shape (width / height) whose short side is `big`."""
+    return (round(big * aspect), big) if aspect >= 1 else (big, round(big / aspect))
+
+
 def render(rng: np.random.Generator, shape: str, colour: str, size: int = 64, photos: Sequence[np.ndarray] = (),
-           oversample: int = 2) -> np.ndarray:
-    """One training or test picture: a shape of 15-60% of the height, anywhere, any rotation."""
+           oversample: int = 2, aspect: float = 1.0) -> np.ndarray:
+    """One training or test picture: a shape of 15-60% of the height, anywhere, any rotation.
+    With an `aspect` other than 1 it is drawn in a frame of that shape, then squeezed to a square
+    as cliptool's default view squeezes a whole frame (shapes from 10% of the short side)."""
     big = size * oversample
-    height = rng.uniform(0.15, 0.6) * big
+    w, h = canvas(big, aspect)
+    height = rng.uniform(0.15 if aspect == 1.0 else 0.1, 0.6) * big
     margin = height / 2
-    cx, cy = rng.uniform(margin, big - margin), rng.uniform(margin, big - margin)
+    cx, cy = rng.uniform(margin, w - margin), rng.uniform(margin, h - margin)
     rgb = jittered(colour, rng)
     for _ in range(20):  # a shape must stand out from what lies under it
-        img = background(rng, big, big, photos)
+        img = background(rng, w, h, photos)
         y0, y1, x0, x1 = (int(max(0, cy - margin)), int(cy + margin) + 1, int(max(0, cx - margin)), int(cx + margin) + 1)
         if np.abs(img[y0:y1, x0:x1].reshape(-1, 3).mean(0) - rgb).sum() >= MIN_CONTRAST:
             break
@@ -157,21 +165,22 @@ def render(rng: np.random.Generator, shape: str, colour: str, size: int = 64, ph
 
 
 def render_empty(rng: np.random.Generator, kind: str, size: int = 64, photos: Sequence[np.ndarray] = (),
-                 oversample: int = 2) -> np.ndarray:
-    """A picture that holds no shape: a background of one of EMPTY_KINDS, drawn and damaged as
-    `render` draws and damages a shape's."""
-    big = size * oversample
-    img = cv2.resize(background(rng, big, big, photos, kind), (size, size), interpolation=cv2.INTER_AREA)
+                 oversample: int = 2, aspect: float = 1.0) -> np.ndarray:
+    """A picture that holds no shape: a background of one of EMPTY_KINDS, drawn (in a frame of
+    that `aspect`, squeezed) and damaged as `render` draws and damages a shape's."""
+    w, h = canvas(size * oversample, aspect)
+    img = cv2.resize(background(rng, w, h, photos, kind), (size, size), interpolation=cv2.INTER_AREA)
     return compress(img, rng)
 
 
 def render_set(n: int, seed: int, size: int = 64, photos: Sequence[np.ndarray] = (),
-               empty_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+               empty_share: float = 0.0, squeeze_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """n pictures (uint8, n x size x size x 3) with their caption numbers. Without `empty_share`
     every picture shows a shape and its number indexes CAPTIONS (the pictures a seed gives are
     those it always gave); with it, about that share hold no shape, of a kind drawn evenly from
     EMPTY_KINDS ("photo" only with photos), numbered len(CAPTIONS) + its index in EMPTY_KINDS, so
-    that every number indexes ALL_CAPTIONS."""
+    that every number indexes ALL_CAPTIONS. With `squeeze_share`, about that share are drawn in
+    a wide or tall frame (width / height from 0.45 to 2.5) and squeezed to a square."""
     rng = np.random.default_rng(seed)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     labels = rng.integers(0, len(CAPTIONS), n)
@@ -179,10 +188,14 @@ def render_set(n: int, seed: int, size: int = 64, photos: Sequence[np.ndarray] =
         kinds = [k for k in range(len(EMPTY_KINDS)) if photos or EMPTY_KINDS[k] != "photo"]
         empty = rng.random(n) < empty_share
         labels[empty] = len(CAPTIONS) + rng.choice(kinds, int(empty.sum()))
+    aspects = np.ones(n)
+    if squeeze_share > 0:
+        squeezed = rng.random(n) < squeeze_share
+        aspects[squeezed] = np.exp(rng.uniform(math.log(0.45), math.log(2.5), int(squeezed.sum())))
     for i, label in enumerate(labels):
         if label >= len(CAPTIONS):
-            images[i] = render_empty(rng, EMPTY_KINDS[label - len(CAPTIONS)], size, photos)
+            images[i] = render_empty(rng, EMPTY_KINDS[label - len(CAPTIONS)], size, photos, aspect=float(aspects[i]))
             continue
         colour, shape = CAPTIONS[label].split()[1:]
-        images[i] = render(rng, shape, colour, size, photos)
+        images[i] = render(rng, shape, colour, size, photos, aspect=float(aspects[i]))
     return images, labels

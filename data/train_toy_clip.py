@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--empty-share", type=float, default=0.2,
                     help="share of the pictures that hold no shape, captioned by their kind")
+    ap.add_argument("--squeeze-share", type=float, default=0.3,
+                    help="share of the pictures drawn in a wide or tall frame and squeezed to a square, as "
+                         "cliptool's default view squeezes a video frame")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--eval-size", type=int, default=2000, help="fresh pictures of shapes for the final evaluation "
                     "(and a quarter as many empty ones of each kind)")
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.empty_share:.0%} without a shape", flush=True)
     t0 = time.time()
     pool_x, pool_y = toy_world.render_set(args.train_size, seed=1000 + args.seed, size=IMAGE_SIZE, photos=photos,
-                                          empty_share=args.empty_share)
+                                          empty_share=args.empty_share, squeeze_share=args.squeeze_share)
     val_x, val_y = toy_world.render_set(2000, seed=999_999, size=IMAGE_SIZE, photos=photos)  # shapes only
     print(f"rendered in {time.time() - t0:.0f} s", flush=True)
 
@@ -251,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             refresh_at += 1
             n = len(pool_x) // 4
             new_x, new_y = toy_world.render_set(n, seed=2000 + 10 * args.seed + refresh_at, size=IMAGE_SIZE, photos=photos,
-                                                empty_share=args.empty_share)
+                                                empty_share=args.empty_share, squeeze_share=args.squeeze_share)
             where = rng.choice(len(pool_x), n, replace=False)
             pool_x[where], pool_y[where] = new_x, new_y
         if step % 50 == 0 and step % 250:
@@ -271,12 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         txt = model.encode_text(tokens, normalize=True)
     final_val = accuracy(model, val_x, val_y, txt[:n_caps], mean, std)
+    sq_x, sq_y = toy_world.render_set(2000, seed=999_998, size=IMAGE_SIZE, photos=photos, squeeze_share=1.0)
+    final_squeezed = accuracy(model, sq_x, sq_y, txt[:n_caps], mean, std)
     save(model, args.out / "weights.safetensors")
     minutes = round((time.time() - start) / 60, 1)
-    print(f"done: {step} steps, validation top-1 {final_val:.4f}; weights in {args.out}; evaluating", flush=True)
+    print(f"done: {step} steps, validation top-1 {final_val:.4f} (squeezed frames {final_squeezed:.4f}); "
+          f"weights in {args.out}; evaluating", flush=True)
     ev = evaluate(model, tokenizer, mean, std, photos, n_shapes=args.eval_size, n_empty=args.eval_size // 4)
     metrics = {"seed": args.seed, "steps": step, "minutes": minutes, "batch": args.batch,
-               "train_size": args.train_size, "empty_share": args.empty_share, "captions": toy_world.ALL_CAPTIONS,
+               "train_size": args.train_size, "empty_share": args.empty_share,
+               "squeeze_share": args.squeeze_share, "val_top1_squeezed": final_squeezed, "captions": toy_world.ALL_CAPTIONS,
                "val_top1": final_val, "evaluation": ev, "history": history}
     (args.out / "training.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(evaluation_table(ev), flush=True)
