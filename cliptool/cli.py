@@ -781,6 +781,9 @@ def keyframes(
         "when the video is indexed with this model, else content]."),
     threshold: Optional[float] = typer.Option(None, help="Detector threshold [default: the detector's own]."),
     no_index: bool = typer.Option(False, "--no-index", help="Do not reuse the index's scenes and embeddings."),
+    views: Optional[str] = typer.Option(
+        None, "--views", help="What the image tower sees of each frame: squeeze, tiles, pad or centre "
+        "[default: the index's when the video is indexed, else squeeze]."),
     model: Optional[str] = typer.Option(
         None, help="open_clip model name or config JSON, a model folder, or hf-hub:ORG/NAME [default: the index's]."
     ),
@@ -810,6 +813,7 @@ def keyframes(
             blank_filter=not (keep_blank or no_quality_filter), blur_filter=not (keep_blurry or no_quality_filter),
             keep_repeats=keep_repeats, image_format=image_format.lower().lstrip("."),
             detector=detector or "content", detector_threshold=threshold, use_index=not no_index and detector is None,
+            views=views,
         )
         manifest = _index().keyframes(video, output, options, model=model, pretrained=pretrained)
         from cliptool.media.timecode import format_time

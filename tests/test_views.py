@@ -56,3 +56,32 @@ def test_a_shape_at_the_edge_of_the_frame_is_found_at_its_time(tmp_path: Path, f
         assert hit["start"] <= 3.04 and hit["end"] >= 4.46, hit
     else:  # the centre square never holds it: nothing scores like a shape
         assert hit["score"] < 0.7, hit
+
+
+def test_keyframes_see_the_whole_frame_and_reuse_the_index_views(tmp_path: Path) -> None:
+    """A star only in the left fifth of a 16:9 shot is a moment of its own for `keyframes` with
+    the whole frame (the default), and a near-duplicate with the centre square; an index made with
+    tiles lends its vectors (each sample's whole picture) and its views."""
+    if not (TOY / "weights.safetensors").is_file():
+        pytest.skip("no toy CLIP")
+    tv = data_module("toy_videos")
+    video = tmp_path / "edge.mp4"
+    tv.write_framed(video, "16:9", "side", "a yellow star", 3.0, 4.5, 8.0, seed=5)
+    model = ["--model", TOY / "config.json", "--pretrained", TOY / "weights.safetensors"]
+    kept = {}
+    for views in ("squeeze", "centre"):
+        proc = run_here(tmp_path / "no-index", "keyframes", video, "-o", tmp_path / views, "--views", views,
+                        "--no-quality-filter", "--json", *model)
+        assert proc.returncode == 0, proc.stderr
+        manifest = json.loads(proc.stdout)
+        assert manifest["views"] == views
+        kept[views] = [k["time"] for k in manifest["keyframes"]]
+    assert len(kept["squeeze"]) == 2 and sum(3.0 <= t <= 4.5 for t in kept["squeeze"]) == 1, kept
+    assert len(kept["centre"]) == 1, kept  # the star is never in the centre square: one moment only
+    index_dir = tmp_path / "index"
+    assert run_here(index_dir, "index", video, "--views", "tiles", *model).returncode == 0
+    proc = run_here(index_dir, "keyframes", video, "-o", tmp_path / "from-index", "--no-quality-filter", "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest["views"] == "tiles" and manifest["counts"]["from_index"] > 0, manifest["counts"]
+    assert sum(3.0 <= k["time"] <= 4.5 for k in manifest["keyframes"]) == 1, manifest["keyframes"]

@@ -56,7 +56,7 @@ from cliptool.media.decode import Frame, VideoReader, detect_size, small_bgr
 from cliptool.errors import UsageError
 from cliptool.analysis.quality import FrameQuality, blank_reason, blurry, local_median, measure
 from cliptool.media.timecode import format_time
-from cliptool.models.views import per_sample
+from cliptool.models.views import DEFAULT_VIEWS, VIEWS, per_sample, whole
 
 if TYPE_CHECKING:
     from cliptool.analysis.analyse import AnalysedVideo, KnownScenes
@@ -93,6 +93,7 @@ class KeyframeOptions:
     samples_per_scene: int = 3  # as `index --samples`
     batch_size: int = 32
     use_index: bool = True
+    views: str | None = None  # what the tower sees (models.views); None: the index's for an indexed video, else the default
 
     def check(self) -> None:
         from cliptool.analysis.detect import DETECTORS
@@ -105,16 +106,18 @@ class KeyframeOptions:
             raise UsageError("--count must be at least 1")
         if self.min_count < 1 or self.max_count < self.min_count:
             raise UsageError("need 1 <= --min-count <= --max-count")
+        if self.views is not None and self.views not in VIEWS:
+            raise UsageError(f"unknown views {self.views!r} (choose from {', '.join(VIEWS)})")
         if self.detector not in DETECTORS:
             raise UsageError(f"unknown detector {self.detector!r} (choose from {', '.join(DETECTORS)})")
 
     def analysis(self) -> IndexOptions:
-        """The analysis pass's options: those `index` would use with the same settings, but
-        the picture seen as its centre square: the near-duplicate and cluster thresholds were
-        measured on those vectors (whole-frame views are future work for keyframes)."""
+        """The analysis pass's options: those `index` would use with the same settings. A
+        frame's vector is the whole picture's (the normalised mean of its views)."""
         return replace(IndexOptions(), detector=self.detector, threshold=self.detector_threshold,
                        min_scene_frames=self.min_scene_frames, max_scene_seconds=self.max_scene_seconds,
-                       samples_per_scene=self.samples_per_scene, batch_size=self.batch_size, views="centre")
+                       samples_per_scene=self.samples_per_scene, batch_size=self.batch_size,
+                       views=self.views or DEFAULT_VIEWS)
 
 
 @dataclass(eq=False)
@@ -638,10 +641,19 @@ def _encode(rgb: np.ndarray, fmt: str) -> bytes:
     return buf.tobytes()
 
 
-def _from_index(video: Path, index_dir: Path | None, identity: str,
-                step: float) -> tuple[KnownScenes, list[tuple[int, int]]] | None:
-    """The index's scenes and sample vectors for `video` (a `KnownScenes`), and the frame ranges
-    of scenes whose samples alone are about as dense as `step`; None if not usable."""
+def recorded_views(settings: str) -> str:
+    """The views a video's recorded settings name ("centre" for records made before views)."""
+    try:
+        return str(json.loads(settings).get("views", "centre")) if settings else "centre"
+    except (ValueError, AttributeError):
+        return "centre"
+
+
+def _from_index(video: Path, index_dir: Path | None, identity: str, step: float,
+                views: str | None) -> tuple[KnownScenes, list[tuple[int, int]], str] | None:
+    """The index's scenes and sample vectors for `video` (a `KnownScenes`: each sample's whole
+    picture, the mean of its views), the frame ranges of scenes whose samples alone are about as
+    dense as `step`, and the views they were made with; None if not usable (or other views)."""
     if index_dir is None:
         return None
     from cliptool.analysis.analyse import KnownScenes
@@ -658,22 +670,26 @@ def _from_index(video: Path, index_dir: Path | None, identity: str,
             st = video.stat()
             if record.size != st.st_size or record.mtime != st.st_mtime:
                 return None
+            made_with = recorded_views(record.settings)
+            if views is not None and views != made_with:
+                return None
             scene_records = store.scenes(record)
             vectors = store.vectors(record)
     except Exception:  # an index we cannot read is only a missed shortcut
         return None
     if not scene_records or len(vectors) != len(scene_records):
         return None
-    if any(per_sample(len(v.frames), len(s.sample_frames)) > 1 for s, v in zip(scene_records, vectors)):
-        return None  # the index sees each frame through several views; keyframes compare centre squares
     by_frame: dict[int, np.ndarray] = {}
     dense = []
     for s, v in zip(scene_records, vectors):
-        for frame_no, vec in zip(s.sample_frames, v.frames):
-            by_frame[int(frame_no)] = np.asarray(vec, dtype=np.float32)
+        per = per_sample(len(v.frames), len(s.sample_frames))
+        if per * len(s.sample_frames) != len(v.frames):
+            return None  # rows that are not whole samples' views
+        for i, frame_no in enumerate(s.sample_frames):
+            by_frame[int(frame_no)] = whole(np.asarray(v.frames[i * per:(i + 1) * per], dtype=np.float32))
         if s.sample_frames and (s.end_time - s.start_time) / len(s.sample_frames) <= step * 1.5:
             dense.append((s.start_frame, s.end_frame))
-    return KnownScenes(scene_records, by_frame), dense
+    return KnownScenes(scene_records, by_frame), dense, made_with
 
 
 def _analyse(video: Path, model: ClipModel, options: KeyframeOptions, spill_dir: Path,
@@ -780,6 +796,7 @@ def _manifest(sel: Selection, scenes: list[Scene], keyframes: list[dict[str, Any
         "source": "index scenes and vectors + decoded frames" if used_index else "decoded",
         "detector": "index" if used_index else options.detector,
         "step": round(options.step, 6),
+        "views": options.views or DEFAULT_VIEWS,
         "threshold": sel.manifest["threshold"],
         "quality": {
             "blank_filter": options.blank_filter, "blur_filter": options.blur_filter,
@@ -834,7 +851,10 @@ def extract_keyframes(
     except OSError as exc:
         raise UsageError(f"cannot create {out_dir}: {exc.strerror}") from None
 
-    indexed = _from_index(video.absolute(), index_dir, identity, options.step) if options.use_index else None
+    found = _from_index(video.absolute(), index_dir, identity, options.step, options.views) if options.use_index else None
+    indexed = found[:2] if found is not None else None
+    if found is not None:
+        options = replace(options, views=found[2])
     spill_dir = out_dir / f".keyframes-tmp-{os.getpid()}"
     spill_dir.mkdir(exist_ok=True)
     try:
