@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cliptool.config import IndexOptions
-from cliptool.errors import UsageError
+from cliptool.errors import ModelUnavailableError, UsageError
 
 if TYPE_CHECKING:
     from cliptool.index.check import CheckReport
@@ -359,8 +359,29 @@ def extract_keyframes(video: PathLike, output: PathLike, options: KeyframeOption
             loaded.append(ClipModel(spec))
         return loaded[0]
 
-    return stage.extract_keyframes(video, Path(output), get_model, spec.identity(), options,
+    identity = spec.identity()
+    if index_dir is not None and model is None and pretrained is None:
+        identity = _reuse_identity(Path(index_dir), spec)
+    return stage.extract_keyframes(video, Path(output), get_model, identity, options,
                              index_dir=Path(index_dir) if index_dir is not None else None, progress=progress)
+
+
+def _reuse_identity(index_dir: Path, spec: ModelSpec) -> str:
+    """The model identity under which keyframes reuse an index's vectors, given the index's own
+    model: that model's, or, when its files are gone (it cannot be loaded, so nothing can be
+    embedded by another model beside the index's vectors), the one the index recorded."""
+    from cliptool.store import IndexStore
+
+    try:
+        spec.check_files()
+    except ModelUnavailableError:
+        store = IndexStore(index_dir)
+        if store.exists():
+            with store:
+                recorded = store.meta().get("model_identity")
+            if recorded:
+                return str(recorded)
+    return spec.identity()
 
 
 def _text_tower(directory: Path, identity: str | None) -> dict[str, Any]:

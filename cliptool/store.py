@@ -75,6 +75,9 @@ class VideoRecord:
     indexed_at: float
     version: str  # which scene list and vectors belong to this record
     settings: str = ""  # the analysis settings it was made with (config.IndexOptions.settings_key; "": before they were kept)
+    # the paths through symbolic links that index runs found it by, and its own path too if found
+    # there as well; empty: found at its own path only (or made before links were kept)
+    links: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

@@ -121,3 +121,76 @@ def test_the_next_index_run_repairs_duplicates_and_old_ids(tmp_path: Path, folde
         refiled = store.get_video(video_id_for(folder / names[1]))
         assert refiled is not None and [v.scene.tolist() for v in store.vectors(refiled)] == kept_vectors
     assert check_index(index_dir).ok
+
+
+def _links(index_dir: Path) -> dict[str, list[str]]:
+    with IndexStore(index_dir) as store:
+        return {v.path: v.links for v in store.videos()}
+
+
+def test_a_link_gone_from_the_walk_prunes_what_it_led_to(tmp_path: Path, folder: Path, index_dir: Path, tiny_model) -> None:
+    """A video found through a symbolic link is stored once under its real path and pruned when
+    the walk of the link's folder no longer finds it that way, though the file is still there."""
+    from conftest import make_samples
+
+    outside = folder.resolve()  # the real files: shapes, outdoors, titles; never walked as a folder
+    (outside / "sub").mkdir()
+    make_samples.write_clip(outside / "sub" / "deep.mp4", [(make_samples.sky, 20)], size=(160, 120))
+    make_samples.write_clip(outside / "later-deleted.mp4", [(make_samples.circle((30, 200, 30), (0, 0, 0)), 20)],
+                            size=(160, 120))
+    walked = (tmp_path / "walked").resolve()
+    walked.mkdir()
+    make_samples.write_clip(walked / "own.mp4", [(make_samples.stripes((0, 0, 0), (200, 30, 30)), 20)], size=(160, 120))
+    links = {"shapes-a.mp4": outside / "shapes.mp4", "shapes-b.mp4": outside / "shapes.mp4",
+             "outdoors.mp4": outside / "outdoors.mp4", "own-again.mp4": walked / "own.mp4",
+             "dangling.mp4": outside / "later-deleted.mp4"}
+    for name, target in links.items():
+        (walked / name).symlink_to(target)
+    (walked / "folder-link").symlink_to(outside / "sub", target_is_directory=True)
+    first = _index([walked, outside / "titles.mp4", walked / "outdoors.mp4"], index_dir, tiny_model)
+    assert (first.added, first.failed) == (6, [])
+    w = str(walked)
+    assert _links(index_dir) == {  # one record per real file, with the links that found it
+        str(outside / "shapes.mp4"): [f"{w}/shapes-a.mp4", f"{w}/shapes-b.mp4"],
+        str(outside / "outdoors.mp4"): [f"{w}/outdoors.mp4"],
+        str(outside / "titles.mp4"): [],  # found at its own path only
+        str(outside / "sub" / "deep.mp4"): [f"{w}/folder-link/deep.mp4"],
+        str(outside / "later-deleted.mp4"): [f"{w}/dangling.mp4"],
+        str(walked / "own.mp4"): [f"{w}/own-again.mp4", f"{w}/own.mp4"],
+    }
+    # one of two links gone: the record stays, with the other; a link into the folder itself gone
+    (walked / "shapes-a.mp4").unlink()
+    (walked / "own-again.mp4").unlink()
+    (outside / "later-deleted.mp4").unlink()  # the link dangles
+    run = _index([walked], index_dir, tiny_model)
+    assert (run.added, run.updated, run.moved, run.removed) == (0, 0, 0, 1)
+    got = _links(index_dir)
+    assert str(outside / "later-deleted.mp4") not in got
+    assert got[str(outside / "shapes.mp4")] == [f"{w}/shapes-b.mp4"] and got[str(walked / "own.mp4")] == []
+    # the last link to a file, a linked folder, a link named as a file to index: gone, and their
+    # records pruned, the files untouched
+    (walked / "shapes-b.mp4").unlink()
+    (walked / "folder-link").unlink()
+    (walked / "outdoors.mp4").unlink()
+    messages: list[str] = []
+    config, ckpt = tiny_model
+    run = index_paths([walked], index_dir, ModelSpec(str(config), str(ckpt)), report=messages.append, progress=False)
+    assert (run.added, run.updated, run.removed) == (0, 0, 3)
+    assert f"removed {outside / 'shapes.mp4'} (no link to it is left)" in messages
+    assert (outside / "shapes.mp4").is_file() and (outside / "sub" / "deep.mp4").is_file()
+    assert _links(index_dir) == {str(outside / "titles.mp4"): [], str(walked / "own.mp4"): []}
+    # titles, named at its own path once, keeps its record when a link to it comes and goes;
+    # --no-prune keeps a record whose link is gone
+    (walked / "titles-link.mp4").symlink_to(outside / "titles.mp4")
+    (walked / "deep.mp4").symlink_to(outside / "sub" / "deep.mp4")
+    run = _index([walked], index_dir, tiny_model)
+    assert (run.added, run.removed) == (1, 0)
+    assert _links(index_dir)[str(outside / "titles.mp4")] == sorted([f"{w}/titles-link.mp4", str(outside / "titles.mp4")])
+    (walked / "titles-link.mp4").unlink()
+    (walked / "deep.mp4").unlink()
+    kept = _index([walked], index_dir, tiny_model, prune=False)
+    assert kept.removed == 0 and str(outside / "sub" / "deep.mp4") in _links(index_dir)
+    pruned = _index([walked], index_dir, tiny_model)
+    assert pruned.removed == 1
+    assert _links(index_dir) == {str(outside / "titles.mp4"): [], str(walked / "own.mp4"): []}
+    assert check_index(index_dir).ok

@@ -280,3 +280,32 @@ def test_moments_clusters_and_chapters_respect_scenes() -> None:
 
     chapters = contiguous_segments(np.vstack([noisy(a, 4), noisy(b, 4), noisy(c, 4)]))
     assert chapters == [list(range(0, 4)), list(range(4, 8)), list(range(8, 12))]
+
+
+def test_index_holding_every_vector_needs_no_model(cli_here, tiny_model, tmp_path: Path) -> None:
+    """With an index whose samples are as dense as --step, keyframes embed nothing: the model is
+    never loaded, so the same keyframes come out after its files are gone; a run that must embed
+    then fails in one line."""
+    import shutil
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    config, ckpt = (Path(shutil.copy2(p, model_dir / p.name)) for p in tiny_model)
+    video = tmp_path / "shapes.mp4"
+    make_samples.write_clip(video, make_samples.SAMPLES["shapes.mp4"])  # three 2 s shots
+    proc = cli_here("index", video, "--views", "centre", "--samples", "3", "--model", config, "--pretrained", ckpt)
+    assert proc.returncode == 0, proc.stderr
+    runs = {}
+    for when in ("with", "without"):
+        proc = cli_here("keyframes", video, "-o", tmp_path / when, "--step", "1", "--json")
+        assert proc.returncode == 0, (when, proc.stderr)
+        runs[when] = json.loads(proc.stdout)
+        assert runs[when]["counts"]["embedded"] == 0 and runs[when]["counts"]["from_index"] > 0, runs[when]["counts"]
+        config.unlink(missing_ok=True)  # the model's files gone: it cannot be loaded
+        ckpt.unlink(missing_ok=True)
+    assert runs["without"] == runs["with"] and runs["with"]["keyframes"]
+    for k in runs["with"]["keyframes"]:
+        assert (tmp_path / "without" / k["file"]).read_bytes() == (tmp_path / "with" / k["file"]).read_bytes()
+    proc = cli_here("keyframes", video, "-o", tmp_path / "denser", "--step", "0.25")  # candidates to embed
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 6 and len(lines) == 1 and "TinyCLIP.json" in lines[0], proc.stderr

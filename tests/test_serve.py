@@ -265,6 +265,85 @@ def test_host_header_and_cross_origin_writes(client: httpx.Client, server: Serve
     assert same.status_code == 200, same.text
 
 
+def raw_request(port: int, request: str) -> tuple[int, bytes]:
+    """Sends a request byte for byte (no client tidies its Host or target) and reads to the close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request.encode("latin-1"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def get_with(port: int, *host_lines: str, target: str = "/static/app.js", version: str = "1.1") -> tuple[int, bytes]:
+    lines = "".join(f"{line}\r\n" for line in host_lines)
+    return raw_request(port, f"GET {target} HTTP/{version}\r\n{lines}Connection: close\r\n\r\n")
+
+
+def test_host_header_parsed_strictly(tmp_path: Path) -> None:
+    """One Host, `host[:port]` and nothing else, with the server's port: every other spelling is a
+    one-line 400, checked over raw sockets against a real server (the page's script needs no index)."""
+    s = Server(tmp_path / "no-index")
+    try:
+        p = s.port
+        script = get_with(p, f"Host: 127.0.0.1:{p}")
+        assert script[0] == 200 and b"cliptool serve" in script[1]
+        accepted = [f"127.0.0.1:{p}", "127.0.0.1", f"localhost:{p}", "localhost", f"LOCALHOST:{p}", "LocalHost",
+                    f"[::1]:{p}", "[::1]", f"[0:0:0:0:0:0:0:1]:{p}", f"   127.0.0.1:{p}  "]
+        for host in accepted:
+            assert get_with(p, f"Host:{host}") == script, host
+        wrong_port = p + 1 if p < 65535 else p - 1
+        refused = [f"127.0.0.1:{p}@evil.com", f"127.0.0.1:{p}, evil.com", "", f"127.0.0.1:{wrong_port}",
+                   f"[::1]:{wrong_port}", f"localhost:{wrong_port}", f"localhost.:{p}", f"127.0.0.1.:{p}", "localhost.",
+                   f"user@127.0.0.1:{p}", f"user:pw@localhost:{p}", f"127.0.0.1 :{p}", f"127.0.0.1: {p}",
+                   f"127.0.0.1:{p} evil.com", f"local host:{p}", f"evil.com:{p}", "evil.com", f"EVIL.com:{p}",
+                   f"127.0.0.1:0{p}", "127.0.0.1:", f"127.0.0.1:+{p}", f"127.0.0.1:{p}:{p}", f"127.0.0.1:{p}/x",
+                   f"::1:{p}", f"[::1%25lo]:{p}", "[::1", f"127.1:{p}", f"2130706433:{p}", f"127.0.0.2:{p}",
+                   f"[::ffff:127.0.0.1]:{p}", f"127.0.0.1:{p + 65536}", "localhost:99999"]
+        for host in refused:
+            status, body = get_with(p, f"Host: {host}")
+            assert status == 400, (host, status, body[:100])
+            error = json.loads(body)["error"]
+            assert error.startswith("bad Host header: ") and "\n" not in error, (host, error)
+        # two Host headers (the same or not), none at all (HTTP/1.0, or 1.1), a folded one: 400, one line
+        for lines, version in [((f"Host: 127.0.0.1:{p}", f"Host: 127.0.0.1:{p}"), "1.1"),
+                               ((f"Host: 127.0.0.1:{p}", "Host: evil.com"), "1.1"),
+                               ((f"Host: evil.com", f"Host: 127.0.0.1:{p}"), "1.1"),
+                               ((), "1.0"), ((), "1.1"), ((f"Host: 127.0.0.1:{p}", " evil.com"), "1.1")]:
+            status, body = get_with(p, *lines, version=version)
+            assert status == 400 and body.strip() and b"\n" not in body.strip(), (lines, version, body)
+        # an absolute-form target names the host too: another one is refused; this server's is served
+        good = f"Host: 127.0.0.1:{p}"
+        assert get_with(p, good, target=f"http://127.0.0.1:{p}/static/app.js") == script
+        assert get_with(p, good, target=f"HTTP://localhost:{p}/static/app.js") == script
+        for target in ("http://evil.com/static/app.js", f"http://evil.com:{p}/static/app.js",
+                       f"http://127.0.0.1:{p}@evil.com/static/app.js", f"http://127.0.0.1:{wrong_port}/static/app.js",
+                       f"ftp://127.0.0.1:{p}/static/app.js", "*", f"127.0.0.1:{p}"):
+            status, body = get_with(p, good, target=target)
+            assert status == 400 and json.loads(body)["error"].startswith("bad request target"), (target, body)
+        status, body = raw_request(p, f"CONNECT evil.com:443 HTTP/1.1\r\n{good}\r\nConnection: close\r\n\r\n")
+        assert status == 400, body
+    finally:
+        s.stop()
+    # a named address beyond loopback: that name (or a loopback one) and the port; a wildcard bind:
+    # any well-formed host, still one of them and nothing else
+    for bound, ok, bad in [("192.0.2.10", ["192.0.2.10:{p}", "192.0.2.10", "localhost:{p}"],
+                            ["192.0.2.11:{p}", "192.0.2.10:1", "my-laptop.lan:{p}", "192.0.2.10:{p}@evil.com"]),
+                           ("0.0.0.0", ["my-laptop.lan:1234", "192.0.2.10:{p}", "[fe80::1]:{p}", "x"],
+                            ["my-laptop.lan:{p}, evil.com", "a@b", "", "my laptop", "my-laptop.lan:{p}/"])]:
+        s = Server(tmp_path / "no-index", host=bound, token="t0ken")
+        try:
+            p = s.port
+            auth = "Authorization: Bearer t0ken"
+            for host in ok:
+                assert get_with(s.port, f"Host: {host.format(p=p)}", auth) == script, (bound, host)
+            for host in bad:
+                assert get_with(s.port, f"Host: {host.format(p=p)}", auth)[0] == 400, (bound, host)
+        finally:
+            s.stop()
+
+
 def test_bad_parameters_are_one_line_4xx(client: httpx.Client) -> None:
     for params in ({"q": "x", "top": 0}, {"q": "x", "top": "many"}, {"q": "x", "top": 10**6}, {"q": "x", "videos": 2},
                    {}, {"q": "   "}, {"q": "x" * 2000}, {"q": ["a", "b"]}):

@@ -32,6 +32,8 @@ Selection then works per shot (the windows of a long shot count as one here), th
 Embeddings already in the index are reused when the video is indexed, unchanged, with the same
 model: the index's scenes replace the detector, and its sample vectors are not computed again.
 Fixed-step candidates are skipped in scenes whose index samples are about as dense as ``step``.
+The model is loaded only when a picture must be embedded: when the index holds every vector
+needed, it is never loaded (it need not even be loadable).
 
 Cost: candidates are kept as full-resolution images in ``OUT/.keyframes-tmp-PID`` until the
 selection is made (about 3 per second of video), then the kept ones are moved into place.
@@ -47,13 +49,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from cliptool.config import IndexOptions
 from cliptool.media.decode import Frame, VideoReader, detect_size, small_bgr
-from cliptool.errors import UsageError
+from cliptool.errors import ModelUnavailableError, UsageError
 from cliptool.analysis.quality import FrameQuality, blank_reason, blurry, local_median, measure
 from cliptool.media.timecode import format_time
 from cliptool.models.views import DEFAULT_VIEWS, VIEWS, per_sample, whole
@@ -692,13 +694,24 @@ def _from_index(video: Path, index_dir: Path | None, identity: str, step: float,
     return KnownScenes(scene_records, by_frame), dense, made_with
 
 
+class _ModelOnUse:
+    """Stands for the ClipModel in the analysis pass and loads it on its first use, so a video
+    whose vectors all come from the index never loads it."""
+
+    def __init__(self, get_model: Callable[[], ClipModel]) -> None:
+        self._get_model = get_model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get_model(), name)
+
+
 def _analyse(video: Path, model: ClipModel, options: KeyframeOptions, spill_dir: Path,
              indexed: tuple[KnownScenes, list[tuple[int, int]]] | None,
              progress: bool | None) -> tuple[AnalysedVideo, list[Scene], _CandidateTap]:
     """Runs the analysis pass with the candidate tap; gives candidates their scene, shot and vector."""
     from tqdm import tqdm
 
-    from cliptool.analysis.analyse import analyse_video
+    from cliptool.analysis.analyse import ModelLoadError, analyse_video
 
     known, dense = indexed if indexed is not None else (None, [])
     tap = _CandidateTap(options, spill_dir, dense)
@@ -713,6 +726,8 @@ def _analyse(video: Path, model: ClipModel, options: KeyframeOptions, spill_dir:
 
     try:
         analysed = analyse_video(video, model, options.analysis(), on_frame=on_frame, tap=tap, known=known)
+    except ModelLoadError as exc:  # loaded on first use, in the embedding thread: the model's error
+        raise ModelUnavailableError(str(exc)) from None
     finally:
         bar.close()
     scenes, shot = [], -1
@@ -835,8 +850,8 @@ def extract_keyframes(
 ) -> dict[str, Any]:
     """Writes the keyframes of `video` and `manifest.json` into `out_dir`; returns the manifest.
 
-    `get_model` returns the ClipModel; `identity` is that model's identity, used to decide
-    whether the index's vectors can be reused.
+    `get_model` returns the ClipModel, called only when a picture must be embedded; `identity`
+    is that model's identity, used to decide whether the index's vectors can be reused.
     """
     options = options or KeyframeOptions()
     options.check()
@@ -858,7 +873,8 @@ def extract_keyframes(
     spill_dir = out_dir / f".keyframes-tmp-{os.getpid()}"
     spill_dir.mkdir(exist_ok=True)
     try:
-        analysed, scenes, tap = _analyse(video, get_model(), options, spill_dir, indexed, progress)
+        model = cast("ClipModel", _ModelOnUse(get_model))
+        analysed, scenes, tap = _analyse(video, model, options, spill_dir, indexed, progress)
         selection = select_keyframes(tap.candidates, tap.dropped, scenes, options)
         keyframes = _write_keyframes(out_dir, selection, options)
     finally:

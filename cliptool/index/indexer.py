@@ -7,6 +7,11 @@ path whose size and fingerprint match a record whose file is gone is a move: the
 and vectors are carried over to the new path (no decoding). Records of files that are gone from
 the folders indexed in this run are removed. Files that failed to decode are remembered with
 their size and mtime and not retried until they change.
+
+A file reached through a symbolic link is stored once, under its real path, and its record keeps
+the link's path: when a later run walks the link's folder and the link is gone (or leads
+elsewhere), the record loses it, and a record left with no link, never found at its own path,
+is removed although its file is still there.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cliptool.config import IndexOptions, settings_difference, usable_cores
-from cliptool.media.discover import discover_videos
+from cliptool.media.discover import discover_spellings
 from cliptool.models.clip import ClipModel, fast_text_unavailable, text_export_due, threads_settled_on_error
 from cliptool.models.common import file_fingerprint
 from cliptool.models.spec import ModelSpec
@@ -128,6 +133,7 @@ class _Plan:
     removals: list[VideoRecord] = field(default_factory=list)
     stale_failures: list[str] = field(default_factory=list)  # notes of failed files that are gone
     kept_settings: list[VideoRecord] = field(default_factory=list)  # unchanged, made with other settings
+    links: dict[str, list[str]] = field(default_factory=dict)  # real path found -> its record's links
 
     def writes(self) -> bool:
         return bool(self.refresh or self.moves or self.removals or self.stale_failures)
@@ -229,7 +235,8 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
 
     started = time.monotonic()
     paths = [Path(p).expanduser() for p in paths]
-    files = list(discover_videos(paths))
+    found = list(discover_spellings(paths))
+    files = list(dict.fromkeys(real for _, real in found))  # each file once, as discover_videos gives them
     roots = [(Path(real_path(p)), p.is_dir()) for p in paths]
     summary = IndexSummary()
     index_dir = Path(index_dir)
@@ -264,6 +271,7 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
         gone = {vid: rec for vid, rec in known.items() if vid not in file_ids and _gone(rec.path)}
         _match_moves(plan, gone, identity)
         _plan_removals(plan, gone, failures, roots, files, file_ids, prune, summary)
+        _plan_links(plan, known, gone, found, roots, files, prune)
         if plan.writes():
             _apply(plan, index_dir, known, summary, report)
         if summary.kept_missing:
@@ -277,7 +285,7 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
             with threads_settled_on_error():
                 model = ClipModel(spec, threads=max(1, usable_cores() // 2))  # the decoder has the rest
                 changed_store |= _analyse_with(model, plan.todo, index_dir, identity, options, summary, report,
-                                               progress, file_timeout, tqdm, ray)
+                                               progress, file_timeout, tqdm, ray, plan.links)
         elif known and text_export_due(index_dir, identity) and fast_text_unavailable(spec) is None:
             with threads_settled_on_error():  # nothing to embed, but the text export is behind (older than int8)
                 ClipModel(spec).export_text_encoder(index_dir, report=report)
@@ -380,6 +388,52 @@ def _plan_removals(plan: _Plan, gone: dict[str, VideoRecord], failures: dict[str
                            and _gone(str(f.get("path")))]
 
 
+def _leads_to(spelling: str, real: str) -> bool:
+    """Whether a path still leads to the file at `real` (True when it cannot be told)."""
+    try:
+        os.stat(spelling)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return os.path.realpath(spelling) == real
+
+
+def _plan_links(plan: _Plan, known: dict[str, VideoRecord], gone: dict[str, VideoRecord],
+                found: list[tuple[Path, Path]], roots: list[tuple[Path, bool]], files: list[Path],
+                prune: bool | None) -> None:
+    """Step 4: the links each record keeps (VideoRecord.links). A link under this run's folders
+    that no longer leads to its file is dropped (not under --no-prune, nor under a folder that
+    holds no videos now, unless --prune); a record left with no link that was never found at its
+    own path is removed, whether or not its file is still there. Records whose links change are
+    rewritten; plan.links gets the links of every file found, for the records to come."""
+    spelt: dict[str, set[str]] = {}
+    for spelling, real in found:
+        spelt.setdefault(str(real), set()).add(str(spelling))
+    live = [] if prune is False else [(r, d) for r, d in roots if prune or not d
+                                       or any(_under(str(f), r, True) for f in files)]
+
+    def after(rec: VideoRecord | None, real: str) -> list[str] | None:
+        before = set(rec.links) if rec is not None and rec.links else ({rec.path} if rec is not None else set())
+        kept = {s for s in before if s == real or not any(_under(s, r, d) for r, d in live) or _leads_to(s, real)}
+        now = kept | spelt.get(real, set())
+        return None if not now else [] if now == {real} else sorted(now)
+
+    plan.links = links = {real: after(known.get(video_id_for(real)), real) or [] for real in spelt}
+    busy = {id(old) for _, _, old in plan.todo} | {id(rec) for _, _, rec in plan.moves} | {id(r) for r in plan.removals}
+    refreshed = {rec.video_id for rec in plan.refresh}
+    for vid, rec in known.items():
+        if id(rec) in busy or not (rec.links or rec.path in spelt):
+            continue
+        new = links[rec.path] if rec.path in spelt else after(rec, rec.path)
+        if new is None:
+            plan.removals.append(rec)
+        elif new != rec.links and vid not in gone:
+            rec.links = new
+            if vid not in refreshed:
+                plan.refresh.append(rec)
+
+
 def _apply(plan: _Plan, index_dir: Path, known: dict[str, VideoRecord], summary: IndexSummary, report: Reporter) -> None:
     """Writes the plan's refreshes, moves and removals (no decoding), then appends them to the
     search cache."""
@@ -400,7 +454,8 @@ def _apply_to(store: IndexStore, plan: _Plan, known: dict[str, VideoRecord], sum
         touched.append(rec.video_id)
     for path, st, src in plan.moves:
         record = VideoRecord(**{**src.__dict__, "video_id": video_id_for(path), "path": str(path),
-                                "size": st.st_size, "mtime": st.st_mtime, "indexed_at": time.time()})
+                                "size": st.st_size, "mtime": st.st_mtime, "indexed_at": time.time(),
+                                "links": plan.links.get(str(path), [])})
         touched += [src.video_id, record.video_id]
         try:
             store.move_video(src.video_id, record)
@@ -414,7 +469,7 @@ def _apply_to(store: IndexStore, plan: _Plan, known: dict[str, VideoRecord], sum
         touched.append(rec.video_id)
         store.delete_video(rec.video_id)
         summary.removed += 1
-        report(f"removed {rec.path} (file is gone)")
+        report(f"removed {rec.path} ({'file is gone' if _gone(rec.path) else 'no link to it is left'})")
     for vid in plan.stale_failures:
         store.delete_failure(vid)
 
@@ -463,7 +518,7 @@ def _local_results(todo: Todo, model: ClipModel, options: IndexOptions, watchdog
 
 
 def _commit_result(result: FileResult, index_dir: Path, identity: str, settings: str, summary: IndexSummary,
-                   report: Reporter) -> bool:
+                   report: Reporter, links: list[str] | None = None) -> bool:
     """Commits one analysed file (or remembers its failure), whichever process analysed it;
     returns whether the stores changed."""
     if result.fatal is not None:
@@ -496,7 +551,7 @@ def _commit_result(result: FileResult, index_dir: Path, identity: str, settings:
         fingerprint=result.fingerprint, duration=analysed.duration, fps=analysed.info.fps,
         width=analysed.info.width, height=analysed.info.height, frame_count=analysed.frame_count,
         scene_count=len(analysed.scenes), codec=analysed.info.codec, model=identity,
-        indexed_at=time.time(), version="", settings=settings,
+        indexed_at=time.time(), version="", settings=settings, links=links or [],
     )
     since = generation(index_dir)
     with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
@@ -525,6 +580,7 @@ def _analyse_with(
     file_timeout: float,
     tqdm: Any,
     ray: str | None = None,
+    links: dict[str, list[str]] | None = None,
 ) -> bool:
     """Analyses the plan's files, here or (with `ray`, a cluster address) on a Ray cluster, and
     commits each result as it comes, in the order they finish."""
@@ -546,7 +602,8 @@ def _analyse_with(
             bar.note(f"{pool.size} Ray workers")
             results = pool.results(todo)
         for result in results:
-            changed |= _commit_result(result, index_dir, identity, options.settings_key(), summary, report)
+            changed |= _commit_result(result, index_dir, identity, options.settings_key(), summary, report,
+                                      (links or {}).get(str(result.path)))
             if result.analysed is not None:
                 workers.add(result.worker)
             bar.done(result.path)

@@ -27,23 +27,31 @@ def discover_videos(paths: Iterable[Path]) -> Iterator[Path]:
     Hidden files and folders are skipped; symlinked folders are followed once (no loops).
     A path named explicitly is taken even if hidden. Raises UsageError for a missing path.
     """
+    seen: set[Path] = set()
+    for _, real in discover_spellings(paths):
+        if real not in seen:
+            seen.add(real)
+            yield real
+
+
+def discover_spellings(paths: Iterable[Path]) -> Iterator[tuple[Path, Path]]:
+    """Yields (spelling, real path) for each video file that `discover_videos` walks to, every
+    time the walk reaches it: the spelling is its path as walked from the real path of the folder
+    given, so one reached through a symbolic link is spelled through the link (a file named
+    explicitly: its folder's real path and its own name). Raises UsageError for a missing path."""
     paths = [Path(p).expanduser() for p in paths]
     for p in paths:
         if not p.exists():
             raise UsageError(f"no such file or folder: {p}")
-    seen_files: set[Path] = set()
     seen_dirs: set[tuple[int, int]] = set()
     for p in paths:
         if p.is_file():
-            resolved = p.resolve()
-            if resolved not in seen_files:
-                seen_files.add(resolved)
-                yield resolved
+            yield Path(os.path.realpath(p.absolute().parent)) / p.name, p.resolve()
             continue
-        yield from _walk(p.absolute(), seen_files, seen_dirs)
+        yield from _walk(Path(os.path.realpath(p)), seen_dirs)
 
 
-def _walk(root: Path, seen_files: set[Path], seen_dirs: set[tuple[int, int]]) -> Iterator[Path]:
+def _walk(root: Path, seen_dirs: set[tuple[int, int]]) -> Iterator[tuple[Path, Path]]:
     try:
         st = root.stat()
     except OSError:
@@ -62,11 +70,8 @@ def _walk(root: Path, seen_files: set[Path], seen_dirs: set[tuple[int, int]]) ->
         path = Path(entry.path)
         try:
             if entry.is_dir(follow_symlinks=True):
-                yield from _walk(path, seen_files, seen_dirs)
+                yield from _walk(path, seen_dirs)
             elif entry.is_file(follow_symlinks=True) and is_video_name(path):
-                resolved = path.resolve()
-                if resolved not in seen_files:
-                    seen_files.add(resolved)
-                    yield resolved
+                yield path, path.resolve()
         except OSError:
             continue

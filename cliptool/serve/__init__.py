@@ -68,8 +68,9 @@ def serve(index_dir: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
             probe.bind((host.strip("[]"), port))
     except OSError as exc:
         raise CliptoolError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    # h11, not httptools where that is installed: h11 hands an absolute-form target to the Host check whole
     config = uvicorn.Config(app, host=host.strip("[]"), port=port, log_level="warning", access_log=False,
-                            timeout_keep_alive=5, server_header=False, lifespan="off")
+                            timeout_keep_alive=5, server_header=False, lifespan="off", http="h11")
     server = uvicorn.Server(config)
     url = url_for(host, port, token)
     say(f"cliptool serve: {url}")
