@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--squeeze-share", type=float, default=0.3,
                     help="share of the pictures drawn in a wide or tall frame and squeezed to a square, as "
                          "cliptool's default view squeezes a video frame")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from these weights (a weights.safetensors of the same config) instead of random ones")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--eval-size", type=int, default=2000, help="fresh pictures of shapes for the final evaluation "
                     "(and a quarter as many empty ones of each kind)")
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     config_path.write_text(json.dumps(CONFIG, indent=2) + "\n")
     model = build_model(config_path)
+    if args.init is not None:
+        load_weights(model, args.init)
     tokenizer = open_clip.get_tokenizer(config_path.stem)
     tokens = tokenizer(toy_world.ALL_CAPTIONS)  # the 16 shape captions first, then the empty ones
     n_caps = len(toy_world.CAPTIONS)
@@ -281,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"done: {step} steps, validation top-1 {final_val:.4f} (squeezed frames {final_squeezed:.4f}); "
           f"weights in {args.out}; evaluating", flush=True)
     ev = evaluate(model, tokenizer, mean, std, photos, n_shapes=args.eval_size, n_empty=args.eval_size // 4)
-    metrics = {"seed": args.seed, "steps": step, "minutes": minutes, "batch": args.batch,
+    metrics = {"seed": args.seed, "init": str(args.init) if args.init else None, "lr": args.lr, "steps": step, "minutes": minutes, "batch": args.batch,
                "train_size": args.train_size, "empty_share": args.empty_share,
                "squeeze_share": args.squeeze_share, "val_top1_squeezed": final_squeezed, "captions": toy_world.ALL_CAPTIONS,
                "val_top1": final_val, "evaluation": ev, "history": history}
