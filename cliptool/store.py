@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from cliptool import durable
 from cliptool.errors import CliptoolError, IndexBusyError, IndexMismatchError, IndexMissingError, one_line
 
 SCHEMA_VERSION = 1
@@ -210,9 +211,10 @@ class IndexStore:
         if not self.create and not self.exists():
             raise IndexMissingError(f"no index at {self.root} yet; run `cliptool index FOLDER` first")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            durable.make_dirs(self.root)
         except OSError as exc:
             raise CliptoolError(f"cannot create index directory {self.root}: {exc.strerror}") from None
+        creating = self.create and not self.exists()
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.02
         while True:
@@ -232,6 +234,8 @@ class IndexStore:
                 self.close()
                 raise CliptoolError(f"index at {self.root} is damaged ({_error_text(exc)}); "
                                     "run `cliptool check --repair`") from None
+        if creating:  # the stores' folders, durable in the index folder before anything is committed
+            self._write(lambda: durable.sync_dir(self.root))
         if self.create:
             for db in self._dbs.values():
                 if db.get(_SCHEMA_KEY) is None:
@@ -398,7 +402,7 @@ class IndexStore:
             try:
                 os.unlink(self._clean_marker)
                 self._from_clean = True
-                _fsync_dir(self.root)
+                durable.sync_dir(self.root)
             except FileNotFoundError:
                 self._from_clean = False
             except OSError as exc:
@@ -423,7 +427,7 @@ class IndexStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _fsync_dir(self.root)
+            durable.sync_dir(self.root)
         except Exception:  # noqa: BLE001 - the marker is an optimisation; without it the next run scans
             pass
 
@@ -622,14 +626,6 @@ class IndexStore:
         return len(scene_keys) + len(vector_keys)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _scenes_key(video_id: str, version: str) -> bytes:
     return f"s/{video_id}/{version}".encode()
 
@@ -644,10 +640,9 @@ def generation(root: Path) -> str:
 
 
 def bump_generation(root: Path) -> None:
-    path = Path(root) / "generation"
-    tmp = path.with_name(f"generation.{os.getpid()}.tmp")
-    tmp.write_text(uuid.uuid4().hex)
-    os.replace(tmp, path)
+    """A new token, durable before the commit that follows it: a crash must never bring back a
+    token that a search cache built before the commit recorded."""
+    durable.write_text(Path(root) / "generation", uuid.uuid4().hex)
 
 
 # -- one index run at a time --------------------------------------------------------------------

@@ -14,10 +14,8 @@ The paths come from a scene id that was looked up in the store, never from a req
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,19 +65,18 @@ def encode(rgb: np.ndarray, width: int = WIDTH, quality: int = QUALITY) -> bytes
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Writes a thumbnail through a temporary file beside it (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jpg", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Writes a thumbnail through a temporary file beside it, synced before and after it is
+    renamed into place (a reader never sees half a file, nor a crash an empty one)."""
+    write_all([(path, data)])
+
+
+def write_all(items: list[tuple[Path, bytes]]) -> None:
+    """write_atomic for many thumbnails: each synced, then renamed, then each folder synced once."""
+    from cliptool import durable
+
+    for folder in sorted({path.parent for path, _ in items}):
+        durable.make_dirs(folder)
+    durable.write_many(items)
 
 
 def write_scene_thumbnails(index_dir: Path, record: VideoRecord, scenes: list[SceneRecord],
@@ -91,11 +88,10 @@ def write_scene_thumbnails(index_dir: Path, record: VideoRecord, scenes: list[Sc
     written = 0
     if pictures:
         try:
-            for scene, jpegs in zip(scenes, pictures):
-                for k, data in enumerate(jpegs or []):
-                    if data:
-                        write_atomic(path_for(index_dir, scene.scene_id, k), data)
-                        written += 1
+            items = [(path_for(index_dir, scene.scene_id, k), data) for scene, jpegs in zip(scenes, pictures)
+                     for k, data in enumerate(jpegs or []) if data]
+            write_all(items)
+            written = len(items)
         except (OSError, ValueError):
             pass
     drop_other_versions(index_dir, record)
@@ -186,4 +182,4 @@ def delete(paths: Iterable[Path]) -> None:
 
 
 __all__ = ["THUMB_DIR", "WIDTH", "delete", "drop_other_versions", "encode", "make", "path_for", "read",
-           "survey", "write_atomic", "write_scene_thumbnails"]
+           "survey", "write_all", "write_atomic", "write_scene_thumbnails"]

@@ -296,11 +296,10 @@ def _install_text_export(cached: Path, index_dir: Path, identity: str) -> None:
     model's; the marker is written last, so a half-copied export is never taken for one."""
     from cliptool.models.text import copy_export
 
-    copy_export(cached, index_dir / TEXTENC_DIR)
-    marker = index_dir / TEXTENC_MARKER
-    tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"model_identity": identity}))
-    os.replace(tmp, marker)
+    from cliptool import durable
+
+    copy_export(cached, index_dir / TEXTENC_DIR)  # synced, then the marker that names it
+    durable.write_text(index_dir / TEXTENC_MARKER, json.dumps({"model_identity": identity}))
     _remove_old_text_export(index_dir)
 
 

@@ -7,7 +7,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cliptool import durable
 from cliptool.errors import IndexBusyError
 from cliptool.store import generation
 from cliptool.vectors.faiss.segment import VectorIndex
@@ -60,13 +60,9 @@ def read_manifest(index_dir: Path) -> dict[str, Any] | None:
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Replaces CURRENT atomically (written aside and synced first)."""
-    tmp = root / f"CURRENT.{os.getpid()}.{secrets.token_hex(3)}.tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(manifest, separators=(",", ":")))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / "CURRENT")
+    """Replaces CURRENT atomically and durably (written aside and synced, renamed, folder
+    synced): call only once every segment it names is synced (`durable.sync_tree`)."""
+    durable.write_text(root / "CURRENT", json.dumps(manifest, separators=(",", ":")))
 
 
 def current_build(index_dir: Path) -> Path | None:
@@ -121,7 +117,7 @@ class BuildLock:
         self._fd: int | None = None
 
     def __enter__(self) -> BuildLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        durable.make_dirs(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + self.timeout
         while True:

@@ -4,7 +4,6 @@ up, compaction into a new base, a rebuild from scratch only when asked."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterable
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from cliptool import durable
 from cliptool.errors import IndexMissingError
 from cliptool.store import IndexStore, VideoRecord, generation
 from cliptool.vectors.faiss.approx import DELTA_APPROX_MIN_ROWS, approximate
@@ -253,7 +253,7 @@ def _write_segment(store: IndexStore, records: list[VideoRecord], root: Path, me
     """Streams the given videos' vectors from the stores into a new segment; returns its
     name, rows and dimension. Memory stays at one video's vectors plus the row table."""
     name = secrets.token_hex(6)
-    root.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(root)
     tmp = root / f"tmp-{name}"
     tmp.mkdir()
     try:
@@ -265,7 +265,8 @@ def _write_segment(store: IndexStore, records: list[VideoRecord], root: Path, me
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.replace(tmp, root / name)
+    durable.sync_tree(tmp)
+    durable.replace(tmp, root / name)
     return name, rows, dim
 
 
@@ -347,5 +348,6 @@ def _merge_segments(root: Path, parts: list[tuple[VectorIndex, set[int]]], dim: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.replace(tmp, root / name)
+    durable.sync_tree(tmp)
+    durable.replace(tmp, root / name)
     return name, rows
