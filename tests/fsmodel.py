@@ -18,6 +18,13 @@ from pathlib import Path
 SYSCALLS = ("openat,open,creat,write,pwrite64,writev,pwritev,lseek,ftruncate,fsync,fdatasync,rename,renameat,"
             "renameat2,mkdir,mkdirat,unlink,unlinkat,rmdir,link,linkat,sendfile,copy_file_range")
 
+BLOB_BYTES = 1 << 20
+
+# LevelDB's own folders: their names (logs, tables, MANIFEST, CURRENT) are taken as durable in
+# the order they change. Which of its files LevelDB syncs, and when, is its own guarantee; the
+# model keeps their contents to what was synced, and every other folder's names to its syncs.
+IMMEDIATE_NAMES = (".ldb",)
+
 _LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(-?\d+)(<[^>]*>)?")
 
 
@@ -139,11 +146,15 @@ class Node:
 class Model:
     """The folder `root` as a process changes it, call by call (`apply`)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, load_from: Path | None = None) -> None:
+        """`root` as it is now, or as `load_from` holds it (a copy of it from before the run)."""
         self.root = str(root)
-        self.top = self._load(root) if root.is_dir() else Node(True)
+        source = load_from or root
+        self.top = self._load(source) if source.is_dir() else Node(True)
         self.pos: dict[int, int] = {}
         self.append: dict[int, bool] = {}
+        self.blobs: Path | None = None  # where copies keep large files, linked (never written to)
+        self._touched: list[str] = []
 
     def _load(self, path: Path) -> Node:
         if path.is_dir():
@@ -209,6 +220,14 @@ class Model:
             self.pos[fd] = at + len(data)
 
     def apply(self, call: Call) -> None:
+        self._apply(call)
+        for path in self._touched:
+            folder = self.node(path.rpartition("/")[0]) if self.inside(path.rpartition("/")[0]) else None
+            if folder is not None and folder.is_dir and path.rpartition("/")[0].endswith(IMMEDIATE_NAMES):
+                folder.synced_entries = dict(folder.entries)
+        self._touched = []
+
+    def _apply(self, call: Call) -> None:
         a, name = call.args, call.name
         if call.result < 0:
             return
@@ -223,6 +242,7 @@ class Model:
                 if folder is None:
                     return
                 node = folder.entries[base] = Node(False)
+                self._touched.append(path)
             if "O_TRUNC" in flags and not node.is_dir:
                 node.data = bytearray()
             self.pos[call.result] = 0
@@ -255,16 +275,19 @@ class Model:
             moved = sf.entries.pop(sn, None) if sf is not None else None
             if df is not None and moved is not None:
                 df.entries[dn] = moved
+            self._touched += [src, dst]
         elif name in ("mkdir", "mkdirat"):
             path = self._resolve("", _string(a[0])) if name == "mkdir" else self._resolve(a[0], _string(a[1]))
             folder, base = self.parent(path)
             if folder is not None and base not in folder.entries:
                 folder.entries[base] = Node(True)
+                self._touched.append(path)
         elif name in ("unlink", "rmdir", "unlinkat"):
             path = self._resolve("", _string(a[0])) if name != "unlinkat" else self._resolve(a[0], _string(a[1]))
             folder, base = self.parent(path)
             if folder is not None:
                 folder.entries.pop(base, None)
+                self._touched.append(path)
         elif name in ("link", "linkat"):
             src = self._resolve("", _string(a[0])) if name == "link" else self._resolve(a[0], _string(a[1]))
             dst = self._resolve("", _string(a[1])) if name == "link" else self._resolve(a[2], _string(a[3]))
@@ -282,16 +305,29 @@ class Model:
 
     def crash_copy(self, out: Path) -> None:
         """Writes what a crash now would leave: durable names, each file's synced content."""
+        self._copy(self.top, out, durable=True)
 
-        def put(node: Node, path: Path) -> None:
-            path.mkdir(parents=True, exist_ok=True)
-            for name, child in node.synced_entries.items():
-                if child.is_dir:
-                    put(child, path / name)
-                else:
-                    (path / name).write_bytes(child.synced or b"")
+    def current_copy(self, out: Path) -> None:
+        """Writes what the process sees now (as if it ended here without a crash)."""
+        self._copy(self.top, out, durable=False)
 
-        put(self.top, out)
+    def _copy(self, node: Node, path: Path, durable: bool) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        for name, child in (node.synced_entries if durable else node.entries).items():
+            if child.is_dir:
+                self._copy(child, path / name, durable)
+                continue
+            data = (child.synced or b"") if durable else bytes(child.data)
+            if len(data) < BLOB_BYTES or self.blobs is None:
+                (path / name).write_bytes(data)
+                continue
+            import hashlib
+
+            blob = self.blobs / hashlib.blake2b(data, digest_size=16).hexdigest()
+            if not blob.exists():
+                self.blobs.mkdir(parents=True, exist_ok=True)
+                blob.write_bytes(data)
+            os.link(blob, path / name)  # large files (the text tower) once, linked into every copy
 
 
 def replay(root: Path, calls: list[Call], before: Callable[[Model, Call], None] | None = None,

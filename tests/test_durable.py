@@ -165,22 +165,21 @@ def three_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def index_trace(three_clips: Path, model_args: list[str], tmp_path_factory: pytest.TempPathFactory
-                ) -> tuple[Path, Model, list[Call]]:
+                ) -> tuple[Path, Path, list[Call]]:
     """A real `cliptool index` run of three clips into a new index, traced."""
     work = tmp_path_factory.mktemp("durable-index")
     warm = subprocess.run([sys.executable, "-m", "cliptool", "--index-dir", str(work / "warm"), "index",
                            str(three_clips), *model_args], capture_output=True, text=True, env=_env(work / "warm"))
     assert warm.returncode == 0, warm.stderr  # the towers exported into the cache, untraced
     index_dir = work / "index"
-    start = Model(index_dir)
     proc = traced([sys.executable, "-m", "cliptool", "--index-dir", str(index_dir), "index", str(three_clips),
                    *model_args], work / "index.strace", _env(index_dir))
     assert proc.returncode == 0, proc.stderr
-    return index_dir, start, read_log(work / "index.strace")
+    return index_dir, work / "before", read_log(work / "index.strace")
 
 
 @pytest.fixture(scope="module")
-def merge_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Model, list[Call]]:
+def merge_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Call]]:
     """Commits, delta segments, merges and a compaction into a new base with an approximate
     index (CLIPTOOL_VECTOR_INDEX=approx), traced."""
     from test_incremental_cache import put
@@ -199,21 +198,107 @@ def merge_trace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Model, 
         sync_cache(index_dir)
     finally:
         os.environ.pop("CLIPTOOL_VECTOR_INDEX")
-    start = Model(index_dir)
+    shutil.copytree(index_dir, work / "before")
     proc = traced([sys.executable, "-c", _MERGES, str(index_dir), str(REPO / "tests")], work / "merge.strace", env)
     assert proc.returncode == 0, proc.stderr
-    return index_dir, start, read_log(work / "merge.strace")
+    return index_dir, work / "before", read_log(work / "merge.strace")
 
 
-def test_an_index_run_syncs_what_each_manifest_names_before_it(index_trace: tuple[Path, Model, list[Call]]) -> None:
-    index_dir, start, calls = index_trace
+def test_an_index_run_syncs_what_each_manifest_names_before_it(index_trace: tuple[Path, Path, list[Call]]) -> None:
+    index_dir, before, calls = index_trace
     assert any(c.name.startswith("rename") and "faiss/CURRENT" in " ".join(c.args) for c in calls)
-    found = audit(start, calls)
+    found = audit(Model(index_dir, before), calls)
     assert found == [], "\n".join(found)
 
 
-def test_merges_sync_what_each_manifest_names_before_it(merge_trace: tuple[Path, Model, list[Call]]) -> None:
-    index_dir, start, calls = merge_trace
+def test_merges_sync_what_each_manifest_names_before_it(merge_trace: tuple[Path, Path, list[Call]]) -> None:
+    index_dir, before, calls = merge_trace
     assert any("approx.faiss" in " ".join(c.args) for c in calls)  # the traced run wrote an approximate index
-    found = audit(start, calls)
+    found = audit(Model(index_dir, before), calls)
     assert found == [], "\n".join(found)
+
+
+# -- what a crash at each step leaves ----------------------------------------------------------------
+def _crash_points(model_root: str, calls: list[Call], most: int) -> set[int]:
+    """Calls after which to crash: every manifest replacement and sync inside the index, thinned
+    evenly to `most` (the first and last always kept)."""
+    inside = [i for i, c in enumerate(calls) if c.result >= 0 and model_root in " ".join(c.args + [c.result_path or ""])
+              and (c.name.startswith("rename") or c.name in ("fsync", "fdatasync", "unlink", "unlinkat"))]
+    if len(inside) <= most:
+        return set(inside)
+    step = len(inside) / (most - 1)
+    return {inside[min(len(inside) - 1, round(k * step))] for k in range(most)} | {inside[-1]}
+
+
+def _stored(index_dir: Path) -> dict[str, int]:
+    if not IndexStore(index_dir).exists():
+        return {}
+    with IndexStore(index_dir) as store:
+        return {v.video_id: v.scene_count for v in store.videos()}
+
+
+def _open_after_crash(copy: Path, committed: dict[str, int], search: list[str] | None) -> None:
+    """`check` is clean or repairs it; a search answers with real rows; no committed video lost."""
+    if not IndexStore(copy).exists():
+        assert not committed, "committed videos lost with the stores"
+        return
+    had_clean_marker = (copy / "stores.clean").exists()
+    report = check_index(copy)
+    if had_clean_marker:
+        assert not [p for p in report.problems if p.kind == "orphan"], "stores.clean present with orphans"
+    if not report.ok:
+        assert check_index(copy, repair=True).ok
+        assert check_index(copy).ok
+    stored = _stored(copy)
+    for vid, scenes in committed.items():
+        assert stored.get(vid) == scenes, f"committed video {vid} lost or changed"
+    if not stored:
+        return
+    index = load_vector_index(copy)
+    assert index.size == sum(stored.values())
+    query = np.ones(index.dim, np.float32) / np.sqrt(index.dim)
+    scores, rows = index.scores(query, 5)
+    assert len(rows) and np.all(np.abs(scores) <= 1.0 + 1e-4)
+    assert {index.position(int(r)).video_id for r in rows} <= set(stored)
+    if search is not None:
+        proc = run_here(copy, "search", "a red circle", *search, "--json")
+        assert proc.returncode == 0, proc.stderr
+        hits = json.loads(proc.stdout)
+        assert hits and all(-1.0 <= h["score"] <= 1.0 for h in (hits if isinstance(hits, list) else hits["hits"]))
+
+
+def _crash_everywhere(index_dir: Path, before: Path, calls: list[Call], work: Path, most: int,
+                      search: list[str] | None) -> int:
+    model = Model(index_dir, before)
+    model.blobs = work / "blobs"
+    points = _crash_points(model.root, calls, most)
+    committed: dict[str, int] = {}
+    done = 0
+    for i, call in enumerate(calls):
+        model.apply(call)
+        path = (call.args[0].split("<", 1) + [""])[1].rstrip(">") if call.args else ""
+        if call.name in ("fsync", "fdatasync") and path.startswith(f"{model.root}/videos.ldb/") and path.endswith(".log"):
+            now = work / f"now-{i}"
+            model.current_copy(now)  # a commit was synced: what it holds is committed from here on
+            committed = _stored(now)
+            shutil.rmtree(now)
+        if i in points:
+            copy = work / f"crash-{i}"
+            model.crash_copy(copy)
+            _open_after_crash(copy, committed, search if done % 6 == 5 else None)
+            shutil.rmtree(copy)
+            done += 1
+    assert committed, "the run committed nothing the simulation saw"
+    return done
+
+
+def test_a_crash_at_any_step_of_an_index_run_loses_nothing_committed(
+        index_trace: tuple[Path, Path, list[Call]], model_args: list[str], tmp_path: Path) -> None:
+    index_dir, before, calls = index_trace
+    assert _crash_everywhere(index_dir, before, calls, tmp_path, 30, model_args) >= 20
+
+
+def test_a_crash_at_any_step_of_merges_loses_nothing_committed(
+        merge_trace: tuple[Path, Path, list[Call]], tmp_path: Path) -> None:
+    index_dir, before, calls = merge_trace
+    assert _crash_everywhere(index_dir, before, calls, tmp_path, 30, None) >= 20
