@@ -346,6 +346,8 @@ def check(
                   f"cache:   {report.cache}")
             if report.collection:
                 print(f"milvus:  {report.collection}")
+            if report.thumbnails:
+                print("thumbs:  " + ", ".join(f"{n} {what}" for what, n in report.thumbnails.items()))
             for p in report.problems:
                 print(f"{'repaired' if p.repaired else 'problem'}: {printable(p.message)}")
             if report.ok:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
 import os
 import secrets
@@ -43,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from cliptool import durable
 from cliptool.errors import CliptoolError, IndexBusyError, IndexMismatchError, IndexMissingError, one_line
 
 SCHEMA_VERSION = 1
@@ -175,6 +177,178 @@ def _write_error(root: Path, exc: BaseException) -> CliptoolError:
     return CliptoolError(f"cannot write to the index at {root}: {_error_text(exc)}")
 
 
+class StoreDamagedError(CliptoolError):
+    """A store's record fails LevelDB's block checksum: `cliptool check --repair` salvages the rest."""
+
+
+class _Verified:
+    """A LevelDB database whose every read verifies LevelDB's block checksums (CRC32C: cheap
+    beside decoding); a damaged block is a StoreDamagedError, never data."""
+
+    def __init__(self, db: Any, path: Path) -> None:
+        self._raw = db
+        self._path = path
+
+    def damaged(self, exc: Exception) -> StoreDamagedError:
+        return StoreDamagedError(f"the index's {self._path.name} store is damaged ({_error_text(exc)}); "
+                                 "run `cliptool check --repair`")
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        import plyvel
+
+        try:
+            return self._raw.get(key, default, verify_checksums=True)
+        except plyvel.CorruptionError as exc:
+            raise self.damaged(exc) from None
+
+    def iterator(self, **options: Any) -> _VerifiedIterator:
+        return _VerifiedIterator(self._raw.iterator(verify_checksums=True, **options), self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+class _VerifiedIterator:
+    def __init__(self, it: Any, db: _Verified) -> None:
+        self._it = it
+        self._db = db
+
+    def __iter__(self) -> _VerifiedIterator:
+        return self
+
+    def __next__(self) -> Any:
+        import plyvel
+
+        try:
+            return next(self._it)
+        except plyvel.CorruptionError as exc:
+            raise self._db.damaged(exc) from None
+
+    def seek(self, target: bytes) -> None:
+        self._it.seek(target)
+
+    def close(self) -> None:
+        self._it.close()
+
+
+def store_damage(root: Path, lock_timeout: float = 30.0) -> dict[str, str]:
+    """Each store whose files fail LevelDB's own checks, with LevelDB's words: opened with
+    paranoid checks (its logs and MANIFEST), then every record read with its block checksum
+    verified. Empty when all three are whole."""
+    import plyvel
+
+    found: dict[str, str] = {}
+    for name in STORE_NAMES:
+        path = Path(root) / f"{name}.ldb"
+        deadline = time.monotonic() + lock_timeout
+        db = None
+        while db is None:
+            try:
+                db = plyvel.DB(str(path), paranoid_checks=True)
+            except plyvel.Error as exc:
+                if not _is_lock_error(exc):
+                    found[name] = _error_text(exc)
+                    break
+                if time.monotonic() >= deadline:
+                    raise IndexBusyError(f"index at {root} is held by another process; try again") from None
+                time.sleep(0.1)
+        if db is None:
+            continue
+        try:
+            # A block failing its checksum is skipped by a verifying iterator, silently: what it
+            # yields is compared with what an iterator that reads the blocks unverified yields.
+            checked = db.iterator(verify_checksums=True, fill_cache=False)
+            unchecked = db.iterator(verify_checksums=False, fill_cache=False)
+            for a, b in itertools.zip_longest(checked, unchecked):
+                if a != b:
+                    found[name] = "a block fails its checksum"
+                    break
+        except plyvel.Error as exc:
+            found[name] = _error_text(exc)
+        finally:
+            db.close()
+        for table in sorted(path.glob("*.ldb")):
+            why = _table_damage(table)
+            if why and name not in found:
+                found[name] = f"{table.name}: {why}"
+    return found
+
+
+def _crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), as LevelDB checksums its blocks (only small blocks are read here)."""
+    if not _CRC32C_TABLE:
+        _CRC32C_TABLE.extend(_crc32c_entry(i) for i in range(256))
+    table = _CRC32C_TABLE
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _crc32c_entry(i: int) -> int:
+    for _ in range(8):
+        i = (i >> 1) ^ (0x82F63B78 if i & 1 else 0)
+    return i
+
+
+_CRC32C_TABLE: list[int] = []
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+
+
+def _table_damage(path: Path) -> str | None:
+    """What is wrong with a LevelDB table's footer, index and meta-index blocks (the blocks that
+    lead to its data; a damaged one hides the whole table from every iterator), checked against
+    their CRC32C; None when they are whole. Data blocks are checked through LevelDB itself."""
+    try:
+        data = path.read_bytes()
+        if len(data) < 48 or data[-8:] != bytes.fromhex("57fb808b247547db"):
+            return "its footer is damaged"
+        at = len(data) - 48
+        handles = []
+        for _ in range(2):  # meta-index, then index block: (offset, size) varints
+            offset, at = _varint(data, at)
+            size, at = _varint(data, at)
+            handles.append((offset, size))
+        for offset, size in handles:
+            block, trailer = data[offset : offset + size + 1], data[offset + size + 1 : offset + size + 5]
+            rot = (struct.unpack("<I", trailer)[0] - 0xA282EAD8) & 0xFFFFFFFF  # LevelDB's masked CRC
+            stored = ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
+            if len(block) != size + 1 or _crc32c(block) != stored:
+                return "a block of its index fails its checksum"
+    except (OSError, IndexError, struct.error):
+        return "it cannot be read"
+    return None
+
+
+def repair_store(root: Path, name: str) -> None:
+    """LevelDB's repair of one store: its readable records kept, damaged blocks and log records
+    dropped (what they held shows up in `check` as damaged or orphaned videos)."""
+    import plyvel
+
+    try:
+        (Path(root) / CLEAN_MARKER).unlink(missing_ok=True)  # what was dropped may leave orphans
+        durable.sync_dir(root)
+        plyvel.repair_db(str(Path(root) / f"{name}.ldb"), paranoid_checks=True)
+        db = plyvel.DB(str(Path(root) / f"{name}.ldb"))
+        try:  # the schema key, should its block have been dropped (every store is written at one schema)
+            if db.get(_SCHEMA_KEY) is None and any(True for _ in db.iterator(include_value=False)):
+                db.put(_SCHEMA_KEY, str(SCHEMA_VERSION).encode(), sync=True)
+        finally:
+            db.close()
+    except (plyvel.Error, OSError) as exc:
+        raise CliptoolError(f"cannot repair the index's {name} store: {_error_text(exc)}") from None
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("held" in text or "resource temporarily unavailable" in text or "unavailable" in text)
@@ -187,9 +361,10 @@ class IndexStore:
     and readers hold the stores only for one batch and retry while another process has them.
     """
 
-    def __init__(self, root: Path, create: bool = False, lock_timeout: float = 30.0) -> None:
+    def __init__(self, root: Path, create: bool = False, lock_timeout: float = 30.0, paranoid: bool = False) -> None:
         self.root = Path(root)
         self.create = create
+        self.paranoid = paranoid  # LevelDB's paranoid_checks: a damaged log or MANIFEST fails the open
         self.lock_timeout = lock_timeout
         self._dbs: dict[str, Any] = {}
         self._began_changes = False  # this store has removed (or found missing) stores.clean
@@ -213,15 +388,18 @@ class IndexStore:
         if not self.create and not self.exists():
             raise IndexMissingError(f"no index at {self.root} yet; run `cliptool index FOLDER` first")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            durable.make_dirs(self.root)
         except OSError as exc:
             raise CliptoolError(f"cannot create index directory {self.root}: {exc.strerror}") from None
+        creating = self.create and not self.exists()
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.02
         while True:
             try:
                 for name in STORE_NAMES:
-                    self._dbs[name] = plyvel.DB(str(self.root / f"{name}.ldb"), create_if_missing=self.create)
+                    path = self.root / f"{name}.ldb"
+                    self._dbs[name] = _Verified(plyvel.DB(str(path), create_if_missing=self.create,
+                                                          paranoid_checks=self.paranoid), path)
                 break
             except plyvel.IOError as exc:
                 self.close()
@@ -235,6 +413,8 @@ class IndexStore:
                 self.close()
                 raise CliptoolError(f"index at {self.root} is damaged ({_error_text(exc)}); "
                                     "run `cliptool check --repair`") from None
+        if creating:  # the stores' folders, durable in the index folder before anything is committed
+            self._write(lambda: durable.sync_dir(self.root))
         if self.create:
             for db in self._dbs.values():
                 if db.get(_SCHEMA_KEY) is None:
@@ -401,7 +581,7 @@ class IndexStore:
             try:
                 os.unlink(self._clean_marker)
                 self._from_clean = True
-                _fsync_dir(self.root)
+                durable.sync_dir(self.root)
             except FileNotFoundError:
                 self._from_clean = False
             except OSError as exc:
@@ -426,7 +606,7 @@ class IndexStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            _fsync_dir(self.root)
+            durable.sync_dir(self.root)
         except Exception:  # noqa: BLE001 - the marker is an optimisation; without it the next run scans
             pass
 
@@ -625,14 +805,6 @@ class IndexStore:
         return len(scene_keys) + len(vector_keys)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _scenes_key(video_id: str, version: str) -> bytes:
     return f"s/{video_id}/{version}".encode()
 
@@ -641,16 +813,15 @@ def _scenes_key(video_id: str, version: str) -> bytes:
 def generation(root: Path) -> str:
     """The current generation token ('' when none was written yet)."""
     try:
-        return (Path(root) / "generation").read_text().strip()
+        return (Path(root) / "generation").read_bytes().decode("utf-8", "replace").strip()
     except OSError:
         return ""
 
 
 def bump_generation(root: Path) -> None:
-    path = Path(root) / "generation"
-    tmp = path.with_name(f"generation.{os.getpid()}.tmp")
-    tmp.write_text(uuid.uuid4().hex)
-    os.replace(tmp, path)
+    """A new token, durable before the commit that follows it: a crash must never bring back a
+    token that a search cache built before the commit recorded."""
+    durable.write_text(Path(root) / "generation", uuid.uuid4().hex)
 
 
 # -- one index run at a time --------------------------------------------------------------------

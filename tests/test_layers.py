@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cliptool"
 # Lowest first. A module may import its own layer's unit and anything in a lower layer; two units
 # of one layer (index and search, models and store, serve and bench) do not import each other.
 LAYERS: list[tuple[str, ...]] = [
+    ("durable",),  # writing files in an order a crash cannot break (imports nothing of cliptool)
     ("errors", "config"),  # the ground floor
     ("media",),  # files, decoding, time
     ("models", "store"),  # pixels and words to vectors; the three LevelDB stores

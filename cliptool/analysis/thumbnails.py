@@ -7,17 +7,18 @@ their re-creation, and `cliptool check` reports missing or extra ones as harmles
 deletes the extra ones). They are written by the index run at commit, from the sample frames it
 decoded anyway, and by `cliptool serve` on first request for an index made before (decoded from
 the video at the sample time). Every write goes to a temporary name first and is renamed into
-place, so a reader never sees half a picture.
+place, so a reader never sees half a picture. Each file ends, after the JPEG's end marker
+(where decoders stop reading), with `CHECK_MAGIC` and 8 bytes of blake2b of the picture:
+`read` serves only a picture that matches it (else it is made again, said on stderr), and
+`check` counts the ones that do not (`damaged`).
 
 The paths come from a scene id that was looked up in the store, never from a request as such.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,20 +67,44 @@ def encode(rgb: np.ndarray, width: int = WIDTH, quality: int = QUALITY) -> bytes
     return buf.tobytes()
 
 
+CHECK_MAGIC = b"CTck"
+_CHECK_BYTES = 8
+
+
+def _sum(picture: bytes) -> bytes:
+    import hashlib
+
+    return hashlib.blake2b(picture, digest_size=_CHECK_BYTES).digest()
+
+
+def with_check(picture: bytes) -> bytes:
+    """A JPEG with its checksum trailer (as the files are written)."""
+    return picture + CHECK_MAGIC + _sum(picture)
+
+
+def verified(data: bytes) -> bytes | None:
+    """The JPEG of a thumbnail file whose checksum matches; a file written before checksums
+    passes when it ends as a JPEG does; None for a damaged one."""
+    tail = len(CHECK_MAGIC) + _CHECK_BYTES
+    if len(data) > tail and data[-tail:-_CHECK_BYTES] == CHECK_MAGIC:
+        picture = data[:-tail]
+        return picture if _sum(picture) == data[-_CHECK_BYTES:] else None
+    return data if data.startswith(b"\xff\xd8") and data.endswith(b"\xff\xd9") else None
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Writes a thumbnail through a temporary file beside it (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jpg", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Writes a thumbnail through a temporary file beside it, synced before and after it is
+    renamed into place (a reader never sees half a file, nor a crash an empty one)."""
+    write_all([(path, data)])
+
+
+def write_all(items: list[tuple[Path, bytes]]) -> None:
+    """write_atomic for many thumbnails: each synced, then renamed, then each folder synced once."""
+    from cliptool import durable
+
+    for folder in sorted({path.parent for path, _ in items}):
+        durable.make_dirs(folder)
+    durable.write_many([(path, with_check(data)) for path, data in items])
 
 
 def write_scene_thumbnails(index_dir: Path, record: VideoRecord, scenes: list[SceneRecord],
@@ -91,11 +116,10 @@ def write_scene_thumbnails(index_dir: Path, record: VideoRecord, scenes: list[Sc
     written = 0
     if pictures:
         try:
-            for scene, jpegs in zip(scenes, pictures):
-                for k, data in enumerate(jpegs or []):
-                    if data:
-                        write_atomic(path_for(index_dir, scene.scene_id, k), data)
-                        written += 1
+            items = [(path_for(index_dir, scene.scene_id, k), data) for scene, jpegs in zip(scenes, pictures)
+                     for k, data in enumerate(jpegs or []) if data]
+            write_all(items)
+            written = len(items)
         except (OSError, ValueError):
             pass
     drop_other_versions(index_dir, record)
@@ -115,10 +139,35 @@ def drop_other_versions(index_dir: Path, record: VideoRecord) -> None:
 
 
 def read(index_dir: Path, scene_id: str, sample: int) -> bytes | None:
+    """The JPEG of a sample's thumbnail; None when there is none, or it fails its checksum (said
+    on stderr: it is made again)."""
+    import sys
+
     try:
-        return path_for(index_dir, scene_id, sample).read_bytes()
+        data = path_for(index_dir, scene_id, sample).read_bytes()
     except OSError:
         return None
+    picture = verified(data)
+    if picture is None:
+        print(f"cliptool: thumbnail {scene_id} #{sample} was damaged (it fails its checksum); made again",
+              file=sys.stderr)
+    return picture
+
+
+def damaged(index_dir: Path, scene_ids: dict[str, list[tuple[str, int]]]) -> list[Path]:
+    """The thumbnail files of current scenes that fail their checksum (`check` reads them all)."""
+    found = []
+    for scenes in scene_ids.values():
+        for sid, n in scenes:
+            for k in range(n):
+                try:
+                    path = path_for(index_dir, sid, k)
+                    data = path.read_bytes()
+                except (OSError, ValueError):
+                    continue  # missing: counted by survey
+                if verified(data) is None:
+                    found.append(path)
+    return found
 
 
 def make(index_dir: Path, record: VideoRecord, scene: SceneRecord, sample: int, *, cache: bool = True) -> bytes:
@@ -185,5 +234,5 @@ def delete(paths: Iterable[Path]) -> None:
                 pass
 
 
-__all__ = ["THUMB_DIR", "WIDTH", "delete", "drop_other_versions", "encode", "make", "path_for", "read",
-           "survey", "write_atomic", "write_scene_thumbnails"]
+__all__ = ["CHECK_MAGIC", "THUMB_DIR", "WIDTH", "damaged", "delete", "drop_other_versions", "encode", "make", "path_for", "read",
+           "survey", "verified", "with_check", "write_all", "write_atomic", "write_scene_thumbnails"]

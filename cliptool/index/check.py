@@ -11,8 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from cliptool.errors import CliptoolError, one_line, printable
-from cliptool.store import IndexStore, VideoRecord, WriterLock, decode_vectors, scene_id
+from cliptool.errors import CliptoolError, IndexMissingError, one_line, printable
+from cliptool.store import (
+    IndexStore,
+    StoreDamagedError,
+    VideoRecord,
+    WriterLock,
+    decode_vectors,
+    repair_store,
+    scene_id,
+    store_damage,
+)
 
 # Kinds of problem: "orphan" (scene lists or vectors no record names: left by an interrupted
 # write, harmless), "video" (a record whose scene list or vectors are missing or malformed),
@@ -20,8 +29,12 @@ from cliptool.store import IndexStore, VideoRecord, WriterLock, decode_vectors, 
 # failure note), "identity" (a video filed under another spelling of its path: `..`, a symbolic
 # link, or an index made before ids came from real paths; a second such record is a duplicate),
 # "collection" (the Milvus collection recorded in the index is missing, damaged or out of step).
+# "store" (a store's files fail LevelDB's checksums: repair keeps what is readable), "thumbnail"
+# (thumbnails that fail their checksum: repair deletes them, they are made again on request).
 ORPHAN, VIDEO, CACHE, FAILURE, IDENTITY = "orphan", "video", "cache", "failure", "identity"
-COLLECTION = "collection"
+COLLECTION, STORE, THUMBNAIL = "collection", "store", "thumbnail"
+
+NORM_TOLERANCE = 1e-3  # a stored vector's length is 1 within this
 
 
 @dataclass
@@ -67,7 +80,10 @@ class CheckReport:
 
 def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> list[str]:
     """What is wrong with one video's scene list and vectors ([] when it is whole)."""
-    raw = store.raw_scene_list(video)
+    try:
+        raw = store.raw_scene_list(video)
+    except StoreDamagedError:
+        return [f"{video.path}: its scene list fails its checksum"]
     if raw is None:
         return [f"{video.path}: its scene list is missing"]
     try:
@@ -81,8 +97,13 @@ def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> li
         wrong.append(f"{video.path}: {len(scenes)} scenes stored, its record says {video.scene_count}")
     if indices != list(range(len(scenes))) or ids != [scene_id(video.video_id, video.version, i) for i in indices]:
         wrong.append(f"{video.path}: its scene list is out of order or names other scenes")
+    wrong += _time_problems(video, scenes)
     keys = []
-    for key, value in store.vector_records(video):
+    try:
+        records = list(store.vector_records(video))
+    except StoreDamagedError:
+        return wrong + [f"{video.path}: its vectors fail their checksum"]
+    for key, value in records:
         keys.append(key)
         try:
             vec = decode_vectors(value)
@@ -92,11 +113,63 @@ def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> li
         dims.add(vec.scene.shape[0])
         if not np.all(np.isfinite(vec.scene)) or not np.all(np.isfinite(vec.frames)):
             wrong.append(f"{video.path}: vector record {key} holds NaN or infinity")
+        elif not _unit(vec.scene) or not _unit(vec.frames):
+            wrong.append(f"{video.path}: vector record {key} holds a vector whose length is not 1")
     if keys != ids:
         missing = len(set(ids) - set(keys))
         extra = len(set(keys) - set(ids))
         wrong.append(f"{video.path}: {missing} scene vector(s) missing, {extra} unexpected")
     return wrong
+
+
+def _unit(vectors: np.ndarray) -> bool:
+    norms = np.linalg.norm(np.asarray(vectors, dtype=np.float64).reshape(-1, vectors.shape[-1]), axis=1)
+    return bool(np.all(np.abs(norms - 1.0) <= NORM_TOLERANCE))
+
+
+def _time_problems(video: VideoRecord, scenes: list[dict[str, Any]]) -> list[str]:
+    """Scene times out of order, or outside the video (what no checksum covers)."""
+    slack = max(0.05, 2.0 / video.fps) if video.fps > 0 else 0.05
+    end_of_video = video.duration + slack if video.duration > 0 else float("inf")
+    last_start = 0.0
+    try:
+        for s in scenes:
+            start, end = float(s["start_time"]), float(s["end_time"])
+            samples = [float(t) for t in s.get("sample_times", [])]
+            if not (0.0 <= start < end <= end_of_video and start >= last_start - slack):
+                return [f"{video.path}: scene {s['index']} spans {start:g}-{end:g} s, out of order or outside "
+                        f"the video's {video.duration:g} s"]
+            if samples != sorted(samples) or any(not start - slack <= t <= end + slack for t in samples):
+                return [f"{video.path}: scene {s['index']}'s sample times are out of order or outside the scene"]
+            last_start = start
+    except (KeyError, TypeError, ValueError):
+        return [f"{video.path}: its scene list is malformed"]
+    return []
+
+
+def _check_stores(index_dir: Path, report: CheckReport, repair: bool) -> None:
+    """LevelDB's own checks of every store file (paranoid open, every block's checksum); with
+    repair, LevelDB's repair keeps what is readable (what was lost then shows as damaged or
+    orphaned videos, which the rest of the check names and repairs)."""
+    from cliptool.vectors.faiss import read_manifest
+
+    for name, why in store_damage(index_dir).items():
+        problem = Problem(STORE, f"the {name} store is damaged ({why})")
+        report.problems.append(problem)
+        if repair:
+            repair_store(index_dir, name)
+            problem.repaired = name not in store_damage(index_dir)
+            if name == "videos" and problem.repaired:
+                _restore_model(index_dir, read_manifest(index_dir))
+
+
+def _restore_model(index_dir: Path, manifest: dict[str, Any] | None) -> None:
+    """The index's model record, should the videos store's repair have dropped it: from the
+    search cache's manifest, which names the same model."""
+    with IndexStore(index_dir) as store:
+        if store.meta() or not manifest or not manifest.get("model_identity"):
+            return
+        store.bind_model(manifest["model_identity"], manifest["model"])
 
 
 def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -> CheckReport:
@@ -106,13 +179,29 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
     `cliptool index` redoes it) and rebuilds a corrupt or disagreeing cache. Holds the writer
     lock (an index run in progress would look like orphans), unless take_lock is False.
     """
-    from cliptool.vectors.faiss import cache_problems, cache_state, rebuild, sync_cache
-
     index_dir = Path(index_dir)
     if take_lock:
         with _try_lock(index_dir):
             return check_index(index_dir, repair, take_lock=False)
     report = CheckReport(str(index_dir))
+    if not IndexStore(index_dir).exists():
+        raise IndexMissingError(f"no index at {index_dir} yet; run `cliptool index FOLDER` first")
+    _check_stores(index_dir, report, repair)
+    try:  # with a store still damaged, as far as its readable records go: each damaged video named
+        _check_stored(index_dir, report, repair)
+    except StoreDamagedError as exc:
+        report.problems.append(Problem(STORE, one_line(exc)))
+    except CliptoolError as exc:
+        if not any(p.kind == STORE and not p.repaired for p in report.problems):
+            raise
+        report.problems.append(Problem(STORE, one_line(exc)))  # the stores cannot be opened at all
+    return report
+
+
+def _check_stored(index_dir: Path, report: CheckReport, repair: bool) -> None:
+    """check_index once the store files are whole: the stores' contents, thumbnails, the cache."""
+    from cliptool.vectors.faiss import cache_problems, cache_state, rebuild, sync_cache
+
     with IndexStore(index_dir) as store:
         records = list(store.videos())
         report.videos = len(records)
@@ -168,9 +257,8 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
     records = [r for r in records if r.video_id not in damaged_ids]
     _check_thumbnails(index_dir, report, records, repair)
     report.cache = cache_state(index_dir)  # "stale" is no problem: a search adds what is newer
-    if report.cache != "missing":
-        for w in cache_problems(index_dir, expected, records, stale=report.cache == "stale"):
-            report.problems.append(Problem(CACHE, w))
+    for w in cache_problems(index_dir, expected, records, stale=report.cache == "stale"):  # a damaged manifest too
+        report.problems.append(Problem(CACHE, w))
     if repair and (damaged or misfiled or any(p.kind == CACHE for p in report.problems) or report.cache != "current"):
         try:  # a cache that disagrees is built again; one that only lags is caught up (appended)
             if any(p.kind == CACHE for p in report.problems) or report.cache == "missing":
@@ -186,7 +274,23 @@ def check_index(index_dir: Path, repair: bool = False, take_lock: bool = True) -
         except OSError as exc:
             report.problems.append(Problem(CACHE, f"could not rebuild the search cache: {exc.strerror or exc}"))
     _check_collection(index_dir, report, records, repair)  # a Milvus collection recorded in the index
-    return report
+    _check_text_export(index_dir, report, repair)
+
+
+def _check_text_export(index_dir: Path, report: CheckReport, repair: bool) -> None:
+    """The text tower export against the checksums its marker records; repair removes a damaged
+    one (searches use open_clip until the next index run writes it again)."""
+    from cliptool.models.clip import TEXTENC_MARKER, remove_text_export, text_encoder_identity, text_export_damage
+
+    identity = text_encoder_identity(index_dir)
+    if identity is None and not (index_dir / TEXTENC_MARKER).exists():
+        return
+    damage = text_export_damage(index_dir) if identity is not None else f"{TEXTENC_MARKER} is unreadable"
+    if damage is not None:
+        report.problems.append(Problem(CACHE, f"{damage}; removed, the next index run writes it again"
+                                       if repair else damage, repaired=repair))
+        if repair:
+            remove_text_export(index_dir)
 
 
 def _check_collection(index_dir: Path, report: CheckReport, records: list[VideoRecord], repair: bool) -> None:
@@ -226,10 +330,16 @@ def _check_thumbnails(index_dir: Path, report: CheckReport, records: list[VideoR
     with IndexStore(index_dir) as store:
         scene_ids = {r.video_id: [(s.scene_id, len(s.sample_times)) for s in store.scenes(r)] for r in records}
     missing, extra = thumbnails.survey(index_dir, records, scene_ids)
+    damaged = thumbnails.damaged(index_dir, scene_ids)
     report.thumbnails = {"missing": missing, "extra": len(extra), "deleted": 0}
-    if repair and extra:
-        thumbnails.delete(extra)
-        report.thumbnails["deleted"] = len(extra)
+    if damaged:
+        report.thumbnails["damaged"] = len(damaged)
+        report.problems.append(Problem(THUMBNAIL, f"{len(damaged)} thumbnail(s) fail their checksum, e.g. "
+                                       f"{damaged[0].relative_to(index_dir)} (made again on request once deleted)",
+                                       repaired=repair))
+    if repair and (extra or damaged):
+        thumbnails.delete(extra + damaged)
+        report.thumbnails["deleted"] = len(extra) + len(damaged)
 
 
 def _raw_failures(store: IndexStore) -> list[tuple[str, dict[str, Any] | None]]:

@@ -296,11 +296,11 @@ def _install_text_export(cached: Path, index_dir: Path, identity: str) -> None:
     model's; the marker is written last, so a half-copied export is never taken for one."""
     from cliptool.models.text import copy_export
 
-    copy_export(cached, index_dir / TEXTENC_DIR)
-    marker = index_dir / TEXTENC_MARKER
-    tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"model_identity": identity}))
-    os.replace(tmp, marker)
+    from cliptool import durable
+
+    copy_export(cached, index_dir / TEXTENC_DIR)  # synced, then the marker that names it
+    files = {f.name: durable.digest(f) for f in sorted((index_dir / TEXTENC_DIR).iterdir()) if f.is_file()}
+    durable.write_text(index_dir / TEXTENC_MARKER, json.dumps({"model_identity": identity, "files": files}))
     _remove_old_text_export(index_dir)
 
 
@@ -372,6 +372,37 @@ def text_encoder_identity(index_dir: Path) -> str | None:
         return json.loads((Path(index_dir) / TEXTENC_MARKER).read_text()).get("model_identity")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def text_export_damage(index_dir: Path, precision: str | None = None) -> str | None:
+    """What of the index's text tower export fails the checksums its marker records (None: all
+    match, or a marker from before checksums). `precision`: only the files it loads ("int8"
+    or "fp32"); None: every file."""
+    from cliptool import durable
+
+    try:
+        files = json.loads((Path(index_dir) / TEXTENC_MARKER).read_text()).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        return f"the text tower export's marker ({TEXTENC_MARKER}) is unreadable"
+    skip = {"int8": "text.onnx", "fp32": "text-int8.onnx"}.get(precision or "", "\0")
+    for name, checksum in sorted(files.items()):
+        if name.startswith(skip):
+            continue
+        try:
+            if durable.digest(Path(index_dir) / TEXTENC_DIR / name) == checksum:
+                continue
+        except OSError:
+            pass
+        return f"the index's text tower export ({TEXTENC_DIR}/{name}) fails its checksum"
+    return None
+
+
+def remove_text_export(index_dir: Path) -> None:
+    """Deletes the index's text tower export, marker first (the next index run writes it again)."""
+    import shutil
+
+    (Path(index_dir) / TEXTENC_MARKER).unlink(missing_ok=True)
+    shutil.rmtree(Path(index_dir) / TEXTENC_DIR, ignore_errors=True)
 
 
 def text_export_due(index_dir: Path, identity: str) -> bool:

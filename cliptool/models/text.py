@@ -850,6 +850,8 @@ def add_int8_variant(folder: str | os.PathLike) -> dict[str, Any]:
     ``{"file", "min_cosine"}``, or ``{"unavailable": reason}``. Needs the onnx package (which
     torch's exporter uses), not torch; works on a copy, so a hard-linked export is never touched.
     """
+    from cliptool import durable
+
     folder = Path(folder)
     meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     work = Path(tempfile.mkdtemp(prefix=".int8-", dir=folder))
@@ -883,15 +885,15 @@ def add_int8_variant(folder: str | os.PathLike) -> dict[str, Any]:
             else:  # into place whole (weights first): another process may be adding the same variant
                 for name in (INT8_WEIGHTS_FILE, INT8_MODEL_FILE):
                     if (work / name).exists():
-                        os.replace(work / name, folder / name)
+                        durable.sync_file(work / name)
+                        durable.replace(work / name, folder / name)
         except Exception as exc:  # noqa: BLE001 - the quantiser and ONNX Runtime raise many kinds
             entry = {"unavailable": f"it could not be quantised ({type(exc).__name__}: "
                                     f"{' '.join(str(exc).split())[:120]})"}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    tmp = folder / f".{META_FILE}.{os.getpid()}.tmp"  # replaced, not rewritten: it may be hard-linked
-    tmp.write_text(json.dumps({**meta, "int8": entry}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / META_FILE)
+    # replaced, not rewritten: it may be hard-linked
+    durable.write_text(folder / META_FILE, json.dumps({**meta, "int8": entry}, indent=2) + "\n")
     return entry
 
 
@@ -917,9 +919,14 @@ def copy_export(src: str | os.PathLike, out_dir: str | os.PathLike) -> None:
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename directory `src` to `dst`, replacing an existing `dst`."""
+    """Rename directory `src` to `dst`, replacing an existing `dst`; `src` is synced first and
+    the parent after (a crash leaves the old export or the whole new one)."""
+    from cliptool import durable
+
+    durable.sync_tree(src)
     if not dst.exists() and not dst.is_symlink():
         os.rename(src, dst)
+        durable.sync_dir(dst.parent)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
     os.rmdir(old)
@@ -929,6 +936,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
     except BaseException:
         os.rename(old, dst)  # put the previous export back
         raise
+    durable.sync_dir(dst.parent)
     if old.is_dir() and not old.is_symlink():
         shutil.rmtree(old, ignore_errors=True)
     else:

@@ -18,7 +18,13 @@ from typing import TypeVar
 
 import numpy as np
 
-from cliptool.models.clip import ClipModel, TEXTENC_DIR, text_encoder_identity, warn_slow_text_path
+from cliptool.models.clip import (
+    ClipModel,
+    TEXTENC_DIR,
+    text_encoder_identity,
+    text_export_damage,
+    warn_slow_text_path,
+)
 from cliptool.models.spec import ModelSpec
 from cliptool.errors import IndexMismatchError, UsageError, one_line
 from cliptool.store import IndexStore, generation
@@ -174,20 +180,29 @@ class Searcher:
         if self._text_encoder is None:
             self._text_encoder = False
             if text_encoder_identity(self.index_dir) == self.vectors.meta.get("model_identity"):
+                from concurrent.futures import ThreadPoolExecutor
+
                 from cliptool.models.text import OnnxTextEncoder
 
                 folder, prepack = self.index_dir / TEXTENC_DIR, self.text_runtime != "numpy"
-                try:
+                with ThreadPoolExecutor(1) as pool:  # its files checked while ONNX Runtime loads them
+                    damage = pool.submit(text_export_damage, self.index_dir, self.text_precision)
                     try:
-                        self._text_encoder = OnnxTextEncoder.load(folder, prepack=prepack,
-                                                                  precision=self.text_precision)
-                    except ValueError as exc:
-                        if self.text_precision == "fp32":
-                            raise
-                        print(f"note: {one_line(exc)}; using the exact text tower", file=sys.stderr)
-                        self._text_encoder = OnnxTextEncoder.load(folder, prepack=prepack)
-                except Exception:  # noqa: BLE001 - damaged or foreign export, or ONNX Runtime failed: open_clip
-                    self._text_encoder = False
+                        try:
+                            self._text_encoder = OnnxTextEncoder.load(folder, prepack=prepack,
+                                                                      precision=self.text_precision)
+                        except ValueError as exc:
+                            if self.text_precision == "fp32":
+                                raise
+                            print(f"note: {one_line(exc)}; using the exact text tower", file=sys.stderr)
+                            self._text_encoder = OnnxTextEncoder.load(folder, prepack=prepack)
+                    except Exception:  # noqa: BLE001 - damaged or foreign export, or ONNX Runtime failed: open_clip
+                        self._text_encoder = False
+                    if damage.result() is not None and self._text_encoder:
+                        print(f"cliptool: {damage.result()}; using open_clip's text tower "
+                              "(`cliptool check --repair` removes it, the next index run writes it again)",
+                              file=sys.stderr)
+                        self._text_encoder = False
         return self._text_encoder or None
 
     @property

@@ -149,10 +149,10 @@ def record_vector_store(index_dir: Path, text: str) -> MilvusTarget | None:
     connect(target)
     if target.lite:
         release(target)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{VECTOR_STORE_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"vector_store": target.spelled}))
-    os.replace(tmp, path)
+    from cliptool import durable
+
+    durable.make_dirs(index_dir)
+    durable.write_text(path, json.dumps({"vector_store": target.spelled}))
     return target
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from cliptool import durable
 from cliptool.errors import CliptoolError
 from cliptool.vectors.faiss.segment import (
     APPROX_CANDIDATES,
@@ -141,18 +142,27 @@ def approximate(directory: Path, trained_from: Path | None, mode: str | None = N
         train_rows = np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))
         vectors = seg.vectors_view()
         index.train(np.ascontiguousarray(vectors[train_rows], dtype=np.float32))
-        faiss.write_index(index, str(directory / "trained.faiss"))
+        _write_index(index, directory / "trained.faiss")
         info = {"factory": factory, "nlist": nlist, "nprobe": 1, "candidates": APPROX_CANDIDATES,
                 "trained_on": int(len(train_rows))}
     vectors = seg.vectors_view()
     for a in range(0, n, MERGE_CHUNK):
         index.add(np.ascontiguousarray(vectors[a : a + MERGE_CHUNK], dtype=np.float32))
-    faiss.write_index(index, str(directory / "approx.faiss.tmp"))
-    os.replace(directory / "approx.faiss.tmp", directory / "approx.faiss")
+    _write_index(index, directory / "approx.faiss")
     seg.meta["approx"] = info
     seg._approx = index
     if trained_from is None:
         tune_nprobe(seg, info)
     meta = json.loads((directory / "meta.json").read_text())
     meta["approx"] = info
-    (directory / "meta.json").write_text(json.dumps(meta))
+    durable.write_text(directory / "meta.json", json.dumps(meta))
+
+
+def _write_index(index: Any, path: Path) -> None:
+    """A FAISS index written beside `path`, synced, and renamed into place (folder synced)."""
+    import faiss
+
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    durable.sync_file(tmp)
+    durable.replace(tmp, path)

@@ -43,17 +43,21 @@ def load_vector_index(index_dir: Path) -> VectorIndex | LiveIndex:
     unreadable: set[tuple[str, ...]] = set()
     why = ""
     for _ in range(LOAD_ATTEMPTS):
-        manifest = read_manifest(index_dir)
+        damage: list[str] = []
+        manifest = read_manifest(index_dir, damage)
         token = generation(index_dir)
         if manifest is None:
-            sync_cache(index_dir)  # no cache yet (raises when the index holds nothing)
+            if damage:
+                _say_rebuilt(damage[0])
+            sync_cache(index_dir, rebuild_all=bool(damage))  # no cache yet (raises when the index holds nothing)
             continue
         names = tuple(s["name"] for s in manifest["segments"])
         try:
-            segments = [VectorIndex(root / name) for name in names]
+            segments = [VectorIndex(root / s["name"], s.get("files")) for s in manifest["segments"]]
         except (OSError, ValueError, RuntimeError) as exc:
             why = one_line(exc)
             if names in unreadable:  # damaged, not just replaced as we opened it: build anew
+                _say_rebuilt(why)
                 sync_cache(index_dir, rebuild_all=True)
             else:
                 unreadable.add(names)
@@ -65,9 +69,18 @@ def load_vector_index(index_dir: Path) -> VectorIndex | LiveIndex:
         live = _live_index(index_dir, manifest, segments, stale=not current)
         if live is not None:
             return live
-        sync_cache(index_dir)  # much committed since: appended to the cache (no rebuild from scratch)
+        done = sync_cache(index_dir)  # much committed since: appended to the cache (no rebuild from scratch)
+        if done.damaged:
+            _say_rebuilt(done.damaged)
     raise CliptoolError(f"cannot read the search cache at {root} ({why or 'it keeps changing'}); "
                         "run `cliptool check --repair`")
+
+
+def _say_rebuilt(why: str) -> None:
+    """The one line a search says when it finds the cache damaged (it is never served)."""
+    import sys
+
+    print(f"cliptool: {why}; the search cache is rebuilt from the stores", file=sys.stderr)
 
 
 def _live_index(index_dir: Path, manifest: dict[str, Any], segments: list[VectorIndex], stale: bool) -> LiveIndex | None:
@@ -324,12 +337,13 @@ def cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: li
     """What is wrong with the live search cache (its segments, retired rows hidden), compared
     with the stores; of a stale cache (commits not yet appended), only the videos it agrees on
     with the stores are compared."""
-    manifest = read_manifest(index_dir)
+    damage: list[str] = []
+    manifest = read_manifest(index_dir, damage)
     if manifest is None:
-        return []
+        return damage
     root = cache_root(index_dir)
     try:
-        segments = [VectorIndex(root / s["name"]) for s in manifest["segments"]]
+        segments = [VectorIndex(root / s["name"], s.get("files")) for s in manifest["segments"]]
         ids: list[str] = []
         wrong_vector = ""
         for entry, seg in zip(manifest["segments"], segments):
@@ -343,7 +357,7 @@ def cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: li
                     wrong_vector = sid
         live = live_map(manifest, segments)
     except Exception as exc:  # noqa: BLE001 - any failure to load means a corrupt cache
-        return [f"the search cache cannot be read ({type(exc).__name__})"]
+        return [f"the search cache cannot be read ({one_line(exc) if isinstance(exc, ValueError) else type(exc).__name__})"]
     if stale:  # only the videos the cache and the stores agree on; a search lays the rest over it
         state = {r.video_id: (r.version, r.path) for r in records}
         same = {(vid, version) for vid, (version, path, _, _) in live.items() if state.get(vid) == (version, path)}

@@ -7,7 +7,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cliptool import durable
 from cliptool.errors import IndexBusyError
 from cliptool.store import generation
 from cliptool.vectors.faiss.segment import VectorIndex
@@ -25,7 +25,7 @@ CACHE_DIR = "faiss"
 BUILD_LOCK_TIMEOUT = 600.0  # seconds a process waits for another one's cache build
 
 
-MANIFEST_FORMAT = 2
+MANIFEST_FORMAT = 3  # 3: the manifest carries its own checksum ("sum") and each segment's files' ("files")
 
 
 # -- the manifest ---------------------------------------------------------------------------------
@@ -33,26 +33,41 @@ def cache_root(index_dir: Path) -> Path:
     return Path(index_dir) / CACHE_DIR
 
 
-def read_manifest(index_dir: Path) -> dict[str, Any] | None:
-    """The live cache's manifest (segments, retired videos, generation), None when there is none.
+def read_manifest(index_dir: Path, damage: list[str] | None = None) -> dict[str, Any] | None:
+    """The live cache's manifest (segments, retired videos, generation), None when there is none
+    or it is damaged (then why is added to `damage`: a search rebuilds, `check` reports it).
 
     An older cache's CURRENT names one build; it reads as a manifest of that one segment."""
     root = cache_root(index_dir)
     try:
-        text = (root / "CURRENT").read_text().strip()
+        raw = (root / "CURRENT").read_bytes()
     except OSError:
         return None
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = "{"  # damaged: said below
     if not text:
         return None
     if text.startswith("{"):
         try:
             manifest = json.loads(text)
-        except ValueError:
+            whole = isinstance(manifest, dict) and manifest.get("segments")
+            if whole and ("sum" in manifest or int(manifest.get("format", 0)) >= 3):
+                claimed = manifest.pop("sum", None)
+                whole = claimed == durable.digest_bytes(json.dumps(manifest, separators=(",", ":")).encode())
+        except (ValueError, TypeError, AttributeError):
+            whole = False
+        if not whole:
+            if damage is not None:
+                damage.append("the search cache's manifest (faiss/CURRENT) fails its checksum")
             return None
-        return manifest if isinstance(manifest, dict) and manifest.get("segments") else None
+        return manifest
     try:
         meta = json.loads((root / text / "meta.json").read_text())
     except (OSError, ValueError):
+        if damage is not None:
+            damage.append("the search cache's manifest (faiss/CURRENT) names no segment")
         return None
     return {"format": 1, "generation": meta.get("generation"), "model": meta.get("model"),
             "model_identity": meta.get("model_identity"), "dim": meta.get("dim"),
@@ -60,13 +75,12 @@ def read_manifest(index_dir: Path) -> dict[str, Any] | None:
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Replaces CURRENT atomically (written aside and synced first)."""
-    tmp = root / f"CURRENT.{os.getpid()}.{secrets.token_hex(3)}.tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(manifest, separators=(",", ":")))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / "CURRENT")
+    """Replaces CURRENT atomically and durably (written aside and synced, renamed, folder
+    synced): call only once every segment it names is synced (`durable.sync_tree`)."""
+    body = {k: v for k, v in manifest.items() if k != "sum"}
+    text = json.dumps(body, separators=(",", ":"))
+    durable.write_text(root / "CURRENT", json.dumps({**body, "sum": durable.digest_bytes(text.encode())},
+                                                    separators=(",", ":")))
 
 
 def current_build(index_dir: Path) -> Path | None:
@@ -121,7 +135,7 @@ class BuildLock:
         self._fd: int | None = None
 
     def __enter__(self) -> BuildLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        durable.make_dirs(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + self.timeout
         while True:

@@ -4,7 +4,6 @@ up, compaction into a new base, a rebuild from scratch only when asked."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterable
@@ -14,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from cliptool.errors import IndexMissingError
+from cliptool import durable
+from cliptool.errors import IndexMissingError, one_line
 from cliptool.store import IndexStore, VideoRecord, generation
 from cliptool.vectors.faiss.approx import DELTA_APPROX_MIN_ROWS, approximate
 from cliptool.vectors.faiss.manifest import (
@@ -29,7 +29,7 @@ from cliptool.vectors.faiss.manifest import (
     video_rows,
     write_manifest,
 )
-from cliptool.vectors.faiss.segment import MERGE_CHUNK, VectorIndex
+from cliptool.vectors.faiss.segment import MERGE_CHUNK, VectorIndex, checksum_files
 from cliptool.vectors.faiss.writer import FlatWriter, NpyWriter, write_vectors
 
 COMPACT_RETIRED = 0.25  # compaction when retired rows pass this fraction of the cache's rows
@@ -55,6 +55,7 @@ class SyncResult:
     merged: int = 0  # segments merged into one
     compacted: bool = False  # everything merged into a new base
     messages: list[str] = field(default_factory=list)
+    damaged: str = ""  # what was found damaged (a file failing its checksum), when it was rebuilt for that
 
 
 def sync_cache(index_dir: Path, video_ids: Iterable[str] | None = None, since: str | None = None,
@@ -98,15 +99,20 @@ def _sync_locked(index_dir: Path, root: Path, video_ids: list[str] | None, since
                  rebuild_all: bool) -> SyncResult:
     result = SyncResult()
     token = generation(index_dir)  # read before the stores: a later commit makes this cache stale
-    manifest = None if rebuild_all else read_manifest(index_dir)
+    damage: list[str] = []
+    manifest = None if rebuild_all else read_manifest(index_dir, damage)
     if manifest is not None and video_ids is None and manifest.get("generation") == token:
         return result
     segments: list[VectorIndex] = []
     if manifest is not None:
         try:
-            segments = [VectorIndex(root / s["name"]) for s in manifest["segments"]]
-        except (OSError, ValueError, RuntimeError, KeyError):
+            segments = [VectorIndex(root / s["name"], s.get("files")) for s in manifest["segments"]]
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
             manifest = None  # damaged: built again from the stores
+            damage.append(one_line(exc))
+    if damage:
+        result.damaged = damage[0]
+        result.messages.append(f"{damage[0]}; the search cache is rebuilt from the stores")
     new_segment: tuple[str, int] | None = None
     with IndexStore(index_dir) as store:
         meta = store.meta()
@@ -162,6 +168,9 @@ def _sync_locked(index_dir: Path, root: Path, video_ids: list[str] | None, since
         approximate(root / manifest["segments"][0]["name"], None)
     else:
         manifest = _merge_as_needed(root, manifest, result)
+    for entry in manifest["segments"]:  # new segments, whole: their files' checksums
+        if "files" not in entry:
+            entry["files"] = checksum_files(root / entry["name"])
     write_manifest(root, manifest)
     remove_unlisted(root, {s["name"] for s in manifest["segments"]})
     return result
@@ -231,7 +240,7 @@ def _merge(root: Path, manifest: dict[str, Any], entries: list[dict[str, Any]], 
     """Merges segments (their live rows, in order) into a new one; returns its name and rows.
     `train`: the result is a new base and gets its own approximate index when large enough;
     else a large result is encoded with the base's trained quantiser."""
-    parts = [(VectorIndex(root / e["name"]), set(e.get("retired", ()))) for e in entries]
+    parts = [(VectorIndex(root / e["name"], e.get("files")), set(e.get("retired", ()))) for e in entries]
     name, rows = _merge_segments(root, parts, int(manifest["dim"]), manifest)
     base = root / manifest["segments"][0]["name"]
     approximate(root / name, None if train else base)
@@ -253,7 +262,7 @@ def _write_segment(store: IndexStore, records: list[VideoRecord], root: Path, me
     """Streams the given videos' vectors from the stores into a new segment; returns its
     name, rows and dimension. Memory stays at one video's vectors plus the row table."""
     name = secrets.token_hex(6)
-    root.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(root)
     tmp = root / f"tmp-{name}"
     tmp.mkdir()
     try:
@@ -265,7 +274,8 @@ def _write_segment(store: IndexStore, records: list[VideoRecord], root: Path, me
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.replace(tmp, root / name)
+    durable.sync_tree(tmp)
+    durable.replace(tmp, root / name)
     return name, rows, dim
 
 
@@ -347,5 +357,6 @@ def _merge_segments(root: Path, parts: list[tuple[VectorIndex, set[int]]], dim: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.replace(tmp, root / name)
+    durable.sync_tree(tmp)
+    durable.replace(tmp, root / name)
     return name, rows
