@@ -166,3 +166,85 @@ def test_clips_errors_are_one_line(library: tuple[Path, Path], tmp_path: Path) -
     one_line_error(run_here(index_dir, "clips", "", "-o", tmp_path / "o"), 2, "empty query")
     one_line_error(run_here(index_dir, "clips", "bikes", "-o", tmp_path / "o", "--edl", tmp_path / "x.txt"), 2, ".edl")
     assert not (tmp_path / "o").exists()
+
+
+def _write_444(path: Path, frames: int = 100, size: tuple[int, int] = (320, 240)) -> None:
+    """A moving picture as x264 High 4:4:4 Predictive, a key frame each second."""
+    import av
+
+    w, h = size
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv444p"
+        vs.options = {"g": "25", "crf": "18", "preset": "veryfast"}
+        for i in range(frames):
+            img = np.zeros((h, w, 3), np.uint8)
+            img[..., 0] = (np.arange(w)[None, :] * 255 // w + 3 * i) % 256
+            img[..., 1] = 40 + 5 * i % 100
+            img[..., 2] = np.arange(h)[:, None] * 255 // h
+            img[50:100, 2 * i % w:2 * i % w + 40] = (250, 40, 200)
+            for packet in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in vs.encode(None):
+            out.mux(packet)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.profile == "High 4:4:4 Predictive"
+
+
+def _remux(src: Path, dst: Path, from_time: float = 0.0) -> None:
+    """The video packets of `src` into `dst` as they are, from the first key frame at or after
+    `from_time` (a plain copy: nothing added)."""
+    import av
+
+    with av.open(str(src)) as c, av.open(str(dst), "w") as out:
+        vs = c.streams.video[0]
+        ovs = out.add_stream_from_template(vs)
+        shift = None
+        for packet in c.demux(vs):
+            if packet.dts is None or (shift is None and not (packet.is_keyframe and packet.pts * vs.time_base >= from_time)):
+                continue
+            shift = packet.dts if shift is None else shift
+            packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, ovs
+            out.mux(packet)
+
+
+def _first_frames(path: Path, old_x264: bool = False) -> list[tuple[float, np.ndarray]]:
+    """Decoded frames; old_x264: a decoder that takes a stream without x264's version SEI for one
+    from x264 before build 151, as it must for such files (the 4:4:4 streams they made differ)."""
+    import av
+
+    with av.open(str(path)) as c:
+        if old_x264:
+            c.streams.video[0].codec_context.options = {"x264_build": "150"}
+        return [(float(f.time), f.to_ndarray(format="rgb24").astype(np.int16)) for f in c.decode(video=0)]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".ts"])
+def test_a_444_clip_from_the_middle_starts_with_the_sources_picture(tmp_path: Path, suffix: str) -> None:
+    """x264 writes its version SEI once, in the first picture, and a decoder reads 4:4:4 streams
+    from x264 before build 151 differently: a clip cut from the middle carries that SEI (and, in
+    MPEG-TS, the parameter sets), so its first picture decodes as the source's does, not green."""
+    from cliptool.writers.clips import copy_span
+
+    source = tmp_path / "src444.mp4"
+    _write_444(source)
+    if suffix == ".ts":  # Annex B: parameter sets and SEI in-band
+        _remux(source, tmp_path / "src444.ts")
+        source = tmp_path / "src444.ts"
+    source_frames = _first_frames(source)
+    base = source_frames[0][0]
+    at = {round(t - base, 3): rgb for t, rgb in source_frames}
+    clip = tmp_path / f"clip{suffix}"
+    start, end, frames = copy_span(source, clip, 2.3, 3.5)
+    assert 1.0 < start <= 2.3 and frames >= 30
+    for old_x264 in (False, True):
+        decoded = _first_frames(clip, old_x264)
+        assert len(decoded) == frames
+        t0 = decoded[0][0]
+        for t, rgb in decoded[:5]:
+            assert np.abs(rgb - at[round(t - t0 + start, 3)]).mean() < 1.0, (old_x264, t)
+    # the same packets without the SEI: that decoder starts them green (what the check above rules out)
+    plain = tmp_path / f"plain{suffix}"
+    _remux(source, plain, from_time=start + base)
+    first = _first_frames(plain, old_x264=True)[0][1]
+    assert np.abs(first - at[round(start, 3)]).mean() > 20

@@ -24,7 +24,7 @@ import pytest
 import cliptool
 from cliptool.analysis import thumbnails
 from cliptool.index.check import check_index
-from cliptool.serve import create_app
+from cliptool.serve import create_app, server_config
 
 from conftest import make_samples
 
@@ -45,9 +45,7 @@ class Server:
 
         self.port = free_port()
         app = create_app(index_dir, host=host, port=self.port, token=token)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
-                                lifespan="off")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(server_config(app, "127.0.0.1", self.port))  # `cliptool serve`'s settings
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20
@@ -344,6 +342,35 @@ def test_host_header_parsed_strictly(tmp_path: Path) -> None:
             s.stop()
 
 
+def test_an_idle_connection_outlives_a_clients_keep_alive(tmp_path: Path) -> None:
+    """A connection left idle as long as an HTTP client keeps one (httpx: 5 s) still takes the next
+    request: the server does not close it under the client (which then gets a connection reset)."""
+    from cliptool.serve import KEEP_ALIVE
+
+    assert KEEP_ALIVE > 5
+    s = Server(tmp_path / "no-index")
+    try:
+        request = f"GET /static/app.js HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\n\r\n".encode()
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+            bodies = []
+            for pause in (0.0, 5.5):
+                time.sleep(pause)
+                sock.sendall(request)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += sock.recv(65536) or b"<closed>"
+                    assert not data.endswith(b"<closed>"), data
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += sock.recv(65536)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                bodies.append(body)
+            assert bodies[0] == bodies[1] and b"cliptool serve" in bodies[0]
+    finally:
+        s.stop()
+
+
 def test_bad_parameters_are_one_line_4xx(client: httpx.Client) -> None:
     for params in ({"q": "x", "top": 0}, {"q": "x", "top": "many"}, {"q": "x", "top": 10**6}, {"q": "x", "videos": 2},
                    {}, {"q": "   "}, {"q": "x" * 2000}, {"q": ["a", "b"]}):
@@ -629,9 +656,8 @@ def test_concurrent_requests_during_an_index_run(indexed, tmp_path: Path, model_
                                                          (make_samples.stripes((0, 0, 0), c), 30)], size=(160, 120))
     s = Server(copy)
     try:
-        # The client drops idle connections before the server's 5 s keep-alive timeout does, as a
-        # browser would: reusing one the server is closing gives a reset, whichever side is at fault.
-        with s.client(limits=httpx.Limits(max_connections=60, keepalive_expiry=2)) as c:
+        # httpx's own keep-alive expiry (5 s): the server keeps idle connections longer (KEEP_ALIVE)
+        with s.client(limits=httpx.Limits(max_connections=60)) as c:
             hit = c.get("/api/search", params={"q": "a circle", "top": 1}).json()["results"][0]
             vid = hit["video_id"]
             urls = ["/api/search?q=a+red+circle&top=8", "/api/status", f"/api/videos/{vid}",

@@ -13,6 +13,10 @@ from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+# Seconds an idle connection is kept. Longer than clients keep theirs (httpx 5 s, most pools
+# under a minute), so a client never sends a request on a connection the server is just closing
+# (that request gets a connection reset): uvicorn's 5 s default raced httpx's 5 s.
+KEEP_ALIVE = 65
 
 
 def create_app(index_dir: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None) -> Any:
@@ -45,6 +49,15 @@ def prepare(host: str, token: str | None) -> tuple[str | None, bool]:
     return token, False
 
 
+def server_config(app: Any, host: str, port: int) -> Any:
+    """The uvicorn.Config `serve` runs the app with (tests and the soak run the same)."""
+    import uvicorn
+
+    # h11, not httptools where that is installed: h11 hands an absolute-form target to the Host check whole
+    return uvicorn.Config(app, host=host.strip("[]"), port=port, log_level="warning", access_log=False,
+                          timeout_keep_alive=KEEP_ALIVE, server_header=False, lifespan="off", http="h11")
+
+
 def serve(index_dir: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, token: str | None = None,
           open_browser: bool = False, say: Callable[[str], None] | None = None,
           beside: Callable[[Callable[[], bool]], None] | None = None) -> None:
@@ -68,10 +81,7 @@ def serve(index_dir: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
             probe.bind((host.strip("[]"), port))
     except OSError as exc:
         raise CliptoolError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    # h11, not httptools where that is installed: h11 hands an absolute-form target to the Host check whole
-    config = uvicorn.Config(app, host=host.strip("[]"), port=port, log_level="warning", access_log=False,
-                            timeout_keep_alive=5, server_header=False, lifespan="off", http="h11")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(app, host, port))
     url = url_for(host, port, token)
     say(f"cliptool serve: {url}")
     if generated:
@@ -103,4 +113,4 @@ def serve(index_dir: Path, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     raise CliptoolError(f"the server at {url} stopped")  # `beside` returns only then
 
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "serve", "url_for"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "KEEP_ALIVE", "create_app", "serve", "server_config", "url_for"]

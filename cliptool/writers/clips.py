@@ -5,6 +5,10 @@ cleanly at a key frame, so a clip starts at the nearest key frame at or before t
 the manifest says where it really starts and ends. Packets are taken in decode order until one
 is decoded at or after the end, so the frames a picture before the end depends on are there (a
 clip may show a frame or two past the end). The first audio stream is copied alongside.
+An H.264 clip's first picture carries what a decoder learns at the start of the source: the
+x264 version SEI (x264 writes it once, in the first picture; without it a decoder takes the
+stream for a recent x264's, and 4:4:4 streams from x264 before build 151 decode green) and, in
+an Annex B stream (MPEG-TS), the parameter sets when that picture has none.
 
 `exact`: decodes and re-encodes (H.264 via PyAV's libx264, AAC audio) from the frame on screen
 at the start to the last frame before the end, frame-accurately, with the source's own frame
@@ -125,6 +129,70 @@ def _find_key_packet(container: Any, vs: Any, start: float) -> tuple[int, int]:
     return found
 
 
+def _nal_units(data: bytes, length_size: int) -> list[bytes]:
+    """The NAL units of an H.264 packet: length-prefixed (avcC, `length_size` bytes) or, with
+    length_size 0, Annex B (start codes)."""
+    units: list[bytes] = []
+    if length_size:
+        i = 0
+        while i + length_size <= len(data):
+            size = int.from_bytes(data[i:i + length_size], "big")
+            units.append(data[i + length_size:i + length_size + size])
+            i += length_size + size
+        return [u for u in units if u]
+    for part in data.split(b"\x00\x00\x01"):  # a unit never ends in a zero byte: those are the next start code's
+        part = part.rstrip(b"\x00")
+        if part:
+            units.append(part)
+    return units
+
+
+def _join_nal_units(units: list[bytes], length_size: int) -> bytes:
+    if length_size:
+        return b"".join(len(u).to_bytes(length_size, "big") + u for u in units)
+    return b"".join(b"\x00\x00\x00\x01" + u for u in units)
+
+
+def _h264_layout(vs: Any) -> int | None:
+    """The NAL length size of an H.264 stream (0: Annex B); None for other codecs."""
+    if vs.codec_context.name != "h264":
+        return None
+    extradata = bytes(vs.codec_context.extradata or b"")
+    return (extradata[4] & 3) + 1 if len(extradata) > 4 and extradata[0] == 1 else 0
+
+
+def _opening_units(container: Any, vs: Any, length_size: int) -> list[bytes]:
+    """What the first picture of an H.264 stream tells a decoder beyond itself: the x264 version
+    SEI and, in Annex B, the parameter sets (from the stream's extradata when not in-band).
+    `container` is just opened (a seek to the start can land later in some containers)."""
+    first = next((p for p in container.demux(vs) if p.pts is not None or p.dts is not None), None)
+    units = _nal_units(bytes(first), length_size) if first is not None else []
+    sei = [u for u in units if u[0] & 0x1F == 6 and b"x264 - core " in u]
+    if length_size:
+        return sei
+    params = [u for u in units if u[0] & 0x1F in (7, 8)]
+    if not params:
+        params = [u for u in _nal_units(bytes(vs.codec_context.extradata or b""), 0) if u[0] & 0x1F in (7, 8)]
+    return params + sei
+
+
+def _with_opening(packet: Any, opening: list[bytes], length_size: int) -> Any:
+    """The clip's first packet with the opening units it lacks, before its first slice."""
+    import av
+
+    units = _nal_units(bytes(packet), length_size)
+    have_params = any(u[0] & 0x1F == 7 for u in units)
+    have_sei = any(u[0] & 0x1F == 6 and b"x264 - core " in u for u in units)
+    missing = [u for u in opening if (u[0] & 0x1F == 6 and not have_sei) or (u[0] & 0x1F in (7, 8) and not have_params)]
+    if not missing:
+        return packet
+    at = next((k for k, u in enumerate(units) if 1 <= u[0] & 0x1F <= 5), len(units))
+    out = av.Packet(_join_nal_units(units[:at] + missing + units[at:], length_size))
+    out.pts, out.dts, out.duration, out.time_base = packet.pts, packet.dts, packet.duration, packet.time_base
+    out.is_keyframe = packet.is_keyframe
+    return out
+
+
 def copy_span(source: Path, output: Path, start: float, end: float) -> tuple[float, float, int]:
     """Stream-copies [key frame at or before start, end) into `output`; (clip start, clip end,
     video frames) in the source's time."""
@@ -136,6 +204,8 @@ def copy_span(source: Path, output: Path, start: float, end: float) -> tuple[flo
         audio = src.streams.audio[0] if src.streams.audio else None
         base = vs.start_time or 0
         vtb = vs.time_base
+        layout = _h264_layout(vs)
+        opening = _opening_units(src, vs, layout) if layout is not None else []
         key_pts, key_dts = _find_key_packet(src, vs, start)
         t0 = (key_pts - base) * vtb  # exact Fraction: the clip's zero in the source's time
         out = av.open(str(output), mode="w")
@@ -148,7 +218,7 @@ def copy_span(source: Path, output: Path, start: float, end: float) -> tuple[flo
                 except (av.FFmpegError, ValueError):
                     oas = None
             abase = (audio.start_time or 0) if audio is not None else 0
-            src.seek(key_pts, stream=vs, backward=True, any_frame=False)
+            src.seek(key_dts, stream=vs, backward=True, any_frame=False)  # by pts, MPEG-TS lands past it
             streams = [vs] + ([audio] if oas is not None else [])
             frames, last_end, started, video_done = 0, float(t0), False, False
             shift_v = key_pts  # the key frame shows at 0
@@ -164,6 +234,8 @@ def copy_span(source: Path, output: Path, start: float, end: float) -> tuple[flo
                     if not started:
                         if dts < key_dts:
                             continue
+                        if dts != key_dts:  # the seek went past the key frame: re-encode instead
+                            raise VideoError("cannot seek to the key frame")
                         started = True
                     if (dts - base) * vtb >= end - _EPS:
                         video_done = True
@@ -171,6 +243,8 @@ def copy_span(source: Path, output: Path, start: float, end: float) -> tuple[flo
                     pts = packet.pts if packet.pts is not None else dts
                     shown = (pts - base) * vtb + (packet.duration or 0) * vtb
                     last_end = max(last_end, float(shown))
+                    if frames == 0 and opening:
+                        packet = _with_opening(packet, opening, layout or 0)
                     packet.pts = pts - shift_v
                     packet.dts = dts - shift_v
                     packet.stream = ovs
