@@ -72,11 +72,14 @@ def read_sidecar(path: Path, language: str = "") -> list[Word]:
     import pysubs2
 
     try:
-        subs = pysubs2.load(str(path), encoding="utf-8")
-    except UnicodeDecodeError:
-        subs = pysubs2.load(str(path), encoding="latin-1")
+        try:
+            subs = pysubs2.load(str(path), encoding="utf-8")
+        except UnicodeDecodeError:
+            subs = pysubs2.load(str(path), encoding="latin-1")
+    except OSError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pysubs2 raises many kinds for a bad file
-        raise ValueError(f"{path.name}: not a readable subtitle file ({type(exc).__name__})") from None
+        raise ValueError(f"not a readable subtitle file ({type(exc).__name__})") from None
     words = []
     for event in subs.events:
         if event.is_comment:
