@@ -489,7 +489,11 @@ def search(
                          "filters": where.to_dict(), "results": [h.to_dict() for h in shown]})
         else:
             _print_hits(shown)
-        outputs.run(index, shown, hits, query=query if image is None else None, image=str(image) if image else None)
+        label = query if image is None else None
+        if wordy:  # what the sheet and timelines say was asked: the picture, the words, the chain
+            label = "; ".join([*([query] if query else []), *([f"said: {said}"] if said else []),
+                               *([f"shows: {shows}"] if shows else []), *(f"then {t}" for t in then or [])])
+        outputs.run(index, shown, hits, query=label, image=str(image) if image else None)
 
     _run(body)
 

@@ -385,3 +385,82 @@ def test_sigkill_while_words_are_written_loses_nothing(tmp_path: Path, model_arg
     assert check_index(index_dir).ok
     assert said(index_dir, "--said", '"new clip3 line 1999"')[0]["start"] == 999.5
     assert said(index_dir, "--said", "old") == []
+
+
+# -- the web app and the contact sheet -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def word_site(tmp_path_factory: pytest.TempPathFactory, tiny_model: tuple[Path, Path]):
+    import cliptool
+    from test_serve import Server
+
+    folder = tmp_path_factory.mktemp("word-site")
+    make_samples.write_clip(folder / "shapes.webm", make_samples.SAMPLES["shapes.mp4"], codec="libvpx-vp9")
+    (folder / "shapes.en.srt").write_text(srt((0.5, 1.5, "Happy birthday, <i>dear</i> friend"),
+                                              (2.5, 3.5, "the cake is a lie")))
+    index_dir = tmp_path_factory.mktemp("word-site-index")
+    config, ckpt = tiny_model
+    cliptool.Index.open(index_dir).index([folder], model=str(config), pretrained=str(ckpt), progress=False,
+                                         report=lambda m: None)
+    server = Server(index_dir)
+    yield server, folder, index_dir
+    server.stop()
+
+
+def test_words_over_http_and_in_the_contact_sheet(word_site, tmp_path: Path) -> None:
+    server, folder, index_dir = word_site
+    with server.client() as client:
+        answer = client.get("/api/search", params={"said": "birthdays"})
+        assert answer.status_code == 200, answer.text
+        hit = answer.json()["results"][0]
+        assert hit["signals"] == ["said"] and hit["start"] == 0.5 and hit["thumbnail"]
+        assert hit["said"] == [{"start": 0.5, "end": 1.5, "text": "Happy birthday, dear friend", "source": "subtitle",
+                                "language": "en", "marks": [[6, 14]]}]
+        chain = client.get("/api/search", params=[("said", "birthday"), ("then", "said:cake"), ("within", "2s")])
+        assert [c["start"] for c in chain.json()["results"][0]["chain"]] == [0.5, 2.5]
+        words = client.get("/api/words", params={"video": hit["video_id"]}).json()["words"]
+        assert [(w["start"], w["text"]) for w in words] == [(0.5, "Happy birthday, dear friend"),
+                                                            (2.5, "the cake is a lie")]
+        for params, status in (({"said": "?!"}, 400), ({"video": "nope"}, 404), ({}, 400)):
+            url = "/api/words" if "video" in params else "/api/search"
+            bad = client.get(url, params=params)
+            assert bad.status_code == status and "\n" not in bad.json()["error"], bad.text
+    sheet = tmp_path / "sheet.html"
+    proc = run_here(index_dir, "search", "--said", "cake", "--html", sheet)
+    assert proc.returncode == 0, proc.stderr
+    page = sheet.read_text()
+    assert "the <mark>cake</mark> is a lie" in page and "said: cake" in page
+
+
+
+def test_words_on_cards_and_a_transcript_that_seeks(word_site) -> None:
+    """In a real browser: the card of a --said hit shows the matched word marked; the player's
+    transcript lists the video's lines, and a click on one seeks the video there."""
+    from selenium.webdriver.common.by import By
+
+    from cliptool.bench.serve import chromium_driver
+    from test_browser import wait
+
+    try:
+        driver = chromium_driver(1280, 1100)
+    except Exception as exc:  # noqa: BLE001 - a driver that will not start is a missing browser here
+        pytest.skip(f"headless Chromium would not start: {type(exc).__name__}")
+    if driver is None:
+        pytest.skip("no chromium and chromedriver found (apt-get install chromium chromium-driver)")
+    server, _, _ = word_site
+    try:
+        driver.get(server.url + "/?said=birthday")
+        wait(driver, "return document.querySelectorAll('#results .card').length > 0")
+        marks = driver.execute_script(
+            "return [...document.querySelectorAll('#results .card .words mark')].map(m => m.textContent)")
+        assert marks == ["birthday"]
+        assert driver.find_element(By.ID, "said").get_attribute("value") == "birthday"
+        driver.find_element(By.CSS_SELECTOR, "#results .card").click()
+        wait(driver, "return document.querySelectorAll('#transcript li').length === 2")
+        lines = driver.find_elements(By.CSS_SELECTOR, "#transcript li")
+        assert "the cake is a lie" in lines[1].text
+        lines[1].click()
+        t = wait(driver, "const v = document.getElementById('video');"
+                         "return v.readyState >= 1 && v.currentTime >= 2.45 && v.currentTime")
+        assert 2.45 <= t <= 4.0
+    finally:
+        driver.quit()
