@@ -12,6 +12,11 @@ Synthetic videos (flat colours, `seconds` long, made here with PyAV) each get a 
   start (within 1 ms);
 * chains: for pairs of cues of one video (A before B, gap g), `--said A --then said:B --within g+0.5`
   must give that chain first, in order; B then A must give no chain holding both;
+* fusion (`bench_fusion`): toy-world videos (data/toy_videos.py, the toy CLIP) in which each
+  shape is shown in two videos, and the same words are said in every video twice, once while
+  its first shape is on screen; for each shape, "CAPTION" --said WORDS must give, first, the
+  moment where that shape is seen and the words are said: picture alone, words alone,
+  reciprocal rank fusion (what search uses) and CombSUM (min-max scaled scores summed);
 * full text: one query (a word, a phrase, a prefix) on a cache of `fulltext_rows` rows of
   random words, with SQLite FTS5 (what cliptool uses) and, when the tantivy package is
   installed, tantivy, in the same run.
@@ -146,6 +151,51 @@ def bench_subtitles(out: Path, model_dir: Path = TOY_MODEL, videos: int = 8, cue
             "chains": tried, "chains_in_order": chained / max(tried, 1), "reversed_none": reversed_clean / max(tried, 1)}
 
 
+def bench_fusion(out: Path, model_dir: Path = TOY_MODEL, count: int = 8, seed: int = 5) -> dict[str, Any]:
+    """Top-1 accuracy of seen-and-said queries by each way of ranking (see the module docstring)."""
+    from cliptool.bench.recall import toy_videos
+    from cliptool.config import IndexOptions
+    from cliptool.index.indexer import index_paths
+    from cliptool.models.spec import ModelSpec
+    from cliptool.search.query import Query
+    from cliptool.search.searcher import Searcher
+    from cliptool.search.signals import Step, fuse, signal_moments
+
+    config, weights = model_dir / "config.json", model_dir / "weights.safetensors"
+    if not (config.is_file() and weights.is_file()):
+        return {"skipped": f"no toy model at {model_dir}"}
+    tv = toy_videos()
+    rng = random.Random(seed)
+    captions = rng.sample(list(tv.toy_world.CAPTIONS), count)
+    first, second = (3.0, 5.0), (17.0, 19.0)
+    specs = [(f"fuse-{i:02d}.mp4", seed * 100 + i, [(captions[i], *first), (captions[(i + 1) % count], *second)])
+             for i in range(count)]
+    folder = out / "words" / "fusion"
+    tv.build_set(folder, specs)
+    for name, _, _ in specs:  # the words: while the first shape is on screen, and later with none
+        (folder / name).with_suffix(".srt").write_text(
+            f"1\n{_stamp(3.5)} --> {_stamp(4.5)}\nnow look at this\n\n2\n{_stamp(24.0)} --> {_stamp(25.0)}\n"
+            "now look at this\n")
+    index_dir = out / "work" / "words-fusion"
+    import shutil
+
+    shutil.rmtree(index_dir, ignore_errors=True)
+    index_paths([folder], index_dir, ModelSpec(str(config), str(weights)), IndexOptions(), report=lambda m: None,
+                progress=False)
+    searcher = Searcher(index_dir)
+    right = {"picture alone": 0, "words alone": 0, "rrf": 0, "rrf-listed": 0, "combsum": 0}
+    for i, caption in enumerate(captions):
+        target = specs[i][0]
+        lists = signal_moments(searcher, Step(Query.of(caption), "now look"), 100)
+        ranked = {"picture alone": lists[0], "words alone": lists[1],
+                  **{how: fuse(lists, method=how) for how in ("rrf", "rrf-listed", "combsum")}}
+        for how, moments in ranked.items():
+            top = moments[0] if moments else None
+            right[how] += top is not None and Path(top.path).name == target and top.start < first[1] and \
+                top.end > first[0]
+    return {"queries": count, "top1": {k: v / count for k, v in right.items()}}
+
+
 def bench_fulltext(out: Path, rows: int = 100_000, repeat: int = 20, seed: int = 3) -> dict[str, Any]:
     """One query's latency on `rows` rows of 8 random words (≈ rows * 8 words), SQLite FTS5 with
     cliptool's tokenizer against tantivy (when installed), built and queried here."""
@@ -234,6 +284,13 @@ def print_words(r: dict[str, Any]) -> None:
     else:
         print("\nSubtitles")
     print_aligned(subtitle_table(sub), left=True)
+    fu = r.get("fusion")
+    if fu:
+        if "skipped" in fu:
+            print(f"\nSeen and said: skipped ({fu['skipped']})")
+        else:
+            print(f"\nSeen and said ({fu['queries']} queries, toy CLIP): the moment both seen and said first")
+            print_aligned([["ranking", "top 1 right"]] + [[k, f"{v:.0%}"] for k, v in fu["top1"].items()], left=True)
     ft = r.get("fulltext")
     if ft:
         print(f"\nFull-text query latency on {ft['rows']:,} rows ({ft['words']:,} words), ms (median)")
@@ -251,4 +308,5 @@ def print_words(r: dict[str, Any]) -> None:
 def bench_words(out: Path, model_dir: Path = TOY_MODEL, quick: bool = False) -> dict[str, Any]:
     return {"subtitles": bench_subtitles(out, model_dir, videos=4 if quick else 8, cues=20 if quick else 40,
                                          repeat=2 if quick else 3, pairs=20 if quick else 40),
+            "fusion": bench_fusion(out, model_dir, count=8 if quick else 16),
             "fulltext": bench_fulltext(out, rows=20_000 if quick else 100_000)}

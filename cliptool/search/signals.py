@@ -61,7 +61,7 @@ class Step:
 
 
 @dataclass
-class _Moment:
+class Moment:
     """A candidate moment of one step, as one signal or several found it."""
 
     video_id: str
@@ -78,20 +78,20 @@ class _Moment:
     shown: list[dict[str, Any]] = field(default_factory=list)
     fused: float = 0.0
 
-    def near(self, other: _Moment, gap: float) -> bool:
+    def near(self, other: Moment, gap: float) -> bool:
         return self.video_id == other.video_id and other.start <= self.end + gap and self.start <= other.end + gap
 
 
-def _picture_moments(searcher: Searcher, query: Query, top: int, where: Filters | None) -> list[_Moment]:
+def _picture_moments(searcher: Searcher, query: Query, top: int, where: Filters | None) -> list[Moment]:
     vector = searcher.query_vector(query)
     out = []
     for rank, h in enumerate(searcher.search(vector, top=top, where=where), 1):
-        out.append(_Moment(h.video_id, h.path, h.start, h.end, h.best_time, h.scene_id, h.scene_index, h,
+        out.append(Moment(h.video_id, h.path, h.start, h.end, h.best_time, h.scene_id, h.scene_index, h,
                            {"picture": rank}, {"picture": h.score}))
     return out
 
 
-def _word_moments(searcher: Searcher, text: str, signal: str, top: int, where: Filters | None) -> list[_Moment]:
+def _word_moments(searcher: Searcher, text: str, signal: str, top: int, where: Filters | None) -> list[Moment]:
     from cliptool.vectors.fulltext import SAID_SOURCES, SHOWN_SOURCES, search_words
 
     allowed = None
@@ -101,7 +101,7 @@ def _word_moments(searcher: Searcher, text: str, signal: str, top: int, where: F
     sources = SAID_SOURCES if signal == "said" else SHOWN_SOURCES
     out = []
     for rank, w in enumerate(search_words(searcher.index_dir, text, sources, limit=top, videos=allowed), 1):
-        m = _Moment(w.video_id, w.path, w.start, w.end, w.start, w.scene_id, w.scene_index,
+        m = Moment(w.video_id, w.path, w.start, w.end, w.start, w.scene_id, w.scene_index,
                     ranks={signal: rank}, scores={signal: w.score})
         (m.said if signal == "said" else m.shown).append(w.to_dict())
         out.append(m)
@@ -118,37 +118,63 @@ def _store_facts(searcher: Searcher) -> dict[str, Any]:
         return {r.video_id: VideoFacts(r.path, r.mtime, r.duration) for r in store.videos()}
 
 
-def step_moments(searcher: Searcher, step: Step, top: int, where: Filters | None = None) -> list[_Moment]:
+def step_moments(searcher: Searcher, step: Step, top: int, where: Filters | None = None,
+                 method: str = "rrf") -> list[Moment]:
     """A step's moments, best first: each signal's own ranking when it has one signal, else
-    their reciprocal rank fusion (see the module docstring)."""
-    lists: list[list[_Moment]] = []
+    their fusion (`fuse`; see the module docstring)."""
+    lists = signal_moments(searcher, step, top, where)
+    if len(lists) == 1:
+        for m in lists[0]:
+            m.fused = next(iter(m.scores.values()))
+        return lists[0]
+    return fuse(lists, method=method)
+
+
+def signal_moments(searcher: Searcher, step: Step, top: int, where: Filters | None = None) -> list[list[Moment]]:
+    """Each signal's own ranked moments for a step (picture, said, shown: those it asks for)."""
+    lists: list[list[Moment]] = []
     if step.picture is not None:
         lists.append(_picture_moments(searcher, step.picture, top, where))
     if step.said:
         lists.append(_word_moments(searcher, step.said, "said", top, where))
     if step.shows:
         lists.append(_word_moments(searcher, step.shows, "shown", top, where))
-    if len(lists) == 1:
-        for m in lists[0]:
-            m.fused = next(iter(m.scores.values()))
-        return lists[0]
-    return fuse(lists)
+    return lists
 
 
-def fuse(lists: list[list[_Moment]], gap: float = FUSE_GAP, k: int = RRF_K) -> list[_Moment]:
-    """Reciprocal rank fusion of several signals' ranked moments: a moment that lies within
-    `gap` s of one a better-ranked entry already made (in the same video, not yet holding this
-    signal) joins it; each moment scores the sum of 1 / (k + rank) over its signals."""
-    fused: list[_Moment] = []
+FUSIONS = ("rrf", "rrf-listed", "combsum")
+TIE = 1e-9  # relative: scores this close are a tie and share a rank
+
+
+def fuse(lists: list[list[Moment]], gap: float = FUSE_GAP, k: int = RRF_K, method: str = "rrf") -> list[Moment]:
+    """Fusion of several signals' ranked moments: a moment that lies within `gap` s of one a
+    better-ranked entry already made (in the same video, not yet holding this signal) joins it.
+    "rrf" (reciprocal rank fusion, what search uses): a moment scores the sum of 1 / (k + rank)
+    over its signals, where moments of one signal that score the same share the best of their
+    ranks (so a signal that cannot tell them apart does not pick among them by list order:
+    `--said` words said in many places alike); "rrf-listed" takes the ranks as listed and
+    "combsum" sums the signals' scores, each scaled to 0..1 over its own list (min-max); both
+    for the bench's comparison."""
+    if method not in FUSIONS:
+        raise ValueError(f"unknown fusion {method!r}")
+    if method == "rrf":
+        lists = [_tied_ranks(lst) for lst in lists]
+    scale: dict[str, tuple[float, float]] = {}
+    for lst in lists:
+        for m in lst:
+            for signal, score in m.scores.items():
+                lo, hi = scale.get(signal, (score, score))
+                scale[signal] = (min(lo, score), max(hi, score))
+    fused: list[Moment] = []
     order = sorted(((rank, i, m) for i, lst in enumerate(lists) for rank, m in enumerate(lst, 1)),
                    key=lambda t: (t[0], t[1]))
-    for rank, _, m in order:
+    for _, _, m in order:
         signal = next(iter(m.ranks))
         into = next((f for f in fused if signal not in f.ranks and f.near(m, gap)), None)
         if into is None:
             fused.append(replace(m, ranks=dict(m.ranks), scores=dict(m.scores), said=list(m.said), shown=list(m.shown)))
             continue
-        into.ranks[signal] = rank
+        into.ranks[signal] = m.ranks[signal]
         into.scores[signal] = m.scores[signal]
         into.said += m.said
         into.shown += m.shown
@@ -156,15 +182,31 @@ def fuse(lists: list[list[_Moment]], gap: float = FUSE_GAP, k: int = RRF_K) -> l
             into.hit, into.best_time, into.scene_id, into.scene_index = m.hit, m.best_time, m.scene_id, m.scene_index
         into.start, into.end = min(into.start, m.start), max(into.end, m.end)
     for f in fused:
-        f.fused = sum(1.0 / (k + r) for r in f.ranks.values())
+        if method in ("rrf", "rrf-listed"):
+            f.fused = sum(1.0 / (k + r) for r in f.ranks.values())
+        else:
+            f.fused = sum((f.scores[sig] - scale[sig][0]) / max(scale[sig][1] - scale[sig][0], 1e-9) for sig in f.ranks)
     return sorted(fused, key=lambda f: -f.fused)
 
 
-def _signals(m: _Moment) -> list[str]:
+def _tied_ranks(moments: list[Moment]) -> list[Moment]:
+    """The moments of one signal's list with equal scores given the same (best) rank."""
+    out: list[Moment] = []
+    rank, previous = 0, None
+    for i, m in enumerate(moments, 1):
+        signal = next(iter(m.ranks))
+        score = m.scores[signal]
+        if previous is None or abs(score - previous) > TIE * max(1.0, abs(previous)):
+            rank, previous = i, score
+        out.append(replace(m, ranks={signal: rank}))
+    return out
+
+
+def _signals(m: Moment) -> list[str]:
     return [s for s in SIGNALS if s in m.ranks]
 
 
-def _hit(m: _Moment, rank: int, score: float) -> Hit:
+def _hit(m: Moment, rank: int, score: float) -> Hit:
     base = m.hit
     if base is not None:
         shot_start, shot_end = base.shot_start, base.shot_end
@@ -215,7 +257,7 @@ def _fused(step: Step) -> bool:
     return sum(x is not None and x != "" for x in (step.picture, step.said, step.shows)) > 1
 
 
-def chains(per_step: list[list[_Moment]], within: float, top: int, k: int = RRF_K) -> list[Hit]:
+def chains(per_step: list[list[Moment]], within: float, top: int, k: int = RRF_K) -> list[Hit]:
     """The best chains: one moment of each step, in one video, in order, each gap at most
     `within`; scored by the sum over steps of 1 / (k + the moment's rank in its step); chains
     whose spans overlap a better one's in the same video are left out."""
@@ -263,5 +305,5 @@ def chains(per_step: list[list[_Moment]], within: float, top: int, k: int = RRF_
     return hits
 
 
-__all__ = ["CANDIDATES", "DEFAULT_WITHIN", "FUSE_GAP", "RRF_K", "SIGNALS", "Step", "chains", "fuse", "search_steps",
-           "step_moments"]
+__all__ = ["CANDIDATES", "DEFAULT_WITHIN", "FUSE_GAP", "FUSIONS", "Moment", "RRF_K", "SIGNALS", "Step", "chains", "fuse",
+           "search_steps", "signal_moments", "step_moments"]
