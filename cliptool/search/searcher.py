@@ -56,9 +56,10 @@ class Hit:
     scene_ids: list[str] = field(default_factory=list)  # the scenes the hit spans, in time order
     shot_start: float | None = None  # the shot (all its windows) the moment lies in; None: the span's
     shot_end: float | None = None
-    # which signals matched ("picture", "said", "shown"), the words matched with their times
-    # (vectors.fulltext.WordHit.to_dict each), and for a --then chain each step's moment
-    signals: list[str] = field(default_factory=lambda: ["picture"])
+    # with words in the query (search.signals): which signals matched ("picture", "said",
+    # "shown"), the words matched with their times (vectors.fulltext.WordHit.to_dict each), and
+    # for a --then chain each step's moment; all empty for a search by picture alone
+    signals: list[str] = field(default_factory=list)
     said: list[dict[str, object]] = field(default_factory=list)
     shown: list[dict[str, object]] = field(default_factory=list)
     chain: list[dict[str, object]] = field(default_factory=list)
@@ -72,7 +73,7 @@ class Hit:
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["score"] = round(self.score, 6)
-        for name in ("said", "shown", "chain"):
+        for name in ("signals", "said", "shown", "chain"):
             if not d[name]:
                 del d[name]
         return d

@@ -121,7 +121,7 @@ def render(hits: Sequence[Hit], thumbs: Sequence[bytes | None], *, query: str | 
             f'<tr><td>file</td><td class="path"><a href="{_e(url)}">{_e(hit.path)}</a></td></tr>'
             f'<tr><td>scene</td><td><code>{_e(hit.scene_id)}</code></td></tr>'
             + (f'<tr><td>matched</td><td class="signals">{_e(", ".join(hit.signals))}</td></tr>'
-               if getattr(hit, "signals", ["picture"]) != ["picture"] else "")
+               if getattr(hit, "signals", []) not in ([], ["picture"]) else "")
             + (f'<tr><td>chain</td><td>{" &rarr; ".join(format_time(float(c["start"])) for c in hit.chain)}</td></tr>'  # type: ignore[arg-type]
                if getattr(hit, "chain", None) else "")
             + f'</table>{_words(hit, url)}</div>'
