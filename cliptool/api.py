@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from cliptool.search.filters import Filters
     from cliptool.search.query import Query
     from cliptool.search.searcher import Hit, Searcher
+    from cliptool.search.signals import Step
+    from cliptool.vectors.fulltext import WordHit
     from cliptool.store import SceneRecord, VideoRecord
 
 PathLike = str | os.PathLike[str]
@@ -192,14 +194,52 @@ class Index:
         return searcher.image_vector(Path(image)) if image is not None else searcher.text_vector(text or "")
 
     def search(self, text: str | Query | None = None, *, image: PathLike | None = None, top: int = 10,
-               videos: bool = False, where: Filters | None = None, merge: bool = True) -> list[Hit]:
+               videos: bool = False, where: Filters | None = None, merge: bool = True, said: str | None = None,
+               shows: str | None = None, then: Iterable[Step | str] = (), within: float | None = None) -> list[Hit]:
         """Ranked moments for words, an image or a `Query` of several weighted terms (words
         here are literal; `Query.parse` reads the command line's `2:a dog`); with videos, each
         video once by its best scene. `where` (a `Filters`) narrows the videos and sets a
         minimum score. With merge, neighbouring windows of one long shot that both match are
-        one hit spanning them (`Hit.scene_ids`)."""
-        vector = self.query_vector(text, image)
-        return self.searcher().search(vector, top=top, by_video=videos, where=where, merge=merge)
+        one hit spanning them (`Hit.scene_ids`).
+
+        said / shows: words said (subtitles, speech) or shown on screen at the moment, matched
+        stemmed, case- and accent-folded ("a phrase" in quotes, `birth*` a prefix); with a
+        picture query too, the signals are fused into one ranking (docs/query-syntax.md).
+        then: further moments that must follow in the same video, in order (`Step`s, or
+        strings as `--then` writes them: "a scoreboard", "said:goal", "shows:EXIT"), each gap
+        at most `within` seconds (default 10). Each hit's `signals` says what matched, its
+        `said`/`shown` the words with their times, and a chain's `chain` each step's moment."""
+        if said is None and shows is None and not then:
+            if within is not None:
+                raise UsageError("--within needs --then")
+            vector = self.query_vector(text, image)
+            return self.searcher().search(vector, top=top, by_video=videos, where=where, merge=merge)
+        from cliptool.search.query import Query
+        from cliptool.search.signals import Step, search_steps
+
+        if videos:
+            raise UsageError("--videos does not combine with --said, --shows or --then")
+        if top < 1:
+            raise UsageError("--top must be at least 1")
+        picture: Query | None
+        if isinstance(text, Query):
+            picture = text
+        elif text is not None and text.strip() or image is not None:
+            picture = Query.of(text if text and text.strip() else None, image)
+        else:
+            picture = None
+        if picture is not None:
+            picture.check_images()
+        steps = [Step(picture, said, shows)] + [t if isinstance(t, Step) else Step.parse(t) for t in then]
+        return search_steps(self.searcher(), steps, top=top, where=where, within=within)
+
+    def words(self, video: PathLike, start: float | None = None, end: float | None = None) -> list[WordHit]:
+        """The words of an indexed video (any spelling of its path), by time: its subtitle cues,
+        runs of speech and screen text, those overlapping `start`-`end` when given."""
+        from cliptool.vectors.fulltext import words_between
+
+        record, _ = self.scenes(video)
+        return words_between(self.directory, record.video_id, start, end)
 
     def similar(self, scene_id: str, *, top: int = 10, videos: bool = False) -> list[Hit]:
         """Moments most like an indexed scene (give a `Hit.scene_id`), that scene left out."""

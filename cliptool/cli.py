@@ -230,6 +230,17 @@ def index(
         "or HOST:PORT (its GCS); every node must see the videos and the model at the same paths.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    words: Optional[str] = typer.Option(
+        None, "--words", help="Where each video's words come from, for search --said/--shows: subtitles (sidecar "
+        ".srt/.vtt/.ass files and text tracks), speech, screen (text on screen), comma-separated, all or none; "
+        "a change re-reads only the words [default: the index's, else subtitles]."),
+    speech_engine: Optional[str] = typer.Option(
+        None, "--speech-engine", help="Speech recognition for --words speech: pocketsphinx or whisper "
+        "[default: the index's, else pocketsphinx]."),
+    speech_model: Optional[str] = typer.Option(
+        None, "--speech-model", metavar="NAME|FOLDER", help="The speech engine's model [default: its own]."),
+    language: Optional[str] = typer.Option(
+        None, "--language", help="The language spoken and shown (en, de, ...) [default: the engines' own]."),
     vector_store: Optional[str] = typer.Option(
         None, "--vector-store", help="Record where searches of this index look: faiss (the local cache), milvus "
         "(Milvus Lite in the index dir), milvus:///path/file.db, milvus://host:19530 or milvus+https://host; a "
@@ -253,8 +264,14 @@ def index(
 
         if views is not None and views not in VIEWS:
             raise UsageError(f"unknown views {views!r} (choose from {', '.join(VIEWS)})")
+        from cliptool.analysis.words.extract import SPEECH_ENGINES, parse_words_option
+
+        if speech_engine is not None and speech_engine not in SPEECH_ENGINES:
+            raise UsageError(f"unknown speech engine {speech_engine!r} (choose from {', '.join(SPEECH_ENGINES)})")
         settings = {"detector": detector, "threshold": threshold, "max_scene_seconds": max_scene,
-                    "samples_per_scene": samples, "views": views}
+                    "samples_per_scene": samples, "views": views,
+                    "words": parse_words_option(words) if words is not None else None,
+                    "speech_engine": speech_engine, "speech_model": speech_model, "language": language}
         summary = _index().index(paths, model=model, pretrained=pretrained, settings=settings, prune=prune,
                                  file_timeout=file_timeout, precision=precision, ray=ray,
                                  vector_store=vector_store, reindex=reindex)
@@ -267,7 +284,8 @@ def index(
                 speed += f" ({summary.retried} video(s) analysed again after a worker died)" if summary.retried else ""
             print(
                 f"indexed {summary.added} new, {summary.updated} updated, {summary.moved} moved, "
-                f"{summary.removed} removed, {summary.skipped} unchanged, {len(summary.failed)} failed; "
+                f"{summary.removed} removed, {summary.skipped} unchanged, {len(summary.failed)} failed"
+                f"{f', {summary.words} with new words' if summary.words else ''}; "
                 f"{summary.scenes} scenes in {summary.seconds:.1f} s{speed}",
                 file=sys.stderr,
             )
@@ -430,6 +448,17 @@ def search(
     max_duration: Optional[str] = _MAX_DURATION_OPTION,
     no_merge: bool = typer.Option(False, "--no-merge", help="Report each window of a long shot on its own "
                                   "[default: neighbouring windows that both match are one hit]."),
+    said: Optional[str] = typer.Option(
+        None, "--said", metavar="<words>", help="Words said there (subtitles, speech): stemmed, any case and "
+        "accents; '\"a phrase\"' in quotes, 'birth*' a prefix. With a picture query, both ranked together."),
+    shows: Optional[str] = typer.Option(
+        None, "--shows", metavar="<words>", help="Words shown on screen there (index --words screen)."),
+    then: Optional[list[str]] = typer.Option(
+        None, "--then", metavar="<step>", help="A moment that must follow in the same video (repeatable, in "
+        "order): words for a picture, 'said:WORDS' or 'shows:WORDS'."),
+    within: Optional[str] = typer.Option(
+        None, "--within", metavar="<duration>", help="With --then: the largest gap between the chain's moments "
+        "(10s, 1m) [default: 10s]."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
     html: Optional[Path] = _HTML_OPTION,
     play: Optional[int] = _PLAY_OPTION,
@@ -437,22 +466,36 @@ def search(
     otio: Optional[Path] = _OTIO_OPTION,
     vector_store: Optional[str] = typer.Option(None, "--vector-store", help=_VECTOR_STORE_HELP),
 ) -> None:
-    """Ranked moments for a text or image query (terms may be combined, weighted and filtered)."""
+    """Ranked moments for a text or image query, words said or shown, or a chain of them in order."""
 
     def body() -> None:
         _use_vector_store(vector_store)
-        terms = _query_of(query, image, also, avoid, also_images, avoid_images)
+        wordy = said is not None or shows is not None or bool(then)
+        picture = query is not None or image is not None or bool(also or also_images)
+        terms = _query_of(query, image, also, avoid, also_images, avoid_images) if picture or not wordy else None
         where = _filters_of(under, min_score, since, until, min_duration, max_duration)
+        gap = None
+        if within is not None:
+            from cliptool.search.filters import parse_duration
+
+            gap = parse_duration(within, "--within")
         outputs = _HandOn.check(html, edl, otio, play)
         index = _index()
-        hits = index.search(terms, top=max(top, play or 0), videos=videos, where=where, merge=not no_merge)
+        hits = index.search(terms, top=max(top, play or 0), videos=videos, where=where, merge=not no_merge,
+                            said=said, shows=shows, then=then or [], within=gap)
         shown = hits[:top]
         if as_json:
-            _print_json({"query": query, "image": str(image) if image else None, "terms": terms.to_list(),
+            _print_json({"query": query, "image": str(image) if image else None,
+                         "terms": terms.to_list() if terms is not None else [],
+                         **({"said": said, "shows": shows, "then": then or [], "within": gap} if wordy else {}),
                          "filters": where.to_dict(), "results": [h.to_dict() for h in shown]})
         else:
             _print_hits(shown)
-        outputs.run(index, shown, hits, query=query if image is None else None, image=str(image) if image else None)
+        label = query if image is None else None
+        if wordy:  # what the sheet and timelines say was asked: the picture, the words, the chain
+            label = "; ".join([*([query] if query else []), *([f"said: {said}"] if said else []),
+                               *([f"shows: {shows}"] if shows else []), *(f"then {t}" for t in then or [])])
+        outputs.run(index, shown, hits, query=label, image=str(image) if image else None)
 
     _run(body)
 
@@ -525,6 +568,8 @@ def _print_hits(hits: list[Any]) -> None:
     for h in hits:
         print(f"{h.rank:>3}  {h.score:6.3f}  {format_time(h.start):>12}  {format_time(h.end):>12}  "
               f"{format_time(h.best_time):>12}  {h.path}")
+        for d in getattr(h, "said", []) + getattr(h, "shown", []):
+            print(f"{'':>5}{'said' if d in h.said else 'shown'} {format_time(float(d['start']))}: {d['text']}")
 
 
 @app.command()

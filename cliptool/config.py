@@ -91,10 +91,21 @@ class IndexOptions:
     change_burst: int = 4
     # What the image tower sees of each sample (models.views): "squeeze", the whole frame, by default
     views: str = "squeeze"
+    # Words (analysis.words): which sources each video's words come from ("subtitles", "speech",
+    # "screen", comma-separated; "" for none), and how speech is recognised. They change only a
+    # video's words, never its scenes or vectors, so they are kept apart (`words_settings`).
+    words: str = "subtitles"
+    speech_engine: str = "pocketsphinx"
+    speech_model: str | None = None
+    language: str | None = None
 
     def settings(self) -> dict[str, Any]:
         """What changes the scenes and vectors an analysis gives (not how fast it runs)."""
-        return {k: v for k, v in asdict(self).items() if k not in _RUN_ONLY}
+        return {k: v for k, v in asdict(self).items() if k not in _RUN_ONLY and k not in WORD_SETTINGS}
+
+    def words_settings(self) -> dict[str, Any]:
+        """What changes the words of a video (see analysis.words.extract.words_key)."""
+        return {k: getattr(self, k) for k in WORD_SETTINGS}
 
     def settings_key(self) -> str:
         """The settings as a video's record keeps them."""
@@ -115,6 +126,7 @@ class IndexOptions:
 
 
 _RUN_ONLY = ("batch_size",)
+WORD_SETTINGS = ("words", "speech_engine", "speech_model", "language")
 # the command line's spelling of a setting, where it has one
 SETTING_OPTIONS = {"detector": "--detector", "threshold": "--threshold", "max_scene_seconds": "--max-scene",
                    "samples_per_scene": "--samples", "views": "--views"}

@@ -3,7 +3,8 @@
 Layout under the index directory::
 
     videos.ldb/      video id -> metadata JSON (the commit record), plus !schema and !meta
-    scenes.ldb/      video id/version -> ordered scene list JSON
+    scenes.ldb/      video id/version -> ordered scene list JSON; video id/words version -> the
+                     video's words (subtitles, speech, screen text) with their times, JSON
     embeddings.ldb/  scene id (video id/version/number) -> scene vector + sample-frame vectors
     generation       token that changes around every commit (readers use it to spot changes)
     index.lock       held by the one `cliptool index` run allowed at a time
@@ -12,7 +13,9 @@ Layout under the index directory::
 Commit order for one video: embeddings, then scenes, under a fresh version (both synced); then
 the videos record that names that version (the commit point, one synced write); then the old
 version is deleted. After a crash at any step each video is wholly its old or wholly its new
-version; what no record names is an orphan that `recover()` deletes. A move writes the copy
+version; what no record names is an orphan that `recover()` deletes. A video's words have a
+version of their own (`VideoRecord.words`), so they can be redone without its pictures
+(`put_words`): the words first (synced), then the record naming them, then the old words. A move writes the copy
 under the new id the same way and then, in one atomic batch of the videos store, adds the new
 record and deletes the old one. Ctrl-C during a commit is held back until the commit is done.
 Only a process holding the `WriterLock` may write or call `recover()`.
@@ -80,6 +83,8 @@ class VideoRecord:
     # the paths through symbolic links that index runs found it by, and its own path too if found
     # there as well; empty: found at its own path only (or made before links were kept)
     links: list[str] = field(default_factory=list)
+    words: str = ""  # which words list belongs to this record ("": none stored)
+    words_key: str = ""  # what its words were made from (settings, sidecar files); "": words never read
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -518,6 +523,17 @@ class IndexStore:
     def vectors(self, video: VideoRecord) -> list[SceneVectors]:
         return [decode_vectors(raw) for _, raw in self.vector_records(video)]
 
+    def words(self, video: VideoRecord) -> list[Any]:
+        """A video's stored words as written (a list of JSON values; [] when it has none)."""
+        raw = self.raw_words(video)
+        return json.loads(raw) if raw else []
+
+    def raw_words(self, video: VideoRecord) -> bytes | None:
+        """A video's stored words list as written (None when it names none or it is missing)."""
+        if not video.words:
+            return None
+        return self._db("scenes").get(_words_key(video.video_id, video.words))
+
     def raw_scene_list(self, video: VideoRecord) -> bytes | None:
         """The stored scene list of a video as written (None when missing), for `check`."""
         return self._db("scenes").get(_scenes_key(video.video_id, video.version))
@@ -620,8 +636,11 @@ class IndexStore:
         except (plyvel.Error, OSError) as exc:
             raise _write_error(self.root, exc) from None
 
-    def put_video(self, record: VideoRecord, scenes: list[SceneRecord], vectors: list[SceneVectors]) -> VideoRecord:
-        """Stores a video's scenes and vectors under a new version, then commits its record."""
+    def put_video(self, record: VideoRecord, scenes: list[SceneRecord], vectors: list[SceneVectors],
+                  words: list[Any] | None = None) -> VideoRecord:
+        """Stores a video's scenes and vectors under a new version, then commits its record.
+        words (JSON values, with `record.words_key` saying what they were made from): stored
+        under a new words version too; None keeps the words the old record names."""
         if len(scenes) != len(vectors):
             raise ValueError("one vector record per scene")
         with deferred_interrupt(), self._changing():
@@ -630,6 +649,10 @@ class IndexStore:
             record.scene_count = len(scenes)
             for scene in scenes:
                 scene.scene_id = scene_id(record.video_id, record.version, scene.index)
+            if words is None:
+                record.words, record.words_key = (old.words, old.words_key) if old is not None else ("", "")
+            else:
+                self._put_words_version(record, words)
             self._write(lambda: self._put_version(record, scenes, [encode_vectors(v) for v in vectors]))
             key = b"v/" + record.video_id.encode()
 
@@ -641,7 +664,34 @@ class IndexStore:
             self._commit(commit)
             if old is not None:
                 self._write(lambda: self._delete_version(old.video_id, old.version))
+                if old.words and old.words != record.words:
+                    self._write(lambda: self._delete_words(old.video_id, old.words))
         return record
+
+    def put_words(self, video_id: str, words: list[Any], words_key: str) -> VideoRecord:
+        """Replaces a video's words only (its scenes and vectors stay): the new words under a
+        fresh words version (synced), then its record naming them (the commit point), then the
+        old words are deleted. KeyError when the video is not indexed."""
+        with deferred_interrupt(), self._changing():
+            old = self.get_video(video_id)
+            if old is None:
+                raise KeyError(video_id)
+            record = VideoRecord(**asdict(old))
+            record.words_key = words_key
+            self._put_words_version(record, words)
+            self._commit(lambda: self._db("videos").put(b"v/" + video_id.encode(), record.to_json(), sync=True))
+            if old.words and old.words != record.words:
+                self._write(lambda: self._delete_words(old.video_id, old.words))
+        return record
+
+    def _put_words_version(self, record: VideoRecord, words: list[Any]) -> None:
+        """Writes `words` (synced) under a fresh words version named in `record` ("" for none)."""
+        if not words:
+            record.words = ""
+            return
+        record.words = secrets.token_hex(4)
+        raw = json.dumps(words, separators=(",", ":"), ensure_ascii=False).encode()
+        self._write(lambda: self._db("scenes").put(_words_key(record.video_id, record.words), raw, sync=True))
 
     def put_videos(self, items: list[tuple[VideoRecord, list[SceneRecord], list[SceneVectors]]]) -> list[VideoRecord]:
         """put_video for many videos with one commit: every video's vectors and scenes first
@@ -714,6 +764,11 @@ class IndexStore:
             record.scene_count = len(scenes)
             for scene in scenes:
                 scene.scene_id = scene_id(record.video_id, record.version, scene.index)
+            old_words = self.raw_words(old)
+            record.words = ""
+            record.words_key = old.words_key if old_words is not None or not old.words else ""
+            if old_words is not None:
+                self._put_words_version(record, json.loads(old_words))
             self._write(lambda: self._put_version(record, scenes, raws))
 
             def commit() -> None:
@@ -724,8 +779,10 @@ class IndexStore:
 
             self._commit(commit)
             self._write(lambda: self._delete_version(old.video_id, old.version))
+            self._write(lambda: self._delete_words(old.video_id, old.words))
             if replaced is not None:
                 self._write(lambda: self._delete_version(replaced.video_id, replaced.version))
+                self._write(lambda: self._delete_words(replaced.video_id, replaced.words))
         return record
 
     def delete_video(self, video_id: str) -> bool:
@@ -737,6 +794,7 @@ class IndexStore:
                 return False
             self._commit(lambda: self._db("videos").delete(b"v/" + video_id.encode(), sync=True))
             self._write(lambda: self._delete_version(old.video_id, old.version))
+            self._write(lambda: self._delete_words(old.video_id, old.words))
         return True
 
     def _commit(self, write: Any) -> None:
@@ -751,12 +809,22 @@ class IndexStore:
             for key in self._db("embeddings").iterator(prefix=prefix, include_value=False):
                 batch.delete(key)
 
+    def _delete_words(self, video_id: str, words: str) -> None:
+        if words:
+            self._db("scenes").delete(_words_key(video_id, words))
+
     def orphans(self) -> tuple[list[bytes], list[bytes]]:
-        """Keys of scene lists and of vectors that no video record names (left by a crash)."""
-        live = {(v.video_id, v.version) for v in self.videos()}
+        """Keys of scene lists (and words lists) and of vectors that no video record names (left
+        by a crash)."""
+        records = list(self.videos())
+        live = {(v.video_id, v.version) for v in records}
+        live_words = {(v.video_id, v.words) for v in records if v.words}
         scene_keys = [
             key for key in self._db("scenes").iterator(prefix=b"s/", include_value=False)
             if tuple(key.decode(errors="replace").split("/", 2)[1:]) not in live
+        ] + [
+            key for key in self._db("scenes").iterator(prefix=b"w/", include_value=False)
+            if tuple(key.decode(errors="replace").split("/", 2)[1:]) not in live_words
         ]
         return scene_keys, self._orphan_vector_keys(live)
 
@@ -807,6 +875,10 @@ class IndexStore:
 
 def _scenes_key(video_id: str, version: str) -> bytes:
     return f"s/{video_id}/{version}".encode()
+
+
+def _words_key(video_id: str, words: str) -> bytes:
+    return f"w/{video_id}/{words}".encode()
 
 
 # -- generation token ---------------------------------------------------------------------------

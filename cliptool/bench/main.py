@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "and index time of old vs new sampling on the corpus")
     ap.add_argument("--views-only", action="store_true",
                     help="only what the image tower sees of a frame: recall over frame shapes and places, per view")
+    ap.add_argument("--words-only", action="store_true",
+                    help="only words: subtitles found at the right time, --then chains in order, the index-time "
+                         "cost of subtitles, and full-text query latency (FTS5, tantivy when installed)")
     ap.add_argument("--moments-only", action="store_true",
                     help="only how long a hit is: moment spans on the toy videos for several MOMENT_DROP values")
     ap.add_argument("--queries-only", action="store_true",
@@ -132,6 +135,16 @@ def run_moments(args: argparse.Namespace, out: Path, results: dict[str, Any]) ->
     write_json(out / "bench-moments.json", results)
     print_moments(results["moments"])
     print(f"\nfigures: {out / 'bench-moments.json'}")
+    return 0
+
+
+def run_words(args: argparse.Namespace, out: Path, results: dict[str, Any]) -> int:
+    from cliptool.bench.words import bench_words, print_words
+
+    results["words"] = bench_words(out, args.toy_model, quick=args.quick)
+    write_json(out / "bench-words.json", results)
+    print_words(results["words"])
+    print(f"\nfigures: {out / 'bench-words.json'}")
     return 0
 
 
@@ -244,6 +257,10 @@ def print_all(results: dict[str, Any]) -> None:
     print_recall(results)
     print_scale(results["scale"])
     print_milvus(results["milvus"])
+    if "words" in results:
+        from cliptool.bench.words import print_words
+
+        print_words(results["words"])
 
 
 def run_all(args: argparse.Namespace, out: Path, results: dict[str, Any], corpus: dict[str, Path], ckpt: Path,
@@ -262,6 +279,10 @@ def run_all(args: argparse.Namespace, out: Path, results: dict[str, Any], corpus
     results["scale"] = bench_scale(out, ckpt, sizes, repeat, args.scale_baseline or None)
     print("bench: serving from Milvus Lite", file=sys.stderr)
     results["milvus"] = bench_milvus(out, ckpt, milvus_sizes, repeat)
+    print("bench: words (subtitles, full text)", file=sys.stderr)
+    from cliptool.bench.words import bench_words
+
+    results["words"] = bench_words(out, args.toy_model, quick=args.quick)
     results["bench_seconds"] = time.perf_counter() - t_start
     write_json(out / "bench.json", results)
     print_all(results)
@@ -287,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_queries(args, out, results, repeat)
     if args.moments_only:
         return run_moments(args, out, results)
+    if args.words_only:
+        return run_words(args, out, results)
     if args.views_only:
         return run_views(args, out, results)
     sizes = scene_counts(args.scale_sizes, "--scale-sizes", args.quick, argv)

@@ -275,6 +275,7 @@ def _check_stored(index_dir: Path, report: CheckReport, repair: bool) -> None:
             report.problems.append(Problem(CACHE, f"could not rebuild the search cache: {exc.strerror or exc}"))
     _check_collection(index_dir, report, records, repair)  # a Milvus collection recorded in the index
     _check_text_export(index_dir, report, repair)
+    _check_fulltext(index_dir, report, records, repair)
 
 
 def _check_text_export(index_dir: Path, report: CheckReport, repair: bool) -> None:
@@ -291,6 +292,22 @@ def _check_text_export(index_dir: Path, report: CheckReport, repair: bool) -> No
                                        if repair else damage, repaired=repair))
         if repair:
             remove_text_export(index_dir)
+
+
+def _check_fulltext(index_dir: Path, report: CheckReport, records: list[VideoRecord], repair: bool) -> None:
+    """`check`: the full-text cache (words.sqlite) missing, damaged or disagreeing with the
+    stores (kind "cache"); with repair, built again from the stores."""
+    from cliptool.vectors.fulltext import fulltext_problems, rebuild_fulltext
+
+    found = [Problem(CACHE, message) for message in fulltext_problems(index_dir, records)]
+    report.problems += found
+    if repair and found:
+        try:
+            rebuild_fulltext(index_dir)
+            for p in found:
+                p.repaired = True
+        except (CliptoolError, OSError) as exc:
+            report.problems.append(Problem(CACHE, f"could not rebuild the full-text cache: {one_line(exc)}"))
 
 
 def _check_collection(index_dir: Path, report: CheckReport, records: list[VideoRecord], repair: bool) -> None:

@@ -2,7 +2,10 @@
 append it to the FAISS cache (vector_index.sync_cache, after each commit).
 
 Incremental: a file whose size and mtime match its record is skipped without reading it; one
-whose mtime changed but whose content fingerprint did not gets its record refreshed. A new
+whose mtime changed but whose content fingerprint did not gets its record refreshed. An unchanged
+video whose words are out of date (a sidecar subtitle file added, changed or removed, or other
+`--words` settings) gets its words read again and committed alone (`store.put_words`), its
+scenes and vectors untouched. A new
 path whose size and fingerprint match a record whose file is gone is a move: the stored scenes
 and vectors are carried over to the new path (no decoding). Records of files that are gone from
 the folders indexed in this run are removed. Files that failed to decode are remembered with
@@ -35,7 +38,8 @@ from cliptool.store import IndexStore, VideoRecord, WriterLock, generation, real
 from cliptool.analysis.thumbnails import write_scene_thumbnails
 from cliptool.index.progress import RunProgress
 from cliptool.index.worker import (DEFAULT_FILE_TIMEOUT, Reporter, FileResult, Todo,
-                                   Watchdog, analyse_file)
+                                   Watchdog, analyse_file, file_words)
+from cliptool.analysis.words.extract import check_engines, words_key
 
 
 WRITER_LOCK_TIMEOUT = 120.0  # how long a writer waits for a reader to let go of the stores
@@ -62,6 +66,7 @@ class IndexSummary:
     video_seconds: float = 0.0
     workers: int = 0  # processes that analysed videos: 1 locally, the Ray actors that took part with --ray
     retried: int = 0  # videos analysed again after a Ray worker or node died under them
+    words: int = 0  # unchanged videos whose words alone were read again (sidecars or --words changed)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -70,6 +75,7 @@ class IndexSummary:
             "failed": [{"path": printable(p), "error": printable(e)} for p, e in self.failed],
             "scenes": self.scenes, "seconds": round(self.seconds, 3),
             "video_seconds": round(self.video_seconds, 3), "workers": self.workers, "retried": self.retried,
+            "words": self.words,
         }
 
 
@@ -134,6 +140,7 @@ class _Plan:
     stale_failures: list[str] = field(default_factory=list)  # notes of failed files that are gone
     kept_settings: list[VideoRecord] = field(default_factory=list)  # unchanged, made with other settings
     links: dict[str, list[str]] = field(default_factory=dict)  # real path found -> its record's links
+    words: list[tuple[Path, VideoRecord]] = field(default_factory=list)  # unchanged, words out of date
 
     def writes(self) -> bool:
         return bool(self.refresh or self.moves or self.removals or self.stale_failures)
@@ -259,10 +266,12 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
             base = options or (IndexOptions.from_settings(recorded) if recorded else IndexOptions())
             options = base.changed(settings)
             if chosen:
-                store.record_settings(options.settings())
+                store.record_settings({**options.settings(), **options.words_settings()})
         if known and not _cache_current(index_dir):  # a cache left behind (a crash, say): caught up
             _sync(index_dir, None, None, report)
-        plan = _classify(files, known, failures, identity, summary, report, options.settings_key(), reindex, hold)
+        check_engines(options)  # a words source with no engine here: one line before any work
+        plan = _classify(files, known, failures, identity, summary, report, options.settings_key(), reindex, hold,
+                         options)
         if plan.kept_settings:
             report(f"{len(plan.kept_settings)} unchanged video(s) keep the settings they were indexed with "
                    f"({settings_difference(plan.kept_settings[0].settings, options)}): `cliptool index --reindex "
@@ -281,6 +290,8 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
             raise NothingToDoError("no video files found in " + ", ".join(str(p) for p in paths))
 
         changed_store = bool(misfiled) or plan.writes()
+        if plan.words:  # sidecars or word settings changed: the words alone, no decoding of pictures
+            changed_store |= _redo_words(plan.words, index_dir, options, summary, report)
         if plan.todo:  # decode, detect, sample and embed what is new or changed
             with threads_settled_on_error():
                 model = ClipModel(spec, threads=max(1, usable_cores() // 2))  # the decoder has the rest
@@ -295,17 +306,20 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
             from cliptool.vectors.milvus import sync_recorded
 
             sync_recorded(index_dir, None, None, report)  # a Milvus collection behind the stores: caught up
+        _sync_words(index_dir, report)
     summary.seconds = time.monotonic() - started
     return summary
 
 
 def _classify(files: list[Path], known: dict[str, VideoRecord], failures: dict[str, dict[str, Any]], identity: str,
               summary: IndexSummary, report: Reporter, settings: str = "", reindex: bool = False,
-              hold: Hold | None = None) -> _Plan:
+              hold: Hold | None = None, options: IndexOptions | None = None) -> _Plan:
     """Step 1: which files found are unchanged, only touched, or to be (re)indexed (all of them
-    with `reindex`); unchanged ones made with other settings than `settings` are listed; those
-    `hold` holds back are left as they are."""
+    with `reindex`); unchanged ones made with other settings than `settings` are listed, and
+    those whose words are out of date (`options`' word settings, sidecar files); those `hold`
+    holds back are left as they are."""
     plan = _Plan()
+    listings: dict[Path, list[str]] = {}  # each folder listed once, for its sidecar files
     for path in files:
         vid = video_id_for(path)
         old = known.get(vid)
@@ -330,6 +344,8 @@ def _classify(files: list[Path], known: dict[str, VideoRecord], failures: dict[s
                 if old.settings and settings and old.settings != settings:
                     plan.kept_settings.append(old)
                     summary.kept_settings += 1
+                if options is not None and old.words_key != words_key(path, options, _listing(listings, path)):
+                    plan.words.append((path, old))
                 continue
         if st.st_size == 0 and old is None:  # nothing to decode (checked each run: it costs nothing)
             _fail(summary, report, path, "empty file (0 bytes)")
@@ -340,6 +356,41 @@ def _classify(files: list[Path], known: dict[str, VideoRecord], failures: dict[s
             continue
         plan.todo.append((path, st, old))
     return plan
+
+
+def _listing(listings: dict[Path, list[str]], path: Path) -> list[str]:
+    """The names in `path`'s folder, listed once per run."""
+    if path.parent not in listings:
+        try:
+            listings[path.parent] = os.listdir(path.parent)
+        except OSError:
+            listings[path.parent] = []
+    return listings[path.parent]
+
+
+def _redo_words(todo: list[tuple[Path, VideoRecord]], index_dir: Path, options: IndexOptions,
+                summary: IndexSummary, report: Reporter) -> bool:
+    """Reads the words of unchanged videos again and commits each alone (its scenes and vectors
+    stay as they are); returns whether the stores changed."""
+    changed = False
+    for path, old in todo:
+        with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+            scenes = store.scenes(old)
+        words, key, error = file_words(path, options, [t for s in scenes for t in s.sample_times])
+        if error:
+            report(f"warning: words of {path}: {error}")
+        if words is None:
+            continue
+        since = generation(index_dir)
+        with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
+            current = store.get_video(old.video_id)
+            if current is None or current.version != old.version:
+                continue  # changed meanwhile (another process): left to it
+            store.put_words(old.video_id, words, key)
+        changed = True
+        summary.words += 1
+        _sync(index_dir, [old.video_id], since, report)
+    return changed
 
 
 def _match_moves(plan: _Plan, gone: dict[str, VideoRecord], identity: str) -> None:
@@ -488,6 +539,23 @@ def _sync(index_dir: Path, video_ids: list[str] | None, since: str | None, repor
     except OSError as exc:
         report(f"warning: could not update the search cache ({exc.strerror or exc}); search will catch up")
     sync_recorded(index_dir, video_ids, since, report)  # a Milvus collection recorded in the index, if any
+    _sync_words(index_dir, report)
+
+
+def _sync_words(index_dir: Path, report: Reporter) -> None:
+    """Brings the full-text cache in line with the stores; a failure loses nothing (the next
+    search or run catches it up)."""
+    import sqlite3
+
+    from cliptool.vectors.fulltext import sync_fulltext
+
+    try:
+        sync_fulltext(index_dir)
+    except CliptoolError:
+        pass
+    except (OSError, sqlite3.Error) as exc:
+        report(f"warning: could not update the full-text cache ({getattr(exc, 'strerror', None) or exc}); "
+               "search will catch up")
 
 
 def _cache_current(index_dir: Path) -> bool:
@@ -553,9 +621,16 @@ def _commit_result(result: FileResult, index_dir: Path, identity: str, settings:
         scene_count=len(analysed.scenes), codec=analysed.info.codec, model=identity,
         indexed_at=time.time(), version="", settings=settings, links=links or [],
     )
+    words = result.words
+    if words is None:  # unreadable words: none kept, and the next run reads them again
+        words, record.words_key = [], ""
+    else:
+        record.words_key = result.words_key
+    if result.words_error:
+        report(f"warning: words of {path}: {result.words_error}")
     since = generation(index_dir)
     with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
-        record = store.put_video(record, analysed.scenes, analysed.vectors)
+        record = store.put_video(record, analysed.scenes, analysed.vectors, words)
     _sync(index_dir, [record.video_id], since, report)  # its rows appended to the search cache
     # derived data: the sample frames' JPEGs, when the analysis pass made them
     write_scene_thumbnails(index_dir, record, analysed.scenes, getattr(analysed, "thumbnails", None))

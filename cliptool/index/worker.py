@@ -146,6 +146,9 @@ class FileResult:
     remember: bool = False
     fatal: str | None = None
     worker: str = ""  # who analysed it (a Ray actor's id; "" locally)
+    words: list[Any] | None = None  # its words (Word.to_json each); None: they could not be read
+    words_key: str = ""  # what they were made from (analysis.words.extract.words_key)
+    words_error: str | None = None  # why its words could not be read (its pictures are kept)
 
 
 def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model: ClipModel, options: IndexOptions,
@@ -164,6 +167,7 @@ def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model:
         with watchdog.file(path, st):
             fingerprint = file_fingerprint(path)
             analysed = analyse_video(path, model, options, on_frame=frame_decoded)
+            words, key, words_error = file_words(path, options, [t for s in analysed.scenes for t in s.sample_times])
     except KeyboardInterrupt:
         raise
     except ModelLoadError as exc:  # the model, not this file: the run cannot go on
@@ -171,7 +175,24 @@ def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model:
     except Exception as exc:  # noqa: BLE001 - a decoder or library fault on one file must not end the run
         error, remember = _error_of(exc, path)
         return FileResult(path, st, old, error=error, remember=remember)
-    return FileResult(path, st, old, fingerprint, analysed)
+    return FileResult(path, st, old, fingerprint, analysed, words=words, words_key=key, words_error=words_error)
+
+
+def file_words(path: Path, options: IndexOptions, sample_times: list[float],
+               names: list[str] | None = None) -> tuple[list[Any] | None, str, str | None]:
+    """A video's words as the store keeps them, what they were made from, and why they could
+    not be read (then None, "": the next run tries again); a failure never fails the video."""
+    from cliptool.analysis.words.extract import read_words, words_key
+
+    key = words_key(path, options, names)  # before reading: a sidecar changed meanwhile is read again next run
+    notes: list[str] = []
+    try:
+        words = read_words(path, options, sample_times, report=notes.append, names=names)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an engine's fault on one file must not lose its pictures
+        return None, "", f"{type(exc).__name__}: {one_line(exc)}"
+    return [w.to_json() for w in words], key, "; ".join(notes) or None
 
 
 def _error_of(exc: Exception, path: Path) -> tuple[str, bool]:

@@ -62,6 +62,13 @@ class Hit:
     scene_ids: list[str] = field(default_factory=list)  # the scenes the hit spans, in time order
     shot_start: float | None = None  # the shot (all its windows) the moment lies in; None: the span's
     shot_end: float | None = None
+    # with words in the query (search.signals): which signals matched ("picture", "said",
+    # "shown"), the words matched with their times (vectors.fulltext.WordHit.to_dict each), and
+    # for a --then chain each step's moment; all empty for a search by picture alone
+    signals: list[str] = field(default_factory=list)
+    said: list[dict[str, object]] = field(default_factory=list)
+    shown: list[dict[str, object]] = field(default_factory=list)
+    chain: list[dict[str, object]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.shot_start is None:
@@ -72,6 +79,9 @@ class Hit:
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["score"] = round(self.score, 6)
+        for name in ("signals", "said", "shown", "chain"):
+            if not d[name]:
+                del d[name]
         return d
 
 

@@ -1,4 +1,5 @@
-"""Searching: by words (GET /api/search), by an uploaded image (POST /api/search, multipart,
+"""Searching: by words (GET /api/search: q, and words said or shown: said, shows, a chain of
+then=... steps within= seconds apart; see docs/query-syntax.md), by an uploaded image (POST /api/search, multipart,
 at most UPLOAD_LIMIT) and by a scene already indexed (GET /api/similar). Each takes top, videos
 (each video once, by its best scene) and the CLI's filters (params.filters_param: in, since,
 until, min_duration, max_duration, min_score)."""
@@ -31,16 +32,40 @@ def make_router(state: ServeState) -> APIRouter:
     @router.get("/api/search")
     def api_search(request: Request) -> Any:
         q = one_param(request, "q")
+        said, shows = one_param(request, "said") or None, one_param(request, "shows") or None
+        then = [t for t in request.query_params.getlist("then") if t.strip()]
+        within_text = one_param(request, "within")
         top = int_param(one_param(request, "top"), "top", 10, 1, MAX_TOP)
         videos = flag_param(one_param(request, "videos"), "videos")
         where = filters_param(request)
-        if q is None or not q.strip():
-            raise ApiError(400, "empty query: give some words (q=...) or POST an image")
-        if len(q) > 1000:
-            raise ApiError(400, "query too long (at most 1000 characters)")
+        wordy = bool(said or shows or then)
+        if (q is None or not q.strip()) and not (said or shows):
+            raise ApiError(400, "empty query: give some words (q=...), said=..., shows=... or POST an image")
+        if any(len(x) > 1000 for x in [q or "", said or "", shows or "", *then]) or len(then) > 8:
+            raise ApiError(400, "query too long (at most 1000 characters a term, 8 then steps)")
+        within = None
+        if within_text:
+            from cliptool.search.filters import parse_duration
+
+            within = parse_duration(within_text, "within")
         with state.lock:
-            hits = state.index.search(q, top=top, videos=videos, where=where)
-        return {"query": q, "image": None, "filters": filters_json(where), "results": [state.hit_json(h) for h in hits]}
+            hits = state.index.search(q if q and q.strip() else None, top=top, videos=videos, where=where,
+                                      said=said, shows=shows, then=then, within=within)
+        return {"query": q, "image": None, **({"said": said, "shows": shows, "then": then, "within": within}
+                                              if wordy else {}),
+                "filters": filters_json(where), "results": [state.hit_json(h) for h in hits]}
+
+    @router.get("/api/words")
+    def api_words(request: Request) -> Any:
+        video = one_param(request, "video")
+        if not video:
+            raise ApiError(400, "give video=VIDEO_ID")
+        record, _ = state.video(video)  # 404 unless it is indexed
+        from cliptool.vectors.fulltext import words_between
+
+        with state.lock:
+            words = words_between(state.index_dir, record.video_id)
+        return {"video_id": record.video_id, "words": [w.to_dict() for w in words]}
 
     @router.post("/api/search")
     async def api_search_image(request: Request) -> Any:

@@ -2,7 +2,9 @@
 
 Each hit shows its best frame (decoded frame-accurately and embedded as a data: URI, a JPEG about
 320 px wide), rank, score, start-end and best time, and links that open the file (file://, the
-thumbnail's with a #t= media fragment at the best time). Every piece of text is escaped; paths
+thumbnail's with a #t= media fragment at the best time), and the words said or shown there that
+a `--said`/`--shows` query matched, with their times and the matched words marked (each links to
+its time), and for a `--then` chain each step. Every piece of text is escaped; paths
 that are not valid UTF-8 show with U+FFFD and link by their exact bytes.
 """
 
@@ -40,6 +42,11 @@ h1{font-size:1.3em;margin:0 0 .2em}
 .hit td:first-child{color:#777;width:4.5em}
 .rank{font-weight:600}
 .path{word-break:break-all}
+.words{margin:.3em 4px 0;padding:0;list-style:none;font-size:.95em}
+.words li{margin:.1em 0}
+.words .t{color:#777;font-variant-numeric:tabular-nums;margin-right:.4em}
+.words mark{background:#ffe066;padding:0 1px}
+.signals{color:#555}
 """
 
 
@@ -62,6 +69,31 @@ def thumbnail(video: Path, t: float, width: int = THUMB_WIDTH) -> bytes:
 
 def _e(text: object) -> str:
     return html.escape(printable(str(text)), quote=True)
+
+
+def marked(text: str, marks: Sequence[Sequence[int]]) -> str:
+    """`text` escaped, with the character ranges `marks` wrapped in <mark>."""
+    out, at = [], 0
+    for a, b in sorted((int(m[0]), int(m[1])) for m in marks):
+        if a < at or b > len(text) or a >= b:
+            continue
+        out += [_e(text[at:a]), "<mark>", _e(text[a:b]), "</mark>"]
+        at = b
+    out.append(_e(text[at:]))
+    return "".join(out)
+
+
+def _words(hit: Hit, url: str) -> str:
+    """The hit's matched words (said, then shown), each with its time linking there."""
+    from cliptool.media.timecode import format_time
+
+    items = []
+    for kind in ("said", "shown"):
+        for d in getattr(hit, kind, []):
+            t = float(d["start"])  # type: ignore[arg-type]
+            items.append(f'<li class="{kind}"><a class="t" href="{_e(url)}#t={t:.3f}">{format_time(t)}</a>'
+                         f'{kind}: {marked(str(d["text"]), d.get("marks", []))}</li>')  # type: ignore[arg-type]
+    return f'<ul class="words">{"".join(items)}</ul>' if items else ""
 
 
 def render(hits: Sequence[Hit], thumbs: Sequence[bytes | None], *, query: str | None = None,
@@ -87,7 +119,12 @@ def render(hits: Sequence[Hit], thumbs: Sequence[bytes | None], *, query: str | 
             f'<tr><td>span</td><td>{format_time(hit.start)} &ndash; {format_time(hit.end)}</td></tr>'
             f'<tr><td>best</td><td>{format_time(hit.best_time)}</td></tr>'
             f'<tr><td>file</td><td class="path"><a href="{_e(url)}">{_e(hit.path)}</a></td></tr>'
-            f'<tr><td>scene</td><td><code>{_e(hit.scene_id)}</code></td></tr></table></div>'
+            f'<tr><td>scene</td><td><code>{_e(hit.scene_id)}</code></td></tr>'
+            + (f'<tr><td>matched</td><td class="signals">{_e(", ".join(hit.signals))}</td></tr>'
+               if getattr(hit, "signals", []) not in ([], ["picture"]) else "")
+            + (f'<tr><td>chain</td><td>{" &rarr; ".join(format_time(float(c["start"])) for c in hit.chain)}</td></tr>'  # type: ignore[arg-type]
+               if getattr(hit, "chain", None) else "")
+            + f'</table>{_words(hit, url)}</div>'
         )
     lines = [
         "<!DOCTYPE html>",

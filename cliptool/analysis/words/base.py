@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 SOURCES = ("subtitle", "speech", "screen")
 
@@ -25,3 +26,16 @@ class Word:
             raise ValueError(f"unknown word source {self.source!r}")
         if not self.end >= self.start:
             raise ValueError("a word ends before it starts")
+
+    def to_json(self) -> list[Any]:
+        """The compact form the scenes store keeps: [start, end, text, source, language, box, confidence]."""
+        return [round(self.start, 3), round(self.end, 3), self.text, self.source, self.language,
+                list(self.box) if self.box is not None else None, self.confidence]
+
+    @classmethod
+    def from_json(cls, raw: list[Any]) -> Word:
+        """A word from `to_json`'s form; ValueError (or TypeError) for a malformed one."""
+        start, end, text, source, language, box, confidence = raw
+        return cls(float(start), float(end), str(text), str(source), str(language or ""),
+                   tuple(float(v) for v in box) if box is not None else None,  # type: ignore[arg-type]
+                   float(confidence) if confidence is not None else None)

@@ -67,6 +67,7 @@
   // -- the URL holds the query: ?q=...&top=..&videos=1, ?similar=SCENE, ?video=ID, ?image (a
   // picture, kept in the page), and the filters (?in=FOLDER&since=DATE&...); nothing: the library
   function params() { return new URLSearchParams(location.search); }
+  const WORD_PARAMS = ["said", "shows", "then", "within"];  // words said and shown, a chain of moments
   function go(p, push) {
     const url = "/" + (p.toString() ? "?" + p.toString() : "");
     if (push) history.pushState(null, "", url); else history.replaceState(null, "", url);
@@ -89,7 +90,7 @@
 
   // the URL of a new query (q, similar or image): it, top, videos, and the filters kept
   function queryUrl(kind, value) {
-    const p = new URLSearchParams([[kind, value], ["top", String(topN())]]);
+    const p = new URLSearchParams(value ? [[kind, value], ["top", String(topN())]] : [["top", String(topN())]]);
     if ($("by-video").checked) p.set("videos", "1");
     const now = params();
     for (const [name] of FILTERS) for (const v of now.getAll(name)) p.append(name, v);
@@ -99,6 +100,8 @@
   async function route() {
     const p = params();
     $("q").value = p.get("q") || "";
+    $("said").value = p.get("said") || "";
+    $("shows").value = p.get("shows") || "";
     if (p.get("top")) $("top").value = p.get("top");
     $("by-video").checked = p.get("videos") === "1";
     showFilters(p);
@@ -116,7 +119,14 @@
                     detail: `scene ${s.scene_index + 1} of the video (${fmt(s.duration)} long)`, title: s.path });
       });
     }
-    if (p.get("q")) return runQuery("/api/search?" + apiParams(p, { q: p.get("q") }), null, `“${p.get("q")}”`);
+    if (p.get("q") || p.get("said") || p.get("shows")) {
+      const extra = new URLSearchParams();
+      if (p.get("q")) extra.set("q", p.get("q"));
+      for (const name of WORD_PARAMS) for (const v of p.getAll(name)) if (v) extra.append(name, v);
+      const label = [p.get("q") ? `“${p.get("q")}”` : "", p.get("said") ? `said “${p.get("said")}”` : "",
+                     p.get("shows") ? `showing “${p.get("shows")}”` : ""].filter(Boolean).join(", ");
+      return runQuery("/api/search?" + apiParams(p, extra), null, label);
+    }
     if (p.has("image") && state.picture) {
       const pic = state.picture;
       const form = new FormData();
@@ -264,7 +274,8 @@
       el("div", { class: "meta" },
         el("div", { class: "name", title: hit.path, text: hit.name }),
         whereBar(hit),
-        el("div", { class: "times", text: `${fmt(hit.start)}–${fmt(hit.end)} · best ${fmt(hit.best_time)}` })),
+        el("div", { class: "times", text: `${fmt(hit.start)}–${fmt(hit.end)} · best ${fmt(hit.best_time)}` }),
+        cardWords(hit)),
       el("div", { class: "actions" },
         el("button", { type: "button", class: "similar", text: "More like this",
                        onclick: (ev) => { ev.stopPropagation(); moreLike(hit.scene_id); } }),
@@ -272,6 +283,73 @@
                        onclick: (ev) => { ev.stopPropagation(); go(new URLSearchParams({ video: hit.video_id }), true); } })));
     c.addEventListener("click", () => { select(i); play(hit); });
     return c;
+  }
+
+  // text with the character ranges `marks` in <mark>: built as nodes, never as HTML
+  function marked(text, marks) {
+    const out = el("span");
+    let at = 0;
+    for (const [a, b] of (marks || []).slice().sort((x, y) => x[0] - y[0])) {
+      if (a < at || b > text.length || a >= b) continue;
+      out.append(text.slice(at, a), el("mark", { text: text.slice(a, b) }));
+      at = b;
+    }
+    out.append(text.slice(at));
+    return out;
+  }
+
+  // the words a search matched at this moment (said, then shown), each at its time
+  function cardWords(hit) {
+    const items = [...(hit.said || []).map((w) => ["said", w]), ...(hit.shown || []).map((w) => ["shown", w])];
+    const list = el("ul", { class: "words" });
+    for (const [kind, w] of items.slice(0, 4)) {
+      list.append(el("li", { class: kind, title: `${kind} at ${fmt(w.start)}: ${w.text}` },
+        el("span", { class: "t", text: fmt(w.start) }), marked(w.text, w.marks)));
+    }
+    list.hidden = !items.length;
+    return list;
+  }
+
+  // the video's words beside the player: a line each, the one on screen marked; a click seeks there
+  async function showTranscript(hit) {
+    const list = $("transcript");
+    list.replaceChildren();
+    list.hidden = true;
+    let data;
+    try { data = await api("/api/words?video=" + encodeURIComponent(hit.video_id)); } catch (e) { return; }
+    if (state.current !== hit || !data.words.length) return;
+    const matched = new Set([...(hit.said || []), ...(hit.shown || [])].map((w) => `${w.start}|${w.text}`));
+    for (const w of data.words) {
+      const ours = [...(hit.said || []), ...(hit.shown || [])].find((m) => `${m.start}|${m.text}` === `${w.start}|${w.text}`);
+      const li = el("li", { class: w.source === "screen" ? "screen" : "said", "data-start": String(w.start),
+                            "data-end": String(w.end), title: `${w.source} at ${fmt(w.start)}` },
+        el("span", { class: "t", text: fmt(w.start) }), ours ? marked(w.text, ours.marks) : w.text);
+      if (matched.has(`${w.start}|${w.text}`)) li.classList.add("matched");
+      li.addEventListener("click", () => seekTo(w.start));
+      list.append(li);
+    }
+    list.hidden = false;
+    markTranscript();
+  }
+
+  function seekTo(t) {
+    const v = $("video");
+    if (v.hidden) return;
+    v.currentTime = t;
+    const p = v.play();
+    if (p && p.catch) p.catch(() => {});
+  }
+
+  function markTranscript() {
+    const v = $("video"), list = $("transcript");
+    if (list.hidden) return;
+    for (const li of list.children) {
+      const on = v.currentTime >= parseFloat(li.dataset.start) && v.currentTime < parseFloat(li.dataset.end);
+      if (on !== li.classList.contains("now")) {
+        li.classList.toggle("now", on);
+        if (on) li.scrollIntoView({ block: "nearest" });
+      }
+    }
   }
 
   // where the moment falls in its video: a bar of the video's length (said at its end), the
@@ -310,6 +388,7 @@
     const pane = $("player-pane");
     pane.hidden = false;
     $("player-title").textContent = `${hit.name} · ${fmt(hit.start)}–${fmt(hit.end)}`;
+    showTranscript(hit);
     const video = $("video");
     const base = hit.media.split("#")[0];
     const canPlay = hit.type && video.canPlayType(hit.type) !== "";
@@ -452,9 +531,12 @@
   // -- wiring ---------------------------------------------------------------------------------
   $("search-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    const q = $("q").value.trim();
-    if (!q) return;
-    go(queryUrl("q", q), true);
+    const q = $("q").value.trim(), said = $("said").value.trim(), shows = $("shows").value.trim();
+    if (!q && !said && !shows) return;
+    const p = queryUrl("q", q);
+    if (said) p.set("said", said);
+    if (shows) p.set("shows", shows);
+    go(p, true);
   });
   $("filter-form").addEventListener("submit", (ev) => { ev.preventDefault(); applyFilters(); });
   for (const id of ["top", "by-video", "f-in", "f-since", "f-until"]) $(id).addEventListener("change", applyFilters);
@@ -488,6 +570,7 @@
       else { v.pause(); v.currentTime = hit.end; state.stopAtEnd = false; }
     }
     drawTimeline();
+    markTranscript();
   });
   // seeking back into the moment plays it to its end again; elsewhere the video plays on
   $("video").addEventListener("seeked", () => {

@@ -1,0 +1,164 @@
+"""A video's words for an index run: which sources the settings ask for (`--words`), what the
+words were made from (`words_key`: a change re-does only the words), and reading them.
+
+Subtitles are read here (subtitles.py). Speech and on-screen text come from the engines in
+speech.py and screen.py, imported only when asked for; a missing engine is a one-line error
+before any work (`check_engines`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cliptool.analysis.words.base import Word
+from cliptool.config import IndexOptions
+from cliptool.errors import CliptoolError, UsageError
+
+WORD_SOURCES = ("subtitles", "speech", "screen")  # --words, in this order
+SPEECH_ENGINES = ("pocketsphinx", "whisper")
+SCREEN_MERGE_GAP = 1.5  # s: a screen word seen again within this of its last sighting continues its span
+
+Reporter = Callable[[str], None]
+
+
+def parse_words_option(value: str) -> str:
+    """`--words` as recorded: "subtitles,speech,screen" in that order, "all", or "none" (""),
+    UsageError for anything else."""
+    text = value.strip().lower()
+    if text == "all":
+        return ",".join(WORD_SOURCES)
+    if text in ("none", ""):
+        return ""
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in WORD_SOURCES]
+    if unknown:
+        raise UsageError(f"--words: unknown source {unknown[0]!r} (choose from {', '.join(WORD_SOURCES)}, all, none)")
+    return ",".join(s for s in WORD_SOURCES if s in chosen)
+
+
+def sources_of(options: IndexOptions) -> tuple[str, ...]:
+    return tuple(s for s in options.words.split(",") if s)
+
+
+def words_key(video: Path, options: IndexOptions, names: Iterable[str] | None = None) -> str:
+    """What a video's words are made from: the word settings that matter for its sources and its
+    sidecar subtitle files ([name, size, mtime]). Its container's own tracks change only with
+    the file, which the picture side notices."""
+    from cliptool.analysis.words.subtitles import sidecar_fingerprint
+
+    sources = sources_of(options)
+    key: dict[str, Any] = {"words": list(sources)}
+    if "speech" in sources:
+        key.update(speech_engine=options.speech_engine, speech_model=options.speech_model, language=options.language)
+    if "screen" in sources:
+        key.update(screen_language=options.language)
+    if "subtitles" in sources:
+        key["sidecars"] = sidecar_fingerprint(video, names)
+    return json.dumps(key, sort_keys=True, separators=(",", ":"))
+
+
+def check_engines(options: IndexOptions) -> None:
+    """A one-line CliptoolError when a source asked for has no engine here (before any work)."""
+    sources = sources_of(options)
+    if "speech" in sources:
+        if options.speech_engine not in SPEECH_ENGINES:
+            raise UsageError(f"--speech-engine: unknown engine {options.speech_engine!r} "
+                             f"(choose from {', '.join(SPEECH_ENGINES)})")
+        _engine("speech", "transcribe")
+    if "screen" in sources:
+        _engine("screen", "read_screen_text")
+
+
+def _engine(module: str, name: str) -> Callable[..., Any]:
+    import importlib
+
+    try:
+        found = getattr(importlib.import_module(f"cliptool.analysis.words.{module}"), name)
+    except (ImportError, AttributeError) as exc:
+        what = "speech recognition" if module == "speech" else "on-screen text reading"
+        raise CliptoolError(f"--words {'speech' if module == 'speech' else 'screen'}: {what} is not available in "
+                            f"this install ({type(exc).__name__}: {exc})") from None
+    return found
+
+
+def read_words(video: Path, options: IndexOptions, sample_times: Sequence[float] = (),
+               report: Reporter | None = None, names: Iterable[str] | None = None) -> list[Word]:
+    """Every word of a video from the sources `options.words` names, by start time.
+    sample_times: the times of the frames screen text is read from (the scenes' samples)."""
+    sources = sources_of(options)
+    words: list[Word] = []
+    if "subtitles" in sources:
+        from cliptool.analysis.words.subtitles import read_subtitles
+
+        words += read_subtitles(video, report, names)
+    if "speech" in sources:
+        transcribe = _engine("speech", "transcribe")
+        words += transcribe(video, engine=options.speech_engine, model=options.speech_model, language=options.language)
+    if "screen" in sources and sample_times:
+        read_screen_text = _engine("screen", "read_screen_text")
+        frames = frames_at(video, sample_times)
+        seen = read_screen_text(frames, **({"languages": options.language} if options.language else {}))
+        words += merge_screen_words(seen, sorted(set(sample_times)))
+    return sorted(words, key=lambda w: (w.start, w.end, w.source))
+
+
+def frames_at(video: Path, times: Sequence[float]) -> Iterable[tuple[float, Any]]:
+    """(time, RGB frame) of the decoded frame nearest each of `times`, in one pass over the video."""
+    from cliptool.media.decode import VideoReader, to_rgb
+
+    wanted = sorted(set(float(t) for t in times))
+    if not wanted:
+        return
+    i = 0
+    with VideoReader(video) as reader:
+        previous = None
+        for frame in reader.frames():
+            while i < len(wanted) and frame.time >= wanted[i]:
+                pick = frame if previous is None or abs(frame.time - wanted[i]) <= abs(previous.time - wanted[i]) \
+                    else previous
+                yield wanted[i], to_rgb(pick.av_frame)
+                i += 1
+            if i >= len(wanted):
+                return
+            previous = frame
+        if previous is not None:
+            for t in wanted[i:]:
+                yield t, to_rgb(previous.av_frame)
+
+
+def merge_screen_words(words: Iterable[Word], times: Sequence[float] = ()) -> list[Word]:
+    """Screen words read frame by frame, merged: the same text seen on consecutive frames (no
+    frame between without it, and within SCREEN_MERGE_GAP s) is one word spanning them."""
+    order = {t: i for i, t in enumerate(times)}
+    by_text: dict[str, list[Word]] = {}
+    for w in words:
+        by_text.setdefault(" ".join(w.text.split()).casefold(), []).append(w)
+    out: list[Word] = []
+    for group in by_text.values():
+        group.sort(key=lambda w: w.start)
+        run = [group[0]]
+        for w in group[1:]:
+            last = run[-1]
+            a, b = order.get(last.start), order.get(w.start)
+            consecutive = (a is not None and b is not None and b - a <= 1) or (a is None or b is None)
+            if consecutive and w.start - last.end <= SCREEN_MERGE_GAP:
+                run.append(w)
+            else:
+                out.append(_span(run))
+                run = [w]
+        out.append(_span(run))
+    return sorted(out, key=lambda w: (w.start, w.text))
+
+
+def _span(run: list[Word]) -> Word:
+    first = run[0]
+    confidences = [w.confidence for w in run if w.confidence is not None]
+    return Word(first.start, max(w.end for w in run), first.text, first.source, first.language, first.box,
+                max(confidences) if confidences else None)
+
+
+__all__ = ["SPEECH_ENGINES", "WORD_SOURCES", "check_engines", "frames_at", "merge_screen_words", "parse_words_option",
+           "read_words", "sources_of", "words_key"]

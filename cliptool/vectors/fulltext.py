@@ -1,0 +1,354 @@
+"""The full-text cache: every video's words (subtitles, speech, screen text) in an SQLite FTS5
+index, `<index dir>/words.sqlite`, for `search --said` and `--shows`.
+
+Derived, like the FAISS cache: built from the stores (each video's words list and scene list),
+never the source of truth. It records the stores' generation token it matches and, per video,
+the scene version and words version it holds; `sync_fulltext` compares those with the video
+records and rewrites only the videos that differ, in one SQLite transaction (so a reader sees
+the old or the new state, and a crash leaves the old one). A missing or damaged file is built
+again from the stores (`rebuild_fulltext`; `cliptool check` finds it, `check --repair` and the
+next search rebuild it).
+
+Tokens: FTS5's `porter unicode61 remove_diacritics 2` tokenizer: case- and accent-folded,
+English (Porter) stems. A row is a subtitle cue, a run of spoken words (up to `SPEECH_ROW_SECONDS`,
+broken at pauses of `SPEECH_GAP` s), or the text seen on screen at one time. Ranking: BM25.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cliptool.analysis.words.base import Word
+from cliptool.errors import CliptoolError, UsageError
+from cliptool.store import IndexStore, SceneRecord, VideoRecord, generation
+
+FULLTEXT_FILE = "words.sqlite"
+FORMAT = "1"
+TOKENIZER = "porter unicode61 remove_diacritics 2"
+SAID_SOURCES = ("subtitle", "speech")
+SHOWN_SOURCES = ("screen",)
+SPEECH_ROW_SECONDS = 8.0
+SPEECH_GAP = 1.0
+_OPEN, _CLOSE = "\x02", "\x03"  # match markers highlight() puts around matched tokens
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS videos(video_id TEXT PRIMARY KEY, version TEXT, words TEXT, path TEXT);
+CREATE TABLE IF NOT EXISTS cues(id INTEGER PRIMARY KEY, video_id TEXT, start REAL, "end" REAL, source TEXT,
+                                language TEXT, scene_id TEXT, scene_index INTEGER, box TEXT);
+CREATE INDEX IF NOT EXISTS cues_video ON cues(video_id, start);
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(text, tokenize='{TOKENIZER}');
+"""
+
+
+@dataclass
+class WordHit:
+    """One row of the full-text cache that a query matched (or that lies in a span): its video,
+    time, text, where it came from, the scene it falls in and, for a match, its BM25 score
+    (higher is better) and the character ranges of the matched words in `text`."""
+
+    video_id: str
+    path: str
+    start: float
+    end: float
+    text: str
+    source: str
+    language: str
+    scene_id: str
+    scene_index: int
+    score: float = 0.0
+    marks: list[tuple[int, int]] = field(default_factory=list)
+    box: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form a hit's `said`/`shown` snippets take."""
+        d: dict[str, Any] = {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text,
+                             "source": self.source, "language": self.language,
+                             "marks": [list(m) for m in self.marks]}
+        if self.box is not None:
+            d["box"] = self.box
+        return d
+
+
+def fulltext_path(index_dir: Path) -> Path:
+    return Path(index_dir) / FULLTEXT_FILE
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    return db
+
+
+# -- building from the stores ------------------------------------------------------------------
+def _rows(words: list[Word]) -> Iterator[Word]:
+    """The rows a video's words make: a cue each; spoken words gathered into runs (so a phrase
+    matches across them); screen words seen at one time (one frame) into one line."""
+    speech = [w for w in words if w.source == "speech"]
+    screen = [w for w in words if w.source == "screen"]
+    yield from (w for w in words if w.source == "subtitle")
+    run: list[Word] = []
+    for w in sorted(speech, key=lambda w: w.start):
+        if run and (w.start - run[-1].end > SPEECH_GAP or w.end - run[0].start > SPEECH_ROW_SECONDS):
+            yield _joined(run)
+            run = []
+        run.append(w)
+    if run:
+        yield _joined(run)
+    by_time: dict[tuple[float, float], list[Word]] = {}
+    for w in screen:
+        by_time.setdefault((w.start, w.end), []).append(w)
+    for group in by_time.values():
+        yield group[0] if len(group) == 1 else _joined(group)
+
+
+def _joined(words: list[Word]) -> Word:
+    return Word(min(w.start for w in words), max(w.end for w in words), " ".join(w.text for w in words),
+                words[0].source, words[0].language, words[0].box if len(words) == 1 else None)
+
+
+def _scene_of(t: float, scenes: list[SceneRecord]) -> SceneRecord | None:
+    """The scene on screen at `t` (the last one for a time past the end)."""
+    if not scenes:
+        return None
+    for s in scenes:
+        if s.start_time <= t < s.end_time:
+            return s
+    return scenes[0] if t < scenes[0].start_time else scenes[-1]
+
+
+def _read_video(store: IndexStore, record: VideoRecord) -> list[tuple[Any, ...]]:
+    """The cue rows of one video: (start, end, source, language, scene id, scene index, box, text)."""
+    words = []
+    for raw in store.words(record):
+        try:
+            words.append(Word.from_json(raw))
+        except (ValueError, TypeError):
+            continue
+    scenes = store.scenes(record) if words else []
+    out = []
+    for w in _rows(words):
+        scene = _scene_of(w.start, scenes)
+        out.append((w.start, w.end, w.source, w.language, scene.scene_id if scene else "",
+                    scene.index if scene else 0, json.dumps(list(w.box)) if w.box is not None else None, w.text))
+    return out
+
+
+def sync_fulltext(index_dir: Path, rebuild: bool = False) -> int:
+    """Brings the full-text cache in line with the stores (building it when missing, damaged or
+    with `rebuild`); returns how many videos' rows were rewritten. IndexMissingError when there
+    is no index."""
+    index_dir = Path(index_dir)
+    path = fulltext_path(index_dir)
+    token = generation(index_dir)  # read first: a commit after it makes the cache stale again
+    if rebuild:
+        _remove(path)
+    try:
+        return _sync(index_dir, path, token)
+    except sqlite3.DatabaseError:  # a damaged file: built again from the stores
+        _remove(path)
+        return _sync(index_dir, path, token)
+
+
+def _remove(path: Path) -> None:
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)
+
+
+def _sync(index_dir: Path, path: Path, token: str) -> int:
+    with closing(_connect(path)) as db:
+        db.executescript(_SCHEMA)
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+        if meta.get("format") == FORMAT and meta.get("generation") == token and token:
+            return 0
+        held = {vid: (version, words) for vid, version, words in db.execute("SELECT video_id, version, words FROM videos")}
+        with IndexStore(index_dir) as store:
+            records = {r.video_id: r for r in store.videos()}
+            changed = [r for vid, r in records.items() if held.get(vid) != (r.version, r.words)]
+            rows = {r.video_id: _read_video(store, r) for r in changed}
+        gone = [vid for vid in held if vid not in records]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for vid in gone + [r.video_id for r in changed]:
+                db.execute("DELETE FROM fts WHERE rowid IN (SELECT id FROM cues WHERE video_id = ?)", (vid,))
+                db.execute("DELETE FROM cues WHERE video_id = ?", (vid,))
+                db.execute("DELETE FROM videos WHERE video_id = ?", (vid,))
+            for r in changed:
+                for start, end, source, language, sid, sindex, box, text in rows[r.video_id]:
+                    cur = db.execute("INSERT INTO cues(video_id, start, \"end\", source, language, scene_id, "
+                                     "scene_index, box) VALUES (?,?,?,?,?,?,?,?)",
+                                     (r.video_id, start, end, source, language, sid, sindex, box))
+                    db.execute("INSERT INTO fts(rowid, text) VALUES (?, ?)", (cur.lastrowid, text))
+                db.execute("INSERT INTO videos VALUES (?,?,?,?)", (r.video_id, r.version, r.words, r.path))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (FORMAT,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (token,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(changed) + len(gone)
+
+
+def rebuild_fulltext(index_dir: Path) -> int:
+    """Builds the full-text cache again from the stores."""
+    return sync_fulltext(index_dir, rebuild=True)
+
+
+def fulltext_state(index_dir: Path) -> str:
+    """"missing", "current" or "stale" (behind the stores: the next search catches it up)."""
+    path = fulltext_path(index_dir)
+    if not path.exists():
+        return "missing"
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)) as db:
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+    except sqlite3.DatabaseError:
+        return "damaged"
+    return "current" if meta.get("generation") == generation(index_dir) and meta.get("format") == FORMAT else "stale"
+
+
+def fulltext_problems(index_dir: Path, records: list[VideoRecord]) -> list[str]:
+    """What `check` finds wrong with the full-text cache: missing while videos have words,
+    damaged (SQLite's and FTS5's integrity checks), or holding other versions of videos than
+    the stores while it claims to be current."""
+    path = fulltext_path(index_dir)
+    if not path.exists():
+        return ["the full-text cache is missing"] if any(r.words for r in records) else []
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)) as db:
+            result = db.execute("PRAGMA integrity_check").fetchone()
+            if not result or result[0] != "ok":
+                return [f"the full-text cache is damaged ({result[0] if result else 'no answer'})"]
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+            if meta.get("format") != FORMAT:
+                return [f"the full-text cache has format {meta.get('format')}, not {FORMAT}"]
+            held = {vid: (version, words) for vid, version, words in db.execute("SELECT video_id, version, words FROM videos")}
+            cues = db.execute("SELECT count(*) FROM cues").fetchone()[0]
+            rows = db.execute("SELECT count(*) FROM fts").fetchone()[0]
+        with closing(sqlite3.connect(str(path), timeout=30.0)) as db:  # FTS5's own check needs a writable handle
+            db.execute("INSERT INTO fts(fts, rank) VALUES ('integrity-check', 1)")
+    except sqlite3.DatabaseError as exc:
+        return [f"the full-text cache is damaged ({exc})"]
+    if cues != rows:
+        return [f"the full-text cache is damaged ({cues} cues, {rows} indexed rows)"]
+    if meta.get("generation") == generation(index_dir):
+        wrong = sum(1 for r in records if held.get(r.video_id) != (r.version, r.words))
+        wrong += sum(1 for vid in held if vid not in {r.video_id for r in records})
+        if wrong:
+            return [f"the full-text cache disagrees with the stores on {wrong} video(s)"]
+    return []
+
+
+# -- queries -------------------------------------------------------------------------------------
+_TOKEN = re.compile(r'"([^"]*)"|(\S+)')
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def match_expression(text: str) -> str:
+    """The FTS5 query for what a user typed: every word must appear in the row (in any order);
+    a quoted "phrase" must appear as it is; a word ending in `*` matches as a prefix
+    (`birth*`). Punctuation is dropped; UsageError when no word is left."""
+    parts = []
+    for phrase, bare in _TOKEN.findall(text or ""):
+        if phrase:
+            tokens = _WORD.findall(phrase)
+            if tokens:
+                parts.append('"' + " ".join(tokens) + '"' + (" *" if phrase.rstrip().endswith("*") else ""))
+            continue
+        prefix = bare.endswith("*")
+        for i, token in enumerate(_WORD.findall(bare)):
+            last = i == len(_WORD.findall(bare)) - 1
+            parts.append(f'"{token}"' + (" *" if prefix and last else ""))
+    if not parts:
+        raise UsageError(f"no words to look for in {text!r}")
+    return " AND ".join(parts)
+
+
+def _marks(highlighted: str) -> tuple[str, list[tuple[int, int]]]:
+    """The text and the character ranges `highlight()` marked in it."""
+    out: list[str] = []
+    marks: list[tuple[int, int]] = []
+    at = 0
+    start = None
+    for ch in highlighted:
+        if ch == _OPEN:
+            start = at
+        elif ch == _CLOSE:
+            if start is not None:
+                marks.append((start, at))
+            start = None
+        else:
+            out.append(ch)
+            at += 1
+    return "".join(out), marks
+
+
+@contextmanager
+def _reader(index_dir: Path) -> Iterator[sqlite3.Connection]:
+    """The cache brought up to date and opened for reading."""
+    index_dir = Path(index_dir)
+    try:
+        sync_fulltext(index_dir)
+    except OSError as exc:
+        raise CliptoolError(f"cannot update the full-text cache in {index_dir}: {exc.strerror or exc}") from None
+    except sqlite3.Error as exc:
+        raise CliptoolError(f"cannot update the full-text cache in {index_dir}: {exc}") from None
+    with closing(_connect(fulltext_path(index_dir))) as db:
+        yield db
+
+
+def search_words(index_dir: Path, text: str, sources: Iterable[str], limit: int = 200,
+                 videos: set[str] | None = None) -> list[WordHit]:
+    """Rows whose words match `text` (see `match_expression`), from `sources`, best BM25 first;
+    only those of `videos` when given."""
+    expression = match_expression(text)
+    sources = tuple(sources)
+    marks = "?, " * len(sources)
+    sql = (f"SELECT cues.video_id, videos.path, cues.start, cues.\"end\", highlight(fts, 0, ?, ?), cues.source, "
+           f"cues.language, cues.scene_id, cues.scene_index, bm25(fts), cues.box FROM fts "
+           f"JOIN cues ON cues.id = fts.rowid JOIN videos ON videos.video_id = cues.video_id "
+           f"WHERE fts MATCH ? AND cues.source IN ({marks.rstrip(', ')}) ORDER BY bm25(fts) LIMIT ?")
+    out: list[WordHit] = []
+    with _reader(index_dir) as db:
+        try:
+            rows = db.execute(sql, (_OPEN, _CLOSE, expression, *sources, limit * 8 if videos is not None else limit))
+            fetched = rows.fetchall()
+        except sqlite3.OperationalError as exc:
+            raise UsageError(f"cannot search the words for {text!r}: {exc}") from None
+    for vid, path, start, end, highlighted, source, language, sid, sindex, bm25, box in fetched:
+        if videos is not None and vid not in videos:
+            continue
+        plain, found = _marks(highlighted)
+        out.append(WordHit(vid, path, start, end, plain, source, language, sid, sindex, -float(bm25), found,
+                           json.loads(box) if box else None))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def words_between(index_dir: Path, video_id: str, start: float | None = None, end: float | None = None,
+                  sources: Iterable[str] | None = None) -> list[WordHit]:
+    """The rows of one video that overlap `start`-`end` (the whole video when not given), by time."""
+    lo = -1.0 if start is None else start
+    hi = float("inf") if end is None else end
+    with _reader(index_dir) as db:
+        rows = db.execute("SELECT cues.video_id, videos.path, cues.start, cues.\"end\", fts.text, cues.source, "
+                          "cues.language, cues.scene_id, cues.scene_index, cues.box FROM cues "
+                          "JOIN fts ON fts.rowid = cues.id JOIN videos ON videos.video_id = cues.video_id "
+                          "WHERE cues.video_id = ? AND cues.\"end\" >= ? AND cues.start <= ? ORDER BY cues.start",
+                          (video_id, lo, hi if hi != float("inf") else 1e18)).fetchall()
+    wanted = set(sources) if sources is not None else None
+    return [WordHit(vid, path, s, e, text, source, language, sid, sindex, box=json.loads(box) if box else None)
+            for vid, path, s, e, text, source, language, sid, sindex, box in rows
+            if wanted is None or source in wanted]
+
+
+__all__ = ["FULLTEXT_FILE", "SAID_SOURCES", "SHOWN_SOURCES", "TOKENIZER", "WordHit", "fulltext_path",
+           "fulltext_problems", "fulltext_state", "match_expression", "rebuild_fulltext", "search_words",
+           "sync_fulltext", "words_between"]
