@@ -526,7 +526,15 @@ class IndexStore:
     def words(self, video: VideoRecord) -> list[Any]:
         """A video's stored words as written (a list of JSON values; [] when it has none)."""
         raw = self.raw_words(video)
-        return json.loads(raw) if raw else []
+        if not raw:
+            return []
+        try:
+            words = json.loads(raw)
+        except ValueError:
+            words = None
+        if not isinstance(words, list):
+            raise StoreDamagedError(f"the words of {video.path} are malformed: run `cliptool check --repair`")
+        return words
 
     def raw_words(self, video: VideoRecord) -> bytes | None:
         """A video's stored words list as written (None when it names none or it is missing)."""

@@ -464,3 +464,28 @@ def test_words_on_cards_and_a_transcript_that_seeks(word_site) -> None:
         assert 2.45 <= t <= 4.0
     finally:
         driver.quit()
+
+
+def test_check_names_a_video_whose_stored_words_are_damaged(small_index: tuple[Path, Path]) -> None:
+    """Words damaged behind the store's back (valid LevelDB, nonsense inside): check names the
+    video, a search says so in one line instead of a traceback, and --repair leaves a clean index."""
+    import plyvel
+
+    index_dir, folder = small_index
+    with IndexStore(index_dir) as store:
+        shapes = next(v for v in store.videos() if v.words)
+    db = plyvel.DB(str(index_dir / "scenes.ldb"))
+    try:
+        keys = [k for k, _ in db.iterator(prefix=b"w/")]  # the words lists (store.py's key format)
+        assert len(keys) == 1
+        db.put(keys[0], b"[\xc5 not json", sync=True)
+    finally:
+        db.close()
+    fulltext_path(index_dir).unlink()  # so that a search must read the stored words again
+    report = check_index(index_dir)
+    assert [p.message for p in report.problems if "words" in p.message] == \
+        [f"{shapes.path}: its words fail their checksum or are malformed"]
+    proc = run_here(index_dir, "search", "--said", "circle")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "malformed" in proc.stderr, proc.stderr
+    assert run_here(index_dir, "check", "--repair").returncode == 0
+    assert check_index(index_dir).ok

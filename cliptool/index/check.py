@@ -98,6 +98,7 @@ def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> li
     if indices != list(range(len(scenes))) or ids != [scene_id(video.video_id, video.version, i) for i in indices]:
         wrong.append(f"{video.path}: its scene list is out of order or names other scenes")
     wrong += _time_problems(video, scenes)
+    wrong += _words_problems(store, video)
     keys = []
     try:
         records = list(store.vector_records(video))
@@ -120,6 +121,19 @@ def _video_problems(store: IndexStore, video: VideoRecord, dims: set[int]) -> li
         extra = len(set(keys) - set(ids))
         wrong.append(f"{video.path}: {missing} scene vector(s) missing, {extra} unexpected")
     return wrong
+
+
+def _words_problems(store: IndexStore, video: VideoRecord) -> list[str]:
+    """What is wrong with the words list a video's record names ([] when whole or none)."""
+    if not video.words:
+        return []
+    try:
+        if store.raw_words(video) is None:
+            return [f"{video.path}: its words are missing"]
+        store.words(video)
+    except StoreDamagedError:
+        return [f"{video.path}: its words fail their checksum or are malformed"]
+    return []
 
 
 def _unit(vectors: np.ndarray) -> bool:
