@@ -312,6 +312,16 @@ def test_a_changed_sidecar_rereads_only_the_words(small_index: tuple[Path, Path]
     assert _stored(index_dir)[shapes][:2] == before[shapes][:2]
     assert check_index(index_dir).ok
     one_line_error(run_here(index_dir, "index", folder, "--words", "smell"), 2, "unknown source")
+    one_line_error(run_here(index_dir, "index", folder, "--speech-engine", "parrot"), 2, "unknown speech engine")
+    import importlib.util
+
+    if importlib.util.find_spec("cliptool.analysis.words.speech") is None:  # the engine is not on this branch
+        kept = _stored(index_dir)
+        one_line_error(run_here(index_dir, "index", folder, *model_args, "--words", "subtitles,speech"), 6,
+                       "speech recognition is not available")
+        assert _stored(index_dir) == kept
+        summary = json.loads(ok(run_here(index_dir, "index", folder, *model_args, "--json")).stdout)
+        assert summary["words"] == 0  # the refused settings were not recorded
 
 
 def test_check_finds_a_missing_or_damaged_fulltext_cache(small_index: tuple[Path, Path]) -> None:
