@@ -304,6 +304,9 @@ def test_a_changed_sidecar_rereads_only_the_words(small_index: tuple[Path, Path]
     assert [(h["path"], h["start"]) for h in hits] == [(shapes, 1.5)]
     assert said(index_dir, "--said", "red") == []
     assert [h["start"] for h in said(index_dir, "--said", "welt")] == [0.5]
+    from cliptool import Index
+
+    assert Index(index_dir).status()["words"] == {"videos": 2, "cache": "current"}
     summary = json.loads(ok(run_here(index_dir, "index", folder, *model_args, "--json")).stdout)
     assert summary["words"] == 0 and summary["skipped"] == 2  # nothing changed: nothing read
     (folder / "shapes.en.srt").unlink()
