@@ -477,3 +477,42 @@ def test_words_on_cards_and_a_transcript_that_seeks(word_site) -> None:
         assert 2.45 <= t <= 4.0
     finally:
         driver.quit()
+
+
+def test_screen_words_merge_across_consecutive_frames_and_frames_come_at_their_times(tmp_path: Path) -> None:
+    from cliptool.analysis.words.extract import frames_at, merge_screen_words
+
+    times = [0.0, 1.0, 2.0, 3.0, 4.0]
+    seen = [Word(t, t, text, "screen", box=(0.1, 0.1, 0.2, 0.1)) for t, text in
+            [(0.0, "EXIT"), (1.0, "Exit"), (2.0, "EXIT"), (4.0, "EXIT"), (1.0, "SALE"), (3.0, "SALE")]]
+    merged = [(w.start, w.end, w.text) for w in merge_screen_words(seen, times)]
+    # EXIT on frames 0-2 is one span; back on frame 4 after a frame without it: another; SALE
+    # twice with a frame between: two
+    assert merged == [(0.0, 2.0, "EXIT"), (1.0, 1.0, "SALE"), (3.0, 3.0, "SALE"), (4.0, 4.0, "EXIT")]
+    clip = tmp_path / "titles.mp4"
+    make_samples.write_clip(clip, make_samples.SAMPLES["titles.mp4"])  # 25 fps: white on black, then black on white
+    got = list(frames_at(clip, [3.0, 0.5, 0.52]))
+    assert [t for t, _ in got] == [0.5, 0.52, 3.0]
+    assert all(frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8 for _, frame in got)
+    assert got[0][1].mean() < 128 < got[2][1].mean()  # the first title is mostly black, the second white
+
+
+def test_speech_gathers_into_runs_for_phrases(tmp_path: Path, model_args: list[str]) -> None:
+    """Spoken words (one record each) are kept as they are in the store and gathered into runs
+    in the full-text cache, so a phrase spoken across words is found; a pause breaks a run."""
+    from cliptool.vectors.fulltext import search_words
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_samples.write_clip(folder / "talk.mp4", make_samples.SAMPLES["titles.mp4"])
+    index_dir = tmp_path / "index"
+    ok(run_here(index_dir, "index", folder, *model_args, "--words", "none"))
+    spoken = [Word(0.2, 0.5, "happy", "speech", "en"), Word(0.55, 0.9, "birthday", "speech", "en"),
+              Word(2.5, 2.8, "dear", "speech", "en"), Word(2.85, 3.1, "friend", "speech", "en")]
+    with IndexStore(index_dir) as store:
+        record = next(store.videos())
+        store.put_words(record.video_id, [w.to_json() for w in spoken], "{}")
+    hits = search_words(index_dir, '"happy birthday"', ("speech",))
+    assert [(h.start, h.end, h.text) for h in hits] == [(0.2, 0.9, "happy birthday")]
+    assert search_words(index_dir, '"birthday dear"', ("speech",)) == []  # 1.6 s of silence between
+    assert check_index(index_dir).ok
