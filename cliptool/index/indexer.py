@@ -498,7 +498,7 @@ def _sync_words(index_dir: Path, report: Reporter) -> None:
         sync_fulltext(index_dir)
     except CliptoolError:
         pass
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, ValueError) as exc:  # full disk, locked or odd data: derived, caught up later
         report(f"warning: could not update the full-text cache ({getattr(exc, 'strerror', None) or exc}); "
                "search will catch up")
 
