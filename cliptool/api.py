@@ -130,6 +130,7 @@ class Index:
         from cliptool.store import STORE_NAMES, IndexStore
         from cliptool.vectors.milvus import recorded_vector_store
         from cliptool.vectors.faiss import cache_state, describe_cache
+        from cliptool.vectors.fulltext import fulltext_state
 
         with IndexStore(self.directory) as store:
             meta = store.meta()
@@ -145,8 +146,10 @@ class Index:
             "cache": cache_state(self.directory),
             "search_index": describe_cache(self.directory),  # exact or approximate, its parameters, recall
             "vector_store": recorded_vector_store(self.directory) or "faiss",
+            "words": {"videos": sum(1 for v in records if v.words), "cache": fulltext_state(self.directory)},
             "text_tower": _text_tower(self.directory, meta.get("model_identity")),
-            "bytes": sizes | {"faiss": _dir_size(self.directory / "faiss")},
+            "bytes": sizes | {"faiss": _dir_size(self.directory / "faiss"),
+                              "words": _dir_size_of_files(self.directory, "words.sqlite")},
         }
 
     def videos(self) -> list[VideoRecord]:
@@ -433,6 +436,11 @@ def _text_tower(directory: Path, identity: str | None) -> dict[str, Any]:
     if meta is None or text_encoder_identity(directory) != identity:
         return {"path": "open_clip"}
     return {"path": "onnxruntime", "int8": meta.get("int8")}
+
+
+def _dir_size_of_files(folder: Path, name: str) -> int:
+    """The bytes of an SQLite file and its -wal and -shm companions in `folder`."""
+    return sum(p.stat().st_size for p in folder.glob(name + "*") if p.is_file())
 
 
 def _dir_size(path: Path) -> int:

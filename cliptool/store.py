@@ -698,7 +698,7 @@ class IndexStore:
             record.words = ""
             return
         record.words = secrets.token_hex(4)
-        raw = json.dumps(words, separators=(",", ":"), ensure_ascii=False).encode()
+        raw = json.dumps(words, separators=(",", ":")).encode()  # ASCII: a stray surrogate is kept, escaped
         self._write(lambda: self._db("scenes").put(_words_key(record.video_id, record.words), raw, sync=True))
 
     def put_videos(self, items: list[tuple[VideoRecord, list[SceneRecord], list[SceneVectors]]]) -> list[VideoRecord]:

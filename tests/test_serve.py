@@ -307,7 +307,7 @@ def test_host_header_parsed_strictly(tmp_path: Path) -> None:
         # two Host headers (the same or not), none at all (HTTP/1.0, or 1.1), a folded one: 400, one line
         for lines, version in [((f"Host: 127.0.0.1:{p}", f"Host: 127.0.0.1:{p}"), "1.1"),
                                ((f"Host: 127.0.0.1:{p}", "Host: evil.com"), "1.1"),
-                               ((f"Host: evil.com", f"Host: 127.0.0.1:{p}"), "1.1"),
+                               (("Host: evil.com", f"Host: 127.0.0.1:{p}"), "1.1"),
                                ((), "1.0"), ((), "1.1"), ((f"Host: 127.0.0.1:{p}", " evil.com"), "1.1")]:
             status, body = get_with(p, *lines, version=version)
             assert status == 400 and body.strip() and b"\n" not in body.strip(), (lines, version, body)

@@ -166,18 +166,20 @@ def words_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if not WEIGHTS.is_file():
         pytest.skip("data/toy-clip is not there")
     folder = tmp_path_factory.mktemp("word-clips")
-    for name, segments in make_samples.SHAPE_SAMPLES.items():
-        make_samples.write_clip(folder / name, segments)
+    shapes = {"garden-shapes.mp4": [("circle", "red", 1.0, 3.0, 0.5, 0.5), ("star", "yellow", 5.0, 7.0, 0.45, 0.5)],
+              "parade.mp4": [("square", "blue", 2.0, 4.0, 0.5, 0.5)]}
+    for seed, (name, events) in enumerate(shapes.items(), 1):  # 8 s each: shorter than the samples' 16 s
+        make_samples.write_clip(folder / name, [(make_samples.shape_world(events, seed), 200)])
     (folder / "garden-shapes.en.srt").write_text(srt(
-        (9.5, 10.5, "Happy birthday!"),
-        (12.0, 13.0, "Crème brûlée au CAFÉ"),
+        (5.5, 6.5, "Happy birthday!"),
+        (7.0, 7.8, "Crème brûlée au CAFÉ"),
     ))
     (folder / "parade.srt").write_text(srt(
         (1.0, 1.5, "the scoreboard is dark"),
         (2.5, 3.5, "happy birthday to you, my dear friend"),
         (3.0, 3.5, "GOAL"),
         (6.0, 6.5, "scoreboard lights up"),
-        (13.0, 14.0, "a happy day; the birthday is later"),
+        (7.0, 7.8, "a happy day; the birthday is later"),
     ))
     plain = tmp_path_factory.mktemp("plain") / "titles.mp4"
     make_samples.write_clip(plain, make_samples.SAMPLES["titles.mp4"])
@@ -194,8 +196,8 @@ def said(index_dir: Path, *args: object) -> list[dict]:
 
 
 @pytest.mark.parametrize("words, clip, start", [
-    ("BIRTHDAYS", "garden-shapes.mp4", 9.5),  # case and stem
-    ("creme BRULEE cafe", "garden-shapes.mp4", 12.0),  # accents
+    ("BIRTHDAYS", "garden-shapes.mp4", 5.5),  # case and stem
+    ("creme BRULEE cafe", "garden-shapes.mp4", 7.0),  # accents
     ("scorebo*", "parade.mp4", 1.0),  # prefix
     ("story", "titles.mp4", 2.5),  # the mov_text track inside the MP4
 ])
@@ -212,9 +214,9 @@ def test_said_finds_the_moment(words_index: tuple[Path, Path], words: str, clip:
 def test_phrases_and_all_words(words_index: tuple[Path, Path]) -> None:
     index_dir, _ = words_index
     every_word = {(Path(h["path"]).name, h["start"]) for h in said(index_dir, "--said", "happy birthday")}
-    assert every_word == {("garden-shapes.mp4", 9.5), ("parade.mp4", 2.5), ("parade.mp4", 13.0)}
+    assert every_word == {("garden-shapes.mp4", 5.5), ("parade.mp4", 2.5), ("parade.mp4", 7.0)}
     phrase = {(Path(h["path"]).name, h["start"]) for h in said(index_dir, "--said", '"happy birthday"')}
-    assert phrase == {("garden-shapes.mp4", 9.5), ("parade.mp4", 2.5)}
+    assert phrase == {("garden-shapes.mp4", 5.5), ("parade.mp4", 2.5)}
     hit = said(index_dir, "--said", '"happy birthday"', "--in", words_index[1] / "parade.mp4")[0]
     text, marks = hit["said"][0]["text"], hit["said"][0]["marks"]
     assert [text[a:b] for a, b in marks] in (["happy birthday"], ["happy", "birthday"])
@@ -231,7 +233,7 @@ def test_seen_and_said_fused(words_index: tuple[Path, Path]) -> None:
     fused = said(index_dir, "a blue square", "--said", "happy birthday")
     first = fused[0]
     assert Path(first["path"]).name == "parade.mp4" and first["signals"] == ["picture", "said"]
-    assert first["start"] <= 2.5 < first["end"] and 2.0 <= first["best_time"] < 5.0
+    assert first["start"] <= 2.5 < first["end"] and 2.0 <= first["best_time"] < 4.0
     assert first["said"][0]["start"] == 2.5
     assert all(h["signals"] != ["picture", "said"] for h in fused[1:3]) or fused[0]["score"] >= fused[1]["score"]
 
@@ -246,12 +248,12 @@ def test_then_chains_in_order_within(words_index: tuple[Path, Path]) -> None:
     assert (hit["start"], hit["end"]) == (3.0, 6.5)
     assert said(index_dir, "--said", "goal", "--then", "said:scoreboard", "--within", "2s") == []  # gap 2.5 s
     assert said(index_dir, "--said", "scoreboard lights", "--then", "said:goal", "--within", "1m") == []  # order
-    # a picture, then words: the red circle (1-4 s), then "happy birthday" at 9.5 s
-    mixed = said(index_dir, "a red circle", "--then", "said:happy birthday", "--within", "8s")
+    # a picture, then words: the red circle (1-3 s), then "happy birthday" at 5.5 s
+    mixed = said(index_dir, "a red circle", "--then", "said:happy birthday", "--within", "5s")
     top = mixed[0]
     assert Path(top["path"]).name == "garden-shapes.mp4"
-    assert top["chain"][0]["signals"] == ["picture"] and 1.0 <= top["chain"][0]["best_time"] < 4.0
-    assert top["chain"][1]["start"] == 9.5 and top["end"] == 10.5
+    assert top["chain"][0]["signals"] == ["picture"] and 1.0 <= top["chain"][0]["best_time"] < 3.0
+    assert top["chain"][1]["start"] == 5.5 and top["end"] == 6.5
     one_line_error(run_here(index_dir, "search", "--said", "goal", "--within", "3s"), 2, "--within needs --then")
     one_line_error(run_here(index_dir, "search", "--said", "goal", "--then", "said:", ), 2, "no words")
 
@@ -262,8 +264,8 @@ def test_words_in_the_python_api(words_index: tuple[Path, Path]) -> None:
     index_dir, folder = words_index
     index = Index(index_dir)
     hits = index.search(said="birthday", then=["said:creme"], within=5.0)
-    assert [(h.start, h.end) for h in hits] == [(9.5, 13.0)]
-    assert [d["start"] for d in hits[0].said] == [9.5, 12.0]
+    assert [(h.start, h.end) for h in hits] == [(5.5, 7.8)]
+    assert [d["start"] for d in hits[0].said] == [5.5, 7.0]
     words = index.words(folder / "parade.mp4", 2.0, 4.0)
     assert [(w.start, w.text) for w in words] == [(2.5, "happy birthday to you, my dear friend"), (3.0, "GOAL")]
 
@@ -304,6 +306,9 @@ def test_a_changed_sidecar_rereads_only_the_words(small_index: tuple[Path, Path]
     assert [(h["path"], h["start"]) for h in hits] == [(shapes, 1.5)]
     assert said(index_dir, "--said", "red") == []
     assert [h["start"] for h in said(index_dir, "--said", "welt")] == [0.5]
+    from cliptool import Index
+
+    assert Index(index_dir).status()["words"] == {"videos": 2, "cache": "current"}
     summary = json.loads(ok(run_here(index_dir, "index", folder, *model_args, "--json")).stdout)
     assert summary["words"] == 0 and summary["skipped"] == 2  # nothing changed: nothing read
     (folder / "shapes.en.srt").unlink()
@@ -312,6 +317,16 @@ def test_a_changed_sidecar_rereads_only_the_words(small_index: tuple[Path, Path]
     assert _stored(index_dir)[shapes][:2] == before[shapes][:2]
     assert check_index(index_dir).ok
     one_line_error(run_here(index_dir, "index", folder, "--words", "smell"), 2, "unknown source")
+    one_line_error(run_here(index_dir, "index", folder, "--speech-engine", "parrot"), 2, "unknown speech engine")
+    import importlib.util
+
+    if importlib.util.find_spec("cliptool.analysis.words.speech") is None:  # the engine is not on this branch
+        kept = _stored(index_dir)
+        one_line_error(run_here(index_dir, "index", folder, *model_args, "--words", "subtitles,speech"), 6,
+                       "speech recognition is not available")
+        assert _stored(index_dir) == kept
+        summary = json.loads(ok(run_here(index_dir, "index", folder, *model_args, "--json")).stdout)
+        assert summary["words"] == 0  # the refused settings were not recorded
 
 
 def test_check_finds_a_missing_or_damaged_fulltext_cache(small_index: tuple[Path, Path]) -> None:
@@ -488,4 +503,42 @@ def test_check_names_a_video_whose_stored_words_are_damaged(small_index: tuple[P
     proc = run_here(index_dir, "search", "--said", "circle")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "malformed" in proc.stderr, proc.stderr
     assert run_here(index_dir, "check", "--repair").returncode == 0
+
+
+def test_screen_words_merge_across_consecutive_frames_and_frames_come_at_their_times(tmp_path: Path) -> None:
+    from cliptool.analysis.words.extract import frames_at, merge_screen_words
+
+    times = [0.0, 1.0, 2.0, 3.0, 4.0]
+    seen = [Word(t, t, text, "screen", box=(0.1, 0.1, 0.2, 0.1)) for t, text in
+            [(0.0, "EXIT"), (1.0, "Exit"), (2.0, "EXIT"), (4.0, "EXIT"), (1.0, "SALE"), (3.0, "SALE")]]
+    merged = [(w.start, w.end, w.text) for w in merge_screen_words(seen, times)]
+    # EXIT on frames 0-2 is one span; back on frame 4 after a frame without it: another; SALE
+    # twice with a frame between: two
+    assert merged == [(0.0, 2.0, "EXIT"), (1.0, 1.0, "SALE"), (3.0, 3.0, "SALE"), (4.0, 4.0, "EXIT")]
+    clip = tmp_path / "titles.mp4"
+    make_samples.write_clip(clip, make_samples.SAMPLES["titles.mp4"])  # 25 fps: white on black, then black on white
+    got = list(frames_at(clip, [3.0, 0.5, 0.52]))
+    assert [t for t, _ in got] == [0.5, 0.52, 3.0]
+    assert all(frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8 for _, frame in got)
+    assert got[0][1].mean() < 128 < got[2][1].mean()  # the first title is mostly black, the second white
+
+
+def test_speech_gathers_into_runs_for_phrases(tmp_path: Path, model_args: list[str]) -> None:
+    """Spoken words (one record each) are kept as they are in the store and gathered into runs
+    in the full-text cache, so a phrase spoken across words is found; a pause breaks a run."""
+    from cliptool.vectors.fulltext import search_words
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_samples.write_clip(folder / "talk.mp4", make_samples.SAMPLES["titles.mp4"])
+    index_dir = tmp_path / "index"
+    ok(run_here(index_dir, "index", folder, *model_args, "--words", "none"))
+    spoken = [Word(0.2, 0.5, "happy", "speech", "en"), Word(0.55, 0.9, "birthday", "speech", "en"),
+              Word(2.5, 2.8, "dear", "speech", "en"), Word(2.85, 3.1, "friend", "speech", "en")]
+    with IndexStore(index_dir) as store:
+        record = next(store.videos())
+        store.put_words(record.video_id, [w.to_json() for w in spoken], "{}")
+    hits = search_words(index_dir, '"happy birthday"', ("speech",))
+    assert [(h.start, h.end, h.text) for h in hits] == [(0.2, 0.9, "happy birthday")]
+    assert search_words(index_dir, '"birthday dear"', ("speech",)) == []  # 1.6 s of silence between
     assert check_index(index_dir).ok

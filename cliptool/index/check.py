@@ -289,7 +289,7 @@ def _check_stored(index_dir: Path, report: CheckReport, repair: bool) -> None:
             report.problems.append(Problem(CACHE, f"could not rebuild the search cache: {exc.strerror or exc}"))
     _check_collection(index_dir, report, records, repair)  # a Milvus collection recorded in the index
     _check_text_export(index_dir, report, repair)
-    _check_fulltext(index_dir, report, records, repair)
+    _check_fulltext(index_dir, report, repair)
 
 
 def _check_text_export(index_dir: Path, report: CheckReport, repair: bool) -> None:
@@ -308,19 +308,24 @@ def _check_text_export(index_dir: Path, report: CheckReport, repair: bool) -> No
             remove_text_export(index_dir)
 
 
-def _check_fulltext(index_dir: Path, report: CheckReport, records: list[VideoRecord], repair: bool) -> None:
+def _check_fulltext(index_dir: Path, report: CheckReport, repair: bool) -> None:
     """`check`: the full-text cache (words.sqlite) missing, damaged or disagreeing with the
-    stores (kind "cache"); with repair, built again from the stores."""
-    from cliptool.vectors.fulltext import fulltext_problems, rebuild_fulltext
+    stores as they are now (kind "cache"); with repair, built again from the stores (one that
+    only lags is caught up)."""
+    import sqlite3
 
+    from cliptool.vectors.fulltext import fulltext_problems, fulltext_state, sync_fulltext
+
+    with IndexStore(index_dir) as store:
+        records = list(store.videos())
     found = [Problem(CACHE, message) for message in fulltext_problems(index_dir, records)]
     report.problems += found
-    if repair and found:
+    if repair and (found or fulltext_state(index_dir) != "current"):
         try:
-            rebuild_fulltext(index_dir)
+            sync_fulltext(index_dir, rebuild=bool(found))
             for p in found:
                 p.repaired = True
-        except (CliptoolError, OSError) as exc:
+        except (CliptoolError, OSError, sqlite3.Error) as exc:
             report.problems.append(Problem(CACHE, f"could not rebuild the full-text cache: {one_line(exc)}"))
 
 

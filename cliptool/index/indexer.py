@@ -265,11 +265,11 @@ def _index_run(paths: Iterable[Path], index_dir: Path, spec: ModelSpec | None, o
             chosen = options is not None or any(v is not None for v in settings.values())
             base = options or (IndexOptions.from_settings(recorded) if recorded else IndexOptions())
             options = base.changed(settings)
+            check_engines(options)  # a words source with no engine here: one line, before any work or record
             if chosen:
                 store.record_settings({**options.settings(), **options.words_settings()})
         if known and not _cache_current(index_dir):  # a cache left behind (a crash, say): caught up
             _sync(index_dir, None, None, report)
-        check_engines(options)  # a words source with no engine here: one line before any work
         plan = _classify(files, known, failures, identity, summary, report, options.settings_key(), reindex, hold,
                          options)
         if plan.kept_settings:
@@ -553,7 +553,7 @@ def _sync_words(index_dir: Path, report: Reporter) -> None:
         sync_fulltext(index_dir)
     except CliptoolError:
         pass
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, ValueError) as exc:  # full disk, locked or odd data: derived, caught up later
         report(f"warning: could not update the full-text cache ({getattr(exc, 'strerror', None) or exc}); "
                "search will catch up")
 

@@ -32,6 +32,7 @@ from cliptool.errors import CliptoolError, IndexBusyError, NothingToDoError, Usa
 from cliptool.index.indexer import WRITER_LOCK_TIMEOUT, index_paths
 from cliptool.index.worker import DEFAULT_FILE_TIMEOUT
 from cliptool.media.discover import is_video_name
+from cliptool.analysis.words.subtitles import SIDECAR_SUFFIXES
 from cliptool.models.spec import ModelSpec
 from cliptool.store import IndexStore, VideoRecord, real_path
 
@@ -285,6 +286,8 @@ class Watcher:
         if stat.S_ISREG(st.st_mode):
             if is_video_name(Path(path)):
                 self._observe(path, st, now)
+            elif Path(path).suffix.lower() in SIDECAR_SUFFIXES:  # a subtitle file: the run re-reads its video's words
+                self._mark(now)
         elif stat.S_ISDIR(st.st_mode) and change == 1:  # a folder made or moved in: the run looks inside
             self._mark(now)
 

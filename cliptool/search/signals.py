@@ -191,14 +191,18 @@ def fuse(lists: list[list[Moment]], gap: float = FUSE_GAP, k: int = RRF_K, metho
 
 def _tied_ranks(moments: list[Moment]) -> list[Moment]:
     """The moments of one signal's list with equal scores given the same (best) rank."""
-    out: list[Moment] = []
+    ranks = _shared_ranks([next(iter(m.scores.values())) for m in moments])
+    return [replace(m, ranks={next(iter(m.ranks)): r}) for m, r in zip(moments, ranks)]
+
+
+def _shared_ranks(scores: list[float]) -> list[int]:
+    """1-based ranks of a best-first list of scores, equal scores sharing the best of theirs."""
+    out: list[int] = []
     rank, previous = 0, None
-    for i, m in enumerate(moments, 1):
-        signal = next(iter(m.ranks))
-        score = m.scores[signal]
+    for i, score in enumerate(scores, 1):
         if previous is None or abs(score - previous) > TIE * max(1.0, abs(previous)):
             rank, previous = i, score
-        out.append(replace(m, ranks={signal: rank}))
+        out.append(rank)
     return out
 
 
@@ -259,10 +263,12 @@ def _fused(step: Step) -> bool:
 
 def chains(per_step: list[list[Moment]], within: float, top: int, k: int = RRF_K) -> list[Hit]:
     """The best chains: one moment of each step, in one video, in order, each gap at most
-    `within`; scored by the sum over steps of 1 / (k + the moment's rank in its step); chains
+    `within`; scored by the sum over steps of 1 / (k + the moment's rank in its step, moments
+    that score the same sharing a rank); chains
     whose spans overlap a better one's in the same video are left out."""
     # best[i][j]: (score, previous j) of the best chain ending at step i's j-th moment
-    scored = [[(1.0 / (k + r), m) for r, m in enumerate(moments, 1)] for moments in per_step]
+    scored = [[(1.0 / (k + r), m) for r, m in zip(_shared_ranks([m.fused for m in moments]), moments)]
+              for moments in per_step]
     best: list[list[tuple[float, int]]] = [[(s, -1) for s, _ in scored[0]]]
     for i in range(1, len(scored)):
         row: list[tuple[float, int]] = []

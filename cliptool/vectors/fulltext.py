@@ -17,6 +17,7 @@ broken at pauses of `SPEECH_GAP` s), or the text seen on screen at one time. Ran
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -30,7 +31,7 @@ from cliptool.errors import CliptoolError, UsageError
 from cliptool.store import IndexStore, SceneRecord, VideoRecord, generation
 
 FULLTEXT_FILE = "words.sqlite"
-FORMAT = "1"
+FORMAT = "2"
 TOKENIZER = "porter unicode61 remove_diacritics 2"
 SAID_SOURCES = ("subtitle", "speech")
 SHOWN_SOURCES = ("screen",)
@@ -39,7 +40,7 @@ SPEECH_GAP = 1.0
 _OPEN, _CLOSE = "\x02", "\x03"  # match markers highlight() puts around matched tokens
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS videos(video_id TEXT PRIMARY KEY, version TEXT, words TEXT, path TEXT);
+CREATE TABLE IF NOT EXISTS videos(video_id TEXT PRIMARY KEY, version TEXT, words TEXT, path BLOB);
 CREATE TABLE IF NOT EXISTS cues(id INTEGER PRIMARY KEY, video_id TEXT, start REAL, "end" REAL, source TEXT,
                                 language TEXT, scene_id TEXT, scene_index INTEGER, box TEXT);
 CREATE INDEX IF NOT EXISTS cues_video ON cues(video_id, start);
@@ -165,6 +166,8 @@ def _sync(index_dir: Path, path: Path, token: str) -> int:
     with closing(_connect(path)) as db:
         db.executescript(_SCHEMA)
         meta = dict(db.execute("SELECT key, value FROM meta"))
+        if meta.get("format") not in (None, FORMAT):  # made by another cliptool: built again
+            raise sqlite3.DatabaseError(f"full-text cache format {meta.get('format')}")
         if meta.get("format") == FORMAT and meta.get("generation") == token and token:
             return 0
         held = {vid: (version, words) for vid, version, words in db.execute("SELECT video_id, version, words FROM videos")}
@@ -185,7 +188,7 @@ def _sync(index_dir: Path, path: Path, token: str) -> int:
                                      "scene_index, box) VALUES (?,?,?,?,?,?,?,?)",
                                      (r.video_id, start, end, source, language, sid, sindex, box))
                     db.execute("INSERT INTO fts(rowid, text) VALUES (?, ?)", (cur.lastrowid, text))
-                db.execute("INSERT INTO videos VALUES (?,?,?,?)", (r.video_id, r.version, r.words, r.path))
+                db.execute("INSERT INTO videos VALUES (?,?,?,?)", (r.video_id, r.version, r.words, _path_bytes(r.path)))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (FORMAT,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (token,))
             db.execute("COMMIT")
@@ -193,6 +196,15 @@ def _sync(index_dir: Path, path: Path, token: str) -> int:
             db.execute("ROLLBACK")
             raise
         return len(changed) + len(gone)
+
+
+def _path_bytes(path: str) -> bytes:
+    """A path as the bytes that name the file (a name that is not valid UTF-8 included)."""
+    return os.fsencode(path)
+
+
+def _path_text(raw: bytes | str) -> str:
+    return os.fsdecode(raw) if isinstance(raw, bytes) else raw
 
 
 def rebuild_fulltext(index_dir: Path) -> int:
@@ -325,7 +337,7 @@ def search_words(index_dir: Path, text: str, sources: Iterable[str], limit: int 
         if videos is not None and vid not in videos:
             continue
         plain, found = _marks(highlighted)
-        out.append(WordHit(vid, path, start, end, plain, source, language, sid, sindex, -float(bm25), found,
+        out.append(WordHit(vid, _path_text(path), start, end, plain, source, language, sid, sindex, -float(bm25), found,
                            json.loads(box) if box else None))
         if len(out) >= limit:
             break
@@ -344,7 +356,8 @@ def words_between(index_dir: Path, video_id: str, start: float | None = None, en
                           "WHERE cues.video_id = ? AND cues.\"end\" >= ? AND cues.start <= ? ORDER BY cues.start",
                           (video_id, lo, hi if hi != float("inf") else 1e18)).fetchall()
     wanted = set(sources) if sources is not None else None
-    return [WordHit(vid, path, s, e, text, source, language, sid, sindex, box=json.loads(box) if box else None)
+    return [WordHit(vid, _path_text(path), s, e, text, source, language, sid, sindex,
+                    box=json.loads(box) if box else None)
             for vid, path, s, e, text, source, language, sid, sindex, box in rows
             if wanted is None or source in wanted]
 

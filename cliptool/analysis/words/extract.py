@@ -15,7 +15,7 @@ from typing import Any
 
 from cliptool.analysis.words.base import Word
 from cliptool.config import IndexOptions
-from cliptool.errors import CliptoolError, UsageError
+from cliptool.errors import ModelUnavailableError, UsageError
 
 WORD_SOURCES = ("subtitles", "speech", "screen")  # --words, in this order
 SPEECH_ENGINES = ("pocketsphinx", "whisper")
@@ -61,7 +61,8 @@ def words_key(video: Path, options: IndexOptions, names: Iterable[str] | None = 
 
 
 def check_engines(options: IndexOptions) -> None:
-    """A one-line CliptoolError when a source asked for has no engine here (before any work)."""
+    """A one-line error when a source asked for has no engine here (before any work): UsageError
+    for an unknown engine, ModelUnavailableError (exit 6) for one that is not installed."""
     sources = sources_of(options)
     if "speech" in sources:
         if options.speech_engine not in SPEECH_ENGINES:
@@ -79,8 +80,8 @@ def _engine(module: str, name: str) -> Callable[..., Any]:
         found = getattr(importlib.import_module(f"cliptool.analysis.words.{module}"), name)
     except (ImportError, AttributeError) as exc:
         what = "speech recognition" if module == "speech" else "on-screen text reading"
-        raise CliptoolError(f"--words {'speech' if module == 'speech' else 'screen'}: {what} is not available in "
-                            f"this install ({type(exc).__name__}: {exc})") from None
+        raise ModelUnavailableError(f"--words {'speech' if module == 'speech' else 'screen'}: {what} is not "
+                                    f"available in this install ({type(exc).__name__}: {exc})") from None
     return found
 
 
