@@ -253,16 +253,23 @@ def draw_word(frame: np.ndarray, text: str, x: int, y: int, height_px: int, whic
 
 
 def background(i: int, width: int = WIDTH, height: int = HEIGHT, seed: int = 0) -> np.ndarray:
-    """A plain picture without text: a dark gradient with a few soft shapes that move with `i`."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    r = 40 + 30 * xx / width
-    g = 50 + 20 * yy / height
-    b = 70 + 10 * np.sin((xx + i * 2) / 40.0)
-    img = np.stack([r, g, b], axis=2)
+    """A plain picture without text: a dark gradient with a soft disc that moves with `i`."""
+    base = _gradient(width, height)
+    img = base.copy()
     cx = int(width * (0.2 + 0.6 * ((i * 3 + seed * 37) % 100) / 100))
-    cv2.circle(img, (cx, height // 2), height // 5, (90, 60, 40), -1)
-    img = cv2.GaussianBlur(img, (0, 0), 3)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    cv2.circle(img, (cx, height // 2), height // 5, (90, 60, 40), -1, cv2.LINE_AA)
+    return img
+
+
+_GRADIENTS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _gradient(width: int, height: int) -> np.ndarray:
+    if (width, height) not in _GRADIENTS:
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        img = np.stack([40 + 30 * xx / width, 50 + 20 * yy / height, 70 + 10 * np.sin(xx / 40.0)], axis=2)
+        _GRADIENTS[(width, height)] = np.clip(img, 0, 255).astype(np.uint8)
+    return _GRADIENTS[(width, height)]
 
 
 def render_frames(seconds: float, shown: Sequence[tuple[str, float, float, int, int, int, int]],
@@ -326,7 +333,8 @@ def write_clip(path: Path, seconds: float, audio: np.ndarray | None,
 
 
 def talking_clip(path: Path, sentences: Sequence[str], cache: Path | None = None, gap: float = 2.0,
-                 lead: float = 1.5, others: bool = True, seed: int = 0, dense: bool = False) -> Clip:
+                 lead: float = 1.5, others: bool = True, seed: int = 0, dense: bool = False,
+                 width: int = WIDTH, height: int = HEIGHT, fps: int = FPS) -> Clip:
     """A clip in which each of `sentences` is said once (target voice), with another voice's
     sentence between every two of them (when `others`) and low noise throughout; `dense` leaves
     almost no pause (speech-heavy video)."""
@@ -341,7 +349,7 @@ def talking_clip(path: Path, sentences: Sequence[str], cache: Path | None = None
             t += len(say(o, OTHER_VOICE, cache)) / RATE + (0.3 if dense else gap)
     seconds = t + (0.5 if dense else lead)
     audio, said = mix_speech(seconds, plan, noise(seconds, seed=seed), cache)
-    write_clip(path, seconds, audio, seed=seed)
+    write_clip(path, seconds, audio, width=width, height=height, fps=fps, seed=seed)
     return Clip(path, seconds, said)
 
 

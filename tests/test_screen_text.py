@@ -37,13 +37,20 @@ def overlap(a: tuple, b: tuple) -> float:
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
+def inside(a: tuple, b: tuple) -> float:
+    """The share of box a that lies in box b."""
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    return max(0.0, x1 - x0) * max(0.0, y1 - y0) / (a[2] * a[3])
+
+
 @needs_tesseract
 def test_words_are_read_at_their_times_and_places(word_clip) -> None:
     clip, frames = word_clip
     assert min(s.height_px for s in clip.shown) >= 24 and len(clip.shown) == 4
     words = read_screen_text(frames)
     assert all(w.source == "screen" and w.language == "en" and w.start == w.end for w in words)
-    assert all(w.confidence is not None and 0.5 <= w.confidence <= 1 for w in words)
+    assert all(w.confidence is not None and 0.6 <= w.confidence <= 1 for w in words)
     times = {t for t, _ in frames}
     assert all(w.start in times for w in words)
     for shown in clip.shown:
@@ -61,13 +68,12 @@ def test_frames_without_text_are_left_to_the_detector(word_clip) -> None:
         on = any(s.start <= t < s.end for s in clip.shown)
         regions = text_regions(rgb)
         assert bool(regions) == on, t
-        if on:
+        if on:  # every region it finds lies on the word (it may find the word in parts)
             shown = next(s for s in clip.shown if s.start <= t < s.end)
             h, w = rgb.shape[:2]
-            union = (min(r.x for r in regions) / w, min(r.y for r in regions) / h,
-                     (max(r.x + r.w for r in regions) - min(r.x for r in regions)) / w,
-                     (max(r.y + r.h for r in regions) - min(r.y for r in regions)) / h)
-            assert overlap(union, shown.box) > 0.5, (union, shown.box)
+            for r in regions:
+                box = (r.x / w, r.y / h, r.w / w, r.h / h)
+                assert inside(box, shown.box) > 0.7, (box, shown.box)
     blank = [(t, rgb) for t, rgb in frames if not any(s.start <= t < s.end for s in clip.shown)]
     assert blank and read_screen_text(blank, languages="no-such-language") == []  # tesseract never started
 

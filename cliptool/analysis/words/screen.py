@@ -25,8 +25,8 @@ from cliptool.errors import ModelUnavailableError, one_line
 
 DETECT_HEIGHT = 360  # frames are looked at this tall (or as they are, when smaller)
 MIN_TEXT_PX = 10  # the least letter height the detector looks for, in pixels at DETECT_HEIGHT
-MIN_CONFIDENCE = 0.5  # tesseract's word confidence (0..1) a word needs to be kept
-_WORDLIKE = re.compile(r"\w", re.UNICODE)
+MIN_CONFIDENCE = 0.6  # tesseract's word confidence (0..1) a word needs to be kept
+_WORDLIKE = re.compile(r"\w.*\w", re.UNICODE)  # two letters or digits at least: lone marks are mostly misreadings
 # ISO 639-2 (tesseract's names) to the ISO 639-1 codes the Word record holds, for the common ones
 _ISO1 = {"eng": "en", "deu": "de", "fra": "fr", "spa": "es", "ita": "it", "por": "pt", "nld": "nl", "rus": "ru",
          "jpn": "ja", "chi_sim": "zh", "chi_tra": "zh", "kor": "ko", "ara": "ar", "pol": "pl", "swe": "sv",
@@ -57,7 +57,7 @@ def text_regions(rgb: np.ndarray) -> list[TextRegion]:
     gradient = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, kernel)
     _, strokes = cv2.threshold(gradient, 48, 255, cv2.THRESH_BINARY)
     joined = cv2.morphologyEx(strokes, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (9, 1)))
-    n, _, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     found = []
     for i in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[i])
@@ -72,8 +72,29 @@ def text_regions(rgb: np.ndarray) -> list[TextRegion]:
         crossings = np.count_nonzero(np.diff(rows.astype(np.int16), axis=1) > 0, axis=1)
         if float(np.median(crossings)) < 2 + w / (3.0 * h):
             continue
+        if not _letters_in_a_row(box, labels[y:y + h, x:x + w] == i):
+            continue
         found.append(TextRegion(int(x / scale), int(y / scale), int(np.ceil(w / scale)), int(np.ceil(h / scale))))
     return found
+
+
+def _letters_in_a_row(strokes: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether a blob's strokes (before closing) make two or more letters of about one height,
+    standing on one line: what a word is made of and leaves, grass or a window grid rarely are."""
+    import cv2
+
+    part = np.where(mask, strokes, 0).astype(np.uint8)
+    contours, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)  # outlines, not holes
+    h = mask.shape[0]
+    rects = np.array([cv2.boundingRect(c) for c in contours], np.float64).reshape(-1, 4)
+    tall = rects[(rects[:, 3] >= 0.4 * h) & (rects[:, 2] * rects[:, 3] >= 12)]
+    if len(tall) < 2:
+        return False
+    heights = tall[:, 3]
+    bottoms = tall[:, 1] + tall[:, 3]
+    return (float(heights.std() / heights.mean()) <= 0.3
+            and float(np.median(np.abs(bottoms - np.median(bottoms)))) <= 0.15 * h
+            and float(np.median(tall[:, 2])) <= 2.5 * float(np.median(heights)))  # two letters may touch
 
 
 def read_screen_text(frames: Iterable[tuple[float, np.ndarray]], languages: str = "eng") -> list[Word]:
