@@ -33,7 +33,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     quiet = np.concatenate([tv.music(6.0), np.zeros(4 * tv.RATE, np.float32)])
     tv.write_clip(root / "music.mp4", 10.0, quiet)
     tv.write_clip(root / "mute.mp4", 2.0, None)
-    return {"talk": talk, "music": root / "music.mp4", "mute": root / "mute.mp4"}
+    return {"talk": talk, "music": root / "music.mp4", "mute": root / "mute.mp4", "cache": cache}
 
 
 def said_in(words: list, said, slack: float = 1.0) -> bool:
@@ -123,3 +123,34 @@ def test_whisper_without_its_model_offline_is_one_line(tmp_path: Path, monkeypat
     assert "cannot be reached" in message and "--model" in message
     assert "no-such-folder" in error(str(tmp_path / "no-such-folder"))
     assert "model.bin" in error(str(tmp_path))  # a folder that is not a model
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("faster_whisper", "transformers", "torch")),
+                    reason="needs faster-whisper, transformers and torch")
+@needs_engine
+def test_whisper_runs_on_a_model_folder(clips: dict, tmp_path: Path, network: list) -> None:
+    """The whisper path end to end on a tiny random-weight model made here (data/tiny_whisper.py,
+    in a child process): words come back as Words, at times inside what the detector passed."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    folder = tmp_path / "tiny-whisper"
+    subprocess.run([sys.executable, str(REPO / "data" / "tiny_whisper.py"), str(folder)], check=True,
+                   capture_output=True, timeout=600)
+    clip = tmp_path / "one-sentence.mp4"  # one sentence: the random model talks until its token limit
+    audio, _ = tv.mix_speech(4.0, [(tv.SENTENCES[0], 1.0, True)], tv.noise(4.0), clips["cache"])
+    tv.write_clip(clip, 4.0, audio)
+    regions = voiced_regions(read_audio(clip), RATE)
+    assert len(regions) == 1
+    import ctranslate2
+
+    ctranslate2.set_random_seed(1)  # faster-whisper falls back to sampling when a reading is unlikely: always, here
+    words = transcribe(clip, engine="whisper", model=str(folder), language="en")
+    assert words, "the random model says something in every region"
+    for w in words:
+        assert w.source == "speech" and w.language == "en" and 0.0 <= w.confidence <= 1.0
+        assert any(a - 0.05 <= w.start <= w.end <= b + 0.05 for a, b in regions), (w, regions)
+    assert network == []  # a model folder: nothing asked of the network
+    assert transcribe(clips["music"], engine="whisper", model=str(folder)) == []

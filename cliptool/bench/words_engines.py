@@ -96,7 +96,7 @@ def bench_speech(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) ->
 
     print("bench: speech clips (Festival; cached)", file=sys.stderr)
     clips = build_speech_clips(out, quick)
-    picture_index_s(clips["talk"][:1], ckpt, work, 1)  # exports the towers once, outside the timings
+    picture_index_s([clips["talk"][0].path], ckpt, work, 1)  # exports the towers once, outside the timings
     rows: list[dict[str, Any]] = []
     details = []
     sentences = hit_s = key_hits = key_all = 0

@@ -135,14 +135,16 @@ class _Whisper:
                                                word_timestamps=True, vad_filter=False, beam_size=1,
                                                condition_on_previous_text=False)
         lang = self.language or getattr(info, "language", "") or ""
+        last = offset + len(samples) / RATE  # Whisper sees 30 s windows: keep its times inside the region
         out = []
         for seg in segments:
             for w in seg.words or []:
                 text = w.word.strip()
                 if text:
-                    start = offset + float(w.start)
-                    out.append(Word(round(start, 2), round(max(start, offset + float(w.end)), 2), text, "speech",
-                                    lang, confidence=float(w.probability)))
+                    start = min(last, offset + max(0.0, float(w.start)))
+                    end = min(last, max(start, offset + float(w.end)))
+                    out.append(Word(round(start, 2), round(end, 2), text, "speech", lang,
+                                    confidence=min(1.0, max(0.0, float(w.probability)))))
         return out
 
 
