@@ -7,12 +7,12 @@ TORCH := torch==2.13.0,!=2.13.0+cpu
 SAMPLES := data/samples
 DEMO_INDEX := data/demo-index
 
-.PHONY: install install-light install-browser demo test test-long bench clean
+.PHONY: install install-light install-browser install-tools demo test test-long bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)" -e ".[torch,test,cluster]"
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[torch,test,cluster,whisper]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -33,6 +33,17 @@ install-browser:
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
 	  || echo "could not install chromium: the browser test will skip"; \
 	else echo "not root or no apt-get: install chromium and chromium-driver yourself, or the browser test skips"; fi
+
+# Festival with two English voices (the test media's speech) and tesseract with English (on-screen
+# text) for tests/test_speech.py and tests/test_screen_text.py (Debian/Ubuntu; the tests skip without).
+TOOLS_APT := festival festvox-us-slt-hts festvox-kallpc16k tesseract-ocr tesseract-ocr-eng
+install-tools:
+	@if command -v text2wave >/dev/null && [ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] && command -v tesseract >/dev/null; then \
+	  echo "festival, its voices and tesseract present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TOOLS_APT) \
+	  || echo "could not install $(TOOLS_APT): the speech and screen-text tests will skip"; \
+	else echo "not root or no apt-get: install $(TOOLS_APT) yourself, or the speech and screen-text tests skip"; fi
 
 demo: install
 	$(PY) data/make_samples.py $(SAMPLES)

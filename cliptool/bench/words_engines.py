@@ -1,0 +1,253 @@
+"""The speech and on-screen-text engines (`python -m cliptool.bench --speech-only` / `--screen-only`).
+
+Speech: 32 sentences said by Festival's HTS voice in eight clips (four each, another voice's
+sentence between every two, low noise; data/talking_videos.py), transcribed with the bundled
+engine (pocketsphinx, with the voice activity detector); a sentence is found when at least two
+thirds of its key words (stopwords aside) are in the transcript within 1 s of when it was said.
+Cost: seconds of recognition per minute of video, and the ratio to the picture index time of the
+same clips (cliptool's API, the bench's random-weight ViT-B-32, default settings, no words),
+with the detector on and off on speech-heavy clips (sentences back to back, 1280x720, 25 fps).
+
+Screen text: 32 words drawn 24-60 px high (capitals) in four fonts at random places of 640x360
+frames, one at a time; a word is read when tesseract's word equals it in the frames it is on.
+Cost: the detector on frames without text, the detector and tesseract on frames with text (a
+first reading, and a frame that repeats the one before), the share of real video frames (the
+shared test clips) the detector passes on, and the ratio to the picture index time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cliptool.bench.corpus import REPO, SHARED
+from cliptool.bench.measure import median
+from cliptool.bench.tables import cell, print_aligned
+
+
+def talking_videos() -> Any:
+    """data/talking_videos.py, loaded once by file."""
+    if "talking_videos" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("talking_videos", REPO / "data" / "talking_videos.py")
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules["talking_videos"] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules["talking_videos"]
+
+
+def build_speech_clips(out: Path, quick: bool) -> dict[str, Any]:
+    """The accuracy clips (eight of four sentences; quick: four) and the speech-heavy clips
+    (cached under out/words/ with their truth)."""
+    tv = talking_videos()
+    folder = out / "words"
+    truth_file = folder / ("speech-quick.json" if quick else "speech.json")
+    if truth_file.is_file():
+        raw = json.loads(truth_file.read_text())
+        return {k: [tv.Clip(Path(c["path"]), c["seconds"], [tv.Said(**s) for s in c["said"]]) for c in v]
+                for k, v in raw.items()}
+    cache = folder / "speech-cache"
+    n = 16 if quick else 32
+    talk = [tv.talking_clip(folder / f"talk-{i}.mp4", tv.SENTENCES[i * 4:i * 4 + 4], cache, seed=i,
+                            width=640, height=360, fps=25) for i in range(n // 4)]
+    heavy_n = 8 if quick else 16
+    heavy = [tv.talking_clip(folder / f"heavy-{i}.mp4", tv.SENTENCES[i * heavy_n:(i + 1) * heavy_n], cache,
+                             seed=i, dense=True, width=1280, height=720, fps=25) for i in range(2)]
+    clips = {"talk": talk, "heavy": heavy}
+    truth_file.write_text(json.dumps({k: [{"path": str(c.path), "seconds": c.seconds,
+                                           "said": [vars(s) for s in c.said]} for c in v]
+                                      for k, v in clips.items()}, indent=1))
+    return clips
+
+
+def found(words: list, said: Any, slack: float = 1.0) -> tuple[bool, int, int]:
+    """Whether `said` was heard (2/3 of its key words within `slack` s), and key words heard / all."""
+    tv = talking_videos()
+    heard = {w.text.lower() for w in words if said.start - slack <= w.start <= said.end + slack}
+    keys = tv.key_words(said.text)
+    hits = sum(k in heard for k in keys)
+    return hits * 3 >= 2 * len(keys), hits, len(keys)
+
+
+def picture_index_s(paths: list[Path], ckpt: Path, work: Path, repeat: int) -> float:
+    """Median wall time of indexing `paths` into a new index with cliptool's API (no words)."""
+    from cliptool.api import Index
+
+    times = []
+    for _ in range(repeat):
+        index_dir = work / "words-index"
+        shutil.rmtree(index_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        Index(index_dir).index(paths, model="ViT-B-32", pretrained=str(ckpt), progress=False, report=lambda m: None)
+        times.append(time.perf_counter() - t0)
+    shutil.rmtree(work / "words-index", ignore_errors=True)
+    return median(times)
+
+
+def bench_speech(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) -> dict[str, Any]:
+    """Accuracy on the sentences; cost with the detector on (and off on speech-heavy clips)."""
+    from cliptool.analysis.words.audio import RATE, read_audio
+    from cliptool.analysis.words.speech import transcribe
+    from cliptool.analysis.words.vad import voiced_regions
+
+    print("bench: speech clips (Festival; cached)", file=sys.stderr)
+    clips = build_speech_clips(out, quick)
+    picture_index_s([clips["talk"][0].path], ckpt, work, 1)  # exports the towers once, outside the timings
+    rows: list[dict[str, Any]] = []
+    details = []
+    sentences = hit_s = key_hits = key_all = 0
+    for kind in ("talk", "heavy"):
+        paths = [c.path for c in clips[kind]]
+        minutes = sum(c.seconds for c in clips[kind]) / 60
+        print(f"bench: speech on {kind} clips ({minutes * 60:.0f} s)", file=sys.stderr)
+        picture = picture_index_s(paths, ckpt, work, repeat)
+        for vad in ((True, False) if kind == "heavy" else (True,)):
+            times, words_by_clip = [], []
+            for _ in range(1 if not vad else repeat):
+                t0 = time.perf_counter()
+                words_by_clip = [transcribe(c.path, vad=vad) for c in clips[kind]]
+                times.append(time.perf_counter() - t0)
+            wall = median(times)
+            t0 = time.perf_counter()
+            voiced = 0.0
+            for c in clips[kind]:
+                samples = read_audio(c.path)
+                voiced += sum(b - a for a, b in voiced_regions(samples, RATE)) if samples is not None else 0.0
+            decode_vad = time.perf_counter() - t0
+            row = {"clips": kind, "vad": vad, "minutes": minutes, "speech_s": wall, "s_per_min": wall / minutes,
+                   "picture_index_s": picture, "ratio_to_picture": wall / picture,
+                   "voiced_share": voiced / (minutes * 60), "audio_and_vad_s_per_min": decode_vad / minutes}
+            if kind == "talk":
+                for c, words in zip(clips[kind], words_by_clip):
+                    for s in c.said:
+                        if s.target:
+                            ok, hits, n = found(words, s)
+                            sentences += 1
+                            hit_s += ok
+                            key_hits += hits
+                            key_all += n
+                            details.append({"text": s.text, "start": s.start, "found": ok,
+                                            "heard": " ".join(w.text for w in words
+                                                              if s.start - 1 <= w.start <= s.end + 1)})
+            rows.append(row)
+    return {"rows": rows, "sentences": sentences, "found": hit_s, "key_words": key_hits, "key_words_all": key_all,
+            "details": details}
+
+
+def bench_screen(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) -> dict[str, Any]:
+    """Words read, and what the detector and tesseract cost per frame."""
+    import av
+
+    from cliptool.analysis.words.screen import read_screen_text, text_regions
+
+    tv = talking_videos()
+    folder = out / "words"
+    n = 16 if quick else 32
+    clips = [tv.word_clip(folder / f"screen-{i}.mp4", tv.SCREEN_WORDS[i * 8:i * 8 + 8], seed=i)
+             for i in range(n // 8)]
+    read_words = 0
+    frame_reads = frame_total = 0
+    t_text: list[float] = []
+    t_blank: list[float] = []
+    in_order_s = 0.0
+    n_frames = 0
+    misses = []
+    for clip in clips:
+        with av.open(str(clip.path)) as c:
+            frames = [(float(f.time), f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+        for t, rgb in frames:  # each frame alone: the detector, and tesseract's first reading
+            on = next((s for s in clip.shown if s.start <= t < s.end), None)
+            t0 = time.perf_counter()
+            words = read_screen_text([(t, rgb)])
+            (t_blank if on is None else t_text).append(time.perf_counter() - t0)
+            if on is not None:
+                frame_total += 1
+                frame_reads += any(w.text.lower() == on.text.lower() for w in words)
+        t0 = time.perf_counter()
+        words = read_screen_text(frames)  # the clip in order: a word held on screen is read once
+        in_order_s += time.perf_counter() - t0
+        n_frames += len(frames)
+        for s in clip.shown:
+            got = [w for w in words if s.start <= w.start < s.end and w.text.lower() == s.text.lower()]
+            read_words += bool(got)
+            if not got:
+                misses.append({"text": s.text, "px": s.height_px,
+                               "read": " ".join(w.text for w in words if s.start <= w.start < s.end)})
+    # real video frames (no drawn text): the share the detector passes on
+    passed = real = 0
+    t_real: list[float] = []
+    for name in ("scenes/bikes.mp4", "content/cockatoo.mp4", "content/pool_cleaning.mp4", "content/movie-hello.mp4",
+                 "content/cityCC0.mpg"):
+        path = SHARED / name
+        if not path.is_file():
+            continue
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            step = max(1, int(round(float(stream.average_rate or 25))))  # one frame a second
+            for i, f in enumerate(c.decode(stream)):
+                if i % step:
+                    continue
+                rgb = f.to_ndarray(format="rgb24")
+                t0 = time.perf_counter()
+                passed += bool(text_regions(rgb))
+                t_real.append(time.perf_counter() - t0)
+                real += 1
+    picture = picture_index_s([c.path for c in clips], ckpt, work, repeat)
+    seconds = sum(c.seconds for c in clips)
+    return {"words": sum(len(c.shown) for c in clips), "read": read_words, "frame_reads": frame_reads,
+            "frames_with_text": frame_total, "misses": misses,
+            "blank_ms": 1000 * median(t_blank), "text_ms": 1000 * median(t_text),
+            "in_order_ms": 1000 * in_order_s / n_frames, "frames": n_frames, "in_order_s": in_order_s,
+            "real_frames": real, "real_passed": passed,
+            "real_detect_ms": 1000 * median(t_real) if t_real else float("nan"),
+            "seconds": seconds, "picture_index_s": picture}
+
+
+def print_speech(r: dict[str, Any]) -> None:
+    print(f"\nspeech (pocketsphinx, bundled model): {r['found']}/{r['sentences']} sentences found within 1 s "
+          f"({r['found'] / max(1, r['sentences']):.0%}); key words heard {r['key_words']}/{r['key_words_all']} "
+          f"({r['key_words'] / max(1, r['key_words_all']):.0%})")
+    head = ("clips", "VAD", "video s", "voiced", "speech s", "s / min video", "picture index s", "x picture")
+    rows = [head]
+    for x in r["rows"]:
+        rows.append((x["clips"], "on" if x["vad"] else "off", cell(x["minutes"] * 60, "{:.0f}"),
+                     cell(x["voiced_share"], "{:.0%}"), cell(x["speech_s"]), cell(x["s_per_min"]),
+                     cell(x["picture_index_s"]), cell(x["ratio_to_picture"], "{:.2f}")))
+    print_aligned(rows)
+    print("talk = 8 clips of 4 sentences with another voice between (640x360, 25 fps); heavy = sentences back to "
+          "back (1280x720, 25 fps); picture index = cliptool's API, ViT-B-32 (random weights), default settings")
+    missed = [d for d in r["details"] if not d["found"]]
+    for d in missed:
+        print(f"  missed at {d['start']:.1f} s: {d['text']!r} -> {d['heard']!r}")
+
+
+def print_screen(r: dict[str, Any]) -> None:
+    print(f"\non-screen text (tesseract): {r['read']}/{r['words']} words read ({r['read'] / max(1, r['words']):.0%}); "
+          f"{r['frame_reads']}/{r['frames_with_text']} frames with a word read it")
+    rows = [("frame", "ms per frame"),
+            ("no text (the detector only)", cell(r["blank_ms"])),
+            ("text (the detector + tesseract)", cell(r["text_ms"], "{:.0f}")),
+            (f"the clips in order, 4 fps ({r['frames']} frames, words held 1 s, then 1 s without)",
+             cell(r["in_order_ms"])),
+            (f"real video frames, 1 a second: the detector ({r['real_passed']}/{r['real_frames']} passed on)",
+             cell(r["real_detect_ms"]))]
+    print_aligned(rows, left=True)
+    print(f"the word clips ({r['seconds']:.0f} s, 640x360): reading every frame in order {r['in_order_s']:.1f} s "
+          f"= {r['in_order_s'] / r['picture_index_s']:.2f}x their picture index time ({cell(r['picture_index_s'])} s)")
+    for m in r["misses"]:
+        print(f"  missed {m['text']!r} ({m['px']} px): read {m['read']!r}")
+
+
+def run_words(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool, speech: bool, screen: bool,
+              results: dict[str, Any]) -> None:
+    """The speech and/or screen figures into `results`, printed."""
+    if speech:
+        results["speech"] = bench_speech(out, ckpt, work, repeat, quick)
+        print_speech(results["speech"])
+    if screen:
+        results["screen"] = bench_screen(out, ckpt, work, repeat, quick)
+        print_screen(results["screen"])
