@@ -518,3 +518,26 @@ def test_speech_gathers_into_runs_for_phrases(tmp_path: Path, model_args: list[s
     assert [(h.start, h.end, h.text) for h in hits] == [(0.2, 0.9, "happy birthday")]
     assert search_words(index_dir, '"birthday dear"', ("speech",)) == []  # 1.6 s of silence between
     assert check_index(index_dir).ok
+
+
+def test_watch_rereads_the_words_when_a_subtitle_file_arrives(tmp_path: Path, model_args: list[str]) -> None:
+    from test_watch import INTERRUPTED, Watch
+
+    videos, index_dir = tmp_path / "videos", tmp_path / "index"
+    videos.mkdir()
+    make_samples.write_clip(videos / "clip.mp4", make_samples.SAMPLES["titles.mp4"])
+    watch = Watch(index_dir, "watch", str(videos), *model_args, "--settle", "0.5")
+    try:
+        watch.wait_for(r"^watching ")
+        before = _stored(index_dir)[str(videos / "clip.mp4")]
+        (videos / "clip.en.srt").write_text(srt((1.0, 2.0, "subtitles arrive later")))
+        deadline = time.monotonic() + 60
+        while _stored(index_dir)[str(videos / "clip.mp4")][2] == before[2]:
+            assert time.monotonic() < deadline and watch.proc.poll() is None, watch.err
+            time.sleep(0.1)
+        after = _stored(index_dir)[str(videos / "clip.mp4")]
+        assert after[:2] == before[:2]  # the pictures untouched
+        assert [h["start"] for h in said(index_dir, "--said", "arrive")] == [1.0]
+    finally:
+        watch.proc.send_signal(signal.SIGINT)
+        assert watch.proc.wait(timeout=60) in INTERRUPTED
