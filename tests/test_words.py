@@ -156,6 +156,11 @@ def test_word_records_round_trip_and_refuse_nonsense() -> None:
     with pytest.raises(ValueError):
         Word(2.0, 1.0, "x", "subtitle")
     assert match_expression('"happy birthday" cake* to-day') == '"happy birthday" AND "cake" * AND "to" AND "day"'
+    from cliptool.analysis.words.extract import ocr_languages, parse_words_option
+
+    assert ocr_languages("en") == "eng" and ocr_languages("de,en-GB") == "deu+eng" and ocr_languages("chi_tra") == "chi_tra"
+    assert [parse_words_option(v) for v in ("all", "none", "screen, subtitles")] == [
+        "subtitles,speech,screen", "", "subtitles,screen"]
 
 
 # -- searching ---------------------------------------------------------------------------------------
