@@ -504,9 +504,10 @@ def test_screen_words_merge_across_consecutive_frames_and_frames_come_at_their_t
     assert got[0][1].mean() < 128 < got[2][1].mean()  # the first title is mostly black, the second white
 
 
-def test_speech_gathers_into_runs_for_phrases(tmp_path: Path, model_args: list[str]) -> None:
+def test_speech_runs_and_screen_lines(tmp_path: Path, model_args: list[str]) -> None:
     """Spoken words (one record each) are kept as they are in the store and gathered into runs
-    in the full-text cache, so a phrase spoken across words is found; a pause breaks a run."""
+    in the full-text cache, so a phrase spoken across words is found; a pause breaks a run.
+    Screen words of one time are a line that --shows finds (and --said does not)."""
     from cliptool.vectors.fulltext import search_words
 
     folder = tmp_path / "videos"
@@ -516,13 +517,22 @@ def test_speech_gathers_into_runs_for_phrases(tmp_path: Path, model_args: list[s
     ok(run_here(index_dir, "index", folder, *model_args, "--words", "none"))
     spoken = [Word(0.2, 0.5, "happy", "speech", "en"), Word(0.55, 0.9, "birthday", "speech", "en"),
               Word(2.5, 2.8, "dear", "speech", "en"), Word(2.85, 3.1, "friend", "speech", "en")]
+    shown = [Word(1.0, 3.0, "EMERGENCY", "screen", "en", (0.1, 0.1, 0.3, 0.1), 0.9),
+             Word(1.0, 3.0, "EXIT", "screen", "en", (0.45, 0.1, 0.2, 0.1), 0.8)]
     with IndexStore(index_dir) as store:
         record = next(store.videos())
-        store.put_words(record.video_id, [w.to_json() for w in spoken], "{}")
+        store.put_words(record.video_id, [w.to_json() for w in spoken + shown], "{}")
     hits = search_words(index_dir, '"happy birthday"', ("speech",))
     assert [(h.start, h.end, h.text) for h in hits] == [(0.2, 0.9, "happy birthday")]
     assert search_words(index_dir, '"birthday dear"', ("speech",)) == []  # 1.6 s of silence between
     assert check_index(index_dir).ok
+    # --shows: the words seen at one time are one line; --said does not see them, nor --shows speech
+    hit = said(index_dir, "--shows", "exit")[0]
+    assert (hit["start"], hit["end"], hit["signals"]) == (1.0, 3.0, ["shown"])
+    assert hit["shown"][0]["text"] == "EMERGENCY EXIT" and hit["shown"][0]["marks"] == [[10, 14]]
+    assert said(index_dir, "--said", "exit") == [] and said(index_dir, "--shows", "birthday") == []
+    chain = said(index_dir, "--said", "happy", "--then", "shows:emergency", "--then", "said:friend")
+    assert [c["signals"] for c in chain[0]["chain"]] == [["said"], ["shown"], ["said"]]
 
 
 def test_watch_rereads_the_words_when_a_subtitle_file_arrives(tmp_path: Path, model_args: list[str]) -> None:
