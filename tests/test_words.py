@@ -519,9 +519,16 @@ def test_speech_runs_and_screen_lines(tmp_path: Path, model_args: list[str]) -> 
               Word(2.5, 2.8, "dear", "speech", "en"), Word(2.85, 3.1, "friend", "speech", "en")]
     shown = [Word(1.0, 3.0, "EMERGENCY", "screen", "en", (0.1, 0.1, 0.3, 0.1), 0.9),
              Word(1.0, 3.0, "EXIT", "screen", "en", (0.45, 0.1, 0.2, 0.1), 0.8)]
+    from cliptool.vectors.fulltext import fulltext_state, sync_fulltext
+
+    before = generation(index_dir)
+    assert fulltext_state(index_dir) == "current"
     with IndexStore(index_dir) as store:
         record = next(store.videos())
         store.put_words(record.video_id, [w.to_json() for w in spoken + shown], "{}")
+    assert fulltext_state(index_dir) == "stale"
+    assert sync_fulltext(index_dir, video_ids=[record.video_id], since=before) == 1  # that video alone
+    assert fulltext_state(index_dir) == "current" and sync_fulltext(index_dir) == 0
     hits = search_words(index_dir, '"happy birthday"', ("speech",))
     assert [(h.start, h.end, h.text) for h in hits] == [(0.2, 0.9, "happy birthday")]
     assert search_words(index_dir, '"birthday dear"', ("speech",)) == []  # 1.6 s of silence between
