@@ -129,6 +129,10 @@ def test_sidecars_with_language_suffixes_give_exact_times(tmp_path: Path) -> Non
     assert read_subtitles(video, notes.append) == words  # the others still read
     assert notes == [f"warning: subtitles {tmp_path / 'holiday.it.srt'}: not a readable subtitle file "
                      "(FormatAutodetectionError)"]
+    with open(tmp_path / "holiday.it.srt", "wb") as f:  # sparse: 40 MB of nothing
+        f.truncate(40 * 1024 * 1024)
+    with pytest.raises(ValueError, match="too large"):
+        read_sidecar(tmp_path / "holiday.it.srt")
 
 
 @pytest.mark.parametrize("suffix, codec, kind", [(".mp4", "mov_text", "mov_text"), (".mkv", None, "subrip"),
