@@ -318,15 +318,21 @@ def _marks(highlighted: str) -> tuple[str, list[tuple[int, int]]]:
 
 @contextmanager
 def _reader(index_dir: Path) -> Iterator[sqlite3.Connection]:
-    """The cache brought up to date and opened for reading."""
+    """The cache brought up to date and opened for reading; where it cannot be written (a
+    read-only index), read as it is."""
     index_dir = Path(index_dir)
+    path = fulltext_path(index_dir)
     try:
         sync_fulltext(index_dir)
-    except OSError as exc:
-        raise CliptoolError(f"cannot update the full-text cache in {index_dir}: {exc.strerror or exc}") from None
-    except sqlite3.Error as exc:
-        raise CliptoolError(f"cannot update the full-text cache in {index_dir}: {exc}") from None
-    with closing(_connect(fulltext_path(index_dir))) as db:
+        db = _connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+            db.execute("SELECT count(*) FROM videos").fetchone()
+        except sqlite3.Error:
+            raise CliptoolError(f"cannot update the full-text cache in {index_dir}: {why}") from None
+    with closing(db):
         yield db
 
 
