@@ -129,6 +129,10 @@ def test_sidecars_with_language_suffixes_give_exact_times(tmp_path: Path) -> Non
     assert read_subtitles(video, notes.append) == words  # the others still read
     assert notes == [f"warning: subtitles {tmp_path / 'holiday.it.srt'}: not a readable subtitle file "
                      "(FormatAutodetectionError)"]
+    with open(tmp_path / "holiday.it.srt", "wb") as f:  # sparse: 40 MB of nothing
+        f.truncate(40 * 1024 * 1024)
+    with pytest.raises(ValueError, match="too large"):
+        read_sidecar(tmp_path / "holiday.it.srt")
 
 
 @pytest.mark.parametrize("suffix, codec, kind", [(".mp4", "mov_text", "mov_text"), (".mkv", None, "subrip"),
@@ -156,6 +160,11 @@ def test_word_records_round_trip_and_refuse_nonsense() -> None:
     with pytest.raises(ValueError):
         Word(2.0, 1.0, "x", "subtitle")
     assert match_expression('"happy birthday" cake* to-day') == '"happy birthday" AND "cake" * AND "to" AND "day"'
+    from cliptool.analysis.words.extract import ocr_languages, parse_words_option
+
+    assert ocr_languages("en") == "eng" and ocr_languages("de,en-GB") == "deu+eng" and ocr_languages("chi_tra") == "chi_tra"
+    assert [parse_words_option(v) for v in ("all", "none", "screen, subtitles")] == [
+        "subtitles,speech,screen", "", "subtitles,screen"]
 
 
 # -- searching ---------------------------------------------------------------------------------------
@@ -362,12 +371,12 @@ def test_sigkill_while_words_are_written_loses_nothing(tmp_path: Path, model_arg
     folder.mkdir()
     clip = tmp_path / "clip.mp4"
     make_samples.write_clip(clip, make_samples.SAMPLES["titles.mp4"])
-    names = [f"clip{i}" for i in range(5)]
+    names = [f"clip{i}" for i in range(4)]
     for name in names:
         shutil.copy2(clip, folder / f"{name}.mp4")
 
     def cues(name: str, word: str) -> str:  # thousands of cues: reading them takes a while
-        return srt(*((i * 0.5, i * 0.5 + 0.4, f"{word} {name} line {i}") for i in range(2000)))
+        return srt(*((i * 0.5, i * 0.5 + 0.4, f"{word} {name} line {i}") for i in range(1500)))
 
     for name in names:
         (folder / f"{name}.srt").write_text(cues(name, "old"))
@@ -392,13 +401,13 @@ def test_sigkill_while_words_are_written_loses_nothing(tmp_path: Path, model_arg
         with IndexStore(index_dir) as store:
             for record in store.videos():
                 texts = {w[2].split()[0] for w in store.words(record)}
-                assert len(store.words(record)) == 2000 and len(texts) == 1  # wholly old or wholly new
+                assert len(store.words(record)) == 1500 and len(texts) == 1  # wholly old or wholly new
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     with IndexStore(index_dir) as store:
         assert all({w[2].split()[0] for w in store.words(r)} == {"new"} for r in store.videos())
     assert check_index(index_dir).ok
-    assert said(index_dir, "--said", '"new clip3 line 1999"')[0]["start"] == 999.5
+    assert said(index_dir, "--said", '"new clip3 line 1499"')[0]["start"] == 749.5
     assert said(index_dir, "--said", "old") == []
 
 
@@ -523,9 +532,10 @@ def test_screen_words_merge_across_consecutive_frames_and_frames_come_at_their_t
     assert got[0][1].mean() < 128 < got[2][1].mean()  # the first title is mostly black, the second white
 
 
-def test_speech_gathers_into_runs_for_phrases(tmp_path: Path, model_args: list[str]) -> None:
+def test_speech_runs_and_screen_lines(tmp_path: Path, model_args: list[str]) -> None:
     """Spoken words (one record each) are kept as they are in the store and gathered into runs
-    in the full-text cache, so a phrase spoken across words is found; a pause breaks a run."""
+    in the full-text cache, so a phrase spoken across words is found; a pause breaks a run.
+    Screen words of one time are a line that --shows finds (and --said does not)."""
     from cliptool.vectors.fulltext import search_words
 
     folder = tmp_path / "videos"
@@ -535,10 +545,49 @@ def test_speech_gathers_into_runs_for_phrases(tmp_path: Path, model_args: list[s
     ok(run_here(index_dir, "index", folder, *model_args, "--words", "none"))
     spoken = [Word(0.2, 0.5, "happy", "speech", "en"), Word(0.55, 0.9, "birthday", "speech", "en"),
               Word(2.5, 2.8, "dear", "speech", "en"), Word(2.85, 3.1, "friend", "speech", "en")]
+    shown = [Word(1.0, 3.0, "EMERGENCY", "screen", "en", (0.1, 0.1, 0.3, 0.1), 0.9),
+             Word(1.0, 3.0, "EXIT", "screen", "en", (0.45, 0.1, 0.2, 0.1), 0.8)]
+    from cliptool.vectors.fulltext import fulltext_state, sync_fulltext
+
+    before = generation(index_dir)
+    assert fulltext_state(index_dir) == "current"
     with IndexStore(index_dir) as store:
         record = next(store.videos())
-        store.put_words(record.video_id, [w.to_json() for w in spoken], "{}")
+        store.put_words(record.video_id, [w.to_json() for w in spoken + shown], "{}")
+    assert fulltext_state(index_dir) == "stale"
+    assert sync_fulltext(index_dir, video_ids=[record.video_id], since=before) == 1  # that video alone
+    assert fulltext_state(index_dir) == "current" and sync_fulltext(index_dir) == 0
     hits = search_words(index_dir, '"happy birthday"', ("speech",))
     assert [(h.start, h.end, h.text) for h in hits] == [(0.2, 0.9, "happy birthday")]
     assert search_words(index_dir, '"birthday dear"', ("speech",)) == []  # 1.6 s of silence between
     assert check_index(index_dir).ok
+    # --shows: the words seen at one time are one line; --said does not see them, nor --shows speech
+    hit = said(index_dir, "--shows", "exit")[0]
+    assert (hit["start"], hit["end"], hit["signals"]) == (1.0, 3.0, ["shown"])
+    assert hit["shown"][0]["text"] == "EMERGENCY EXIT" and hit["shown"][0]["marks"] == [[10, 14]]
+    assert said(index_dir, "--said", "exit") == [] and said(index_dir, "--shows", "birthday") == []
+    chain = said(index_dir, "--said", "happy", "--then", "shows:emergency", "--then", "said:friend")
+    assert [c["signals"] for c in chain[0]["chain"]] == [["said"], ["shown"], ["said"]]
+
+
+def test_watch_rereads_the_words_when_a_subtitle_file_arrives(tmp_path: Path, model_args: list[str]) -> None:
+    from test_watch import INTERRUPTED, Watch
+
+    videos, index_dir = tmp_path / "videos", tmp_path / "index"
+    videos.mkdir()
+    make_samples.write_clip(videos / "clip.mp4", make_samples.SAMPLES["titles.mp4"])
+    watch = Watch(index_dir, "watch", str(videos), *model_args, "--settle", "0.5")
+    try:
+        watch.wait_for(r"^watching ")
+        before = _stored(index_dir)[str(videos / "clip.mp4")]
+        (videos / "clip.en.srt").write_text(srt((1.0, 2.0, "subtitles arrive later")))
+        deadline = time.monotonic() + 60
+        while _stored(index_dir)[str(videos / "clip.mp4")][2] == before[2]:
+            assert time.monotonic() < deadline and watch.proc.poll() is None, watch.err
+            time.sleep(0.1)
+        after = _stored(index_dir)[str(videos / "clip.mp4")]
+        assert after[:2] == before[:2]  # the pictures untouched
+        assert [h["start"] for h in said(index_dir, "--said", "arrive")] == [1.0]
+    finally:
+        watch.proc.send_signal(signal.SIGINT)
+        assert watch.proc.wait(timeout=60) in INTERRUPTED

@@ -539,18 +539,19 @@ def _sync(index_dir: Path, video_ids: list[str] | None, since: str | None, repor
     except OSError as exc:
         report(f"warning: could not update the search cache ({exc.strerror or exc}); search will catch up")
     sync_recorded(index_dir, video_ids, since, report)  # a Milvus collection recorded in the index, if any
-    _sync_words(index_dir, report)
+    _sync_words(index_dir, report, video_ids, since)
 
 
-def _sync_words(index_dir: Path, report: Reporter) -> None:
-    """Brings the full-text cache in line with the stores; a failure loses nothing (the next
-    search or run catches it up)."""
+def _sync_words(index_dir: Path, report: Reporter, video_ids: list[str] | None = None,
+                since: str | None = None) -> None:
+    """Brings the full-text cache in line with the stores (comparing only `video_ids` when it
+    was current at `since`); a failure loses nothing (the next search or run catches it up)."""
     import sqlite3
 
     from cliptool.vectors.fulltext import sync_fulltext
 
     try:
-        sync_fulltext(index_dir)
+        sync_fulltext(index_dir, video_ids=video_ids, since=since)
     except CliptoolError:
         pass
     except (OSError, sqlite3.Error, ValueError) as exc:  # full disk, locked or odd data: derived, caught up later

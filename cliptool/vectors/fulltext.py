@@ -141,17 +141,21 @@ def _read_video(store: IndexStore, record: VideoRecord) -> list[tuple[Any, ...]]
     return out
 
 
-def sync_fulltext(index_dir: Path, rebuild: bool = False) -> int:
+def sync_fulltext(index_dir: Path, rebuild: bool = False, video_ids: Iterable[str] | None = None,
+                  since: str | None = None) -> int:
     """Brings the full-text cache in line with the stores (building it when missing, damaged or
     with `rebuild`); returns how many videos' rows were rewritten. IndexMissingError when there
-    is no index."""
+    is no index. video_ids and since: the videos a writer just committed and the generation
+    before; when the cache matched that generation only they are compared (the cost is that of
+    the change), else every video record is."""
     index_dir = Path(index_dir)
     path = fulltext_path(index_dir)
     token = generation(index_dir)  # read first: a commit after it makes the cache stale again
     if rebuild:
         _remove(path)
+    only = list(video_ids) if video_ids is not None and since else None
     try:
-        return _sync(index_dir, path, token)
+        return _sync(index_dir, path, token, only, since)
     except sqlite3.DatabaseError:  # a damaged file: built again from the stores
         _remove(path)
         return _sync(index_dir, path, token)
@@ -162,7 +166,7 @@ def _remove(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _sync(index_dir: Path, path: Path, token: str) -> int:
+def _sync(index_dir: Path, path: Path, token: str, only: list[str] | None = None, since: str | None = None) -> int:
     with closing(_connect(path)) as db:
         db.executescript(_SCHEMA)
         meta = dict(db.execute("SELECT key, value FROM meta"))
@@ -170,9 +174,20 @@ def _sync(index_dir: Path, path: Path, token: str) -> int:
             raise sqlite3.DatabaseError(f"full-text cache format {meta.get('format')}")
         if meta.get("format") == FORMAT and meta.get("generation") == token and token:
             return 0
-        held = {vid: (version, words) for vid, version, words in db.execute("SELECT video_id, version, words FROM videos")}
+        if only is not None and not (meta.get("format") == FORMAT and meta.get("generation") == since):
+            only = None  # the cache was behind before these commits: every video is compared
+        if only is None:
+            held = {vid: (version, words)
+                    for vid, version, words in db.execute("SELECT video_id, version, words FROM videos")}
+        else:
+            held = {vid: (version, words) for vid in only
+                    for version, words in db.execute("SELECT version, words FROM videos WHERE video_id = ?", (vid,))}
         with IndexStore(index_dir) as store:
-            records = {r.video_id: r for r in store.videos()}
+            if only is None:
+                records = {r.video_id: r for r in store.videos()}
+            else:
+                found = {vid: store.get_video(vid) for vid in only}
+                records = {vid: r for vid, r in found.items() if r is not None}
             changed = [r for vid, r in records.items() if held.get(vid) != (r.version, r.words)]
             rows = {r.video_id: _read_video(store, r) for r in changed}
         gone = [vid for vid in held if vid not in records]
@@ -303,15 +318,21 @@ def _marks(highlighted: str) -> tuple[str, list[tuple[int, int]]]:
 
 @contextmanager
 def _reader(index_dir: Path) -> Iterator[sqlite3.Connection]:
-    """The cache brought up to date and opened for reading."""
+    """The cache brought up to date and opened for reading; where it cannot be written (a
+    read-only index), read as it is."""
     index_dir = Path(index_dir)
+    path = fulltext_path(index_dir)
     try:
         sync_fulltext(index_dir)
-    except OSError as exc:
-        raise CliptoolError(f"cannot update the full-text cache in {index_dir}: {exc.strerror or exc}") from None
-    except sqlite3.Error as exc:
-        raise CliptoolError(f"cannot update the full-text cache in {index_dir}: {exc}") from None
-    with closing(_connect(fulltext_path(index_dir))) as db:
+        db = _connect(path)
+    except (OSError, sqlite3.Error) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+            db.execute("SELECT count(*) FROM videos").fetchone()
+        except sqlite3.Error:
+            raise CliptoolError(f"cannot update the full-text cache in {index_dir}: {why}") from None
+    with closing(db):
         yield db
 
 

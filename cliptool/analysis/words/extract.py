@@ -101,9 +101,22 @@ def read_words(video: Path, options: IndexOptions, sample_times: Sequence[float]
     if "screen" in sources and sample_times:
         read_screen_text = _engine("screen", "read_screen_text")
         frames = frames_at(video, sample_times)
-        seen = read_screen_text(frames, **({"languages": options.language} if options.language else {}))
+        seen = read_screen_text(frames, **({"languages": ocr_languages(options.language)} if options.language else {}))
         words += merge_screen_words(seen, sorted(set(sample_times)))
     return sorted(words, key=lambda w: (w.start, w.end, w.source))
+
+
+# --language takes ISO 639-1 codes (as speech engines do); text recognition (Tesseract) names
+# its language data with ISO 639-2 codes: the common ones mapped, others passed on as given
+_OCR_LANGUAGES = {"en": "eng", "de": "deu", "fr": "fra", "es": "spa", "it": "ita", "pt": "por", "nl": "nld",
+                  "ru": "rus", "pl": "pol", "sv": "swe", "da": "dan", "fi": "fin", "no": "nor", "tr": "tur",
+                  "ja": "jpn", "ko": "kor", "zh": "chi_sim", "ar": "ara", "hi": "hin", "el": "ell", "cs": "ces"}
+
+
+def ocr_languages(language: str) -> str:
+    """`--language` as text recognition names it: "en" -> "eng", "en+de" -> "eng+deu"."""
+    return "+".join(_OCR_LANGUAGES.get(part.strip().lower().split("-")[0], part.strip())
+                    for part in language.replace(",", "+").split("+") if part.strip())
 
 
 def frames_at(video: Path, times: Sequence[float]) -> Iterable[tuple[float, Any]]:
@@ -161,5 +174,5 @@ def _span(run: list[Word]) -> Word:
                 max(confidences) if confidences else None)
 
 
-__all__ = ["SPEECH_ENGINES", "WORD_SOURCES", "check_engines", "frames_at", "merge_screen_words", "parse_words_option",
-           "read_words", "sources_of", "words_key"]
+__all__ = ["SPEECH_ENGINES", "WORD_SOURCES", "check_engines", "frames_at", "merge_screen_words", "ocr_languages",
+           "parse_words_option", "read_words", "sources_of", "words_key"]

@@ -18,6 +18,7 @@ from cliptool.analysis.words.base import Word
 
 SIDECAR_SUFFIXES = (".srt", ".vtt", ".ass", ".ssa")
 TEXT_CODECS = ("subrip", "srt", "mov_text", "ass", "ssa", "webvtt", "text")
+MAX_SIDECAR_BYTES = 32 * 1024 * 1024  # a subtitle file larger than this is not one (a film's has ~100 kB)
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})?$")
 
 Reporter = Callable[[str], None]
@@ -68,8 +69,12 @@ def _plain(text: str) -> str:
 
 
 def read_sidecar(path: Path, language: str = "") -> list[Word]:
-    """The cues of one subtitle file as words; ValueError for a file pysubs2 cannot read."""
+    """The cues of one subtitle file as words; ValueError for a file pysubs2 cannot read (or
+    one too large to be subtitles)."""
     import pysubs2
+
+    if path.stat().st_size > MAX_SIDECAR_BYTES:
+        raise ValueError(f"too large for a subtitle file (over {MAX_SIDECAR_BYTES // (1024 * 1024)} MB)")
 
     try:
         try:
@@ -152,5 +157,5 @@ def read_subtitles(video: Path, report: Reporter | None = None, names: Iterable[
     return sorted(words, key=lambda w: (w.start, w.end))
 
 
-__all__ = ["SIDECAR_SUFFIXES", "TEXT_CODECS", "read_sidecar", "read_subtitles", "read_tracks", "sidecar_fingerprint",
+__all__ = ["MAX_SIDECAR_BYTES", "SIDECAR_SUFFIXES", "TEXT_CODECS", "read_sidecar", "read_subtitles", "read_tracks", "sidecar_fingerprint",
            "sidecars"]
