@@ -281,6 +281,10 @@ def run_all(args: argparse.Namespace, out: Path, results: dict[str, Any], corpus
     results["scale"] = bench_scale(out, ckpt, sizes, repeat, args.scale_baseline or None)
     print("bench: serving from Milvus Lite", file=sys.stderr)
     results["milvus"] = bench_milvus(out, ckpt, milvus_sizes, repeat)
+    print("bench: the speech and on-screen-text engines", file=sys.stderr)
+    from cliptool.bench.words_engines import run_words as bench_words
+
+    bench_words(out, ckpt, work, repeat, args.quick, True, True, results)
     results["bench_seconds"] = time.perf_counter() - t_start
     write_json(out / "bench.json", results)
     print_all(results)
