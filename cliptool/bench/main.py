@@ -302,6 +302,10 @@ def run_all(args: argparse.Namespace, out: Path, results: dict[str, Any], corpus
     from cliptool.bench.words import bench_words
 
     results["words"] = bench_words(out, args.toy_model, quick=args.quick)
+    print("bench: the speech and on-screen-text engines", file=sys.stderr)
+    from cliptool.bench.words_engines import run_words as bench_word_engines
+
+    bench_word_engines(out, ckpt, work, repeat, args.quick, True, True, results)
     results["bench_seconds"] = time.perf_counter() - t_start
     write_json(out / "bench.json", results)
     print_all(results)

@@ -25,9 +25,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cliptool.bench.corpus import REPO, SHARED
 from cliptool.bench.measure import median
 from cliptool.bench.tables import cell, print_aligned
+
+
+def cpu_now() -> float:
+    """CPU seconds used so far by this process and its finished children (tesseract)."""
+    import resource
+
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + child.ru_utime + child.ru_stime
 
 
 def talking_videos() -> Any:
@@ -81,11 +91,15 @@ def picture_index_s(paths: list[Path], ckpt: Path, work: Path, repeat: int) -> f
     for _ in range(repeat):
         index_dir = work / "words-index"
         shutil.rmtree(index_dir, ignore_errors=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_now()
         Index(index_dir).index(paths, model="ViT-B-32", pretrained=str(ckpt), progress=False, report=lambda m: None)
         times.append(time.perf_counter() - t0)
+        LAST_CPU_S[0] = cpu_now() - c0
     shutil.rmtree(work / "words-index", ignore_errors=True)
     return median(times)
+
+
+LAST_CPU_S = [0.0]  # CPU seconds of the last picture index run
 
 
 def bench_speech(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) -> dict[str, Any]:
@@ -97,6 +111,7 @@ def bench_speech(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) ->
     print("bench: speech clips (Festival; cached)", file=sys.stderr)
     clips = build_speech_clips(out, quick)
     picture_index_s([clips["talk"][0].path], ckpt, work, 1)  # exports the towers once, outside the timings
+    transcribe(clips["talk"][0].path)  # and loads pocketsphinx's model files into the page cache
     rows: list[dict[str, Any]] = []
     details = []
     sentences = hit_s = key_hits = key_all = 0
@@ -104,38 +119,120 @@ def bench_speech(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) ->
         paths = [c.path for c in clips[kind]]
         minutes = sum(c.seconds for c in clips[kind]) / 60
         print(f"bench: speech on {kind} clips ({minutes * 60:.0f} s)", file=sys.stderr)
-        picture = picture_index_s(paths, ckpt, work, repeat)
-        for vad in ((True, False) if kind == "heavy" else (True,)):
-            times, words_by_clip = [], []
-            for _ in range(1 if not vad else repeat):
-                t0 = time.perf_counter()
-                words_by_clip = [transcribe(c.path, vad=vad) for c in clips[kind]]
-                times.append(time.perf_counter() - t0)
-            wall = median(times)
-            t0 = time.perf_counter()
-            voiced = 0.0
-            for c in clips[kind]:
-                samples = read_audio(c.path)
-                voiced += sum(b - a for a, b in voiced_regions(samples, RATE)) if samples is not None else 0.0
-            decode_vad = time.perf_counter() - t0
-            row = {"clips": kind, "vad": vad, "minutes": minutes, "speech_s": wall, "s_per_min": wall / minutes,
-                   "picture_index_s": picture, "ratio_to_picture": wall / picture,
-                   "voiced_share": voiced / (minutes * 60), "audio_and_vad_s_per_min": decode_vad / minutes}
-            if kind == "talk":
-                for c, words in zip(clips[kind], words_by_clip):
-                    for s in c.said:
-                        if s.target:
-                            ok, hits, n = found(words, s)
-                            sentences += 1
-                            hit_s += ok
-                            key_hits += hits
-                            key_all += n
-                            details.append({"text": s.text, "start": s.start, "found": ok,
-                                            "heard": " ".join(w.text for w in words
-                                                              if s.start - 1 <= w.start <= s.end + 1)})
-            rows.append(row)
+        modes = (True, False) if kind == "heavy" else (True,)
+        times: dict[object, list[float]] = {"picture": [], True: [], False: []}
+        cpus: dict[object, list[float]] = {"picture": [], True: [], False: []}
+        words_by_clip: list[list] = []
+        for _ in range(repeat):  # alternately, so that a busy spell of the machine falls on each
+            times["picture"].append(picture_index_s(paths, ckpt, work, 1))
+            cpus["picture"].append(LAST_CPU_S[0])
+            for vad in modes:
+                t0, c0 = time.perf_counter(), cpu_now()
+                got = [transcribe(c.path, vad=vad) for c in clips[kind]]
+                times[vad].append(time.perf_counter() - t0)
+                cpus[vad].append(cpu_now() - c0)
+                if vad:
+                    words_by_clip = got
+        picture = median(times["picture"])
+        t0 = time.perf_counter()
+        voiced = 0.0
+        for c in clips[kind]:
+            samples = read_audio(c.path)
+            voiced += sum(b - a for a, b in voiced_regions(samples, RATE)) if samples is not None else 0.0
+        decode_vad = time.perf_counter() - t0
+        for vad in modes:
+            wall = median(times[vad])
+            rows.append({"clips": kind, "vad": vad, "minutes": minutes, "speech_s": wall, "s_per_min": wall / minutes,
+                         "picture_index_s": picture, "ratio_to_picture": wall / picture,
+                         "voiced_share": voiced / (minutes * 60) if vad else 1.0,
+                         "audio_and_vad_s_per_min": decode_vad / minutes, "runs_s": times[vad],
+                         "picture_runs_s": times["picture"], "cpu_s": median(cpus[vad]),
+                         "picture_cpu_s": median(cpus["picture"]),
+                         "cpu_ratio_to_picture": median(cpus[vad]) / median(cpus["picture"])})
+        if kind == "talk":
+            for c, words in zip(clips[kind], words_by_clip):
+                for s in c.said:
+                    if s.target:
+                        ok, hits, n = found(words, s)
+                        sentences += 1
+                        hit_s += ok
+                        key_hits += hits
+                        key_all += n
+                        details.append({"text": s.text, "start": s.start, "found": ok,
+                                        "heard": " ".join(w.text for w in words
+                                                          if s.start - 1 <= w.start <= s.end + 1)})
     return {"rows": rows, "sentences": sentences, "found": hit_s, "key_words": key_hits, "key_words_all": key_all,
             "details": details}
+
+
+def bench_vad(out: Path, quick: bool) -> list[dict[str, Any]]:
+    """The voice activity detectors compared on the talk clips (share of the sentences' time
+    covered, share of the clip passed on) and on music (share passed on): loudness alone, loudness
+    and rhythm (cliptool's), and WebRTC's (pocketsphinx's Endpointer)."""
+    import io
+
+    from cliptool.analysis.words.audio import RATE, read_audio, to_pcm16
+    from cliptool.analysis.words.vad import voiced_regions
+
+    tv = talking_videos()
+    clips = build_speech_clips(out, quick)["talk"]
+    quiet = np.zeros(10 * RATE, np.float32)
+    noisy_music = []  # a minute each: 10 s of room noise, 20 s of music, 10 s of noise, 20 s of music
+    for s in range(3):
+        m = np.concatenate([quiet, tv.music(20.0, seed=2 * s), quiet, tv.music(20.0, seed=2 * s + 1)])
+        noisy_music.append(m + tv.noise(len(m) / RATE + 0.1, 0.003, s)[: len(m)])
+
+    def loud_only(x: np.ndarray) -> list[tuple[float, float]]:
+        from cliptool.analysis.words import vad as v
+
+        e = v.frame_energy(x, RATE)
+        db = 10 * np.log10(e + 1e-12)
+        loud = (db > np.percentile(db, 10) + v.FLOOR_DB) & (db > v.ABS_DB)
+        return _frames_to_regions(loud, v.FRAME_S)
+
+    def webrtc(mode: int):
+        def run(x: np.ndarray) -> list[tuple[float, float]]:
+            from pocketsphinx import Segmenter
+
+            seg = Segmenter(vad_mode=mode, sample_rate=RATE)
+            return [(s.start_time, s.end_time) for s in seg.segment(io.BytesIO(to_pcm16(x)))]
+        return run
+
+    detectors = {"loudness + rhythm (cliptool)": lambda x: voiced_regions(x, RATE), "loudness only": loud_only}
+    detectors.update({f"WebRTC mode {m} (pocketsphinx)": webrtc(m) for m in (0, 3)})
+    audio = [read_audio(c.path) for c in clips]
+    rows = []
+    for name, detect in detectors.items():
+        covered = spoken = passed = total = 0.0
+        t0 = time.perf_counter()
+        for c, x in zip(clips, audio):
+            regions = detect(x)
+            for s in c.said:
+                spoken += s.end - s.start
+                covered += sum(max(0.0, min(b, s.end) - max(a, s.start)) for a, b in regions)
+            passed += sum(b - a for a, b in regions)
+            total += len(x) / RATE
+        elapsed = time.perf_counter() - t0
+        on_music = sum(sum(b - a for a, b in detect(m)) for m in noisy_music) / (len(noisy_music) * 60.0)
+        rows.append({"detector": name, "speech_covered": covered / spoken, "talk_passed": passed / total,
+                     "music_passed": on_music, "ms_per_min": 1000 * elapsed / (total / 60)})
+    return rows
+
+
+def _frames_to_regions(flags: np.ndarray, frame_s: float) -> list[tuple[float, float]]:
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return [(a * frame_s, b * frame_s) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+
+
+def print_vad(rows: list[dict[str, Any]]) -> None:
+    print("\nvoice activity detectors (talk clips; music: three minutes of synthesised music, 20 s at a time "
+          "between 10 s of the same low noise)")
+    table = [("detector", "sentences' time passed on", "talk clips passed on", "music minutes passed on",
+              "ms / min audio")]
+    for r in rows:
+        table.append((r["detector"], cell(r["speech_covered"], "{:.0%}"), cell(r["talk_passed"], "{:.0%}"),
+                      cell(r["music_passed"], "{:.0%}"), cell(r["ms_per_min"], "{:.0f}")))
+    print_aligned(table)
 
 
 def bench_screen(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) -> dict[str, Any]:
@@ -153,7 +250,7 @@ def bench_screen(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) ->
     frame_reads = frame_total = 0
     t_text: list[float] = []
     t_blank: list[float] = []
-    in_order_s = 0.0
+    in_order_s = in_order_cpu = 0.0
     n_frames = 0
     misses = []
     for clip in clips:
@@ -167,9 +264,10 @@ def bench_screen(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) ->
             if on is not None:
                 frame_total += 1
                 frame_reads += any(w.text.lower() == on.text.lower() for w in words)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_now()
         words = read_screen_text(frames)  # the clip in order: a word held on screen is read once
         in_order_s += time.perf_counter() - t0
+        in_order_cpu += cpu_now() - c0
         n_frames += len(frames)
         for s in clip.shown:
             got = [w for w in words if s.start <= w.start < s.end and w.text.lower() == s.text.lower()]
@@ -196,7 +294,8 @@ def bench_screen(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) ->
                 passed += bool(text_regions(rgb))
                 t_real.append(time.perf_counter() - t0)
                 real += 1
-    picture = picture_index_s([c.path for c in clips], ckpt, work, repeat)
+    picture = picture_index_s([c.path for c in clips], ckpt, work, 1)
+    picture_cpu = LAST_CPU_S[0]
     seconds = sum(c.seconds for c in clips)
     return {"words": sum(len(c.shown) for c in clips), "read": read_words, "frame_reads": frame_reads,
             "frames_with_text": frame_total, "misses": misses,
@@ -204,19 +303,22 @@ def bench_screen(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) ->
             "in_order_ms": 1000 * in_order_s / n_frames, "frames": n_frames, "in_order_s": in_order_s,
             "real_frames": real, "real_passed": passed,
             "real_detect_ms": 1000 * median(t_real) if t_real else float("nan"),
-            "seconds": seconds, "picture_index_s": picture}
+            "seconds": seconds, "picture_index_s": picture, "in_order_cpu_s": in_order_cpu,
+            "picture_cpu_s": picture_cpu}
 
 
 def print_speech(r: dict[str, Any]) -> None:
     print(f"\nspeech (pocketsphinx, bundled model): {r['found']}/{r['sentences']} sentences found within 1 s "
           f"({r['found'] / max(1, r['sentences']):.0%}); key words heard {r['key_words']}/{r['key_words_all']} "
           f"({r['key_words'] / max(1, r['key_words_all']):.0%})")
-    head = ("clips", "VAD", "video s", "voiced", "speech s", "s / min video", "picture index s", "x picture")
+    head = ("clips", "VAD", "video s", "voiced", "speech s", "s / min video", "picture index s", "x picture",
+            "CPU s", "picture CPU s", "CPU x picture")
     rows = [head]
     for x in r["rows"]:
         rows.append((x["clips"], "on" if x["vad"] else "off", cell(x["minutes"] * 60, "{:.0f}"),
                      cell(x["voiced_share"], "{:.0%}"), cell(x["speech_s"]), cell(x["s_per_min"]),
-                     cell(x["picture_index_s"]), cell(x["ratio_to_picture"], "{:.2f}")))
+                     cell(x["picture_index_s"]), cell(x["ratio_to_picture"], "{:.2f}"), cell(x.get("cpu_s")),
+                     cell(x.get("picture_cpu_s")), cell(x.get("cpu_ratio_to_picture"), "{:.2f}")))
     print_aligned(rows)
     print("talk = 8 clips of 4 sentences with another voice between (640x360, 25 fps); heavy = sentences back to "
           "back (1280x720, 25 fps); picture index = cliptool's API, ViT-B-32 (random weights), default settings")
@@ -237,7 +339,9 @@ def print_screen(r: dict[str, Any]) -> None:
              cell(r["real_detect_ms"]))]
     print_aligned(rows, left=True)
     print(f"the word clips ({r['seconds']:.0f} s, 640x360): reading every frame in order {r['in_order_s']:.1f} s "
-          f"= {r['in_order_s'] / r['picture_index_s']:.2f}x their picture index time ({cell(r['picture_index_s'])} s)")
+          f"= {r['in_order_s'] / r['picture_index_s']:.2f}x their picture index time ({cell(r['picture_index_s'])} s); "
+          f"CPU {r['in_order_cpu_s']:.1f} s = {r['in_order_cpu_s'] / r['picture_cpu_s']:.2f}x the picture index's "
+          f"{r['picture_cpu_s']:.1f} s")
     for m in r["misses"]:
         print(f"  missed {m['text']!r} ({m['px']} px): read {m['read']!r}")
 
@@ -246,6 +350,8 @@ def run_words(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool, speec
               results: dict[str, Any]) -> None:
     """The speech and/or screen figures into `results`, printed."""
     if speech:
+        results["vad"] = bench_vad(out, quick)
+        print_vad(results["vad"])
         results["speech"] = bench_speech(out, ckpt, work, repeat, quick)
         print_speech(results["speech"])
     if screen:
