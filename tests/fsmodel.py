@@ -296,7 +296,7 @@ class Model:
                 return
             node = self.node(src) if self.inside(src) else None
             if node is None:  # a file from outside (the user cache): its content as it is, never synced here
-                node = Node(False, bytearray(Path(dst).read_bytes()) if Path(dst).is_file() else bytearray())
+                node = Node(False, bytearray(Path(src).read_bytes()) if Path(src).is_file() else bytearray())
             folder.entries[base] = node
         elif name in ("sendfile", "copy_file_range"):
             path = _fd_path(a[0]) if name == "sendfile" else _fd_path(a[2])
