@@ -331,7 +331,7 @@ def _check_thumbnails(index_dir: Path, report: CheckReport, records: list[VideoR
     with IndexStore(index_dir) as store:
         scene_ids = {r.video_id: [(s.scene_id, len(s.sample_times)) for s in store.scenes(r)] for r in records}
     missing, extra = thumbnails.survey(index_dir, records, scene_ids)
-    damaged = thumbnails.damaged(index_dir, scene_ids)
+    damaged = thumbnails.damaged(index_dir, records)
     report.thumbnails = {"missing": missing, "extra": len(extra), "deleted": 0}
     if damaged:
         report.thumbnails["damaged"] = len(damaged)

@@ -27,6 +27,7 @@ from cliptool.vectors.faiss.segment import (
     LOAD_ATTEMPTS,
     VectorIndex,
     numbered_videos,
+    open_segment,
     top,
 )
 from cliptool.vectors.faiss.sync import sync_cache
@@ -53,7 +54,7 @@ def load_vector_index(index_dir: Path) -> VectorIndex | LiveIndex:
             continue
         names = tuple(s["name"] for s in manifest["segments"])
         try:
-            segments = [VectorIndex(root / s["name"], s.get("files")) for s in manifest["segments"]]
+            segments = [open_segment(root / s["name"], s.get("files")) for s in manifest["segments"]]
         except (OSError, ValueError, RuntimeError) as exc:
             why = one_line(exc)
             if names in unreadable:  # damaged, not just replaced as we opened it: build anew
@@ -343,7 +344,7 @@ def cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: li
         return damage
     root = cache_root(index_dir)
     try:
-        segments = [VectorIndex(root / s["name"], s.get("files")) for s in manifest["segments"]]
+        segments = [open_segment(root / s["name"], s.get("files"), full=True) for s in manifest["segments"]]
         ids: list[str] = []
         wrong_vector = ""
         for entry, seg in zip(manifest["segments"], segments):
