@@ -164,6 +164,18 @@ def _check_stores(index_dir: Path, report: CheckReport, repair: bool) -> None:
                 _restore_model(index_dir, read_manifest(index_dir))
 
 
+def _lost_records(index_dir: Path, scene_keys: list[bytes], repair: bool) -> list[Problem]:
+    """The videos whose records a damaged block of the videos store took (their scene lists are
+    orphans now), named by the search cache where it still lists them."""
+    from cliptool.vectors.faiss import cached_video_paths
+
+    paths = cached_video_paths(index_dir)
+    lost = sorted({key.decode(errors="replace").split("/")[1] for key in scene_keys if key.count(b"/") >= 2})
+    return [Problem(VIDEO, f"{paths.get(vid, 'video ' + vid)}: its record was in a damaged block of the videos store"
+                    + ("; removed, the next `cliptool index` adds it again" if repair else ""), vid, repaired=repair)
+            for vid in lost]
+
+
 def _restore_model(index_dir: Path, manifest: dict[str, Any] | None) -> None:
     """The index's model record, should the videos store's repair have dropped it: from the
     search cache's manifest, which names the same model."""
@@ -228,6 +240,8 @@ def _check_stored(index_dir: Path, report: CheckReport, repair: bool) -> None:
             report.problems.append(Problem(
                 ORPHAN, f"{len(scene_keys)} scene list(s) and {len(vector_keys)} vector record(s) belong to no video "
                 "(left by an interrupted run)"))
+        if n_orphans and any(p.kind == STORE and "videos store" in p.message for p in report.problems):
+            report.problems += _lost_records(index_dir, scene_keys, repair)
         for vid, note in _raw_failures(store):
             if note is None:
                 report.problems.append(Problem(FAILURE, f"failure note {vid} is malformed", vid))

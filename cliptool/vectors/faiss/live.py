@@ -332,6 +332,24 @@ def describe_cache(index_dir: Path) -> dict[str, Any]:
     return out
 
 
+def cached_video_paths(index_dir: Path) -> dict[str, str]:
+    """video id -> path of every video the cache's segments list (their videos.json files that
+    pass their checksums), for `check` to name videos the stores lost."""
+    from cliptool import durable
+
+    manifest = read_manifest(index_dir)
+    paths: dict[str, str] = {}
+    for entry in (manifest or {}).get("segments", []):
+        folder = cache_root(index_dir) / entry["name"]
+        checksum = (entry.get("files") or {}).get("videos.json")
+        try:
+            if checksum is None or durable.first_damaged(folder, {"videos.json": checksum}, full=True) is None:
+                paths.update((v["video_id"], v["path"]) for v in json.loads((folder / "videos.json").read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return paths
+
+
 # -- one builder at a time ---------------------------------------------------------------------------
 def cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: list[VideoRecord],
                     stale: bool = False) -> list[str]:
