@@ -307,20 +307,23 @@ def _table_damage(path: Path) -> str | None:
     lead to its data; a damaged one hides the whole table from every iterator), checked against
     their CRC32C; None when they are whole. Data blocks are checked through LevelDB itself."""
     try:
-        data = path.read_bytes()
-        if len(data) < 48 or data[-8:] != bytes.fromhex("57fb808b247547db"):
-            return "its footer is damaged"
-        at = len(data) - 48
-        handles = []
-        for _ in range(2):  # meta-index, then index block: (offset, size) varints
-            offset, at = _varint(data, at)
-            size, at = _varint(data, at)
-            handles.append((offset, size))
-        for offset, size in handles:
-            block, trailer = data[offset : offset + size + 1], data[offset + size + 1 : offset + size + 5]
-            rot = (struct.unpack("<I", trailer)[0] - 0xA282EAD8) & 0xFFFFFFFF  # LevelDB's masked CRC
-            stored = ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
-            if len(block) != size + 1 or _crc32c(block) != stored:
+        with open(path, "rb") as f:
+            length = f.seek(0, os.SEEK_END)
+            f.seek(max(0, length - 48))
+            footer = f.read(48)
+            if len(footer) < 48 or footer[-8:] != bytes.fromhex("57fb808b247547db"):
+                return "its footer is damaged"
+            at, blocks = 0, []
+            for _ in range(2):  # meta-index, then index block: (offset, size) varints, then the block
+                offset, at = _varint(footer, at)
+                size, at = _varint(footer, at)
+                if offset + size + 5 > length:
+                    return "its footer is damaged"
+                f.seek(offset)
+                blocks.append(f.read(size + 5))  # contents, type byte, masked CRC32C
+        for data in blocks:
+            rot = (struct.unpack("<I", data[-4:])[0] - 0xA282EAD8) & 0xFFFFFFFF  # LevelDB's masked CRC
+            if _crc32c(data[:-4]) != ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF:
                 return "a block of its index fails its checksum"
     except (OSError, IndexError, struct.error):
         return "it cannot be read"
