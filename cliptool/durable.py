@@ -7,7 +7,8 @@ synced file by file and then itself (`sync_tree`) before it is renamed into plac
 made here is made durable in its parent (`make_dirs`). Below every other module: it imports
 nothing of cliptool.
 
-`digest` is the checksum the manifests record of the files they name (blake2b, 128 bits).
+`digest` is the checksum the manifests record of the files they name (blake2b, 128 bits);
+`first_damaged` verifies files against them, once per change of a file (see there).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 DIGEST_CHUNK = 1 << 22
 
@@ -115,6 +117,64 @@ def write_many(items: Iterable[tuple[Path, bytes]]) -> None:
         sync_dir(folder)
 
 
+VERIFIED_STAMP = ".verified.json"  # a folder's files as last verified: checksum, size, ctime, inode
+
+_VERIFIED: set[tuple[str, str, int, int, int]] = set()  # (path, checksum, size, ctime, inode) verified here
+
+
+def _state(path: Path, checksum: str) -> list[Any]:
+    st = path.stat()
+    return [checksum, st.st_size, st.st_ctime_ns, st.st_ino]
+
+
+def _read_stamp(folder: Path) -> dict[str, list[Any]]:
+    import json
+
+    try:
+        stamp = json.loads((folder / VERIFIED_STAMP).read_text())
+        return stamp if isinstance(stamp, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def stamp_verified(folder: str | os.PathLike[str], files: dict[str, str]) -> None:
+    """Records files just written with these checksums as verified (best effort)."""
+    import json
+
+    folder = Path(folder)
+    try:
+        stamp = {**_read_stamp(folder), **{name: _state(folder / name, c) for name, c in files.items()}}
+        write_text(folder / VERIFIED_STAMP, json.dumps(stamp))
+    except OSError:
+        pass  # a read-only index: verified again next time
+
+
+def first_damaged(folder: str | os.PathLike[str], files: dict[str, str], full: bool = False) -> str | None:
+    """The first of `files` (name -> checksum) in `folder` whose content differs from its
+    checksum (or that cannot be read); None when all match. A file is read only when it changed
+    since it was last verified (the folder's stamp records its size, ctime and inode: any write
+    through the file system changes its ctime), so a loader pays for it once per change; `full`
+    reads every file whatever the stamp says (`check`)."""
+    folder = Path(folder)
+    stamp = {} if full else _read_stamp(folder)
+    verified = {}
+    for name, checksum in files.items():
+        path = folder / name
+        try:
+            state = _state(path, checksum)
+            if not full and (stamp.get(name) == state or (str(path), *state) in _VERIFIED):
+                continue
+            if digest(path) != checksum:
+                return name
+        except OSError:
+            return name
+        _VERIFIED.add((str(path), *state))
+        verified[name] = checksum
+    if verified and not full:
+        stamp_verified(folder, verified)
+    return None
+
+
 def digest(path: str | os.PathLike[str]) -> str:
     """The checksum of a file's content (blake2b, 16 bytes, hex)."""
     import hashlib
@@ -132,5 +192,5 @@ def digest_bytes(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-__all__ = ["digest", "digest_bytes", "make_dirs", "replace", "sync_dir", "sync_file", "sync_tree", "write_bytes",
-           "write_many", "write_text"]
+__all__ = ["VERIFIED_STAMP", "digest", "digest_bytes", "first_damaged", "make_dirs", "replace", "sync_dir", "sync_file", "stamp_verified", "sync_tree",
+           "write_bytes", "write_many", "write_text"]

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import json
 import os
 import secrets
@@ -238,18 +237,28 @@ class _VerifiedIterator:
 
 def store_damage(root: Path, lock_timeout: float = 30.0) -> dict[str, str]:
     """Each store whose files fail LevelDB's own checks, with LevelDB's words: opened with
-    paranoid checks (its logs and MANIFEST), then every record read with its block checksum
-    verified. Empty when all three are whole."""
+    paranoid checks (its logs, MANIFEST and CURRENT), and each table read whole by LevelDB's
+    repair with every block's checksum verified, on links to the tables in a folder of its own
+    (a damaged block is only skipped by a verifying read, never reported: the repair sets a
+    damaged table aside, which is what tells). Empty when all three are whole."""
     import plyvel
 
     found: dict[str, str] = {}
     for name in STORE_NAMES:
         path = Path(root) / f"{name}.ldb"
+        unreadable = _unreadable_tables(path)  # (LevelDB would trust their footers' sizes and abort)
+        if unreadable:
+            found[name] = f"{', '.join(unreadable)}: its footer or index fails its checksum"
+            continue
+        damaged = _damaged_tables(path)  # before an open, which may compact the tables it finds
+        if damaged:
+            found[name] = f"{', '.join(damaged)}: a block fails its checksum"
+            continue
         deadline = time.monotonic() + lock_timeout
-        db = None
-        while db is None:
+        while True:
             try:
-                db = plyvel.DB(str(path), paranoid_checks=True)
+                plyvel.DB(str(path), paranoid_checks=True).close()
+                break
             except plyvel.Error as exc:
                 if not _is_lock_error(exc):
                     found[name] = _error_text(exc)
@@ -257,26 +266,38 @@ def store_damage(root: Path, lock_timeout: float = 30.0) -> dict[str, str]:
                 if time.monotonic() >= deadline:
                     raise IndexBusyError(f"index at {root} is held by another process; try again") from None
                 time.sleep(0.1)
-        if db is None:
-            continue
-        try:
-            # A block failing its checksum is skipped by a verifying iterator, silently: what it
-            # yields is compared with what an iterator that reads the blocks unverified yields.
-            checked = db.iterator(verify_checksums=True, fill_cache=False)
-            unchecked = db.iterator(verify_checksums=False, fill_cache=False)
-            for a, b in itertools.zip_longest(checked, unchecked):
-                if a != b:
-                    found[name] = "a block fails its checksum"
-                    break
-        except plyvel.Error as exc:
-            found[name] = _error_text(exc)
-        finally:
-            db.close()
-        for table in sorted(path.glob("*.ldb")):
-            why = _table_damage(table)
-            if why and name not in found:
-                found[name] = f"{table.name}: {why}"
     return found
+
+
+def _unreadable_tables(path: Path) -> list[str]:
+    """The tables of a store whose footer or index block is damaged (checked here, in Python)."""
+    return sorted(table.name for table in path.glob("*.ldb") if _table_damage(table))
+
+
+def _damaged_tables(path: Path) -> list[str]:
+    """The tables of a store in which LevelDB's repair finds a damaged block (run on links to
+    them, so the store itself is not touched)."""
+    import shutil
+    import tempfile
+
+    import plyvel
+
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-verify-", dir=path.parent))
+    try:
+        for table in path.glob("*.ldb"):
+            try:
+                os.link(table, work / table.name)
+            except FileNotFoundError:
+                continue  # compacted away meanwhile
+            except OSError:
+                shutil.copy2(table, work / table.name)
+        plyvel.repair_db(str(work), paranoid_checks=True)
+        lost = work / "lost"
+        return sorted(p.name for p in lost.iterdir()) if lost.is_dir() else []
+    except plyvel.Error as exc:
+        return [f"({_error_text(exc)})"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _crc32c(data: bytes) -> int:
@@ -315,20 +336,23 @@ def _table_damage(path: Path) -> str | None:
     lead to its data; a damaged one hides the whole table from every iterator), checked against
     their CRC32C; None when they are whole. Data blocks are checked through LevelDB itself."""
     try:
-        data = path.read_bytes()
-        if len(data) < 48 or data[-8:] != bytes.fromhex("57fb808b247547db"):
-            return "its footer is damaged"
-        at = len(data) - 48
-        handles = []
-        for _ in range(2):  # meta-index, then index block: (offset, size) varints
-            offset, at = _varint(data, at)
-            size, at = _varint(data, at)
-            handles.append((offset, size))
-        for offset, size in handles:
-            block, trailer = data[offset : offset + size + 1], data[offset + size + 1 : offset + size + 5]
-            rot = (struct.unpack("<I", trailer)[0] - 0xA282EAD8) & 0xFFFFFFFF  # LevelDB's masked CRC
-            stored = ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
-            if len(block) != size + 1 or _crc32c(block) != stored:
+        with open(path, "rb") as f:
+            length = f.seek(0, os.SEEK_END)
+            f.seek(max(0, length - 48))
+            footer = f.read(48)
+            if len(footer) < 48 or footer[-8:] != bytes.fromhex("57fb808b247547db"):
+                return "its footer is damaged"
+            at, blocks = 0, []
+            for _ in range(2):  # meta-index, then index block: (offset, size) varints, then the block
+                offset, at = _varint(footer, at)
+                size, at = _varint(footer, at)
+                if offset + size + 5 > length:
+                    return "its footer is damaged"
+                f.seek(offset)
+                blocks.append(f.read(size + 5))  # contents, type byte, masked CRC32C
+        for data in blocks:
+            rot = (struct.unpack("<I", data[-4:])[0] - 0xA282EAD8) & 0xFFFFFFFF  # LevelDB's masked CRC
+            if _crc32c(data[:-4]) != ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF:
                 return "a block of its index fails its checksum"
     except (OSError, IndexError, struct.error):
         return "it cannot be read"
@@ -343,7 +367,14 @@ def repair_store(root: Path, name: str) -> None:
     try:
         (Path(root) / CLEAN_MARKER).unlink(missing_ok=True)  # what was dropped may leave orphans
         durable.sync_dir(root)
-        plyvel.repair_db(str(Path(root) / f"{name}.ldb"), paranoid_checks=True)
+        path = Path(root) / f"{name}.ldb"
+        unreadable = _unreadable_tables(path)
+        if unreadable:  # set aside as LevelDB's repair sets aside what it cannot read (it would abort)
+            durable.make_dirs(path / "lost")
+            for table in unreadable:
+                os.replace(path / table, path / "lost" / table)
+            durable.sync_dir(path)
+        plyvel.repair_db(str(path), paranoid_checks=True)
         db = plyvel.DB(str(Path(root) / f"{name}.ldb"))
         try:  # the schema key, should its block have been dropped (every store is written at one schema)
             if db.get(_SCHEMA_KEY) is None and any(True for _ in db.iterator(include_value=False)):

@@ -11,7 +11,9 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,21 @@ BLOB_BYTES = 1 << 20
 IMMEDIATE_NAMES = (".ldb",)
 
 _LINE = re.compile(r"^(\d+)\s+(\w+)\((.*)\)\s+=\s+(-?\d+)(<[^>]*>)?")
+
+
+@contextmanager
+def ram_folder(fallback: Path) -> Iterator[Path]:
+    """A new folder on a RAM file system where there is one, else `fallback`: the tests that open
+    many copies of an index test what is in the files, not the disk (syncs cost nothing there)."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield fallback
+        return
+    folder = Path(tempfile.mkdtemp(prefix="cliptool-test-", dir=shm))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def strace_available() -> bool:
@@ -117,11 +134,13 @@ def read_log(log: Path) -> list[Call]:
     return calls
 
 
-def _string(arg: str) -> str:
+def strace_string(arg: str) -> str:
+    """A path argument as strace quotes it, decoded."""
     return ast.literal_eval("b" + arg).decode("utf-8", "surrogateescape")
 
 
-def _fd_path(arg: str) -> str | None:
+def fd_path(arg: str) -> str | None:
+    """The path strace -y shows beside a file descriptor (`5</a/b>`), or None."""
     m = re.match(r"^-?\d+<(.*)>$", arg)
     return m.group(1) if m else None
 
@@ -205,10 +224,11 @@ class Model:
             yield from self.files_under(f"{path}/{name}")
 
     # -- replaying calls -------------------------------------------------------------------
-    def _resolve(self, dirfd: str, path: str) -> str:
+    def resolve(self, dirfd: str, path: str) -> str:
+        """An absolute path from a call's directory-fd and path arguments."""
         if path.startswith("/"):
             return os.path.normpath(path)
-        base = _fd_path(dirfd) or os.getcwd()
+        base = fd_path(dirfd) or os.getcwd()
         return os.path.normpath(os.path.join(base, path))
 
     def _write(self, fd: int, node: Node, data: bytes, offset: int | None) -> None:
@@ -248,7 +268,7 @@ class Model:
             self.pos[call.result] = 0
             self.append[call.result] = "O_APPEND" in flags
         elif name in ("write", "pwrite64", "writev", "pwritev"):
-            path = _fd_path(a[0])
+            path = fd_path(a[0])
             node = self.node(path) if self.inside(path) else None
             if node is not None and not node.is_dir:
                 offset = int(a[3]) if name in ("pwrite64", "pwritev") else None
@@ -256,12 +276,12 @@ class Model:
         elif name == "lseek":
             self.pos[int(a[0].split("<")[0])] = call.result
         elif name == "ftruncate":
-            node = self.node(_fd_path(a[0]) or "") if self.inside(_fd_path(a[0])) else None
+            node = self.node(fd_path(a[0]) or "") if self.inside(fd_path(a[0])) else None
             if node is not None:
                 size = int(a[1])
                 node.data = node.data[:size] + bytearray(max(0, size - len(node.data)))
         elif name in ("fsync", "fdatasync"):
-            path = _fd_path(a[0])
+            path = fd_path(a[0])
             node = self.node(path) if self.inside(path) else None
             if node is not None:
                 if node.is_dir:
@@ -269,37 +289,37 @@ class Model:
                 else:
                     node.synced = bytes(node.data)
         elif name in ("rename", "renameat", "renameat2"):
-            src = self._resolve("", _string(a[0])) if name == "rename" else self._resolve(a[0], _string(a[1]))
-            dst = self._resolve("", _string(a[1])) if name == "rename" else self._resolve(a[2], _string(a[3]))
+            src = self.resolve("", strace_string(a[0])) if name == "rename" else self.resolve(a[0], strace_string(a[1]))
+            dst = self.resolve("", strace_string(a[1])) if name == "rename" else self.resolve(a[2], strace_string(a[3]))
             (sf, sn), (df, dn) = self.parent(src), self.parent(dst)
             moved = sf.entries.pop(sn, None) if sf is not None else None
             if df is not None and moved is not None:
                 df.entries[dn] = moved
             self._touched += [src, dst]
         elif name in ("mkdir", "mkdirat"):
-            path = self._resolve("", _string(a[0])) if name == "mkdir" else self._resolve(a[0], _string(a[1]))
+            path = self.resolve("", strace_string(a[0])) if name == "mkdir" else self.resolve(a[0], strace_string(a[1]))
             folder, base = self.parent(path)
             if folder is not None and base not in folder.entries:
                 folder.entries[base] = Node(True)
                 self._touched.append(path)
         elif name in ("unlink", "rmdir", "unlinkat"):
-            path = self._resolve("", _string(a[0])) if name != "unlinkat" else self._resolve(a[0], _string(a[1]))
+            path = self.resolve("", strace_string(a[0])) if name != "unlinkat" else self.resolve(a[0], strace_string(a[1]))
             folder, base = self.parent(path)
             if folder is not None:
                 folder.entries.pop(base, None)
                 self._touched.append(path)
         elif name in ("link", "linkat"):
-            src = self._resolve("", _string(a[0])) if name == "link" else self._resolve(a[0], _string(a[1]))
-            dst = self._resolve("", _string(a[1])) if name == "link" else self._resolve(a[2], _string(a[3]))
+            src = self.resolve("", strace_string(a[0])) if name == "link" else self.resolve(a[0], strace_string(a[1]))
+            dst = self.resolve("", strace_string(a[1])) if name == "link" else self.resolve(a[2], strace_string(a[3]))
             folder, base = self.parent(dst)
             if folder is None:
                 return
             node = self.node(src) if self.inside(src) else None
             if node is None:  # a file from outside (the user cache): its content as it is, never synced here
-                node = Node(False, bytearray(Path(dst).read_bytes()) if Path(dst).is_file() else bytearray())
+                node = Node(False, bytearray(Path(src).read_bytes()) if Path(src).is_file() else bytearray())
             folder.entries[base] = node
         elif name in ("sendfile", "copy_file_range"):
-            path = _fd_path(a[0]) if name == "sendfile" else _fd_path(a[2])
+            path = fd_path(a[0]) if name == "sendfile" else fd_path(a[2])
             if self.inside(path):
                 raise NotImplementedError(f"{name} into {path}: the model cannot see what it copied")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,9 @@ from cliptool.analysis import thumbnails
 from cliptool.store import IndexStore
 
 from conftest import make_samples, run_here
+from fsmodel import ram_folder
 
-HARMLESS = ("LOG", "LOG.old")  # LevelDB's info log: read by no one
+PER_KIND = 5  # places flipped in the files of each kind (CLIPTOOL_DAMAGE_ALL=1: 24 in each file)
 
 
 def _kind(rel: str) -> str:
@@ -113,10 +115,14 @@ def _valid(index_dir: Path, hits: list[tuple[str, float]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def built(model_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, float]]]:
+def built(model_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[tuple[str, float]]]]:
     """One real index of three clips (thumbnails, text tower export, search cache) and what a
     search of it answers."""
-    work = tmp_path_factory.mktemp("damage")
+    with ram_folder(tmp_path_factory.mktemp("damage")) as work:
+        yield _build(work, model_args)
+
+
+def _build(work: Path, model_args: list[str]) -> tuple[Path, list[tuple[str, float]]]:
     folder = work / "videos"
     folder.mkdir()
     for i, colour in enumerate([(220, 30, 30), (30, 60, 220), (30, 200, 30)]):
@@ -135,8 +141,7 @@ def built(model_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> tu
     return index_dir, hits
 
 
-def test_every_kind_of_index_file_is_found_damaged_or_harmless(built: tuple[Path, list[tuple[str, float]]],
-                                                               tmp_path: Path) -> None:
+def test_every_kind_of_index_file_is_found_damaged_or_harmless(built: tuple[Path, list[tuple[str, float]]]) -> None:
     index_dir, baseline = built
     files = _files(index_dir)
     for kind in ("store ldb", "store log", "store MANIFEST", "store CURRENT", "cache manifest", "cache flat.faiss",
@@ -145,10 +150,10 @@ def test_every_kind_of_index_file_is_found_damaged_or_harmless(built: tuple[Path
         assert kind in files, f"the index holds no {kind} file: {sorted(files)}"
     sizes = {rel: (index_dir / rel).stat().st_size for rels in files.values() for rel in rels}
     every = os.environ.get("CLIPTOOL_DAMAGE_ALL") == "1"
-    trials = _trials(files, sizes, per_kind=12, per_file=24 if every else None)
+    trials = _trials(files, sizes, per_kind=PER_KIND, per_file=24 if every else None)
     found, harmless = 0, 0
     for n, (rel, at) in enumerate(trials):
-        copy = tmp_path / f"t{n}"
+        copy = index_dir.parent / f"t{n}"  # beside the index (its large files are linked)
         _copy(index_dir, copy)
         _flip(copy / rel, at)
         where = f"{rel} at byte {at}"
@@ -176,10 +181,10 @@ def _stored(index_dir: Path) -> list[str]:
         return [v.video_id for v in store.videos()]
 
 
-def test_a_damaged_thumbnail_is_made_again_and_said(built: tuple[Path, list[tuple[str, float]]], tmp_path: Path,
+def test_a_damaged_thumbnail_is_made_again_and_said(built: tuple[Path, list[tuple[str, float]]],
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     index_dir, _ = built
-    copy = tmp_path / "copy"
+    copy = index_dir.parent / "thumbnail-copy"
     _copy(index_dir, copy)
     with IndexStore(copy) as store:
         record = next(iter(store.videos()))

@@ -23,9 +23,11 @@ from cliptool.store import IndexStore
 from cliptool.vectors.faiss import load_vector_index
 
 from conftest import REPO, make_samples, run_here
-from fsmodel import Call, Model, read_log, replay, strace_available, traced
+from fsmodel import Call, Model, fd_path, ram_folder, read_log, replay, strace_available, strace_string, traced
 
 pytestmark = pytest.mark.skipif(not strace_available(), reason="strace is not available here")
+
+CRASH_POINTS = int(os.environ.get("CLIPTOOL_CRASH_POINTS", "12"))  # steps of each traced run a crash is simulated at
 
 _MERGES = """
 import sys, random
@@ -68,18 +70,23 @@ def _named_segments(data: bytes) -> list[str]:
 
 def _path_args(call: Call, model: Model) -> tuple[str | None, str | None]:
     """(source, target) of a rename; (path, None) of an unlink or rmdir."""
-    from fsmodel import _string  # noqa: PLC0415 - the helper module's own parser
-
     a = call.args
     if call.name == "rename":
-        return model._resolve("", _string(a[0])), model._resolve("", _string(a[1]))
+        return model.resolve("", strace_string(a[0])), model.resolve("", strace_string(a[1]))
     if call.name in ("renameat", "renameat2"):
-        return model._resolve(a[0], _string(a[1])), model._resolve(a[2], _string(a[3]))
+        return model.resolve(a[0], strace_string(a[1])), model.resolve(a[2], strace_string(a[3]))
     if call.name in ("unlink", "rmdir"):
-        return model._resolve("", _string(a[0])), None
+        return model.resolve("", strace_string(a[0])), None
     if call.name == "unlinkat":
-        return model._resolve(a[0], _string(a[1])), None
+        return model.resolve(a[0], strace_string(a[1])), None
     return None, None
+
+
+def _durable_segments(model: Model) -> list[str]:
+    """The segments the faiss/CURRENT a crash now would leave names."""
+    faiss = model.node(f"{model.root}/faiss")
+    current = faiss.synced_entries.get("CURRENT") if faiss is not None else None
+    return _named_segments(current.synced or b"") if current is not None else []
 
 
 def audit(model: Model, calls: list[Call]) -> list[str]:
@@ -121,20 +128,17 @@ def audit(model: Model, calls: list[Call]) -> list[str]:
             tmp = m.node(src or "")
             if tmp is not None and not tmp.clean():
                 say("a thumbnail not synced before it was renamed into place")
-        gone = src if dst is None or (src or "").startswith(f"{root}/faiss/") else None
-        if gone and gone.startswith(f"{root}/faiss/") and call.name != "rename" or (gone and call.name.startswith("unlink")):
-            faiss = m.node(f"{root}/faiss")
-            durable = faiss.synced_entries.get("CURRENT") if faiss is not None else None
-            names = _named_segments(durable.synced or b"") if durable is not None else []
-            if any(gone == f"{root}/faiss/{n}" or gone.startswith(f"{root}/faiss/{n}/") for n in names):
+        if dst is None and src is not None and src.startswith(f"{root}/faiss/"):  # an unlink or rmdir
+            if any(src == f"{root}/faiss/{n}" or src.startswith(f"{root}/faiss/{n}/") for n in _durable_segments(m)):
                 say("a segment the durable faiss/CURRENT names was deleted before the manifest replacing it was durable")
-        if call.name in ("openat", "open") and call.result_path == f"{root}/stores.clean" and "O_CREAT" in call.args[-2 if call.name == "openat" else -1]:
+        flags = call.args[2] if call.name == "openat" else (call.args[1] if call.name == "open" else "")
+        if call.result_path == f"{root}/stores.clean" and "O_CREAT" in flags:
             for store in ("scenes", "embeddings"):
                 for path, node in m.files_under(f"{root}/{store}.ldb"):
                     if path.endswith(".log") and not node.clean():
                         say(f"stores.clean written before a synced write to {store}.ldb")
         if call.name in ("fsync", "fdatasync"):
-            path = (call.args[0].split("<", 1) + [""])[1].rstrip(">")
+            path = fd_path(call.args[0]) or ""
             if path.startswith(f"{root}/videos.ldb/") and path.endswith(".log") and m.node(f"{root}/generation") is not None:
                 must_be_durable(f"{root}/generation", "a commit to videos.ldb")
                 if not m.durable_path(path):
@@ -237,7 +241,7 @@ def _stored(index_dir: Path) -> dict[str, int]:
         return {v.video_id: v.scene_count for v in store.videos()}
 
 
-def _open_after_crash(copy: Path, committed: dict[str, int], search: list[str] | None) -> None:
+def _open_after_crash(copy: Path, committed: dict[str, int], search: bool) -> None:
     """`check` is clean or repairs it; a search answers with real rows; no committed video lost."""
     if not IndexStore(copy).exists():
         assert not committed, "committed videos lost with the stores"
@@ -260,15 +264,14 @@ def _open_after_crash(copy: Path, committed: dict[str, int], search: list[str] |
     scores, rows = index.scores(query, 5)
     assert len(rows) and np.all(np.abs(scores) <= 1.0 + 1e-4)
     assert {index.position(int(r)).video_id for r in rows} <= set(stored)
-    if search is not None:
-        proc = run_here(copy, "search", "a red circle", *search, "--json")
+    if search:
+        proc = run_here(copy, "search", "a red circle", "--json")
         assert proc.returncode == 0, proc.stderr
-        hits = json.loads(proc.stdout)
-        assert hits and all(-1.0 <= h["score"] <= 1.0 for h in (hits if isinstance(hits, list) else hits["hits"]))
+        hits = json.loads(proc.stdout)["results"]
+        assert hits and all(-1.0 <= h["score"] <= 1.0 for h in hits)
 
 
-def _crash_everywhere(index_dir: Path, before: Path, calls: list[Call], work: Path, most: int,
-                      search: list[str] | None) -> int:
+def _crash_everywhere(index_dir: Path, before: Path, calls: list[Call], work: Path, most: int, search: bool) -> int:
     model = Model(index_dir, before)
     model.blobs = work / "blobs"
     points = _crash_points(model.root, calls, most)
@@ -276,7 +279,7 @@ def _crash_everywhere(index_dir: Path, before: Path, calls: list[Call], work: Pa
     done = 0
     for i, call in enumerate(calls):
         model.apply(call)
-        path = (call.args[0].split("<", 1) + [""])[1].rstrip(">") if call.args else ""
+        path = (fd_path(call.args[0]) or "") if call.args else ""
         if call.name in ("fsync", "fdatasync") and path.startswith(f"{model.root}/videos.ldb/") and path.endswith(".log"):
             now = work / f"now-{i}"
             model.current_copy(now)  # a commit was synced: what it holds is committed from here on
@@ -285,7 +288,7 @@ def _crash_everywhere(index_dir: Path, before: Path, calls: list[Call], work: Pa
         if i in points:
             copy = work / f"crash-{i}"
             model.crash_copy(copy)
-            _open_after_crash(copy, committed, search if done % 6 == 5 else None)
+            _open_after_crash(copy, committed, search and done % 5 == 4)
             shutil.rmtree(copy)
             done += 1
     assert committed, "the run committed nothing the simulation saw"
@@ -293,12 +296,14 @@ def _crash_everywhere(index_dir: Path, before: Path, calls: list[Call], work: Pa
 
 
 def test_a_crash_at_any_step_of_an_index_run_loses_nothing_committed(
-        index_trace: tuple[Path, Path, list[Call]], model_args: list[str], tmp_path: Path) -> None:
+        index_trace: tuple[Path, Path, list[Call]], tmp_path: Path) -> None:
     index_dir, before, calls = index_trace
-    assert _crash_everywhere(index_dir, before, calls, tmp_path, 30, model_args) >= 20
+    with ram_folder(tmp_path) as work:
+        assert _crash_everywhere(index_dir, before, calls, work, CRASH_POINTS, True) >= CRASH_POINTS - 1
 
 
 def test_a_crash_at_any_step_of_merges_loses_nothing_committed(
         merge_trace: tuple[Path, Path, list[Call]], tmp_path: Path) -> None:
     index_dir, before, calls = merge_trace
-    assert _crash_everywhere(index_dir, before, calls, tmp_path, 30, None) >= 20
+    with ram_folder(tmp_path) as work:
+        assert _crash_everywhere(index_dir, before, calls, work, CRASH_POINTS, False) >= CRASH_POINTS - 1

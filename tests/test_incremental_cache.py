@@ -36,7 +36,8 @@ def _vectors(rng: np.random.Generator, n: int) -> list[SceneVectors]:
 
 
 def put(store: IndexStore, vid: str, n: int, rng: np.random.Generator, path: str | None = None) -> VideoRecord:
-    record = VideoRecord(vid, path or f"/videos/{vid}.mp4", 1, 1.0, "fp", 10.0, 25.0, 64, 48, 250, 0, "h264", "m", 0.0, "")
+    record = VideoRecord(vid, path or f"/videos/{vid}.mp4", 1, 1.0, "fp", max(10.0, n + 1.0), 25.0, 64, 48, 250, 0, "h264",
+                         "m", 0.0, "")  # long enough for its scenes (check looks)
     vectors = _vectors(rng, n)
     scenes = [SceneRecord(i, float(i), i + 1.0, i * 25, i * 25 + 25, [i + 0.25 * (j + 1) for j in range(len(v.frames))],
                           [i * 25 + j for j in range(len(v.frames))]) for i, v in enumerate(vectors)]

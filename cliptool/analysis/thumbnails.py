@@ -154,19 +154,21 @@ def read(index_dir: Path, scene_id: str, sample: int) -> bytes | None:
     return picture
 
 
-def damaged(index_dir: Path, scene_ids: dict[str, list[tuple[str, int]]]) -> list[Path]:
-    """The thumbnail files of current scenes that fail their checksum (`check` reads them all)."""
+def damaged(index_dir: Path, records: Iterable[VideoRecord]) -> list[Path]:
+    """The thumbnail files of the records' versions that fail their checksum (`check` reads
+    each file there is; missing ones are `survey`'s)."""
     found = []
-    for scenes in scene_ids.values():
-        for sid, n in scenes:
-            for k in range(n):
-                try:
-                    path = path_for(index_dir, sid, k)
-                    data = path.read_bytes()
-                except (OSError, ValueError):
-                    continue  # missing: counted by survey
-                if verified(data) is None:
+    for record in records:
+        try:
+            files = sorted((root(index_dir) / record.video_id / record.version).iterdir())
+        except OSError:
+            continue
+        for path in files:
+            try:
+                if path.suffix == ".jpg" and verified(path.read_bytes()) is None:
                     found.append(path)
+            except OSError:
+                continue
     return found
 
 

@@ -143,7 +143,8 @@ def _unit(vectors: np.ndarray) -> bool:
 
 def _time_problems(video: VideoRecord, scenes: list[dict[str, Any]]) -> list[str]:
     """Scene times out of order, or outside the video (what no checksum covers)."""
-    slack = max(0.05, 2.0 / video.fps) if video.fps > 0 else 0.05
+    # generous: a container's duration may fall a little short of its decoded frames
+    slack = max(1.0, 0.02 * max(video.duration, 0.0), 2.0 / video.fps if video.fps > 0 else 0.0)
     end_of_video = video.duration + slack if video.duration > 0 else float("inf")
     last_start = 0.0
     try:
@@ -175,6 +176,18 @@ def _check_stores(index_dir: Path, report: CheckReport, repair: bool) -> None:
             problem.repaired = name not in store_damage(index_dir)
             if name == "videos" and problem.repaired:
                 _restore_model(index_dir, read_manifest(index_dir))
+
+
+def _lost_records(index_dir: Path, scene_keys: list[bytes], repair: bool) -> list[Problem]:
+    """The videos whose records a damaged block of the videos store took (their scene lists are
+    orphans now), named by the search cache where it still lists them."""
+    from cliptool.vectors.faiss import cached_video_paths
+
+    paths = cached_video_paths(index_dir)
+    lost = sorted({key.decode(errors="replace").split("/")[1] for key in scene_keys if key.count(b"/") >= 2})
+    return [Problem(VIDEO, f"{paths.get(vid, 'video ' + vid)}: its record was in a damaged block of the videos store"
+                    + ("; removed, the next `cliptool index` adds it again" if repair else ""), vid, repaired=repair)
+            for vid in lost]
 
 
 def _restore_model(index_dir: Path, manifest: dict[str, Any] | None) -> None:
@@ -241,6 +254,8 @@ def _check_stored(index_dir: Path, report: CheckReport, repair: bool) -> None:
             report.problems.append(Problem(
                 ORPHAN, f"{len(scene_keys)} scene list(s) and {len(vector_keys)} vector record(s) belong to no video "
                 "(left by an interrupted run)"))
+        if n_orphans and any(p.kind == STORE and "videos store" in p.message for p in report.problems):
+            report.problems += _lost_records(index_dir, scene_keys, repair)
         for vid, note in _raw_failures(store):
             if note is None:
                 report.problems.append(Problem(FAILURE, f"failure note {vid} is malformed", vid))
@@ -366,7 +381,7 @@ def _check_thumbnails(index_dir: Path, report: CheckReport, records: list[VideoR
     with IndexStore(index_dir) as store:
         scene_ids = {r.video_id: [(s.scene_id, len(s.sample_times)) for s in store.scenes(r)] for r in records}
     missing, extra = thumbnails.survey(index_dir, records, scene_ids)
-    damaged = thumbnails.damaged(index_dir, scene_ids)
+    damaged = thumbnails.damaged(index_dir, records)
     report.thumbnails = {"missing": missing, "extra": len(extra), "deleted": 0}
     if damaged:
         report.thumbnails["damaged"] = len(damaged)

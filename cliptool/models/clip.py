@@ -299,7 +299,9 @@ def _install_text_export(cached: Path, index_dir: Path, identity: str) -> None:
     from cliptool import durable
 
     copy_export(cached, index_dir / TEXTENC_DIR)  # synced, then the marker that names it
-    files = {f.name: durable.digest(f) for f in sorted((index_dir / TEXTENC_DIR).iterdir()) if f.is_file()}
+    files = {f.name: durable.digest(f) for f in sorted((index_dir / TEXTENC_DIR).iterdir())
+             if f.is_file() and not f.name.startswith(".")}
+    durable.stamp_verified(index_dir / TEXTENC_DIR, files)
     durable.write_text(index_dir / TEXTENC_MARKER, json.dumps({"model_identity": identity, "files": files}))
     _remove_old_text_export(index_dir)
 
@@ -377,7 +379,7 @@ def text_encoder_identity(index_dir: Path) -> str | None:
 def text_export_damage(index_dir: Path, precision: str | None = None) -> str | None:
     """What of the index's text tower export fails the checksums its marker records (None: all
     match, or a marker from before checksums). `precision`: only the files it loads ("int8"
-    or "fp32"); None: every file."""
+    or "fp32"), each read once per change of it; None: every file, read in full (`check`)."""
     from cliptool import durable
 
     try:
@@ -385,16 +387,9 @@ def text_export_damage(index_dir: Path, precision: str | None = None) -> str | N
     except (OSError, ValueError, AttributeError):
         return f"the text tower export's marker ({TEXTENC_MARKER}) is unreadable"
     skip = {"int8": "text.onnx", "fp32": "text-int8.onnx"}.get(precision or "", "\0")
-    for name, checksum in sorted(files.items()):
-        if name.startswith(skip):
-            continue
-        try:
-            if durable.digest(Path(index_dir) / TEXTENC_DIR / name) == checksum:
-                continue
-        except OSError:
-            pass
-        return f"the index's text tower export ({TEXTENC_DIR}/{name}) fails its checksum"
-    return None
+    wanted = {name: checksum for name, checksum in sorted(files.items()) if not name.startswith(skip)}
+    bad = durable.first_damaged(Path(index_dir) / TEXTENC_DIR, wanted, full=precision is None)
+    return None if bad is None else f"the index's text tower export ({TEXTENC_DIR}/{bad}) fails its checksum"
 
 
 def remove_text_export(index_dir: Path) -> None:

@@ -50,6 +50,7 @@ from cliptool.vectors.faiss.approx import (
 from cliptool.vectors.faiss.live import (
     LiveIndex,
     cache_problems,
+    cached_video_paths,
     describe_cache,
     load_vector_index,
 )
@@ -70,4 +71,4 @@ from cliptool.vectors.faiss.sync import (
     sync_cache,
 )
 
-__all__ = ["APPROX_MIN_ROWS", "APPROX_MODES", "CACHE_DIR", "COMPACT_DELTAS", "COMPACT_RETIRED", "CacheChangedError", "LiveIndex", "MANIFEST_FORMAT", "MAX_DELTAS", "SyncResult", "VECTOR_INDEX_ENV", "VectorIndex", "approx_factory", "approx_mode", "approx_recall", "cache_problems", "cache_state", "current_build", "describe_cache", "load_vector_index", "read_manifest", "rebuild", "sample_queries", "sync_cache", "tune_nprobe"]
+__all__ = ["APPROX_MIN_ROWS", "APPROX_MODES", "CACHE_DIR", "COMPACT_DELTAS", "COMPACT_RETIRED", "CacheChangedError", "LiveIndex", "MANIFEST_FORMAT", "MAX_DELTAS", "SyncResult", "VECTOR_INDEX_ENV", "VectorIndex", "approx_factory", "approx_mode", "approx_recall", "cache_problems", "cache_state", "cached_video_paths", "current_build", "describe_cache", "load_vector_index", "read_manifest", "rebuild", "sample_queries", "sync_cache", "tune_nprobe"]

@@ -27,6 +27,7 @@ from cliptool.vectors.faiss.segment import (
     LOAD_ATTEMPTS,
     VectorIndex,
     numbered_videos,
+    open_segment,
     top,
 )
 from cliptool.vectors.faiss.sync import sync_cache
@@ -53,7 +54,7 @@ def load_vector_index(index_dir: Path) -> VectorIndex | LiveIndex:
             continue
         names = tuple(s["name"] for s in manifest["segments"])
         try:
-            segments = [VectorIndex(root / s["name"], s.get("files")) for s in manifest["segments"]]
+            segments = [open_segment(root / s["name"], s.get("files")) for s in manifest["segments"]]
         except (OSError, ValueError, RuntimeError) as exc:
             why = one_line(exc)
             if names in unreadable:  # damaged, not just replaced as we opened it: build anew
@@ -331,6 +332,24 @@ def describe_cache(index_dir: Path) -> dict[str, Any]:
     return out
 
 
+def cached_video_paths(index_dir: Path) -> dict[str, str]:
+    """video id -> path of every video the cache's segments list (their videos.json files that
+    pass their checksums), for `check` to name videos the stores lost."""
+    from cliptool import durable
+
+    manifest = read_manifest(index_dir)
+    paths: dict[str, str] = {}
+    for entry in (manifest or {}).get("segments", []):
+        folder = cache_root(index_dir) / entry["name"]
+        checksum = (entry.get("files") or {}).get("videos.json")
+        try:
+            if checksum is None or durable.first_damaged(folder, {"videos.json": checksum}, full=True) is None:
+                paths.update((v["video_id"], v["path"]) for v in json.loads((folder / "videos.json").read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return paths
+
+
 # -- one builder at a time ---------------------------------------------------------------------------
 def cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: list[VideoRecord],
                     stale: bool = False) -> list[str]:
@@ -343,7 +362,7 @@ def cache_problems(index_dir: Path, expected: dict[str, np.ndarray], records: li
         return damage
     root = cache_root(index_dir)
     try:
-        segments = [VectorIndex(root / s["name"], s.get("files")) for s in manifest["segments"]]
+        segments = [open_segment(root / s["name"], s.get("files"), full=True) for s in manifest["segments"]]
         ids: list[str] = []
         wrong_vector = ""
         for entry, seg in zip(manifest["segments"], segments):

@@ -86,38 +86,34 @@ class SegmentDamagedError(ValueError):
     """A file of a segment does not match the checksum its manifest records."""
 
 
-_VERIFIED: set[tuple[str, str, int, int, int]] = set()  # (path, checksum, size, ctime, inode) checked here
-
-
-def _file_key(path: Path, checksum: str) -> tuple[str, str, int, int, int]:
-    st = path.stat()
-    return str(path), checksum, st.st_size, st.st_ctime_ns, st.st_ino
-
-
-def verify_files(directory: Path, files: dict[str, str]) -> None:
-    """Checks a segment's files against the checksums its manifest records (each file read
-    once per process while it stays the same file: segments are written once, never changed)."""
+def verify_files(directory: Path, files: dict[str, str], full: bool = False) -> None:
+    """Checks a segment's files against the checksums its manifest records (once per change of
+    a file, or every time with `full`: see durable.first_damaged); SegmentDamagedError names the
+    first that differs."""
     from cliptool import durable
 
-    for name, checksum in files.items():
-        key = _file_key(directory / name, checksum)
-        if key in _VERIFIED:
-            continue
-        if durable.digest(directory / name) != checksum:
-            raise SegmentDamagedError(f"search cache segment {directory.name}: {name} fails its checksum")
-        _VERIFIED.add(key)
+    bad = durable.first_damaged(directory, files, full)
+    if bad is not None:
+        raise SegmentDamagedError(f"search cache segment {directory.name}: {bad} fails its checksum")
 
 
 def checksum_files(directory: Path) -> dict[str, str]:
-    """The checksum of every file of a segment just written (for its manifest entry)."""
+    """The checksum of every file of a segment just written (for its manifest entry), stamped
+    as verified."""
     from cliptool import durable
 
-    files = {}
-    for path in sorted(directory.iterdir()):
-        if path.is_file():
-            files[path.name] = durable.digest(path)
-            _VERIFIED.add(_file_key(path, files[path.name]))
+    files = {path.name: durable.digest(path) for path in sorted(directory.iterdir())
+             if path.is_file() and not path.name.startswith(".")}
+    durable.stamp_verified(directory, files)
     return files
+
+
+def open_segment(directory: Path, files: dict[str, str] | None = None, full: bool = False) -> VectorIndex:
+    """A segment, its files checked first against `files` (the checksums its manifest records;
+    None for a cache written before them): a damaged one is a SegmentDamagedError, never served."""
+    if files:
+        verify_files(directory, files, full)
+    return VectorIndex(directory)
 
 
 class CacheChangedError(CliptoolError):
@@ -183,12 +179,8 @@ class VectorIndex:
     """One segment of the cache (or a whole one-segment cache): FAISS index plus the table
     that maps rows back to scenes."""
 
-    def __init__(self, directory: Path, files: dict[str, str] | None = None) -> None:
-        """`files`: the checksums the manifest records of its files, checked first (a damaged
-        segment is a SegmentDamagedError, never served); None for a cache written before them."""
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        if files:
-            verify_files(directory, files)
         self.meta: dict[str, Any] = json.loads((directory / "meta.json").read_text())
         self._faiss: Any = None
         self._approx: Any = None

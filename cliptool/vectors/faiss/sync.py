@@ -29,7 +29,7 @@ from cliptool.vectors.faiss.manifest import (
     video_rows,
     write_manifest,
 )
-from cliptool.vectors.faiss.segment import MERGE_CHUNK, VectorIndex, checksum_files
+from cliptool.vectors.faiss.segment import MERGE_CHUNK, VectorIndex, checksum_files, open_segment
 from cliptool.vectors.faiss.writer import FlatWriter, NpyWriter, write_vectors
 
 COMPACT_RETIRED = 0.25  # compaction when retired rows pass this fraction of the cache's rows
@@ -106,7 +106,7 @@ def _sync_locked(index_dir: Path, root: Path, video_ids: list[str] | None, since
     segments: list[VectorIndex] = []
     if manifest is not None:
         try:
-            segments = [VectorIndex(root / s["name"], s.get("files")) for s in manifest["segments"]]
+            segments = [open_segment(root / s["name"], s.get("files")) for s in manifest["segments"]]
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             manifest = None  # damaged: built again from the stores
             damage.append(one_line(exc))
@@ -240,7 +240,7 @@ def _merge(root: Path, manifest: dict[str, Any], entries: list[dict[str, Any]], 
     """Merges segments (their live rows, in order) into a new one; returns its name and rows.
     `train`: the result is a new base and gets its own approximate index when large enough;
     else a large result is encoded with the base's trained quantiser."""
-    parts = [(VectorIndex(root / e["name"], e.get("files")), set(e.get("retired", ()))) for e in entries]
+    parts = [(open_segment(root / e["name"], e.get("files")), set(e.get("retired", ()))) for e in entries]
     name, rows = _merge_segments(root, parts, int(manifest["dim"]), manifest)
     base = root / manifest["segments"][0]["name"]
     approximate(root / name, None if train else base)
