@@ -190,7 +190,9 @@ def test_a_link_gone_from_the_walk_prunes_what_it_led_to(tmp_path: Path, folder:
     (walked / "deep.mp4").unlink()
     kept = _index([walked], index_dir, tiny_model, prune=False)
     assert kept.removed == 0 and str(outside / "sub" / "deep.mp4") in _links(index_dir)
+    (walked / "deep.mp4").symlink_to(outside / "shapes.mp4")  # the same link, to another file now
     pruned = _index([walked], index_dir, tiny_model)
-    assert pruned.removed == 1
-    assert _links(index_dir) == {str(outside / "titles.mp4"): [], str(walked / "own.mp4"): []}
+    assert (pruned.removed, pruned.added) == (1, 1)
+    assert _links(index_dir) == {str(outside / "titles.mp4"): [], str(walked / "own.mp4"): [],
+                                 str(outside / "shapes.mp4"): [f"{w}/deep.mp4"]}
     assert check_index(index_dir).ok
