@@ -7,7 +7,7 @@ TORCH := torch==2.13.0,!=2.13.0+cpu
 SAMPLES := data/samples
 DEMO_INDEX := data/demo-index
 
-.PHONY: install install-light install-browser install-tools demo test test-long bench clean
+.PHONY: install install-light install-browser install-tools demo test test-long bench soak clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ test-long: install
 
 bench: install
 	$(PY) -m cliptool.bench $(BENCH_ARGS)
+
+# A real `cliptool serve` under load while index runs add and remove videos (not part of `make test`):
+# RSS, open files and latency each minute; fails on a failed request or unbounded growth.
+SOAK_MINUTES ?= 10
+soak: install
+	$(PY) -m cliptool.bench.soak --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(SAMPLES) $(DEMO_INDEX) $(DEMO_INDEX)-offline data/offline-model bench-out .pytest_cache

@@ -128,14 +128,18 @@ def _links(index_dir: Path) -> dict[str, list[str]]:
         return {v.path: v.links for v in store.videos()}
 
 
-def test_a_link_gone_from_the_walk_prunes_what_it_led_to(tmp_path: Path, folder: Path, index_dir: Path, tiny_model) -> None:
+def test_a_link_gone_from_the_walk_prunes_what_it_led_to(tmp_path: Path, index_dir: Path, tiny_model) -> None:
     """A video found through a symbolic link is stored once under its real path and pruned when
     the walk of the link's folder no longer finds it that way, though the file is still there."""
     from conftest import make_samples
 
-    outside = folder.resolve()  # the real files: shapes, outdoors, titles; never walked as a folder
-    (outside / "sub").mkdir()
-    make_samples.write_clip(outside / "sub" / "deep.mp4", [(make_samples.sky, 20)], size=(160, 120))
+    outside = (tmp_path / "videos").resolve()  # the real files, never walked as a folder
+    (outside / "sub").mkdir(parents=True)
+    for name, painter in [("shapes.mp4", make_samples.circle((220, 30, 30), (250, 250, 250))),
+                          ("outdoors.mp4", make_samples.sky), ("titles.mp4", make_samples.text("HI", (255, 255, 255), (0, 0, 0)))]:
+        make_samples.write_clip(outside / name, [(painter, 20)], size=(160, 120))
+    make_samples.write_clip(outside / "sub" / "deep.mp4", [(make_samples.stripes((0, 0, 0), (30, 60, 220)), 20)],
+                            size=(160, 120))
     make_samples.write_clip(outside / "later-deleted.mp4", [(make_samples.circle((30, 200, 30), (0, 0, 0)), 20)],
                             size=(160, 120))
     walked = (tmp_path / "walked").resolve()
@@ -190,7 +194,9 @@ def test_a_link_gone_from_the_walk_prunes_what_it_led_to(tmp_path: Path, folder:
     (walked / "deep.mp4").unlink()
     kept = _index([walked], index_dir, tiny_model, prune=False)
     assert kept.removed == 0 and str(outside / "sub" / "deep.mp4") in _links(index_dir)
+    (walked / "deep.mp4").symlink_to(outside / "shapes.mp4")  # the same link, to another file now
     pruned = _index([walked], index_dir, tiny_model)
-    assert pruned.removed == 1
-    assert _links(index_dir) == {str(outside / "titles.mp4"): [], str(walked / "own.mp4"): []}
+    assert (pruned.removed, pruned.added) == (1, 1)
+    assert _links(index_dir) == {str(outside / "titles.mp4"): [], str(walked / "own.mp4"): [],
+                                 str(outside / "shapes.mp4"): [f"{w}/deep.mp4"]}
     assert check_index(index_dir).ok
