@@ -24,7 +24,7 @@ from cliptool.store import IndexStore
 from conftest import make_samples, run_here
 from fsmodel import ram_folder
 
-PER_KIND = 5  # places flipped in the files of each kind (CLIPTOOL_DAMAGE_ALL=1: 24 in each file)
+PER_KIND = 4  # places flipped in the files of each kind (CLIPTOOL_DAMAGE_ALL=1: 24 in each file)
 
 
 def _kind(rel: str) -> str:
@@ -193,6 +193,9 @@ def test_a_damaged_thumbnail_is_made_again_and_said(built: tuple[Path, list[tupl
     whole = thumbnails.verified(path.read_bytes())
     assert whole is not None and whole.endswith(b"\xff\xd9")
     _flip(path, len(whole) // 2, 4)
+    check = run_here(copy, "check")  # the text output counts thumbnails, as --json does
+    assert check.returncode == 1 and "thumbs:  0 missing, 0 extra, 0 deleted, 1 damaged" in check.stdout, check.stdout
+    assert "problem: 1 thumbnail(s) fail their checksum" in check.stdout
     assert thumbnails.read(copy, scene.scene_id, 0) is None
     assert "thumbnail" in capsys.readouterr().err
     again = thumbnails.make(copy, record, scene, 0)
