@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cliptool.config import IndexOptions
-from cliptool.errors import ModelUnavailableError, UsageError
+from cliptool.errors import CliptoolError, ModelUnavailableError, UsageError
 
 if TYPE_CHECKING:
     from cliptool.index.check import CheckReport
@@ -118,11 +118,21 @@ class Index:
                            reindex=reindex,
                            file_timeout=DEFAULT_FILE_TIMEOUT if file_timeout is None else file_timeout, **kwargs)
 
-    def check(self, repair: bool = False) -> CheckReport:
-        """Whether the stores and the search cache agree; with repair, fixes what it can."""
-        from cliptool.index.check import check_index
+    def check(self, repair: bool = False, reanalyse: bool = True) -> CheckReport:
+        """Whether the stores and the search cache agree; with repair, fixes what it can, and
+        (reanalyse) analyses the videos it removed for damage again from their files."""
+        from cliptool.index.check import VIDEO, Problem, check_index
 
-        return check_index(self.directory, repair=repair)
+        report = check_index(self.directory, repair=repair)
+        again = [p for p in report.removed if os.path.isfile(p)] if repair and reanalyse else []
+        if again:
+            try:
+                self.index(again, prune=False, progress=False, report=lambda message: None)
+            except CliptoolError as exc:
+                report.problems.append(Problem(VIDEO, f"could not analyse the removed videos again: {exc}"))
+            else:
+                report.reanalysed = again
+        return report
 
     # -- reading -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -348,7 +348,8 @@ def watch(
 
 @app.command()
 def check(
-    repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed without decoding videos again."),
+    repair: bool = typer.Option(False, "--repair", help="Fix what can be fixed; a video whose stored data is damaged "
+                                "is removed and analysed again from its file."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Verify that the stores and the search cache agree; exit 1 while problems remain."""
@@ -368,6 +369,8 @@ def check(
                 print("thumbs:  " + ", ".join(f"{n} {what}" for what, n in report.thumbnails.items()))
             for p in report.problems:
                 print(f"{'repaired' if p.repaired else 'problem'}: {printable(p.message)}")
+            for path in report.reanalysed:
+                print(f"analysed again: {printable(path)}")
             if report.ok:
                 print("ok" if not report.problems else "ok after repair")
             elif not repair:

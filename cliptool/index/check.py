@@ -60,6 +60,8 @@ class CheckReport:
     # derived pictures (thumbnails/): missing ones are made on request, extra ones (of scenes no
     # longer indexed) only take space; neither is a problem. {"missing", "extra", "deleted"}
     thumbnails: dict[str, int] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)  # paths of the damaged videos repair removed
+    reanalysed: list[str] = field(default_factory=list)  # ... and those analysed again from their files
 
     @property
     def remaining(self) -> list[Problem]:
@@ -73,7 +75,7 @@ class CheckReport:
         return {
             "index_dir": self.index_dir, "ok": self.ok, "videos": self.videos, "scenes": self.scenes,
             "cache": self.cache, **({"collection": self.collection} if self.collection else {}),
-            "thumbnails": self.thumbnails,
+            "thumbnails": self.thumbnails, "removed": self.removed, "reanalysed": self.reanalysed,
             "problems": [{**asdict(p), "message": printable(p.message)} for p in self.problems],
         }
 
@@ -271,6 +273,7 @@ def _check_stored(index_dir: Path, report: CheckReport, repair: bool) -> None:
                 store.refile(rec, real)
             for video in damaged:
                 store.delete_video(video.video_id)
+            report.removed = [video.path for video in damaged]
             store.recover(full=True)
             bad_notes = [vid for vid, note in _raw_failures(store) if note is None]
             for vid in bad_notes:
