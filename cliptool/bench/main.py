@@ -166,7 +166,7 @@ def run_views(args: argparse.Namespace, out: Path, results: dict[str, Any]) -> i
     return 0
 
 
-def run_words(args: argparse.Namespace, out: Path, results: dict[str, Any], repeat: int) -> int:
+def run_word_engines(args: argparse.Namespace, out: Path, results: dict[str, Any], repeat: int) -> int:
     from cliptool.bench.words_engines import run_words as bench_words
 
     work = out / "work"
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.milvus_only:
         return run_milvus(out, results, milvus_sizes, repeat)
     if args.speech_only or args.screen_only:
-        return run_words(args, out, results, repeat)
+        return run_word_engines(args, out, results, repeat)
     if args.scale_only:
         return run_scale(args, out, results, sizes, repeat)
     print("bench: building corpus and checkpoint (cached in %s)" % out, file=sys.stderr)
