@@ -215,6 +215,28 @@ def test_media_range_requests(client: httpx.Client, indexed) -> None:
     assert head.status_code == 206 and head.headers["content-length"] == "10" and head.content == b""
 
 
+def test_a_video_deleted_once_its_response_began_is_sent_whole(tmp_path: Path) -> None:
+    """The file is opened before the response is made: deleted (an index run pruning it) after
+    that, it is still sent whole; deleted before, it is an OSError (the route's 404), never a
+    response cut short after its headers."""
+    import asyncio
+
+    from cliptool.serve.media import file_response
+
+    path = tmp_path / "v.mp4"
+    data = os.urandom(300_000)
+    path.write_bytes(data)
+    response = file_response(str(path), "bytes=1000-", "video/mp4")
+    path.unlink()
+
+    async def body() -> bytes:
+        return b"".join([chunk async for chunk in response.body_iterator])
+
+    assert response.status_code == 206 and asyncio.run(body()) == data[1000:]
+    with pytest.raises(FileNotFoundError):
+        file_response(str(path), None, "video/mp4")
+
+
 def raw_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
     """A GET with the path sent byte for byte (clients normalise `..` away)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from typing import BinaryIO
 from email.utils import formatdate
 from pathlib import Path
 
@@ -35,8 +36,8 @@ def content_type(path: str) -> str:
     return _MIME.get(Path(path).suffix.lower(), "application/octet-stream")
 
 
-def _read(path: str, start: int, length: int) -> Iterator[bytes]:
-    with open(path, "rb") as f:
+def _read(f: BinaryIO, start: int, length: int) -> Iterator[bytes]:
+    with f:
         f.seek(start)
         left = length
         while left > 0:
@@ -69,12 +70,24 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
 
 
 def file_response(path: str, range_header: str | None, mime: str, head: bool = False) -> Response:
-    st = os.stat(path)
+    """The file (or the Range asked for). It is opened here, so a file deleted meanwhile is an
+    OSError now, not a response cut short after its headers."""
+    f = open(path, "rb")
+    try:
+        return _file_response(f, range_header, mime, head)
+    except BaseException:
+        f.close()
+        raise
+
+
+def _file_response(f: BinaryIO, range_header: str | None, mime: str, head: bool) -> Response:
+    st = os.fstat(f.fileno())
     size = st.st_size
     headers = {"accept-ranges": "bytes", "last-modified": formatdate(st.st_mtime, usegmt=True),
                "cache-control": "private, max-age=0"}
     span = parse_range(range_header, size) if range_header else None
     if span == "unsatisfiable":
+        f.close()
         return Response(b'{"error": "range not satisfiable"}\n', status_code=416,
                         headers={**headers, "content-range": f"bytes */{size}"}, media_type="application/json")
     if span is None:
@@ -86,5 +99,6 @@ def file_response(path: str, range_header: str | None, mime: str, head: bool = F
     length = max(0, last - first + 1)
     headers["content-length"] = str(length)
     if head:
+        f.close()
         return Response(b"", status_code=status, headers=headers, media_type=mime)
-    return StreamingResponse(_read(path, first, length), status_code=status, headers=headers, media_type=mime)
+    return StreamingResponse(_read(f, first, length), status_code=status, headers=headers, media_type=mime)
