@@ -1,12 +1,12 @@
 """Words seen on screen: a cheap text detector on each frame, and tesseract only on the frames
 (and the part of each frame) where it finds something that looks like text.
 
-The detector (OpenCV, about a millisecond a frame at 640 px wide) looks for lines of strokes:
-the morphological gradient of the grey frame, thresholded, closed along rows so that the
-letters of a word join, and kept where a blob is shaped like a line of text (wider than tall,
-an ink share of a letter's, and many dark-light crossings along its middle row). A frame with
-no such blob is skipped; tesseract (the program, TSV output) reads the rest, on the
-band of rows that holds the blobs only.
+The detector (OpenCV, 2-3 ms a frame, looked at 360 px tall) looks for lines of strokes: the
+morphological gradient of the grey frame, thresholded, closed along rows so that the letters of
+a word join, and kept where a blob is shaped like a line of text (wider than tall, an ink share
+of a letter's, many dark-light crossings along its middle row, and two or more letters of about
+one height standing on one line). A frame with no such blob is skipped; tesseract (the program,
+TSV output, one thread) reads the rest, on the band of rows that holds the blobs only.
 """
 
 from __future__ import annotations
