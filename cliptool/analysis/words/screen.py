@@ -1,12 +1,12 @@
 """Words seen on screen: a cheap text detector on each frame, and tesseract only on the frames
 (and the part of each frame) where it finds something that looks like text.
 
-The detector (OpenCV, about a millisecond a frame at 640 px wide) looks for lines of strokes:
-the morphological gradient of the grey frame, thresholded, closed along rows so that the
-letters of a word join, and kept where a blob is shaped like a line of text (wider than tall,
-an ink share of a letter's, and many dark-light crossings along its middle row). A frame with
-no such blob is skipped; tesseract (the program, TSV output) reads the rest, on the
-region that holds the blobs only.
+The detector (OpenCV, 2-3 ms a frame, looked at 360 px tall) looks for lines of strokes: the
+morphological gradient of the grey frame, thresholded, closed along rows so that the letters of
+a word join, and kept where a blob is shaped like a line of text (wider than tall, an ink share
+of a letter's, many dark-light crossings along its middle row, and two or more letters of about
+one height standing on one line). A frame with no such blob is skipped; tesseract (the program,
+TSV output, one thread) reads the rest, on the band of rows that holds the blobs only.
 """
 
 from __future__ import annotations
@@ -170,14 +170,18 @@ class _Tesseract:
     def read(self, t: float, rgb: np.ndarray, regions: list[TextRegion]) -> list[Word]:
         """The words tesseract reads in the part of `rgb` around `regions`."""
         height, width = rgb.shape[:2]
-        pad = max(r.h for r in regions)  # a letter the detector left out of a blob is within a few heights
-        x0 = max(0, min(r.x for r in regions) - 3 * pad)
+        # the band of rows that holds the blobs, the frame's width across: the detector may find a
+        # word's middle only (widely spaced letters), and the rest of its line is read with it
+        pad = max(r.h for r in regions)
+        x0, x1 = 0, width
         y0 = max(0, min(r.y for r in regions) - pad)
-        x1 = min(width, max(r.x + r.w for r in regions) + 3 * pad)
         y1 = min(height, max(r.y + r.h for r in regions) + pad)
         import cv2
 
         crop = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2BGR)
+        margin = max(8, pad // 2)  # tesseract drops letters that touch the picture's edge: give it a margin
+        crop = cv2.copyMakeBorder(crop, margin, margin, margin, margin, cv2.BORDER_REPLICATE)
+        x0, y0 = x0 - margin, y0 - margin
         ok, png = cv2.imencode(".png", crop)
         if not ok:
             return []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from cliptool.errors import ModelUnavailableError, UsageError, one_line
 
 ENGINES = ("pocketsphinx", "whisper")
 WHISPER_DEFAULT = "base"  # faster-whisper's name; about 145 MB, near real time on a laptop CPU
-# pocketsphinx settings that keep its first-pass accuracy on clean speech at a fraction of the
-# default's time (measured on the bench's sentences; see docs/benchmarks.md)
-POCKETSPHINX_FAST: dict[str, Any] = {"fwdflat": False, "bestpath": False}
+# pocketsphinx settings measured on the bench's 32 sentences over low noise (CPU time per second
+# of audio; sentences found): its defaults 0.45 s, 31; without the second passes (fwdflat,
+# bestpath) 0.36 s, 31; and with at most 3000 active HMMs a frame 0.16 s, 30 (docs/benchmarks.md)
+POCKETSPHINX_FAST: dict[str, Any] = {"fwdflat": False, "bestpath": False, "maxhmmpf": 3000}
 _FILLER = re.compile(r"^(<s>|</s>|<sil>|\[.*\]|\+\+.*\+\+)$")
 _HUB_ADVICE = ("on a machine with network run `hf download {repo}` (or huggingface_hub.snapshot_download), "
                "copy the folder here and pass --model /path/to/folder")
@@ -52,11 +54,19 @@ def transcribe(path: Path, engine: str = "pocketsphinx", model: str | None = Non
     return words
 
 
+_ENGINES = threading.local()  # per thread: the last engine opened, kept for the next file
+
+
 def _open_engine(engine: str, model: str | None, language: str | None) -> Any:
-    """A function (samples, offset in s) -> Words for the chosen engine."""
-    if engine == "pocketsphinx":
-        return _Sphinx(model, language)
-    return _Whisper(model, language)
+    """A function (samples, offset in s) -> Words for the chosen engine; the one the thread's
+    last file used when it is the same (loading pocketsphinx's model costs about 0.5 s)."""
+    key = (engine, model, language)
+    kept = getattr(_ENGINES, "kept", None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    recogniser = _Sphinx(model, language) if engine == "pocketsphinx" else _Whisper(model, language)
+    _ENGINES.kept = (key, recogniser)
+    return recogniser
 
 
 class _Sphinx:
