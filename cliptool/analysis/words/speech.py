@@ -52,6 +52,23 @@ def transcribe(path: Path, engine: str = "pocketsphinx", model: str | None = Non
     return words
 
 
+def check_speech(engine: str = "pocketsphinx", model: str | None = None, language: str | None = None) -> None:
+    """A one-line error (CliptoolError) when `transcribe` could not run with these settings: an
+    unknown engine, a language the model does not speak, a missing package or model. For
+    pocketsphinx the model is loaded (a fraction of a second); for whisper only found."""
+    if engine not in ENGINES:
+        raise UsageError(f"unknown speech engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "pocketsphinx":
+        _open_engine(engine, model, language)
+        return
+    try:
+        import faster_whisper  # noqa: F401
+    except ImportError:
+        raise ModelUnavailableError("the whisper engine needs faster-whisper: pip install 'cliptool[whisper]'") \
+            from None
+    whisper_folder(model or WHISPER_DEFAULT)
+
+
 def _open_engine(engine: str, model: str | None, language: str | None) -> Any:
     """A function (samples, offset in s) -> Words for the chosen engine."""
     if engine == "pocketsphinx":
