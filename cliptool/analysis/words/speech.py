@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,21 @@ def check_speech(engine: str = "pocketsphinx", model: str | None = None, languag
     whisper_folder(model or WHISPER_DEFAULT)
 
 
+_OPEN = threading.local()  # each thread's recognisers, by settings: a model is loaded once, not per video
+
+
 def _open_engine(engine: str, model: str | None, language: str | None) -> Any:
-    """A function (samples, offset in s) -> Words for the chosen engine."""
-    if engine == "pocketsphinx":
-        return _Sphinx(model, language)
-    return _Whisper(model, language)
+    """A function (samples, offset in s) -> Words for the chosen engine; loaded once per thread
+    and settings (pocketsphinx takes about a second to load, whisper several; neither decoder
+    may be shared between threads)."""
+    opened = getattr(_OPEN, "engines", None)
+    if opened is None:
+        opened = _OPEN.engines = {}
+    key = (engine, model, language)
+    if key not in opened:
+        opened.clear()  # one at a time: another settings' model is let go
+        opened[key] = _Sphinx(model, language) if engine == "pocketsphinx" else _Whisper(model, language)
+    return opened[key]
 
 
 class _Sphinx:
