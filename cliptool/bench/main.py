@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--words-only", action="store_true",
                     help="only words: subtitles found at the right time, --then chains in order, the index-time "
                          "cost of subtitles, and full-text query latency (FTS5, tantivy when installed)")
+    ap.add_argument("--words-pipeline-only", action="store_true",
+                    help="only speech and screen words through a real index run: --said and --shows found at "
+                         "their times, --then across them, and the index time of each --words setting")
     ap.add_argument("--moments-only", action="store_true",
                     help="only how long a hit is: moment spans on the toy videos for several MOMENT_DROP values")
     ap.add_argument("--queries-only", action="store_true",
@@ -146,12 +149,21 @@ def run_moments(args: argparse.Namespace, out: Path, results: dict[str, Any]) ->
     return 0
 
 
-def run_words(args: argparse.Namespace, out: Path, results: dict[str, Any]) -> int:
+def run_words(args: argparse.Namespace, out: Path, results: dict[str, Any], repeat: int) -> int:
+    """--words-only: subtitles (unless --words-pipeline-only), then speech and screen words through
+    a real index run and search (`words_engines.bench_pipeline`)."""
     from cliptool.bench.words import bench_words, print_words
+    from cliptool.bench.words_engines import bench_pipeline, print_pipeline
 
-    results["words"] = bench_words(out, args.toy_model, quick=args.quick)
+    if not args.words_pipeline_only:
+        results["words"] = bench_words(out, args.toy_model, quick=args.quick)
+        write_json(out / "bench-words.json", results)
+        print_words(results["words"])
+    work = out / "work"
+    work.mkdir(exist_ok=True)
+    results["words_pipeline"] = bench_pipeline(out, build_checkpoint(out), work, repeat, args.quick)
     write_json(out / "bench-words.json", results)
-    print_words(results["words"])
+    print_pipeline(results["words_pipeline"])
     print(f"\nfigures: {out / 'bench-words.json'}")
     return 0
 
@@ -280,6 +292,10 @@ def print_all(results: dict[str, Any]) -> None:
         from cliptool.bench.words import print_words
 
         print_words(results["words"])
+    if "words_pipeline" in results:
+        from cliptool.bench.words_engines import print_pipeline
+
+        print_pipeline(results["words_pipeline"])
 
 
 def run_all(args: argparse.Namespace, out: Path, results: dict[str, Any], corpus: dict[str, Path], ckpt: Path,
@@ -306,6 +322,10 @@ def run_all(args: argparse.Namespace, out: Path, results: dict[str, Any], corpus
     from cliptool.bench.words_engines import run_words as bench_word_engines
 
     bench_word_engines(out, ckpt, work, repeat, args.quick, True, True, results)
+    print("bench: words through the pipeline (index --words, search --said/--shows/--then)", file=sys.stderr)
+    from cliptool.bench.words_engines import bench_pipeline
+
+    results["words_pipeline"] = bench_pipeline(out, ckpt, work, repeat, args.quick)
     results["bench_seconds"] = time.perf_counter() - t_start
     write_json(out / "bench.json", results)
     print_all(results)
@@ -331,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_queries(args, out, results, repeat)
     if args.moments_only:
         return run_moments(args, out, results)
-    if args.words_only:
-        return run_words(args, out, results)
+    if args.words_only or args.words_pipeline_only:
+        return run_words(args, out, results, repeat)
     if args.views_only:
         return run_views(args, out, results)
     sizes = scene_counts(args.scale_sizes, "--scale-sizes", args.quick, argv)

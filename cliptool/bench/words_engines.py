@@ -1,4 +1,5 @@
-"""The speech and on-screen-text engines (`python -m cliptool.bench --speech-only` / `--screen-only`).
+"""The speech and on-screen-text engines (`python -m cliptool.bench --speech-only` / `--screen-only`),
+and both through the whole tool (`--words-pipeline-only`, part of `--words-only`: `bench_pipeline`).
 
 Speech: 32 sentences said by Festival's HTS voice in eight clips (four each, another voice's
 sentence between every two, low noise; data/talking_videos.py), transcribed with the bundled
@@ -358,3 +359,166 @@ def run_words(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool, speec
     if screen:
         results["screen"] = bench_screen(out, ckpt, work, repeat, quick)
         print_screen(results["screen"])
+
+
+# -- through the whole pipeline: `cliptool index --words ...` and `search --said/--shows/--then` ----------
+PIPELINE_CONFIGS = ("", "subtitles", "subtitles,speech", "subtitles,speech,screen")  # cost: each against ""
+
+
+def build_chain_clips(folder: Path, cache: Path, n: int) -> list[dict[str, Any]]:
+    """`n` clips (640x360, 25 fps) that each say a sentence, then show a word, then say another:
+    truth for `--then` chains across said and shown steps."""
+    tv = talking_videos()
+    out = []
+    for i in range(n):
+        path = folder / f"chain-{i}.mp4"
+        first, second = tv.SENTENCES[(2 * i + 5) % 32], tv.SENTENCES[(2 * i + 18) % 32]
+        word = tv.SCREEN_WORDS[(i * 5 + 3) % 32]
+        audio, said = tv.mix_speech(13.0, [(first, 1.0, True), (second, 8.0, True)], tv.noise(13.0, seed=i), cache)
+        shown = tv.write_clip(path, 13.0, audio, [(word, 4.5, 6.5, 60 + 20 * i, 80 + 10 * i, 40, i)],
+                              width=640, height=360, fps=25, seed=i)
+        out.append({"path": path, "said": said, "shown": shown})
+    return out
+
+
+def _first_in(hits: list, path: Path) -> Any:
+    return next((h for h in hits if Path(h.path) == path), None)
+
+
+def _index_with(paths: list[Path], ckpt: Path, index_dir: Path, words: str) -> float:
+    """Wall seconds of indexing `paths` into a new index with `--words words` (cliptool's API)."""
+    from cliptool.api import Index
+    from cliptool.config import IndexOptions
+
+    shutil.rmtree(index_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    Index(index_dir).index(paths, model="ViT-B-32", pretrained=str(ckpt), options=IndexOptions(words=words),
+                           progress=False, report=lambda m: None)
+    return time.perf_counter() - t0
+
+
+def bench_pipeline(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) -> dict[str, Any]:
+    """`--said` on the 32 sentences and `--shows` on the 32 drawn words after a real index run
+    (`--words speech` / `--words screen`), `--then` chains across said and shown steps, and the
+    index time of each words setting against the picture index alone on speech-heavy clips
+    (alternate runs, medians)."""
+    from cliptool.api import Index
+
+    tv = talking_videos()
+    clips = build_speech_clips(out, quick)
+    folder = out / "words"
+    n_words = 16 if quick else 32
+    screens = [tv.word_clip(folder / f"screen-{i}.mp4", tv.SCREEN_WORDS[i * 8:i * 8 + 8], seed=i)
+               for i in range(n_words // 8)]
+    chains = build_chain_clips(folder, folder / "speech-cache", 4 if quick else 8)
+    index_dir = work / "pipeline-index"
+    result: dict[str, Any] = {}
+
+    print("bench: --said after `index --words speech`", file=sys.stderr)
+    _index_with([c.path for c in clips["talk"]], ckpt, index_dir, "speech")
+    index = Index(index_dir)
+    said_rows = {"all key words": [0, 0, 0], "two key words": [0, 0, 0]}  # found in its video, rank 1 overall, of
+    misses = []
+    for clip in clips["talk"]:
+        for s in (s for s in clip.said if s.target):
+            keys = tv.key_words(s.text)
+            for kind, query in (("all key words", " ".join(keys)), ("two key words", " ".join(keys[:2]))):
+                hits = index.search(said=query, top=50)
+                mine = _first_in(hits, clip.path)
+                ok = mine is not None and any(abs(float(d["start"]) - s.start) <= 1.0 for d in mine.said[:1])
+                row = said_rows[kind]
+                row[0] += ok
+                row[1] += bool(ok and hits and hits[0] is mine)
+                row[2] += 1
+                if not ok and kind == "two key words":
+                    misses.append({"query": query, "at": s.start,
+                                   "heard": " ".join(w.text for w in index.words(clip.path, s.start - 1, s.end + 1))})
+    result["said"] = {"rows": said_rows, "misses": misses}
+    print(f"bench: --said {said_rows}", file=sys.stderr)
+
+    print("bench: --shows after `index --words screen`", file=sys.stderr)
+    _index_with([c.path for c in screens], ckpt, index_dir, "screen")
+    index = Index(index_dir)
+    shown_found = shown_top = shown_all = 0
+    shown_misses = []
+    for clip in screens:
+        for w in clip.shown:
+            hits = index.search(shows=w.text, top=50)
+            mine = _first_in(hits, clip.path)
+            ok = mine is not None and any(abs(float(d["start"]) - w.start) <= 1.0 for d in mine.shown[:1])
+            shown_found += ok
+            shown_top += bool(ok and hits[0] is mine)
+            shown_all += 1
+            if not ok:
+                shown_misses.append({"text": w.text, "px": w.height_px, "at": w.start,
+                                     "read": " ".join(x.text for x in index.words(clip.path, w.start - 1, w.end + 1))})
+    result["shown"] = {"found": shown_found, "rank1": shown_top, "of": shown_all, "misses": shown_misses}
+    print(f"bench: --shows {shown_found}/{shown_all} found, {shown_top} rank 1", file=sys.stderr)
+
+    print("bench: --then across said and shown steps", file=sys.stderr)
+    _index_with([c["path"] for c in chains], ckpt, index_dir, "speech,screen")
+    index = Index(index_dir)
+    chain_rows = {"said, then shown": [0, 0], "shown, then said": [0, 0], "wrong order (none expected)": [0, 0]}
+    for c in chains:
+        first, second = c["said"]
+        word = c["shown"][0]
+        k1, k2 = tv.key_words(first.text)[:2], tv.key_words(second.text)[:2]
+        for kind, said_q, then, truth in (
+                ("said, then shown", " ".join(k1), [f"shows:{word.text}"], (first.start, word.start)),
+                ("shown, then said", None, [f"said:{' '.join(k2)}"], (word.start, second.start)),
+                ("wrong order (none expected)", " ".join(k2), [f"shows:{word.text}"], None)):
+            if said_q is None:
+                hits = index.search(shows=word.text, then=then, within=4.0, top=20)
+            else:
+                hits = index.search(said=said_q, then=then, within=4.0, top=20)
+            mine = _first_in(hits, c["path"])
+            if truth is None:
+                ok = mine is None
+            else:
+                ok = mine is not None and len(mine.chain) == 2 and all(
+                    abs(float(step["start"]) - t) <= 1.0 for step, t in zip(mine.chain, truth))
+            chain_rows[kind][0] += ok
+            chain_rows[kind][1] += 1
+    result["then"] = chain_rows
+    print(f"bench: --then {chain_rows}", file=sys.stderr)
+
+    heavy = [clips["heavy"][0].path]  # one speech-heavy clip (16 sentences back to back; quick: 8)
+    seconds = clips["heavy"][0].seconds
+    print(f"bench: index time of each words setting on {seconds:.0f} s of speech-heavy video", file=sys.stderr)
+    _index_with(heavy[:1], ckpt, index_dir, "subtitles,speech,screen")  # towers exported, models in the page cache
+    times: dict[str, list[float]] = {c: [] for c in PIPELINE_CONFIGS}
+    for _ in range(repeat):
+        for config in PIPELINE_CONFIGS:  # alternately, so that a busy spell of the machine falls on each
+            times[config].append(_index_with(heavy, ckpt, index_dir, config))
+            print(f"bench: --words {config or 'none'}: {times[config][-1]:.1f} s", file=sys.stderr)
+    shutil.rmtree(index_dir, ignore_errors=True)
+    base = median(times[""])
+    result["cost"] = {"seconds": seconds, "runs": times,
+                      "rows": [{"words": c or "none (pictures only)", "index_s": median(times[c]),
+                                "ratio": median(times[c]) / base} for c in PIPELINE_CONFIGS]}
+    return result
+
+
+def print_pipeline(r: dict[str, Any]) -> None:
+    print("\nwords through the pipeline (index --words ..., then search)")
+    rows = [("query", "found at its time in its video", "and rank 1 of all", "sentences / words")]
+    for kind, (ok, top, n) in r["said"]["rows"].items():
+        rows.append((f"--said, {kind} (pocketsphinx, VAD)", f"{ok}/{n} ({ok / max(1, n):.0%})",
+                     f"{top}/{n} ({top / max(1, n):.0%})", str(n)))
+    s = r["shown"]
+    rows.append(("--shows WORD (tesseract, 24-60 px)", f"{s['found']}/{s['of']} ({s['found'] / max(1, s['of']):.0%})",
+                 f"{s['rank1']}/{s['of']} ({s['rank1'] / max(1, s['of']):.0%})", str(s["of"])))
+    for kind, (ok, n) in r["then"].items():
+        rows.append((f"--then: {kind}", f"{ok}/{n} ({ok / max(1, n):.0%})", "", str(n)))
+    print_aligned(rows, left=True)
+    for m in r["said"]["misses"]:
+        print(f"  --said {m['query']!r} missed at {m['at']:.1f} s; heard {m['heard']!r}")
+    for m in s["misses"]:
+        print(f"  --shows {m['text']!r} ({m['px']} px) missed at {m['at']:.1f} s; read {m['read']!r}")
+    c = r["cost"]
+    print(f"\nindex time by --words on {c['seconds']:.0f} s of speech-heavy video (1280x720, 25 fps; "
+          f"alternate runs, medians)")
+    rows = [("--words", "index s", "x pictures only")]
+    for x in c["rows"]:
+        rows.append((x["words"], cell(x["index_s"]), cell(x["ratio"], "{:.2f}")))
+    print_aligned(rows, left=True)

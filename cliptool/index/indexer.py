@@ -376,7 +376,8 @@ def _redo_words(todo: list[tuple[Path, VideoRecord]], index_dir: Path, options: 
     for path, old in todo:
         with IndexStore(index_dir, lock_timeout=WRITER_LOCK_TIMEOUT) as store:
             scenes = store.scenes(old)
-        words, key, error = file_words(path, options, [t for s in scenes for t in s.sample_times])
+        words, key, error = file_words(path, options, [t for s in scenes for t in s.sample_times],
+                                       duration=scenes[-1].end_time if scenes else None)
         if error:
             report(f"warning: words of {path}: {error}")
         if words is None:

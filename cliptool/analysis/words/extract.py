@@ -20,6 +20,7 @@ from cliptool.errors import ModelUnavailableError, UsageError
 WORD_SOURCES = ("subtitles", "speech", "screen")  # --words, in this order
 SPEECH_ENGINES = ("pocketsphinx", "whisper")
 SCREEN_MERGE_GAP = 1.5  # s: a screen word seen again within this of its last sighting continues its span
+SCREEN_STEP = 1.0  # s: screen text is read at the scenes' samples and at least this often (a title held 1 s is seen)
 
 Reporter = Callable[[str], None]
 
@@ -54,7 +55,7 @@ def words_key(video: Path, options: IndexOptions, names: Iterable[str] | None = 
     if "speech" in sources:
         key.update(speech_engine=options.speech_engine, speech_model=options.speech_model, language=options.language)
     if "screen" in sources:
-        key.update(screen_language=options.language)
+        key.update(screen_language=options.language, screen_step=SCREEN_STEP)
     if "subtitles" in sources:
         key["sidecars"] = sidecar_fingerprint(video, names)
     return json.dumps(key, sort_keys=True, separators=(",", ":"))
@@ -69,8 +70,10 @@ def check_engines(options: IndexOptions) -> None:
             raise UsageError(f"--speech-engine: unknown engine {options.speech_engine!r} "
                              f"(choose from {', '.join(SPEECH_ENGINES)})")
         _engine("speech", "transcribe")
+        _engine("speech", "check_speech")(options.speech_engine, options.speech_model, options.language)
     if "screen" in sources:
         _engine("screen", "read_screen_text")
+        _engine("screen", "check_screen")(ocr_languages(options.language) if options.language else "eng")
 
 
 def _engine(module: str, name: str) -> Callable[..., Any]:
@@ -86,9 +89,11 @@ def _engine(module: str, name: str) -> Callable[..., Any]:
 
 
 def read_words(video: Path, options: IndexOptions, sample_times: Sequence[float] = (),
-               report: Reporter | None = None, names: Iterable[str] | None = None) -> list[Word]:
+               report: Reporter | None = None, names: Iterable[str] | None = None,
+               duration: float | None = None) -> list[Word]:
     """Every word of a video from the sources `options.words` names, by start time.
-    sample_times: the times of the frames screen text is read from (the scenes' samples)."""
+    sample_times: the scenes' samples; screen text is read there and every SCREEN_STEP s up
+    to `duration` (`screen_times`)."""
     sources = sources_of(options)
     words: list[Word] = []
     if "subtitles" in sources:
@@ -98,12 +103,26 @@ def read_words(video: Path, options: IndexOptions, sample_times: Sequence[float]
     if "speech" in sources:
         transcribe = _engine("speech", "transcribe")
         words += transcribe(video, engine=options.speech_engine, model=options.speech_model, language=options.language)
-    if "screen" in sources and sample_times:
+    times = screen_times(sample_times, duration) if "screen" in sources else []
+    if times:
         read_screen_text = _engine("screen", "read_screen_text")
-        frames = frames_at(video, sample_times)
+        frames = frames_at(video, times)
         seen = read_screen_text(frames, **({"languages": ocr_languages(options.language)} if options.language else {}))
-        words += merge_screen_words(seen, sorted(set(sample_times)))
+        words += merge_screen_words(seen, times)
     return sorted(words, key=lambda w: (w.start, w.end, w.source))
+
+
+def screen_times(sample_times: Sequence[float], duration: float | None = None,
+                 step: float = SCREEN_STEP) -> list[float]:
+    """The times screen text is read at: the scenes' samples and a grid of `step` s over the
+    video (to `duration`, else to the last sample), so that a long scene's text that comes and
+    goes between its few samples is seen too."""
+    ends = [t for t in sample_times] + ([duration] if duration else [])
+    if not ends:
+        return []
+    last = max(ends)
+    grid = [round(k * step + step / 2, 3) for k in range(int(last / step + 0.5))]
+    return sorted(set(round(float(t), 3) for t in sample_times) | {t for t in grid if t < last})
 
 
 # --language takes ISO 639-1 codes (as speech engines do); text recognition (Tesseract) names
@@ -175,4 +194,4 @@ def _span(run: list[Word]) -> Word:
 
 
 __all__ = ["SPEECH_ENGINES", "WORD_SOURCES", "check_engines", "frames_at", "merge_screen_words", "ocr_languages",
-           "parse_words_option", "read_words", "sources_of", "words_key"]
+           "parse_words_option", "read_words", "screen_times", "sources_of", "words_key"]

@@ -122,6 +122,12 @@ def read_screen_text(frames: Iterable[tuple[float, np.ndarray]], languages: str 
     return words
 
 
+def check_screen(languages: str = "eng") -> None:
+    """A one-line error (ModelUnavailableError) when `read_screen_text` could not run: no
+    tesseract program, or no data for one of `languages`."""
+    _Tesseract(languages)
+
+
 def _thumbnail(rgb: np.ndarray) -> np.ndarray:
     """A 64x36 grey copy of a frame, to tell a repeat of the frame before from a change."""
     import cv2

@@ -54,19 +54,38 @@ def transcribe(path: Path, engine: str = "pocketsphinx", model: str | None = Non
     return words
 
 
-_ENGINES = threading.local()  # per thread: the last engine opened, kept for the next file
+def check_speech(engine: str = "pocketsphinx", model: str | None = None, language: str | None = None) -> None:
+    """A one-line error (CliptoolError) when `transcribe` could not run with these settings: an
+    unknown engine, a language the model does not speak, a missing package or model. For
+    pocketsphinx the model is loaded (a fraction of a second); for whisper only found."""
+    if engine not in ENGINES:
+        raise UsageError(f"unknown speech engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "pocketsphinx":
+        _open_engine(engine, model, language)
+        return
+    try:
+        import faster_whisper  # noqa: F401
+    except ImportError:
+        raise ModelUnavailableError("the whisper engine needs faster-whisper: pip install 'cliptool[whisper]'") \
+            from None
+    whisper_folder(model or WHISPER_DEFAULT)
+
+
+_OPEN = threading.local()  # each thread's recognisers, by settings: a model is loaded once, not per video
 
 
 def _open_engine(engine: str, model: str | None, language: str | None) -> Any:
-    """A function (samples, offset in s) -> Words for the chosen engine; the one the thread's
-    last file used when it is the same (loading pocketsphinx's model costs about 0.5 s)."""
+    """A function (samples, offset in s) -> Words for the chosen engine; loaded once per thread
+    and settings (pocketsphinx takes about a second to load, whisper several; neither decoder
+    may be shared between threads)."""
+    opened = getattr(_OPEN, "engines", None)
+    if opened is None:
+        opened = _OPEN.engines = {}
     key = (engine, model, language)
-    kept = getattr(_ENGINES, "kept", None)
-    if kept is not None and kept[0] == key:
-        return kept[1]
-    recogniser = _Sphinx(model, language) if engine == "pocketsphinx" else _Whisper(model, language)
-    _ENGINES.kept = (key, recogniser)
-    return recogniser
+    if key not in opened:
+        opened.clear()  # one at a time: another settings' model is let go
+        opened[key] = _Sphinx(model, language) if engine == "pocketsphinx" else _Whisper(model, language)
+    return opened[key]
 
 
 class _Sphinx:
