@@ -530,6 +530,11 @@ def test_screen_words_merge_across_consecutive_frames_and_frames_come_at_their_t
     assert [t for t, _ in got] == [0.5, 0.52, 3.0]
     assert all(frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8 for _, frame in got)
     assert got[0][1].mean() < 128 < got[2][1].mean()  # the first title is mostly black, the second white
+    from cliptool.analysis.words.extract import screen_times
+
+    # a long scene's few samples, and one frame a second to the video's end: text between is seen
+    assert screen_times([0.6, 7.0], 9.5) == [0.5, 0.6, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.0, 7.5, 8.5]
+    assert screen_times([], None) == [] and screen_times([2.0]) == [0.5, 1.5, 2.0]
 
 
 def test_speech_runs_and_screen_lines(tmp_path: Path, model_args: list[str]) -> None:

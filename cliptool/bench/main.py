@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--words-pipeline-only", action="store_true",
                     help="only speech and screen words through a real index run: --said and --shows found at "
                          "their times, --then across them, and the index time of each --words setting")
+    ap.add_argument("--words-cost-only", action="store_true",
+                    help="only the index time of each --words setting against pictures only (speech-heavy clip)")
     ap.add_argument("--moments-only", action="store_true",
                     help="only how long a hit is: moment spans on the toy videos for several MOMENT_DROP values")
     ap.add_argument("--queries-only", action="store_true",
@@ -353,6 +355,15 @@ def main(argv: list[str] | None = None) -> int:
         return run_moments(args, out, results)
     if args.words_only or args.words_pipeline_only:
         return run_words(args, out, results, repeat)
+    if args.words_cost_only:
+        from cliptool.bench.words_engines import bench_pipeline_cost, print_pipeline
+
+        work = out / "work"
+        work.mkdir(exist_ok=True)
+        results["words_pipeline"] = bench_pipeline_cost(out, build_checkpoint(out), work, repeat, args.quick)
+        write_json(out / "bench-words-cost.json", results)
+        print_pipeline(results["words_pipeline"])
+        return 0
     if args.views_only:
         return run_views(args, out, results)
     sizes = scene_counts(args.scale_sizes, "--scale-sizes", args.quick, argv)

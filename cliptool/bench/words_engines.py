@@ -482,24 +482,57 @@ def bench_pipeline(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) 
     result["then"] = chain_rows
     print(f"bench: --then {chain_rows}", file=sys.stderr)
 
-    heavy = [clips["heavy"][0].path]  # one speech-heavy clip (16 sentences back to back; quick: 8)
-    seconds = clips["heavy"][0].seconds
-    print(f"bench: index time of each words setting on {seconds:.0f} s of speech-heavy video", file=sys.stderr)
-    _index_with(heavy[:1], ckpt, index_dir, "subtitles,speech,screen")  # towers exported, models in the page cache
-    times: dict[str, list[float]] = {c: [] for c in PIPELINE_CONFIGS}
-    for _ in range(repeat):
-        for config in PIPELINE_CONFIGS:  # alternately, so that a busy spell of the machine falls on each
-            times[config].append(_index_with(heavy, ckpt, index_dir, config))
-            print(f"bench: --words {config or 'none'}: {times[config][-1]:.1f} s", file=sys.stderr)
     shutil.rmtree(index_dir, ignore_errors=True)
-    base = median(times[""])
-    result["cost"] = {"seconds": seconds, "runs": times,
-                      "rows": [{"words": c or "none (pictures only)", "index_s": median(times[c]),
-                                "ratio": median(times[c]) / base} for c in PIPELINE_CONFIGS]}
+    result["cost"] = bench_pipeline_cost(out, ckpt, work, repeat, quick)
     return result
 
 
+def bench_pipeline_cost(out: Path, ckpt: Path, work: Path, repeat: int, quick: bool) -> dict[str, Any]:
+    """The index time of each --words setting (PIPELINE_CONFIGS) against pictures only, on a
+    speech-heavy clip (1280x720, 25 fps, sentences back to back with another voice between,
+    about 40 s; quick: 20 s), alternately, medians of `repeat` runs each."""
+    tv = talking_videos()
+    folder = out / "words"
+    n = 2 if quick else 4
+    path = folder / f"cost-{n}.mp4"
+    truth = path.with_suffix(".json")
+    if truth.is_file():
+        seconds = json.loads(truth.read_text())["seconds"]
+    else:
+        clip = tv.talking_clip(path, tv.SENTENCES[20:20 + n], folder / "speech-cache", seed=3, dense=True,
+                               width=1280, height=720, fps=25)
+        seconds = clip.seconds
+        truth.write_text(json.dumps({"seconds": seconds}))
+    index_dir = work / "pipeline-cost-index"
+    print(f"bench: index time of each words setting on {seconds:.0f} s of speech-heavy video", file=sys.stderr)
+    _index_with([path], ckpt, index_dir, "subtitles,speech,screen")  # towers exported, models in the page cache
+    times: dict[str, list[float]] = {c: [] for c in PIPELINE_CONFIGS}
+    for _ in range(repeat):
+        for config in PIPELINE_CONFIGS:  # alternately, so that a busy spell of the machine falls on each
+            times[config].append(_index_with([path], ckpt, index_dir, config))
+            print(f"bench: --words {config or 'none'}: {times[config][-1]:.1f} s", file=sys.stderr)
+    shutil.rmtree(index_dir, ignore_errors=True)
+    base = median(times[""])
+    return {"seconds": seconds, "runs": times,
+            "rows": [{"words": c or "none (pictures only)", "index_s": median(times[c]),
+                      "ratio": median(times[c]) / base} for c in PIPELINE_CONFIGS]}
+
+
 def print_pipeline(r: dict[str, Any]) -> None:
+    """The tables of bench_pipeline (or of bench_pipeline_cost alone)."""
+    if "said" in r:
+        print_pipeline_accuracy(r)
+    c = r.get("cost", r)
+    print(f"\nindex time by --words on {c['seconds']:.0f} s of speech-heavy video (1280x720, 25 fps; "
+          f"alternate runs, medians of {len(c['runs'][''])})")
+    rows = [("--words", "index s", "x pictures only")]
+    for x in c["rows"]:
+        rows.append((x["words"], cell(x["index_s"]), cell(x["ratio"], "{:.2f}")))
+    print_aligned(rows, left=True)
+
+
+def print_pipeline_accuracy(r: dict[str, Any]) -> None:
+    """The accuracy tables of bench_pipeline."""
     print("\nwords through the pipeline (index --words ..., then search)")
     rows = [("query", "found at its time in its video", "and rank 1 of all", "sentences / words")]
     for kind, (ok, top, n) in r["said"]["rows"].items():
@@ -515,10 +548,3 @@ def print_pipeline(r: dict[str, Any]) -> None:
         print(f"  --said {m['query']!r} missed at {m['at']:.1f} s; heard {m['heard']!r}")
     for m in s["misses"]:
         print(f"  --shows {m['text']!r} ({m['px']} px) missed at {m['at']:.1f} s; read {m['read']!r}")
-    c = r["cost"]
-    print(f"\nindex time by --words on {c['seconds']:.0f} s of speech-heavy video (1280x720, 25 fps; "
-          f"alternate runs, medians)")
-    rows = [("--words", "index s", "x pictures only")]
-    for x in c["rows"]:
-        rows.append((x["words"], cell(x["index_s"]), cell(x["ratio"], "{:.2f}")))
-    print_aligned(rows, left=True)

@@ -117,12 +117,12 @@ def screen_times(sample_times: Sequence[float], duration: float | None = None,
     """The times screen text is read at: the scenes' samples and a grid of `step` s over the
     video (to `duration`, else to the last sample), so that a long scene's text that comes and
     goes between its few samples is seen too."""
-    ends = [t for t in sample_times] + ([duration] if duration else [])
+    ends = [*sample_times, *([duration] if duration else [])]
     if not ends:
         return []
     last = max(ends)
     grid = [round(k * step + step / 2, 3) for k in range(int(last / step + 0.5))]
-    return sorted(set(round(float(t), 3) for t in sample_times) | {t for t in grid if t < last})
+    return sorted({round(float(t), 3) for t in sample_times} | {t for t in grid if t < last})
 
 
 # --language takes ISO 639-1 codes (as speech engines do); text recognition (Tesseract) names
