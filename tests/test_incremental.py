@@ -142,10 +142,11 @@ def test_cli_summary_and_check_repair(folder: Path, index_dir: Path, cli, model_
     fixed = cli("check", "--repair", "--json")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert all(p["repaired"] for p in json.loads(fixed.stdout)["problems"])
+    assert json.loads(fixed.stdout)["reanalysed"] == [victim.path]  # removed, then analysed again from its file
     after = check_index(index_dir)
-    assert after.ok and after.problems == [] and after.videos == 2 and after.cache == "current"
+    assert after.ok and after.problems == [] and after.videos == 3 and after.cache == "current"
     redo = _index(folder, index_dir, tiny_model)
-    assert (redo.added, redo.skipped) == (1, 2)
+    assert (redo.added, redo.skipped) == (0, 3)
     assert check_index(index_dir).videos == 3
 
 
