@@ -70,7 +70,8 @@ def wait(driver, script: str, timeout: float = 20, *args):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {script}")
+            seen = driver.execute_script("return [location.href, (document.getElementById('summary') || {}).textContent]")
+            raise AssertionError(f"timed out waiting for: {script} (the page: {seen})")
         time.sleep(0.05)
 
 

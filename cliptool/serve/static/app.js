@@ -90,7 +90,9 @@
 
   // the URL of a new query (q, similar or image): it, top, videos, and the filters kept
   function queryUrl(kind, value) {
-    const p = new URLSearchParams(value ? [[kind, value], ["top", String(topN())]] : [["top", String(topN())]]);
+    // an empty q (words alone) is left out; an empty image is the mark of a picture query
+    const keep = value || kind === "image";
+    const p = new URLSearchParams(keep ? [[kind, value], ["top", String(topN())]] : [["top", String(topN())]]);
     if ($("by-video").checked) p.set("videos", "1");
     const now = params();
     for (const [name] of FILTERS) for (const v of now.getAll(name)) p.append(name, v);
