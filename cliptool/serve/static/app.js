@@ -334,10 +334,17 @@
     markTranscript();
   }
 
+  // a seek the user asks for: the moment's end stops (or loops) the video only when t lies inside it
+  function userSeek(t) {
+    const hit = state.current;
+    state.stopAtEnd = !!hit && t >= hit.start - 0.05 && t < hit.end - 0.05;  // before timeupdate can see the new time
+    $("video").currentTime = t;
+  }
+
   function seekTo(t) {
     const v = $("video");
     if (v.hidden) return;
-    v.currentTime = t;
+    userSeek(t);
     const p = v.play();
     if (p && p.catch) p.catch(() => {});
   }
@@ -582,7 +589,7 @@
   $("timeline").addEventListener("click", (ev) => {
     const r = ev.currentTarget.getBoundingClientRect();
     const t = duration() * (ev.clientX - r.left) / r.width;
-    if (!$("video").hidden) $("video").currentTime = t;
+    if (!$("video").hidden) userSeek(t);
   });
   $("player-close").addEventListener("click", closePlayer);
   $("player-similar").addEventListener("click", () => state.current && moreLike(state.current.scene_id));
