@@ -23,10 +23,11 @@ from cliptool.errors import ModelUnavailableError, UsageError, one_line
 
 ENGINES = ("pocketsphinx", "whisper")
 WHISPER_DEFAULT = "base"  # faster-whisper's name; about 145 MB, near real time on a laptop CPU
-# pocketsphinx settings measured on the bench's 32 sentences over low noise (CPU time per second
-# of audio; sentences found): its defaults 0.45 s, 31; without the second passes (fwdflat,
-# bestpath) 0.36 s, 31; and with at most 3000 active HMMs a frame 0.16 s, 30 (docs/benchmarks.md)
-POCKETSPHINX_FAST: dict[str, Any] = {"fwdflat": False, "bestpath": False, "maxhmmpf": 3000}
+# pocketsphinx settings over its defaults. Its second passes (fwdflat, bestpath) stay on: with
+# them 24 of the bench's 32 sentences had every key word heard, against 19 with the first pass
+# alone, for the same CPU time (docs/benchmarks.md#speech-and-on-screen-text); `--said` needs
+# every word of the query.
+POCKETSPHINX_SETTINGS: dict[str, Any] = {}
 _FILLER = re.compile(r"^(<s>|</s>|<sil>|\[.*\]|\+\+.*\+\+)$")
 _HUB_ADVICE = ("on a machine with network run `hf download {repo}` (or huggingface_hub.snapshot_download), "
                "copy the folder here and pass --model /path/to/folder")
@@ -100,7 +101,7 @@ class _Sphinx:
         except ImportError as exc:
             raise ModelUnavailableError(f"the pocketsphinx engine needs the Python package pocketsphinx "
                                         f"(pip install pocketsphinx): {one_line(exc)}") from None
-        config: dict[str, Any] = {"samprate": RATE, "loglevel": "FATAL", **POCKETSPHINX_FAST}
+        config: dict[str, Any] = {"samprate": RATE, "loglevel": "FATAL", **POCKETSPHINX_SETTINGS}
         if model:
             config.update(_sphinx_model_files(Path(model).expanduser()))
         self.language = (language or "en").split("-")[0].lower()[:2]
