@@ -176,10 +176,12 @@ class _Tesseract:
     def read(self, t: float, rgb: np.ndarray, regions: list[TextRegion]) -> list[Word]:
         """The words tesseract reads in the part of `rgb` around `regions`."""
         height, width = rgb.shape[:2]
-        pad = max(r.h for r in regions)  # a letter the detector left out of a blob is within a few heights
-        x0 = max(0, min(r.x for r in regions) - 3 * pad)
+        pad = max(r.h for r in regions)
+        # the whole width of the rows that hold the blobs: widely spaced letters (a monospaced
+        # font) are not joined into the blob, and a word's first letters were cut off by a
+        # crop a few letter heights around it ("coffee" read "offee")
+        x0, x1 = 0, width
         y0 = max(0, min(r.y for r in regions) - pad)
-        x1 = min(width, max(r.x + r.w for r in regions) + 3 * pad)
         y1 = min(height, max(r.y + r.h for r in regions) + pad)
         import cv2
 
