@@ -90,6 +90,17 @@ def test_fused_and_chained_across_said_and_shown(talking_index) -> None:
     assert search(index_dir, "--shows", "museum", "--then", "said:window kitchen", "--within", "6s") == []  # order
 
 
+def test_reading_words_counts_as_progress_for_the_file_timeout(talking_index, tmp_path: Path,
+                                                                model_args: list[str]) -> None:
+    """No frame is decoded while speech is recognised and screen text read: the watchdog of
+    --file-timeout hears from the engines instead, so the words are not given up on."""
+    _, folder, said, _ = talking_index
+    index_dir = tmp_path / "index"
+    proc = ok(run_here(index_dir, "index", folder, *model_args, "--words", "speech,screen", "--file-timeout", "1"))
+    assert "warning" not in proc.stderr, proc.stderr
+    assert abs(search(index_dir, "--said", "window kitchen")[0]["said"][0]["start"] - said[0].start) < 1.0
+
+
 def test_settings_the_engines_cannot_run_are_one_line_before_any_work(tmp_path: Path, model_args: list[str]) -> None:
     folder = tmp_path / "videos"
     folder.mkdir()

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only what the image tower sees of a frame: recall over frame shapes and places, per view")
     ap.add_argument("--words-only", action="store_true",
                     help="only words: subtitles found at the right time, --then chains in order, the index-time "
-                         "cost of subtitles, and full-text query latency (FTS5, tantivy when installed)")
+                         "cost of subtitles, and full-text query latency (FTS5, tantivy when installed); then speech and "
+                         "screen words through a real index run (as --words-pipeline-only)")
     ap.add_argument("--words-pipeline-only", action="store_true",
                     help="only speech and screen words through a real index run: --said and --shows found at "
                          "their times, --then across them, and the index time of each --words setting")

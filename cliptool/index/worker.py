@@ -168,7 +168,8 @@ def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model:
             fingerprint = file_fingerprint(path)
             analysed = analyse_video(path, model, options, on_frame=frame_decoded)
             words, key, words_error = file_words(path, options, [t for s in analysed.scenes for t in s.sample_times],
-                                                 duration=analysed.scenes[-1].end_time if analysed.scenes else None)
+                                                 duration=analysed.scenes[-1].end_time if analysed.scenes else None,
+                                                 progress=watchdog.progress)
     except KeyboardInterrupt:
         raise
     except ModelLoadError as exc:  # the model, not this file: the run cannot go on
@@ -180,7 +181,8 @@ def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model:
 
 
 def file_words(path: Path, options: IndexOptions, sample_times: list[float],
-               names: list[str] | None = None, duration: float | None = None) -> tuple[list[Any] | None, str, str | None]:
+               names: list[str] | None = None, duration: float | None = None,
+               progress: Callable[[], None] | None = None) -> tuple[list[Any] | None, str, str | None]:
     """A video's words as the store keeps them, what they were made from, and why they could
     not be read (then None, "": the next run tries again); a failure never fails the video."""
     from cliptool.analysis.words.extract import read_words, words_key
@@ -188,7 +190,8 @@ def file_words(path: Path, options: IndexOptions, sample_times: list[float],
     key = words_key(path, options, names)  # before reading: a sidecar changed meanwhile is read again next run
     notes: list[str] = []
     try:
-        words = read_words(path, options, sample_times, report=notes.append, names=names, duration=duration)
+        words = read_words(path, options, sample_times, report=notes.append, names=names, duration=duration,
+                           progress=progress)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - an engine's fault on one file must not lose its pictures

@@ -90,10 +90,11 @@ def _engine(module: str, name: str) -> Callable[..., Any]:
 
 def read_words(video: Path, options: IndexOptions, sample_times: Sequence[float] = (),
                report: Reporter | None = None, names: Iterable[str] | None = None,
-               duration: float | None = None) -> list[Word]:
+               duration: float | None = None, progress: Callable[[], None] | None = None) -> list[Word]:
     """Every word of a video from the sources `options.words` names, by start time.
     sample_times: the scenes' samples; screen text is read there and every SCREEN_STEP s up
-    to `duration` (`screen_times`)."""
+    to `duration` (`screen_times`). progress: called as speech is recognised and frames are
+    read (an index run's watchdog: no decoded frame comes while words are read)."""
     sources = sources_of(options)
     words: list[Word] = []
     if "subtitles" in sources:
@@ -102,11 +103,14 @@ def read_words(video: Path, options: IndexOptions, sample_times: Sequence[float]
         words += read_subtitles(video, report, names)
     if "speech" in sources:
         transcribe = _engine("speech", "transcribe")
-        words += transcribe(video, engine=options.speech_engine, model=options.speech_model, language=options.language)
+        words += transcribe(video, engine=options.speech_engine, model=options.speech_model, language=options.language,
+                            progress=progress)
     times = screen_times(sample_times, duration) if "screen" in sources else []
     if times:
         read_screen_text = _engine("screen", "read_screen_text")
         frames = frames_at(video, times)
+        if progress is not None:
+            frames = _telling(frames, progress)
         seen = read_screen_text(frames, **({"languages": ocr_languages(options.language)} if options.language else {}))
         words += merge_screen_words(seen, times)
     return sorted(words, key=lambda w: (w.start, w.end, w.source))
@@ -184,6 +188,12 @@ def merge_screen_words(words: Iterable[Word], times: Sequence[float] = ()) -> li
                 run = [w]
         out.append(_span(run))
     return sorted(out, key=lambda w: (w.start, w.text))
+
+
+def _telling(frames: Iterable[tuple[float, Any]], progress: Callable[[], None]) -> Iterable[tuple[float, Any]]:
+    for item in frames:
+        progress()
+        yield item
 
 
 def _span(run: list[Word]) -> Word:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from cliptool.analysis.words.vad import voiced_regions
 from cliptool.errors import ModelUnavailableError, UsageError, one_line
 
 ENGINES = ("pocketsphinx", "whisper")
+LONG_S = 30  # s: a voiced region longer than this goes to pocketsphinx in pieces of CHUNK_S
+CHUNK_S = 5
 WHISPER_DEFAULT = "base"  # faster-whisper's name; about 145 MB, near real time on a laptop CPU
 # pocketsphinx settings over its defaults. Its second passes (fwdflat, bestpath) stay on: with
 # them 24 of the bench's 32 sentences had every key word heard, against 19 with the first pass
@@ -34,12 +37,13 @@ _HUB_ADVICE = ("on a machine with network run `hf download {repo}` (or huggingfa
 
 
 def transcribe(path: Path, engine: str = "pocketsphinx", model: str | None = None, language: str | None = None,
-               *, vad: bool = True) -> list[Word]:
+               *, vad: bool = True, progress: Callable[[], None] | None = None) -> list[Word]:
     """The words spoken in `path`'s audio track, with their times (source "speech"); [] when the
     file has no audio track or nobody speaks. `model`: for pocketsphinx a folder holding an
     acoustic model (with its `*.lm.bin` or `*.lm` and `*.dict`), default the bundled US English
     one; for whisper a faster-whisper model name ("base", "small", ...) or a local folder.
-    `vad=False` decodes the whole track (for measuring what the detector saves).
+    `vad=False` decodes the whole track (for measuring what the detector saves). `progress` is
+    called every few seconds of audio recognised (an index run's watchdog sees work going on).
     Errors are one line (CliptoolError)."""
     if engine not in ENGINES:
         raise UsageError(f"unknown speech engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -51,7 +55,7 @@ def transcribe(path: Path, engine: str = "pocketsphinx", model: str | None = Non
     words: list[Word] = []
     for start, end in regions:
         piece = samples[int(start * RATE):int(end * RATE)]
-        words.extend(recogniser(piece, start))
+        words.extend(recogniser(piece, start, progress))
     return words
 
 
@@ -110,10 +114,18 @@ class _Sphinx:
         except Exception as exc:  # noqa: BLE001 - a bad model folder raises RuntimeError and kin
             raise ModelUnavailableError(f"pocketsphinx cannot load its model: {one_line(exc)}") from None
 
-    def __call__(self, samples: np.ndarray, offset: float) -> list[Word]:
+    def __call__(self, samples: np.ndarray, offset: float, progress: Callable[[], None] | None = None) -> list[Word]:
         d = self.decoder
         d.start_utt()
-        d.process_raw(to_pcm16(samples), full_utt=True)
+        if len(samples) <= LONG_S * RATE:  # whole: the utterance's own cepstral mean (the best reading)
+            d.process_raw(to_pcm16(samples), full_utt=True)
+        else:  # a long region in pieces, telling `progress` between
+            for a in range(0, len(samples), CHUNK_S * RATE):
+                d.process_raw(to_pcm16(samples[a:a + CHUNK_S * RATE]), False, False)
+                if progress is not None:
+                    progress()
+        if progress is not None:
+            progress()
         d.end_utt()
         if d.hyp() is None:
             return []
@@ -160,7 +172,7 @@ class _Whisper:
         except Exception as exc:  # noqa: BLE001 - CTranslate2 raises RuntimeError for a bad folder
             raise ModelUnavailableError(f"cannot load the whisper model in {folder}: {one_line(exc)}") from None
 
-    def __call__(self, samples: np.ndarray, offset: float) -> list[Word]:
+    def __call__(self, samples: np.ndarray, offset: float, progress: Callable[[], None] | None = None) -> list[Word]:
         segments, info = self.model.transcribe(samples.astype(np.float32), language=self.language,
                                                word_timestamps=True, vad_filter=False, beam_size=1,
                                                condition_on_previous_text=False)
@@ -168,6 +180,8 @@ class _Whisper:
         last = offset + len(samples) / RATE  # Whisper sees 30 s windows: keep its times inside the region
         out = []
         for seg in segments:
+            if progress is not None:
+                progress()
             for w in seg.words or []:
                 text = w.word.strip()
                 if text:
