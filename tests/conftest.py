@@ -196,3 +196,19 @@ def network(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return attempts
+
+
+@pytest.fixture(scope="module")
+def driver():
+    """A headless Chromium (1280x1100) for the real-browser tests; they skip without one."""
+    from cliptool.bench.serve import chromium_driver
+
+    try:
+        d = chromium_driver(1280, 1100)
+    except Exception as exc:  # noqa: BLE001 - a driver that will not start is a missing browser here
+        pytest.skip(f"headless Chromium would not start: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    if d is None:
+        pytest.skip("no chromium and chromedriver found (apt-get install chromium chromium-driver)")
+    d.set_script_timeout(30)
+    yield d
+    d.quit()

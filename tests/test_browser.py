@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import cliptool
-from cliptool.bench.serve import chromium_driver
 
 from conftest import make_samples
 from test_serve import Server
@@ -25,19 +24,6 @@ PHONE = (390, 844)
 # what the test folder holds, newest file date first (the library's order)
 DATES = {"shapes.webm": "2024-06-03", "outdoors.webm": "2024-06-02", "titles.mp4": "2024-06-01",
          "archive/titles.avi": "2020-01-01"}
-
-
-@pytest.fixture(scope="module")
-def driver():
-    try:
-        d = chromium_driver(1280, 1100)
-    except Exception as exc:  # noqa: BLE001 - a driver that will not start is a missing browser here
-        pytest.skip(f"headless Chromium would not start: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-    if d is None:
-        pytest.skip("no chromium and chromedriver found (apt-get install chromium chromium-driver)")
-    d.set_script_timeout(30)
-    yield d
-    d.quit()
 
 
 @pytest.fixture(scope="module")

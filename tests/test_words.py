@@ -456,38 +456,28 @@ def test_words_over_http_and_in_the_contact_sheet(word_site, tmp_path: Path) -> 
 
 
 
-def test_words_on_cards_and_a_transcript_that_seeks(word_site) -> None:
+def test_words_on_cards_and_a_transcript_that_seeks(word_site, driver) -> None:
     """In a real browser: the card of a --said hit shows the matched word marked; the player's
     transcript lists the video's lines, and a click on one seeks the video there."""
     from selenium.webdriver.common.by import By
 
-    from cliptool.bench.serve import chromium_driver
     from test_browser import wait
 
-    try:
-        driver = chromium_driver(1280, 1100)
-    except Exception as exc:  # noqa: BLE001 - a driver that will not start is a missing browser here
-        pytest.skip(f"headless Chromium would not start: {type(exc).__name__}")
-    if driver is None:
-        pytest.skip("no chromium and chromedriver found (apt-get install chromium chromium-driver)")
     server, _, _ = word_site
-    try:
-        driver.get(server.url + "/?said=birthday")
-        wait(driver, "return document.querySelectorAll('#results .card').length > 0")
-        marks = driver.execute_script(
-            "return [...document.querySelectorAll('#results .card .words mark')].map(m => m.textContent)")
-        assert marks == ["birthday"]
-        assert driver.find_element(By.ID, "said").get_attribute("value") == "birthday"
-        driver.find_element(By.CSS_SELECTOR, "#results .card").click()
-        wait(driver, "return document.querySelectorAll('#transcript li').length === 2")
-        lines = driver.find_elements(By.CSS_SELECTOR, "#transcript li")
-        assert "the cake is a lie" in lines[1].text
-        lines[1].click()
-        t = wait(driver, "const v = document.getElementById('video');"
-                         "return v.readyState >= 1 && v.currentTime >= 2.45 && v.currentTime")
-        assert 2.45 <= t <= 4.0
-    finally:
-        driver.quit()
+    driver.get(server.url + "/?said=birthday")
+    wait(driver, "return document.querySelectorAll('#results .card').length > 0")
+    marks = driver.execute_script(
+        "return [...document.querySelectorAll('#results .card .words mark')].map(m => m.textContent)")
+    assert marks == ["birthday"]
+    assert driver.find_element(By.ID, "said").get_attribute("value") == "birthday"
+    driver.find_element(By.CSS_SELECTOR, "#results .card").click()
+    wait(driver, "return document.querySelectorAll('#transcript li').length === 2")
+    lines = driver.find_elements(By.CSS_SELECTOR, "#transcript li")
+    assert "the cake is a lie" in lines[1].text
+    lines[1].click()
+    t = wait(driver, "const v = document.getElementById('video');"
+                     "return v.readyState >= 1 && v.currentTime >= 2.45 && v.currentTime")
+    assert 2.45 <= t <= 4.0
 
 
 def test_check_names_a_video_whose_stored_words_are_damaged(small_index: tuple[Path, Path]) -> None:
