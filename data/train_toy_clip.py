@@ -174,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--squeeze-share", type=float, default=0.3,
                     help="share of the pictures drawn in a wide or tall frame and squeezed to a square, as "
                          "cliptool's default view squeezes a video frame")
+    ap.add_argument("--calibrate", type=float, default=0.0,
+                    help="weight of a loss on absolute cosine scores (the product ranks by them): a picture's own shape "
+                         "caption above --pos, every other shape caption (all of them for a picture without a shape) below --neg")
+    ap.add_argument("--pos", type=float, default=0.5)
+    ap.add_argument("--neg", type=float, default=0.25)
     ap.add_argument("--init", type=Path, default=None,
                     help="start from these weights (a weights.safetensors of the same config) instead of random ones")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -211,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(config_path)
     if args.init is not None:
         load_weights(model, args.init)
+    model = model.to(memory_format=torch.channels_last)  # a third faster convolutions on CPU
     tokenizer = open_clip.get_tokenizer(config_path.stem)
     tokens = tokenizer(toy_world.ALL_CAPTIONS)  # the 16 shape captions first, then the empty ones
     n_caps = len(toy_world.CAPTIONS)
@@ -238,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         for group in opt.param_groups:
             group["lr"] = lr
         idx = rng.integers(0, len(pool_x), args.batch)
-        x = normalise_batch(augment(pool_x[idx], rng), mean, std)
+        x = normalise_batch(augment(pool_x[idx], rng), mean, std).contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(pool_y[idx])
         img = model.encode_image(x, normalize=True)
         txt = model.encode_text(tokens, normalize=True)
@@ -249,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         target = (y[None, :] == present[:, None]).float()
         loss_t = -(F.log_softmax(logits.T[present], dim=1) * target / target.sum(1, keepdim=True)).sum(1).mean()
         loss = (loss_i + loss_t) / 2
+        if args.calibrate > 0:  # absolute scores: a shape's own caption above --pos, every other shape caption below --neg
+            cos = (img @ txt[:n_caps].T)
+            own = F.one_hot(y.clamp(max=n_caps - 1), n_caps).bool() & (y < n_caps)[:, None]
+            pos = F.relu(args.pos - cos[own]).pow(2).sum() / max(1, int(own.sum()))
+            neg = F.relu(cos[~own] - args.neg).pow(2).sum() / len(y)
+            loss = loss + args.calibrate * (pos + neg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -287,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     ev = evaluate(model, tokenizer, mean, std, photos, n_shapes=args.eval_size, n_empty=args.eval_size // 4)
     metrics = {"seed": args.seed, "init": str(args.init) if args.init else None, "lr": args.lr, "steps": step, "minutes": minutes, "batch": args.batch,
                "train_size": args.train_size, "empty_share": args.empty_share,
-               "squeeze_share": args.squeeze_share, "val_top1_squeezed": final_squeezed, "captions": toy_world.ALL_CAPTIONS,
+               "squeeze_share": args.squeeze_share, "calibrate": args.calibrate, "pos": args.pos, "neg": args.neg,
+               "val_top1_squeezed": final_squeezed, "captions": toy_world.ALL_CAPTIONS,
                "val_top1": final_val, "evaluation": ev, "history": history}
     (args.out / "training.json").write_text(json.dumps(metrics, indent=1) + "\n")
     print(evaluation_table(ev), flush=True)

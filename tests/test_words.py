@@ -540,6 +540,9 @@ def test_speech_runs_and_screen_lines(tmp_path: Path, model_args: list[str]) -> 
     ok(run_here(index_dir, "index", folder, *model_args, "--words", "none"))
     spoken = [Word(0.2, 0.5, "happy", "speech", "en"), Word(0.55, 0.9, "birthday", "speech", "en"),
               Word(2.5, 2.8, "dear", "speech", "en"), Word(2.85, 3.1, "friend", "speech", "en")]
+    for at, sentence in ((10.0, "we watched a movie about the ocean"), (20.0, "we liked a movie about the irish"),
+                         (30.0, "a movie about the ocean we watched")):  # runs of speech apart from each other
+        spoken += [Word(at + 0.3 * i, at + 0.3 * i + 0.25, w, "speech", "en") for i, w in enumerate(sentence.split())]
     shown = [Word(1.0, 3.0, "EMERGENCY", "screen", "en", (0.1, 0.1, 0.3, 0.1), 0.9),
              Word(1.0, 3.0, "EXIT", "screen", "en", (0.45, 0.1, 0.2, 0.1), 0.8)]
     from cliptool.vectors.fulltext import fulltext_state, sync_fulltext
@@ -555,6 +558,17 @@ def test_speech_runs_and_screen_lines(tmp_path: Path, model_args: list[str]) -> 
     hits = search_words(index_dir, '"happy birthday"', ("speech",))
     assert [(h.start, h.end, h.text) for h in hits] == [(0.2, 0.9, "happy birthday")]
     assert search_words(index_dir, '"birthday dear"', ("speech",)) == []  # 1.6 s of silence between
+    # a long query holds in part where a recogniser misheard a word: whole matches first, then those
+    # that hold most of its words (two thirds, rounded up), each naming the words it lacks
+    hits = search_words(index_dir, "we watched a movie about the ocean", ("speech",), share=2 / 3)
+    assert [h.start for h in hits[:2]] in ([10.0, 30.0], [30.0, 10.0]) and [h.missing for h in hits[:2]] == [[], []]
+    assert [(h.start, h.missing) for h in hits[2:]] == [(20.0, ["watched", "ocean"])]
+    assert all(7 <= h.score < 8 for h in hits[:2]) and 5 <= hits[2].score < 6  # words held, plus BM25 in 0..1
+    assert [h.start for h in search_words(index_dir, "we watched a movie about the ocean", ("speech",))] in (
+        [10.0, 30.0], [30.0, 10.0])  # share 1: every word
+    assert search_words(index_dir, "happy zebra", ("speech",), share=2 / 3) == []  # two words: both needed
+    partial = said(index_dir, "--said", '"movie about" ocean watched zebra')  # the phrase, and 2 of 3 words
+    assert sorted(h["start"] for h in partial) == [10.0, 30.0] and partial[0]["said"][0]["missing"] == ["zebra"]
     assert check_index(index_dir).ok
     # --shows: the words seen at one time are one line; --said does not see them, nor --shows speech
     hit = said(index_dir, "--shows", "exit")[0]

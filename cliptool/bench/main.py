@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--recall-only", action="store_true",
                     help="only the sampling figures: moment recall (toy CLIP), image search by real frames, "
                          "and index time of old vs new sampling on the corpus")
+    ap.add_argument("--views-cost-only", action="store_true",
+                    help="index time of the corpus files with each way of seeing (--views) against bare decoding")
     ap.add_argument("--views-only", action="store_true",
                     help="only what the image tower sees of a frame: recall over frame shapes and places, per view")
     ap.add_argument("--words-only", action="store_true",
@@ -295,6 +297,11 @@ def print_all(results: dict[str, Any]) -> None:
         from cliptool.bench.words import print_words
 
         print_words(results["words"])
+    if "views" in results:
+        from cliptool.bench.views import print_views, print_views_cost
+
+        print_views(results["views"])
+        print_views_cost(results["views_cost"])
     if "words_pipeline" in results:
         from cliptool.bench.words_engines import print_pipeline
 
@@ -329,6 +336,11 @@ def run_all(args: argparse.Namespace, out: Path, results: dict[str, Any], corpus
     from cliptool.bench.words_engines import bench_pipeline
 
     results["words_pipeline"] = bench_pipeline(out, ckpt, work, repeat, args.quick)
+    print("bench: what the image tower sees of a frame, and what each way costs", file=sys.stderr)
+    from cliptool.bench.views import bench_views, bench_views_cost
+
+    results["views"] = bench_views(out, args.toy_model, quick=args.quick)
+    results["views_cost"] = bench_views_cost(corpus, ckpt, work, repeat)
     results["bench_seconds"] = time.perf_counter() - t_start
     write_json(out / "bench.json", results)
     print_all(results)
@@ -386,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         return run_ray(args, out, results, corpus, ckpt, work, repeat)
     if args.recall_only:
         return run_recall(args, out, results, corpus, ckpt, work, repeat)
+    if args.views_cost_only:
+        from cliptool.bench.views import bench_views_cost, print_views_cost
+
+        results["views_cost"] = bench_views_cost(corpus, ckpt, work, repeat)
+        write_json(out / "bench-views-cost.json", results)
+        print_views_cost(results["views_cost"])
+        return 0
     return run_all(args, out, results, corpus, ckpt, work, repeat, sizes, milvus_sizes, t_start)
 
 

@@ -97,3 +97,41 @@ def print_views(r: dict[str, Any]) -> None:
     table.append(["index time (s)", *(f"{r['modes'][m]['index_s']:.1f}" for m in modes)])
     table.append(["against centre", *(f"{r['modes'][m]['index_s'] / base:.2f}x" for m in modes)])
     print_aligned(table)
+
+
+def bench_views_cost(corpus: dict[str, Path], ckpt: Path, work: Path, repeat: int,
+                     modes: tuple[str, ...] = VIEW_MODES) -> dict[str, Any]:
+    """Index time of each corpus file (ViT-B-32, int8, a new index each run) with each way of
+    seeing, against bare decoding of the same file: the ways run one after another, `repeat`
+    times over, so a change of load falls on all of them alike; medians."""
+    from cliptool.bench.indexing import index_once
+    from cliptool.bench.measure import bare_decode_pyav, median, video_facts
+
+    rows: dict[str, Any] = {}
+    for label, path in corpus.items():
+        runs: dict[str, list[tuple[float, float]]] = {m: [] for m in ("decode", *modes)}
+        for i in range(repeat):
+            print(f"bench:   views cost {label}, round {i + 1}/{repeat}", file=sys.stderr)
+            runs["decode"].append(bare_decode_pyav(path))
+            for mode in modes:
+                wall, _, cpu = index_once(path, ckpt, work, ["--views", mode])
+                runs[mode].append((wall, cpu))
+        decode = median([w for w, _ in runs["decode"]])
+        rows[label] = {"duration": video_facts(path)["duration"], "decode_s": decode,
+                       "decode_cpu_s": median([c for _, c in runs["decode"]]),
+                       "modes": {m: {"index_s": median([w for w, _ in runs[m]]), "index_cpu_s": median([c for _, c in runs[m]]),
+                                     "runs_s": [w for w, _ in runs[m]]} for m in modes}}
+    return {"repeat": repeat, "files": rows}
+
+
+def print_views_cost(r: dict[str, Any]) -> None:
+    files = r["files"]
+    modes = list(next(iter(files.values()))["modes"]) if files else []
+    print(f"\nWhat each way of seeing costs to index (ViT-B-32 int8, a new index each run; medians of {r['repeat']}, "
+          "the ways alternating)")
+    table = [["file", "bare decode s", *(f"{m} s" for m in modes), *(f"{m} x decode" for m in modes)]]
+    for label, row in files.items():
+        table.append([f"{label} ({row['duration']:.0f} s)", f"{row['decode_s']:.1f}",
+                      *(f"{row['modes'][m]['index_s']:.1f}" for m in modes),
+                      *(f"{row['modes'][m]['index_s'] / row['decode_s']:.2f}" for m in modes)])
+    print_aligned(table)

@@ -29,6 +29,7 @@ CANDIDATES = 100  # moments each signal of a step brings (more with --then: chai
 CHAIN_CANDIDATES = 300
 DEFAULT_WITHIN = 10.0  # s: the largest gap between a chain's moments when --within is not given
 SIGNALS = ("picture", "said", "shown")
+WORDS_SHARE = 2 / 3  # of a query of three words or more, the share a row must hold (vectors.fulltext.words_needed)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def _word_moments(searcher: Searcher, text: str, signal: str, top: int, where: F
         allowed = {vid for vid, f in facts.items() if where.allows(f)}
     sources = SAID_SOURCES if signal == "said" else SHOWN_SOURCES
     out = []
-    for rank, w in enumerate(search_words(searcher.index_dir, text, sources, limit=top, videos=allowed), 1):
+    hits = search_words(searcher.index_dir, text, sources, limit=top, videos=allowed, share=WORDS_SHARE)
+    for rank, w in enumerate(hits, 1):
         m = Moment(w.video_id, w.path, w.start, w.end, w.start, w.scene_id, w.scene_index,
                     ranks={signal: rank}, scores={signal: w.score})
         (m.said if signal == "said" else m.shown).append(w.to_dict())

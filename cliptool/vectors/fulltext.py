@@ -17,6 +17,7 @@ broken at pauses of `SPEECH_GAP` s), or the text seen on screen at one time. Ran
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sqlite3
@@ -51,8 +52,9 @@ CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(text, tokenize='{TOKENIZER}');
 @dataclass
 class WordHit:
     """One row of the full-text cache that a query matched (or that lies in a span): its video,
-    time, text, where it came from, the scene it falls in and, for a match, its BM25 score
-    (higher is better) and the character ranges of the matched words in `text`."""
+    time, text, where it came from, the scene it falls in and, for a match, its score (the number
+    of the query's terms it holds, plus its BM25 relevance squashed into 0..1: b / (1 + b)) and
+    the character ranges of the matched words in `text`."""
 
     video_id: str
     path: str
@@ -66,6 +68,7 @@ class WordHit:
     score: float = 0.0
     marks: list[tuple[int, int]] = field(default_factory=list)
     box: list[float] | None = None
+    missing: list[str] = field(default_factory=list)  # words of the query this row lacks (a partial match)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form a hit's `said`/`shown` snippets take."""
@@ -74,6 +77,8 @@ class WordHit:
                              "marks": [list(m) for m in self.marks]}
         if self.box is not None:
             d["box"] = self.box
+        if self.missing:
+            d["missing"] = self.missing
         return d
 
 
@@ -277,24 +282,41 @@ _TOKEN = re.compile(r'"([^"]*)"|(\S+)')
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-def match_expression(text: str) -> str:
-    """The FTS5 query for what a user typed: every word must appear in the row (in any order);
-    a quoted "phrase" must appear as it is; a word ending in `*` matches as a prefix
-    (`birth*`). Punctuation is dropped; UsageError when no word is left."""
-    parts = []
+def query_terms(text: str) -> list[tuple[str, bool]]:
+    """What a user typed as FTS5 terms, each with whether it is required: a quoted "phrase" must
+    appear as it is (required); a bare word may be one a recogniser misheard (see `search_words`);
+    a word ending in `*` matches as a prefix (`birth*`). Punctuation is dropped; UsageError when
+    no word is left."""
+    terms: list[tuple[str, bool]] = []
     for phrase, bare in _TOKEN.findall(text or ""):
         if phrase:
             tokens = _WORD.findall(phrase)
             if tokens:
-                parts.append('"' + " ".join(tokens) + '"' + (" *" if phrase.rstrip().endswith("*") else ""))
+                terms.append(('"' + " ".join(tokens) + '"' + (" *" if phrase.rstrip().endswith("*") else ""), True))
             continue
         prefix = bare.endswith("*")
-        for i, token in enumerate(_WORD.findall(bare)):
-            last = i == len(_WORD.findall(bare)) - 1
-            parts.append(f'"{token}"' + (" *" if prefix and last else ""))
-    if not parts:
+        tokens = _WORD.findall(bare)
+        for i, token in enumerate(tokens):
+            terms.append((f'"{token}"' + (" *" if prefix and i == len(tokens) - 1 else ""), False))
+    if not terms:
         raise UsageError(f"no words to look for in {text!r}")
-    return " AND ".join(parts)
+    return terms
+
+
+def match_expression(text: str) -> str:
+    """The FTS5 query for a row that holds every word of `text` (in any order; see `query_terms`)."""
+    return " AND ".join(term for term, _ in query_terms(text))
+
+
+def words_needed(terms: list[tuple[str, bool]], share: float) -> int:
+    """How many of the query's terms a row must hold: all of them, except that of three or more
+    bare words `share` (rounded up) will do, so that one misheard or misread word in a long
+    query does not lose the moment; a quoted phrase is always needed."""
+    required = sum(1 for _, req in terms if req)
+    optional = len(terms) - required
+    if share >= 1.0 or optional < 3:
+        return len(terms)
+    return required + max(1, math.ceil(share * optional - 1e-9))
 
 
 def _marks(highlighted: str) -> tuple[str, list[tuple[int, int]]]:
@@ -337,32 +359,68 @@ def _reader(index_dir: Path) -> Iterator[sqlite3.Connection]:
 
 
 def search_words(index_dir: Path, text: str, sources: Iterable[str], limit: int = 200,
-                 videos: set[str] | None = None) -> list[WordHit]:
-    """Rows whose words match `text` (see `match_expression`), from `sources`, best BM25 first;
-    only those of `videos` when given."""
-    expression = match_expression(text)
+                 videos: set[str] | None = None, share: float = 1.0) -> list[WordHit]:
+    """Rows whose words match `text` (see `query_terms`), from `sources`: those that hold every
+    word first, best BM25 first; then, where `share` < 1 lets a long query match in part
+    (`words_needed`), rows that hold most of its words, the most words first, each hit naming
+    the words it lacks (`missing`); only those of `videos` when given. A hit's score orders them
+    so (see WordHit): BM25 alone is near 0 in a small collection (every word is common there)."""
+    terms = query_terms(text)
+    needed = words_needed(terms, share)
     sources = tuple(sources)
     marks = "?, " * len(sources)
-    sql = (f"SELECT cues.video_id, videos.path, cues.start, cues.\"end\", highlight(fts, 0, ?, ?), cues.source, "
-           f"cues.language, cues.scene_id, cues.scene_index, bm25(fts), cues.box FROM fts "
+    fetch = limit * 8 if videos is not None else limit
+    sql = (f"SELECT fts.rowid, cues.video_id, videos.path, cues.start, cues.\"end\", highlight(fts, 0, ?, ?), "
+           f"cues.source, cues.language, cues.scene_id, cues.scene_index, bm25(fts), cues.box FROM fts "
            f"JOIN cues ON cues.id = fts.rowid JOIN videos ON videos.video_id = cues.video_id "
            f"WHERE fts MATCH ? AND cues.source IN ({marks.rstrip(', ')}) ORDER BY bm25(fts) LIMIT ?")
-    out: list[WordHit] = []
+    required = [t for t, req in terms if req]
+    optional = [t for t, req in terms if not req]
     with _reader(index_dir) as db:
         try:
-            rows = db.execute(sql, (_OPEN, _CLOSE, expression, *sources, limit * 8 if videos is not None else limit))
-            fetched = rows.fetchall()
+            fetched = db.execute(sql, (_OPEN, _CLOSE, " AND ".join(t for t, _ in terms), *sources, fetch)).fetchall()
+            held = {row[0]: len(terms) for row in fetched}
+            lacks: dict[int, list[str]] = {}
+            if needed < len(terms):  # rows that hold enough of the words, not all
+                loose = " AND ".join([*required, "(" + " OR ".join(optional) + ")"])
+                more = [r for r in db.execute(sql, (_OPEN, _CLOSE, loose, *sources, max(fetch * 20, 2000))).fetchall()
+                        if r[0] not in held]
+                has = _terms_held(db, optional, [r[0] for r in more])
+                more = [r for r in more if len(required) + len(has.get(r[0], ())) >= needed]
+                held.update({r[0]: len(required) + len(has.get(r[0], ())) for r in more})
+                lacks = {r[0]: [_shown(t) for t in optional if t not in has.get(r[0], set())] for r in more}
+                fetched += sorted(more, key=lambda r: (-held[r[0]], r[10]))
         except sqlite3.OperationalError as exc:
             raise UsageError(f"cannot search the words for {text!r}: {exc}") from None
-    for vid, path, start, end, highlighted, source, language, sid, sindex, bm25, box in fetched:
+    out: list[WordHit] = []
+    for rowid, vid, path, start, end, highlighted, source, language, sid, sindex, bm25, box in fetched:
         if videos is not None and vid not in videos:
             continue
         plain, found = _marks(highlighted)
-        out.append(WordHit(vid, _path_text(path), start, end, plain, source, language, sid, sindex, -float(bm25), found,
-                           json.loads(box) if box else None))
+        relevance = max(0.0, -float(bm25))
+        hit = WordHit(vid, _path_text(path), start, end, plain, source, language, sid, sindex,
+                      held[rowid] + relevance / (1.0 + relevance), found, json.loads(box) if box else None,
+                      lacks.get(rowid, []))
+        out.append(hit)
         if len(out) >= limit:
             break
     return out
+
+
+def _terms_held(db: sqlite3.Connection, terms: list[str], rowids: list[int]) -> dict[int, set[str]]:
+    """For each of `rowids`, which of `terms` its row holds."""
+    held: dict[int, set[str]] = {}
+    ids = json.dumps(rowids)
+    for term in terms if rowids else []:
+        for (rowid,) in db.execute("SELECT rowid FROM fts WHERE fts MATCH ? AND rowid IN (SELECT value FROM json_each(?))",
+                                   (term, ids)):
+            held.setdefault(rowid, set()).add(term)
+    return held
+
+
+def _shown(term: str) -> str:
+    """An FTS5 term as the user wrote it: `"birth" *` -> `birth*`."""
+    return term.replace(" *", "*").replace('"', "")
 
 
 def words_between(index_dir: Path, video_id: str, start: float | None = None, end: float | None = None,
