@@ -572,7 +572,8 @@ def _print_hits(hits: list[Any]) -> None:
         print(f"{h.rank:>3}  {h.score:6.3f}  {format_time(h.start):>12}  {format_time(h.end):>12}  "
               f"{format_time(h.best_time):>12}  {h.path}")
         for d in getattr(h, "said", []) + getattr(h, "shown", []):
-            print(f"{'':>5}{'said' if d in h.said else 'shown'} {format_time(float(d['start']))}: {d['text']}")
+            lacks = f"  (without: {', '.join(d['missing'])})" if d.get("missing") else ""
+            print(f"{'':>5}{'said' if d in h.said else 'shown'} {format_time(float(d['start']))}: {d['text']}{lacks}")
 
 
 @app.command()

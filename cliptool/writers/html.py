@@ -83,6 +83,12 @@ def marked(text: str, marks: Sequence[Sequence[int]]) -> str:
     return "".join(out)
 
 
+def _lacks(d: dict[str, object]) -> str:
+    """A partial match's words that were not heard or read there."""
+    missing = d.get("missing") or []
+    return f' <span class="lacks">(without: {_e(", ".join(map(str, missing)))})</span>' if missing else ""  # type: ignore[call-overload]
+
+
 def _words(hit: Hit, url: str) -> str:
     """The hit's matched words (said, then shown), each with its time linking there."""
     from cliptool.media.timecode import format_time
@@ -92,7 +98,7 @@ def _words(hit: Hit, url: str) -> str:
         for d in getattr(hit, kind, []):
             t = float(d["start"])  # type: ignore[arg-type]
             items.append(f'<li class="{kind}"><a class="t" href="{_e(url)}#t={t:.3f}">{format_time(t)}</a>'
-                         f'{kind}: {marked(str(d["text"]), d.get("marks", []))}</li>')  # type: ignore[arg-type]
+                         f'{kind}: {marked(str(d["text"]), d.get("marks", []))}{_lacks(d)}</li>')  # type: ignore[arg-type]
     return f'<ul class="words">{"".join(items)}</ul>' if items else ""
 
 

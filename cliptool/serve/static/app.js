@@ -305,8 +305,10 @@
     const items = [...(hit.said || []).map((w) => ["said", w]), ...(hit.shown || []).map((w) => ["shown", w])];
     const list = el("ul", { class: "words" });
     for (const [kind, w] of items.slice(0, 4)) {
-      list.append(el("li", { class: kind, title: `${kind} at ${fmt(w.start)}: ${w.text}` },
-        el("span", { class: "t", text: fmt(w.start) }), marked(w.text, w.marks)));
+      const lacks = (w.missing || []).length ? ` (without: ${w.missing.join(", ")})` : "";
+      list.append(el("li", { class: kind, title: `${kind} at ${fmt(w.start)}: ${w.text}${lacks}` },
+        el("span", { class: "t", text: fmt(w.start) }), marked(w.text, w.marks),
+        ...(lacks ? [el("span", { class: "lacks", text: lacks })] : [])));
     }
     list.hidden = !items.length;
     return list;
