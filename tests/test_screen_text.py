@@ -93,3 +93,28 @@ def test_a_missing_language_is_one_line(word_clip) -> None:
     with pytest.raises(ModelUnavailableError) as err:
         read_screen_text(with_text, languages="eng+xyz")
     assert "xyz" in str(err.value) and "tesseract-ocr-xyz" in str(err.value) and "\n" not in str(err.value)
+
+
+@needs_tesseract
+def test_a_picture_pass_reads_the_screen_as_it_decodes(word_clip) -> None:
+    """The index run's way: frames offered to a ScreenTap as the picture pass decodes them are
+    read every half second beside it, each word spanning the times it was seen."""
+    from cliptool.analysis.words.extract import ScreenTap
+    from cliptool.config import IndexOptions
+    from cliptool.media.decode import VideoReader
+
+    clip, _ = word_clip
+    told = []
+    tap = ScreenTap(IndexOptions(words="screen"), progress=lambda: told.append(1))
+    with VideoReader(clip.path) as reader:
+        for frame in reader.frames():
+            tap.offer(frame)
+    words = tap.finish()
+    assert sorted(w.text for w in words) == sorted(s.text for s in clip.shown)
+    for shown in clip.shown:
+        w = next(w for w in words if w.text == shown.text)
+        assert shown.start - 0.3 <= w.start <= w.end <= shown.end + 0.3, (w, shown)
+    tap.abort()  # after finish: nothing left to stop
+    stopped = ScreenTap(IndexOptions(words="screen"))
+    stopped.abort()  # a failed pass: the reader ends without a frame
+    assert stopped.finish() == []

@@ -180,7 +180,7 @@ class _Embedder:
 
 def analyse_video(
     path: Path, model: ClipModel, options: IndexOptions, on_frame: Callable[[float], None] | None = None,
-    tap: FrameTap | None = None, known: KnownScenes | None = None,
+    tap: FrameTap | None = None, known: KnownScenes | None = None, watch: Callable[[Frame], None] | None = None,
 ) -> AnalysedVideo:
     """One sequential decode pass: detect shots, pick sample frames, embed them.
 
@@ -189,7 +189,8 @@ def analyse_video(
     is decoded fully, since the tap's pictures are for people. Without it, non-reference frames
     are decoded without deblocking except at fp32, the exact path (embeddings' cosine to fully
     decoded frames' is 0.99999 or more). With `known`, its scenes replace the detector and the
-    windows, and its sample vectors are used as they are.
+    windows, and its sample vectors are used as they are. `watch` sees every decoded frame, in
+    order (the screen text reader takes some).
     """
     skip_deblocking = tap is None and model.precision != "fp32"
     with VideoReader(path, skip_deblocking=skip_deblocking) as reader, _DecodeAhead(reader.frames()) as frames:
@@ -229,6 +230,8 @@ def analyse_video(
                         cutter.add_extra(frame)  # type: ignore[union-attr]
                 if tap is not None and tap.wants(frame):
                     embedder.add([frame], samples=False)
+                if watch is not None:
+                    watch(frame)
                 last_step = frame.time - last_time if count else 0.0
                 last_time = frame.time
                 count += 1

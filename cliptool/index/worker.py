@@ -166,10 +166,17 @@ def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model:
         st = path.stat()  # as it is now: it may have been replaced since the run began
         with watchdog.file(path, st):
             fingerprint = file_fingerprint(path)
-            analysed = analyse_video(path, model, options, on_frame=frame_decoded)
+            screen = screen_tap(options, watchdog.progress)
+            try:
+                analysed = analyse_video(path, model, options, on_frame=frame_decoded,
+                                         watch=screen.offer if screen is not None else None)
+            except BaseException:
+                if screen is not None:
+                    screen.abort()
+                raise
             words, key, words_error = file_words(path, options, [t for s in analysed.scenes for t in s.sample_times],
                                                  duration=analysed.scenes[-1].end_time if analysed.scenes else None,
-                                                 progress=watchdog.progress)
+                                                 progress=watchdog.progress, screen=screen)
     except KeyboardInterrupt:
         raise
     except ModelLoadError as exc:  # the model, not this file: the run cannot go on
@@ -180,22 +187,33 @@ def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model:
     return FileResult(path, st, old, fingerprint, analysed, words=words, words_key=key, words_error=words_error)
 
 
+def screen_tap(options: IndexOptions, progress: Callable[[], None] | None = None) -> Any:
+    """A reader of screen text for the picture pass when `--words` asks for it (else None)."""
+    from cliptool.analysis.words.extract import ScreenTap, sources_of
+
+    return ScreenTap(options, progress=progress) if "screen" in sources_of(options) else None
+
+
 def file_words(path: Path, options: IndexOptions, sample_times: list[float],
                names: list[str] | None = None, duration: float | None = None,
-               progress: Callable[[], None] | None = None) -> tuple[list[Any] | None, str, str | None]:
+               progress: Callable[[], None] | None = None, screen: Any = None) -> tuple[list[Any] | None, str, str | None]:
     """A video's words as the store keeps them, what they were made from, and why they could
-    not be read (then None, "": the next run tries again); a failure never fails the video."""
+    not be read (then None, "": the next run tries again); a failure never fails the video.
+    screen: the ScreenTap that read the picture pass's frames (`screen_tap`), if any."""
     from cliptool.analysis.words.extract import read_words, words_key
 
     key = words_key(path, options, names)  # before reading: a sidecar changed meanwhile is read again next run
     notes: list[str] = []
     try:
         words = read_words(path, options, sample_times, report=notes.append, names=names, duration=duration,
-                           progress=progress)
+                           progress=progress, screen=screen)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - an engine's fault on one file must not lose its pictures
         return None, "", f"{type(exc).__name__}: {one_line(exc)}"
+    finally:
+        if screen is not None:
+            screen.abort()  # ends its thread if speech failed before it was finished (no-op after)
     return [w.to_json() for w in words], key, "; ".join(notes) or None
 
 

@@ -21,6 +21,7 @@ WORD_SOURCES = ("subtitles", "speech", "screen")  # --words, in this order
 SPEECH_ENGINES = ("pocketsphinx", "whisper")
 SCREEN_MERGE_GAP = 1.5  # s: a screen word seen again within this of its last sighting continues its span
 SCREEN_STEP = 1.0  # s: screen text is read at the scenes' samples and at least this often (a title held 1 s is seen)
+SCREEN_PASS_STEP = 0.5  # s: read this often from the frames the picture pass decodes (no samples known there)
 
 Reporter = Callable[[str], None]
 
@@ -55,7 +56,7 @@ def words_key(video: Path, options: IndexOptions, names: Iterable[str] | None = 
     if "speech" in sources:
         key.update(speech_engine=options.speech_engine, speech_model=options.speech_model, language=options.language)
     if "screen" in sources:
-        key.update(screen_language=options.language, screen_step=SCREEN_STEP)
+        key.update(screen_language=options.language, screen_step=SCREEN_PASS_STEP)
     if "subtitles" in sources:
         key["sidecars"] = sidecar_fingerprint(video, names)
     return json.dumps(key, sort_keys=True, separators=(",", ":"))
@@ -90,11 +91,13 @@ def _engine(module: str, name: str) -> Callable[..., Any]:
 
 def read_words(video: Path, options: IndexOptions, sample_times: Sequence[float] = (),
                report: Reporter | None = None, names: Iterable[str] | None = None,
-               duration: float | None = None, progress: Callable[[], None] | None = None) -> list[Word]:
+               duration: float | None = None, progress: Callable[[], None] | None = None,
+               screen: ScreenTap | None = None) -> list[Word]:
     """Every word of a video from the sources `options.words` names, by start time.
-    sample_times: the scenes' samples; screen text is read there and every SCREEN_STEP s up
-    to `duration` (`screen_times`). progress: called as speech is recognised and frames are
-    read (an index run's watchdog: no decoded frame comes while words are read)."""
+    screen: the tap that read the screen text from the picture pass's frames; without it,
+    the video is decoded again and read at sample_times (the scenes' samples) and every
+    SCREEN_STEP s up to `duration` (`screen_times`). progress: called as speech is recognised
+    and frames are read (an index run's watchdog: no decoded frame comes while words are read)."""
     sources = sources_of(options)
     words: list[Word] = []
     if "subtitles" in sources:
@@ -105,6 +108,9 @@ def read_words(video: Path, options: IndexOptions, sample_times: Sequence[float]
         transcribe = _engine("speech", "transcribe")
         words += transcribe(video, engine=options.speech_engine, model=options.speech_model, language=options.language,
                             progress=progress)
+    if screen is not None:
+        words += screen.finish()
+        return sorted(words, key=lambda w: (w.start, w.end, w.source))
     times = screen_times(sample_times, duration) if "screen" in sources else []
     if times:
         read_screen_text = _engine("screen", "read_screen_text")
@@ -114,6 +120,92 @@ def read_words(video: Path, options: IndexOptions, sample_times: Sequence[float]
         seen = read_screen_text(frames, **({"languages": ocr_languages(options.language)} if options.language else {}))
         words += merge_screen_words(seen, times)
     return sorted(words, key=lambda w: (w.start, w.end, w.source))
+
+
+class ScreenTap:
+    """Reads the text on screen from the frames a picture pass decodes anyway (`offer` each one,
+    in order), every SCREEN_PASS_STEP s, on a thread beside the pass (the detector and tesseract
+    release the GIL), so a video is decoded once for both. A bounded queue holds a few frames:
+    a pass that outruns the reading waits for it."""
+
+    def __init__(self, options: IndexOptions, step: float = SCREEN_PASS_STEP,
+                 progress: Callable[[], None] | None = None) -> None:
+        import queue
+        import threading
+
+        self._read = _engine("screen", "read_screen_text")
+        self._languages = {"languages": ocr_languages(options.language)} if options.language else {}
+        self._step = step
+        self._progress = progress  # told while the pass waits for the reader (an index run's watchdog)
+        self._next = step / 2
+        self._times: list[float] = []
+        self._queue: queue.Queue[tuple[float, Any] | None] = queue.Queue(maxsize=4)
+        self._words: list[Word] = []
+        self._error: BaseException | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cliptool-screen-text", daemon=True)
+        self._thread.start()
+
+    def offer(self, frame: Any) -> None:
+        """A decoded frame (media.decode.Frame), in presentation order: read when its time is due."""
+        if frame.time < self._next or self._stopped.is_set():
+            return
+        from cliptool.media.decode import to_rgb
+
+        t = round(self._next, 3)
+        self._next = (int(frame.time / self._step - 0.5) + 1.5) * self._step  # the next grid time after this frame
+        self._times.append(t)
+        self._put((t, to_rgb(frame.av_frame)))
+
+    def _put(self, item: tuple[float, Any] | None) -> None:
+        import queue
+
+        while not self._stopped.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self._progress is not None:
+                    self._progress()
+
+    def _frames(self) -> Iterable[tuple[float, Any]]:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            yield item
+
+    def _run(self) -> None:
+        try:
+            self._words = self._read(self._frames(), **self._languages)
+        except BaseException as exc:  # noqa: BLE001 - handed to finish(), on the caller's thread
+            self._error = exc
+        finally:
+            self._stopped.set()
+
+    def finish(self) -> list[Word]:
+        """The words read, merged across frames (`merge_screen_words`), once the rest is read
+        (progress told while waiting). The reader's error is raised here."""
+        self._put(None)
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.2)
+            if self._progress is not None:
+                self._progress()
+        if self._error is not None:
+            raise self._error
+        return merge_screen_words(self._words, self._times)
+
+    def abort(self) -> None:
+        """Stops reading (a failed pass): the thread ends after the frame in hand."""
+        self._stopped.set()
+        import queue
+
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        self._queue.put_nowait(None)
 
 
 def screen_times(sample_times: Sequence[float], duration: float | None = None,
@@ -203,5 +295,5 @@ def _span(run: list[Word]) -> Word:
                 max(confidences) if confidences else None)
 
 
-__all__ = ["SPEECH_ENGINES", "WORD_SOURCES", "check_engines", "frames_at", "merge_screen_words", "ocr_languages",
+__all__ = ["SPEECH_ENGINES", "WORD_SOURCES", "ScreenTap", "check_engines", "frames_at", "merge_screen_words", "ocr_languages",
            "parse_words_option", "read_words", "screen_times", "sources_of", "words_key"]
