@@ -584,7 +584,7 @@ def _local_results(todo: Todo, model: ClipModel, options: IndexOptions, watchdog
     """The plan's files analysed one after another in this process."""
     for path, st, old in todo:
         bar.start(path)
-        yield analyse_file(path, st, old, model, options, watchdog, on_frame=bar.at)
+        yield analyse_file(path, st, old, model, options, watchdog, on_frame=bar.at, on_note=bar.note)
 
 
 def _commit_result(result: FileResult, index_dir: Path, identity: str, settings: str, summary: IndexSummary,

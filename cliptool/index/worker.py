@@ -152,9 +152,11 @@ class FileResult:
 
 
 def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model: ClipModel, options: IndexOptions,
-                 watchdog: Watchdog, on_frame: Callable[[float], None] | None = None) -> FileResult:
+                 watchdog: Watchdog, on_frame: Callable[[float], None] | None = None,
+                 on_note: Callable[[str], None] | None = None) -> FileResult:
     """Reads one file of the plan: its stat and fingerprint now, then one analysis pass (timed
-    by `watchdog`, and told each decoded frame's time through `on_frame`); any failure of the
+    by `watchdog`, and told each decoded frame's time through `on_frame`), then its words
+    (`on_note` says so: the progress bar waits at the video's end meanwhile); any failure of the
     file becomes the result's error. The local loop and each Ray worker run this."""
 
     def frame_decoded(t: float) -> None:
@@ -174,6 +176,8 @@ def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model:
                 if screen is not None:
                     screen.abort()
                 raise
+            if on_note is not None and options.words not in ("", "subtitles"):
+                on_note(f"{path.name[-30:]}: reading its words")
             words, key, words_error = file_words(path, options, [t for s in analysed.scenes for t in s.sample_times],
                                                  duration=analysed.scenes[-1].end_time if analysed.scenes else None,
                                                  progress=watchdog.progress, screen=screen)
