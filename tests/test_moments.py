@@ -60,6 +60,25 @@ def test_change_sampler_takes_what_appears_not_noise_or_slow_pans() -> None:
     assert len([t for t in taken if not 4.0 <= t <= 4.6]) <= 2, taken  # the pan alone costs (almost) nothing
 
 
+@pytest.mark.parametrize("whole", [True, False])
+def test_change_sampler_sees_the_whole_frame_as_the_views_do(whole: bool) -> None:
+    """A square in the left fifth of a 16:9 frame, or the top fifth of a 9:16 one, is a change
+    when the views see the whole frame (the default), and outside what the centre square sees."""
+    rng = np.random.default_rng(2)
+    for w, h, box in ((320, 180, (10, 70, 50, 110)), (180, 320, (70, 10, 110, 50))):
+        scene = cv2.resize(rng.uniform(70, 180, (6, 8, 3)), (w, h), interpolation=cv2.INTER_CUBIC)
+        sampler = ChangeSampler(whole=whole)
+        taken = []
+        for i in range(100):  # 4 s, the square on screen from 2.0 to 2.5 s
+            t = i / 25
+            frame = _noise(rng, scene)
+            if 2.0 <= t < 2.5:
+                cv2.rectangle(frame, box[:2], box[2:], (0, 0, 255), -1)
+            if sampler.offer(t, frame):
+                taken.append(t)
+        assert any(2.0 <= t < 2.1 for t in taken) == whole, (w, h, taken)
+
+
 def test_change_sampler_rate_is_bounded() -> None:
     rng = np.random.default_rng(1)
     sampler = ChangeSampler(min_gap=0.3, mean_gap=2.0, burst=4)

@@ -206,7 +206,7 @@ def analyse_video(
             cutter = SceneCutter(options.max_scene_seconds, options.samples_per_scene, frame_bytes)
             if options.change_threshold > 0:
                 changes = ChangeSampler(options.change_threshold, options.change_min_gap, options.change_mean_gap,
-                                        options.change_burst)
+                                        options.change_burst, whole=options.views != "centre")
         else:
             cutter = KnownCutter(known.scenes)
         embedder = _Embedder(model, options.batch_size, frame_bytes, tap, known.vectors if known else {},

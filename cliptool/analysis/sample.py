@@ -50,10 +50,12 @@ def sample_positions(start: int, end: int, count: int) -> list[int]:
 class ChangeSampler:
     """Picks extra sample frames where the picture changes: samples that follow the content.
 
-    It looks at the small frames shot detection already makes, and only at their centre square,
-    which is what CLIP sees after its centre crop. Each is reduced to a 16x16 grid of cell
-    averages (its signature). A frame is sampled when enough of the grid (`threshold`, a
-    fraction of the cells) differs visibly (by more than `cell_delta` of 255 in a channel) from
+    It looks at the small frames shot detection already makes: the whole frame, squeezed, as
+    the default views see it (`whole`), or only its centre square, which is what the image
+    tower sees with `--views centre`. Each is reduced to a 16x16 grid of cell averages (its
+    signature). A frame is sampled when enough of the grid (`threshold`, a fraction of the
+    cells; for the whole of a frame wider or taller than 3:2, times 1.5 x its short side over its
+    long side, so that a thing of a given size counts about as it does in a square) differs visibly (by more than `cell_delta` of 255 in a channel) from
     the signature of the last sample, at the same cell and at each of its neighbours (so what
     moved by less than a cell does not count), and then it becomes the reference. The rate is bounded:
     never within `min_gap` seconds of the last sample, and a token bucket allows on average
@@ -66,8 +68,10 @@ class ChangeSampler:
     """
 
     def __init__(self, threshold: float = 0.02, min_gap: float = 0.3, mean_gap: float = 5.0, burst: int = 4,
-                 cell_delta: float = 25.0, global_change: float = 0.5, grid: int = 16, strong: float = 3.0) -> None:
+                 cell_delta: float = 25.0, global_change: float = 0.5, grid: int = 16, strong: float = 3.0,
+                 whole: bool = True) -> None:
         self.grid = grid
+        self.whole = whole
         self.strong = strong
         self.threshold = threshold
         self.min_gap = min_gap
@@ -84,11 +88,12 @@ class ChangeSampler:
     def signature(self, small: np.ndarray) -> np.ndarray:
         import cv2
 
-        h, w = small.shape[:2]
-        side = min(h, w)
-        y, x = (h - side) // 2, (w - side) // 2
-        return cv2.resize(small[y:y + side, x:x + side], (self.grid, self.grid),
-                          interpolation=cv2.INTER_AREA).astype(np.int16)
+        if not self.whole:
+            h, w = small.shape[:2]
+            side = min(h, w)
+            y, x = (h - side) // 2, (w - side) // 2
+            small = small[y:y + side, x:x + side]
+        return cv2.resize(small, (self.grid, self.grid), interpolation=cv2.INTER_AREA).astype(np.int16)
 
     def changed(self, sig: np.ndarray) -> float:
         """The fraction of cells that differ visibly from the reference cell at the same place
@@ -107,9 +112,15 @@ class ChangeSampler:
 
     def offer(self, time: float, small: np.ndarray) -> bool:
         """Called for each frame in decode order with its small BGR copy; sample it?"""
-        return self.offer_signature(time, self.signature(small))
+        h, w = small.shape[:2]
+        # the whole of a wide or tall frame: a thing of a given size (against the short side) is a
+        # smaller share of it than of the centre square, by the frame's aspect (frames up to 3:2
+        # count as square: a slow pan over a 4:3 frame would pass the lower bar)
+        scale = min(1.0, 1.5 * min(h, w) / max(h, w, 1)) if self.whole else 1.0
+        return self.offer_signature(time, self.signature(small), scale)
 
-    def offer_signature(self, time: float, sig: np.ndarray) -> bool:
+    def offer_signature(self, time: float, sig: np.ndarray, scale: float = 1.0) -> bool:
+        """`offer` for a signature made already; `scale` multiplies the threshold."""
         if self._clock is not None and self.mean_gap > 0:
             self._tokens = min(float(self.burst), self._tokens + max(0.0, time - self._clock) / self.mean_gap)
         self._clock = time
@@ -122,8 +133,9 @@ class ChangeSampler:
             return False
         # a strong change (something appeared) may borrow up to a burst's worth of tokens, paid
         # back by later refills: the long-run rate stays one per mean_gap
-        floor = 1.0 - self.burst if change >= self.strong * self.threshold else 1.0
-        if change < self.threshold or time - self._last < self.min_gap - _TIME_EPS or self._tokens < floor:
+        threshold = self.threshold * scale
+        floor = 1.0 - self.burst if change >= self.strong * threshold else 1.0
+        if change < threshold or time - self._last < self.min_gap - _TIME_EPS or self._tokens < floor:
             return False
         self._ref = sig
         self._last = time

@@ -867,7 +867,7 @@ def add_int8_variant(folder: str | os.PathLike) -> dict[str, Any]:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    quantize_dynamic(work / MODEL_FILE, work / "int8.onnx", per_channel=True,
+                    quantize_dynamic(work / MODEL_FILE, work / "int8.onnx", per_channel=True, reduce_range=True,
                                      weight_type=QuantType.QInt8, use_external_data_format=True,
                                      op_types_to_quantize=["MatMul"],  # token tables too cost accuracy, no time
                                      extra_options={"MatMulConstBOnly": True,
