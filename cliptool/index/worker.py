@@ -50,6 +50,7 @@ class Watchdog:
         self._path: Path | None = None
         self._stat: os.stat_result | None = None
         self._last = 0.0
+        self._grace = 0.0  # s more an engine said one call may take (working)
         self._fired: int | None = None
         self._fired_at = 0.0
         self._stop = threading.Event()
@@ -75,6 +76,7 @@ class Watchdog:
         with self._lock:
             self._token += 1
             self._path, self._stat, self._last, self._fired = path, st, time.monotonic(), None
+            self._grace = 0.0
         try:
             yield
         finally:
@@ -84,6 +86,13 @@ class Watchdog:
 
     def progress(self, _t: float = 0.0) -> None:
         self._last = time.monotonic()
+        self._grace = 0.0
+
+    def working(self, grace: float = 0.0) -> None:
+        """Progress, from an engine about to spend up to `grace` s more in one call that cannot
+        report (a recogniser on one utterance): the limit counts from after that."""
+        self._last = time.monotonic()
+        self._grace = max(0.0, grace)
 
     def _on_alarm(self, signum: int, frame: Any) -> None:
         with self._lock:
@@ -97,7 +106,7 @@ class Watchdog:
                 if self._path is None:
                     continue
                 now = time.monotonic()
-                if self._fired is None and now - self._last > self.limit:
+                if self._fired is None and now - self._last > self.limit + self._grace:
                     self._fired, self._fired_at = self._token, now
                     send = True
                 elif self._fired == self._token and now - self._fired_at > HARD_TIMEOUT_GRACE:
@@ -180,7 +189,7 @@ def analyse_file(path: Path, st: os.stat_result, old: VideoRecord | None, model:
                 on_note(f"{path.name[-30:]}: reading its words")
             words, key, words_error = file_words(path, options, [t for s in analysed.scenes for t in s.sample_times],
                                                  duration=analysed.scenes[-1].end_time if analysed.scenes else None,
-                                                 progress=watchdog.progress, screen=screen)
+                                                 progress=watchdog.working, screen=screen)
     except KeyboardInterrupt:
         raise
     except ModelLoadError as exc:  # the model, not this file: the run cannot go on

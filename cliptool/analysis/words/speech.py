@@ -23,6 +23,7 @@ from cliptool.analysis.words.vad import voiced_regions
 from cliptool.errors import ModelUnavailableError, UsageError, one_line
 
 ENGINES = ("pocketsphinx", "whisper")
+UTTERANCE_GRACE = 2.0  # s of recognition a second of audio may take before --file-timeout counts
 LONG_S = 30  # s: a voiced region longer than this goes to pocketsphinx in pieces of CHUNK_S
 CHUNK_S = 5
 WHISPER_DEFAULT = "base"  # faster-whisper's name; about 145 MB, near real time on a laptop CPU
@@ -37,13 +38,14 @@ _HUB_ADVICE = ("on a machine with network run `hf download {repo}` (or huggingfa
 
 
 def transcribe(path: Path, engine: str = "pocketsphinx", model: str | None = None, language: str | None = None,
-               *, vad: bool = True, progress: Callable[[], None] | None = None) -> list[Word]:
+               *, vad: bool = True, progress: Callable[..., None] | None = None) -> list[Word]:
     """The words spoken in `path`'s audio track, with their times (source "speech"); [] when the
     file has no audio track or nobody speaks. `model`: for pocketsphinx a folder holding an
     acoustic model (with its `*.lm.bin` or `*.lm` and `*.dict`), default the bundled US English
     one; for whisper a faster-whisper model name ("base", "small", ...) or a local folder.
     `vad=False` decodes the whole track (for measuring what the detector saves). `progress` is
-    called every few seconds of audio recognised (an index run's watchdog sees work going on).
+    called every few seconds of audio recognised (an index run's watchdog sees work going on),
+    and before each voiced region with the seconds its recognition may take (`progress(grace)`).
     Errors are one line (CliptoolError)."""
     if engine not in ENGINES:
         raise UsageError(f"unknown speech engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -55,6 +57,8 @@ def transcribe(path: Path, engine: str = "pocketsphinx", model: str | None = Non
     words: list[Word] = []
     for start, end in regions:
         piece = samples[int(start * RATE):int(end * RATE)]
+        if progress is not None:  # one utterance is one call that cannot report: a grace for it
+            progress(UTTERANCE_GRACE * len(piece) / RATE + 1.0)
         words.extend(recogniser(piece, start, progress))
     return words
 
@@ -114,7 +118,7 @@ class _Sphinx:
         except Exception as exc:  # noqa: BLE001 - a bad model folder raises RuntimeError and kin
             raise ModelUnavailableError(f"pocketsphinx cannot load its model: {one_line(exc)}") from None
 
-    def __call__(self, samples: np.ndarray, offset: float, progress: Callable[[], None] | None = None) -> list[Word]:
+    def __call__(self, samples: np.ndarray, offset: float, progress: Callable[..., None] | None = None) -> list[Word]:
         d = self.decoder
         d.start_utt()
         if len(samples) <= LONG_S * RATE:  # whole: the utterance's own cepstral mean (the best reading)
@@ -123,9 +127,9 @@ class _Sphinx:
             for a in range(0, len(samples), CHUNK_S * RATE):
                 d.process_raw(to_pcm16(samples[a:a + CHUNK_S * RATE]), False, False)
                 if progress is not None:
-                    progress()
-        if progress is not None:
-            progress()
+                    progress(UTTERANCE_GRACE * CHUNK_S + 1.0)
+        if progress is not None:  # the second passes over the whole utterance are one call too
+            progress(UTTERANCE_GRACE * len(samples) / RATE + 1.0)
         d.end_utt()
         if d.hyp() is None:
             return []
@@ -172,7 +176,7 @@ class _Whisper:
         except Exception as exc:  # noqa: BLE001 - CTranslate2 raises RuntimeError for a bad folder
             raise ModelUnavailableError(f"cannot load the whisper model in {folder}: {one_line(exc)}") from None
 
-    def __call__(self, samples: np.ndarray, offset: float, progress: Callable[[], None] | None = None) -> list[Word]:
+    def __call__(self, samples: np.ndarray, offset: float, progress: Callable[..., None] | None = None) -> list[Word]:
         segments, info = self.model.transcribe(samples.astype(np.float32), language=self.language,
                                                word_timestamps=True, vad_filter=False, beam_size=1,
                                                condition_on_previous_text=False)
@@ -180,8 +184,8 @@ class _Whisper:
         last = offset + len(samples) / RATE  # Whisper sees 30 s windows: keep its times inside the region
         out = []
         for seg in segments:
-            if progress is not None:
-                progress()
+            if progress is not None:  # the next segment may be a window of up to 30 s decoded in one call
+                progress(UTTERANCE_GRACE * min(30.0, len(samples) / RATE) + 1.0)
             for w in seg.words or []:
                 text = w.word.strip()
                 if text:
