@@ -96,7 +96,7 @@ def read_words(video: Path, options: IndexOptions, sample_times: Sequence[float]
     """Every word of a video from the sources `options.words` names, by start time.
     screen: the tap that read the screen text from the picture pass's frames; without it,
     the video is decoded again and read at sample_times (the scenes' samples) and every
-    SCREEN_STEP s up to `duration` (`screen_times`). progress: called as speech is recognised
+    SCREEN_PASS_STEP s up to `duration` (`screen_times`), the grid `words_key` records. progress: called as speech is recognised
     and frames are read (an index run's watchdog: no decoded frame comes while words are read)."""
     sources = sources_of(options)
     words: list[Word] = []
@@ -111,7 +111,7 @@ def read_words(video: Path, options: IndexOptions, sample_times: Sequence[float]
     if screen is not None:
         words += screen.finish()
         return sorted(words, key=lambda w: (w.start, w.end, w.source))
-    times = screen_times(sample_times, duration) if "screen" in sources else []
+    times = screen_times(sample_times, duration, SCREEN_PASS_STEP) if "screen" in sources else []  # the grid words_key records
     if times:
         read_screen_text = _engine("screen", "read_screen_text")
         frames = frames_at(video, times)
