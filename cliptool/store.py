@@ -202,7 +202,7 @@ class _Verified:
 
         try:
             return self._raw.get(key, default, verify_checksums=True)
-        except plyvel.CorruptionError as exc:
+        except (plyvel.CorruptionError, plyvel.IOError) as exc:  # (a table cut short reads as an IOError)
             raise self.damaged(exc) from None
 
     def iterator(self, **options: Any) -> _VerifiedIterator:
@@ -225,7 +225,7 @@ class _VerifiedIterator:
 
         try:
             return next(self._it)
-        except plyvel.CorruptionError as exc:
+        except (plyvel.CorruptionError, plyvel.IOError) as exc:  # (a table cut short reads as an IOError)
             raise self._db.damaged(exc) from None
 
     def seek(self, target: bytes) -> None:
@@ -246,7 +246,7 @@ def store_damage(root: Path, lock_timeout: float = 30.0) -> dict[str, str]:
     found: dict[str, str] = {}
     for name in STORE_NAMES:
         path = Path(root) / f"{name}.ldb"
-        unreadable = _unreadable_tables(path)  # (LevelDB would trust their footers' sizes and abort)
+        unreadable = _unreadable_tables(path, live_only=True)  # (LevelDB would trust their sizes and abort)
         if unreadable:
             found[name] = f"{', '.join(unreadable)}: its footer or index fails its checksum"
             continue
@@ -269,9 +269,12 @@ def store_damage(root: Path, lock_timeout: float = 30.0) -> dict[str, str]:
     return found
 
 
-def _unreadable_tables(path: Path) -> list[str]:
-    """The tables of a store whose footer or index block is damaged (checked here, in Python)."""
-    return sorted(table.name for table in path.glob("*.ldb") if _table_damage(table))
+def _unreadable_tables(path: Path, live_only: bool = False) -> list[str]:
+    """The tables of a store whose footer or index block is damaged (checked here, in Python);
+    with `live_only`, only those its MANIFEST lists (a table a killed compaction left half
+    written is no part of the store, and LevelDB deletes it at the next open)."""
+    tables = _live_tables(path) if live_only else sorted(path.glob("*.ldb"))
+    return sorted(table.name for table in tables if _table_damage(table))
 
 
 def _damaged_tables(path: Path) -> list[str]:
@@ -284,7 +287,7 @@ def _damaged_tables(path: Path) -> list[str]:
 
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}-verify-", dir=path.parent))
     try:
-        for table in path.glob("*.ldb"):
+        for table in _live_tables(path):
             try:
                 os.link(table, work / table.name)
             except FileNotFoundError:
@@ -298,6 +301,89 @@ def _damaged_tables(path: Path) -> list[str]:
         return [f"({_error_text(exc)})"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _live_tables(path: Path) -> list[Path]:
+    """The tables a store's current MANIFEST lists (files added, less files deleted); every
+    table in the folder when the MANIFEST cannot be read (the paranoid open then says why)."""
+    everything = sorted(path.glob("*.ldb"))
+    try:
+        manifest = (path / (path / "CURRENT").read_text().strip()).read_bytes()
+        live = _manifest_tables(manifest)
+    except (OSError, ValueError, IndexError):
+        return everything
+    return [table for table in everything if table.name in live]
+
+
+def _manifest_tables(manifest: bytes) -> set[str]:
+    """The table names a LevelDB MANIFEST (a log of version edits) leaves live. A record cut
+    short at the end (a writer killed while appending) ends the log, as in LevelDB's recovery;
+    a record that fails its checksum or an unknown tag raises ValueError."""
+    live: set[str] = set()
+    for edit in _log_records(manifest):
+        at = 0
+        while at < len(edit):
+            tag, at = _varint(edit, at)
+            if tag in (2, 3, 4, 9):  # log number, next file number, last sequence, previous log
+                _, at = _varint(edit, at)
+            elif tag == 1:  # comparator name
+                size, at = _varint(edit, at)
+                at += size
+            elif tag == 5:  # compaction pointer: level, key
+                _, at = _varint(edit, at)
+                size, at = _varint(edit, at)
+                at += size
+            elif tag == 6:  # deleted file: level, number
+                _, at = _varint(edit, at)
+                number, at = _varint(edit, at)
+                live.discard(f"{number:06d}.ldb")
+            elif tag == 7:  # new file: level, number, size, smallest key, largest key
+                _, at = _varint(edit, at)
+                number, at = _varint(edit, at)
+                _, at = _varint(edit, at)
+                for _key in range(2):
+                    size, at = _varint(edit, at)
+                    at += size
+                live.add(f"{number:06d}.ldb")
+            else:
+                raise ValueError(f"unknown MANIFEST tag {tag}")
+            if at > len(edit):
+                raise ValueError("a MANIFEST record is cut short")
+    return live
+
+
+def _log_records(data: bytes) -> list[bytes]:
+    """The records of a LevelDB log file (32 KiB blocks of fragments, each with a masked
+    CRC32C, a length and a type: full, first, middle or last)."""
+    records: list[bytes] = []
+    block, at, pending = 32768, 0, b""
+    while at + 7 <= len(data):
+        if block - at % block < 7:  # a block's trailer too short for a header is padding
+            at += block - at % block
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[at:at + 7])
+        if kind == 0 and length == 0:  # preallocated zeroes
+            at += block - at % block
+            continue
+        fragment = data[at + 7:at + 7 + length]
+        if len(fragment) < length:
+            break  # cut short at the end
+        rot = (crc - 0xA282EAD8) & 0xFFFFFFFF
+        if _crc32c(bytes([kind]) + fragment) != ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF:
+            raise ValueError("a MANIFEST record fails its checksum")
+        at += 7 + length
+        if kind == 1:
+            records.append(fragment)
+        elif kind == 2:
+            pending = fragment
+        elif kind == 3:
+            pending += fragment
+        elif kind == 4:
+            records.append(pending + fragment)
+            pending = b""
+        else:
+            raise ValueError(f"unknown log record type {kind}")
+    return records
 
 
 def _crc32c(data: bytes) -> int:

@@ -200,3 +200,31 @@ def test_a_damaged_thumbnail_is_made_again_and_said(built: tuple[Path, list[tupl
     assert "thumbnail" in capsys.readouterr().err
     again = thumbnails.make(copy, record, scene, 0)
     assert again.startswith(b"\xff\xd8") and thumbnails.verified(path.read_bytes()) == again
+
+
+def test_a_table_a_killed_compaction_left_half_written_is_no_damage(built: tuple[Path, list[tuple[str, float]]]) -> None:
+    """A writer killed while LevelDB writes a table (a compaction's output, not yet in the
+    MANIFEST) leaves a file that is no part of the store: `check` passes over it, a search
+    answers as before, and LevelDB deletes it at the next open. The same bytes under a name
+    the MANIFEST lists are damage."""
+    index_dir, baseline = built
+    copy = index_dir.parent / "half-written"
+    _copy(index_dir, copy)
+    store = copy / "embeddings.ldb"
+    tables = sorted(store.glob("*.ldb"))
+    newest = max(int(t.stem) for t in store.iterdir() if t.stem.isdigit())
+    half = store / f"{newest + 1:06d}.ldb"
+    half.write_bytes(tables[-1].read_bytes()[: tables[-1].stat().st_size // 2])
+    check = run_here(copy, "check")
+    assert check.returncode == 0 and check.stdout.rstrip().endswith("ok"), (check.stdout, check.stderr)
+    hits, _ = _hits(copy)
+    assert hits == baseline
+    assert not half.exists()  # deleted by LevelDB at the search's open
+
+    listed = tables[-1]  # still listed (the open wrote the store's log into a table of its own)
+    listed.unlink()
+    listed.write_bytes((index_dir / "embeddings.ldb" / listed.name).read_bytes()[: 1000])
+    check = run_here(copy, "check")
+    assert check.returncode == 1 and f"{listed.name}: its footer" in check.stdout, (check.stdout, check.stderr)
+    assert "Traceback" not in check.stderr
+    shutil.rmtree(copy)
