@@ -43,17 +43,20 @@ def _noise(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
     return np.clip(base + rng.normal(0, 3, base.shape), 0, 255).astype(np.uint8)
 
 
-def test_change_sampler_takes_what_appears_not_noise_or_slow_pans() -> None:
+@pytest.mark.parametrize("height", [192, 144, 110])  # 4:3, 16:9 and 21:9 (the lowest bar)
+def test_change_sampler_takes_what_appears_not_noise_or_slow_pans(height: int) -> None:
     rng = np.random.default_rng(0)
-    scene = cv2.resize(rng.uniform(70, 180, (6, 8, 3)), (256 + 40, 192), interpolation=cv2.INTER_CUBIC)  # a muted photo
+    scene = cv2.resize(rng.uniform(70, 180, (6, 8, 3)), (256 + 40, height), interpolation=cv2.INTER_CUBIC)  # a muted photo
     sampler = ChangeSampler()
+    side = int(0.2 * height)
     taken = []
     for i in range(250):  # 10 s at 25 fps: a pan of 4 px/s, and a square on screen from 4.0 to 4.5 s
         t = i / 25
         x = int(4 * t)
         frame = _noise(rng, scene[:, x:x + 256].astype(np.float64))
         if 4.0 <= t < 4.5:
-            cv2.rectangle(frame, (110, 80), (150, 120), (0, 0, 255), -1)
+            cv2.rectangle(frame, (128 - side // 2, height // 2 - side // 2), (128 + side // 2, height // 2 + side // 2),
+                          (0, 0, 255), -1)
         if sampler.offer(t, frame):
             taken.append(t)
     assert any(4.0 <= t < 4.1 for t in taken), taken  # when it appears
@@ -62,10 +65,11 @@ def test_change_sampler_takes_what_appears_not_noise_or_slow_pans() -> None:
 
 @pytest.mark.parametrize("whole", [True, False])
 def test_change_sampler_sees_the_whole_frame_as_the_views_do(whole: bool) -> None:
-    """A square in the left fifth of a 16:9 frame, or the top fifth of a 9:16 one, is a change
-    when the views see the whole frame (the default), and outside what the centre square sees."""
+    """A square in the left fifth of a 16:9 frame, or the top fifth of a 9:16 one, or a narrow
+    box in the left fifth of a 21:9 frame, is a change when the views see the whole frame (the
+    default), and outside what the centre square sees."""
     rng = np.random.default_rng(2)
-    for w, h, box in ((320, 180, (10, 70, 50, 110)), (180, 320, (70, 10, 110, 50))):
+    for w, h, box in ((320, 180, (10, 70, 50, 110)), (180, 320, (70, 10, 110, 50)), (420, 180, (14, 60, 24, 96))):
         scene = cv2.resize(rng.uniform(70, 180, (6, 8, 3)), (w, h), interpolation=cv2.INTER_CUBIC)
         sampler = ChangeSampler(whole=whole)
         taken = []

@@ -54,8 +54,8 @@ class ChangeSampler:
     the default views see it (`whole`), or only its centre square, which is what the image
     tower sees with `--views centre`. Each is reduced to a 16x16 grid of cell averages (its
     signature). A frame is sampled when enough of the grid (`threshold`, a fraction of the
-    cells; for the whole of a frame wider or taller than 3:2, times 1.5 x its short side over its
-    long side, so that a thing of a given size counts about as it does in a square) differs visibly (by more than `cell_delta` of 255 in a channel) from
+    cells; for the whole of a frame wider or taller than 3:2, times the square of 1.5 x its short
+    side over its long side, so that a thing of a given size counts about as it does in a square) differs visibly (by more than `cell_delta` of 255 in a channel) from
     the signature of the last sample, at the same cell and at each of its neighbours (so what
     moved by less than a cell does not count), and then it becomes the reference. The rate is bounded:
     never within `min_gap` seconds of the last sample, and a token bucket allows on average
@@ -113,10 +113,11 @@ class ChangeSampler:
     def offer(self, time: float, small: np.ndarray) -> bool:
         """Called for each frame in decode order with its small BGR copy; sample it?"""
         h, w = small.shape[:2]
-        # the whole of a wide or tall frame: a thing of a given size (against the short side) is a
-        # smaller share of it than of the centre square, by the frame's aspect (frames up to 3:2
-        # count as square: a slow pan over a 4:3 frame would pass the lower bar)
-        scale = min(1.0, 1.5 * min(h, w) / max(h, w, 1)) if self.whole else 1.0
+        # the whole of a wide or tall frame, squeezed into the grid: a thing of a given size
+        # (against the short side) covers fewer cells, by the frame's aspect across the long side
+        # and again as its outline fills fewer of them whole (frames up to 3:2 count as square: a
+        # slow pan over a 4:3 frame would pass the lower bar)
+        scale = min(1.0, 1.5 * min(h, w) / max(h, w, 1)) ** 2 if self.whole else 1.0
         return self.offer_signature(time, self.signature(small), scale)
 
     def offer_signature(self, time: float, sig: np.ndarray, scale: float = 1.0) -> bool:
