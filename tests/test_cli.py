@@ -128,12 +128,13 @@ def test_the_int8_text_tower_answers_near_the_exact_one(indexed: tuple[Path, sub
     int8 = json.loads(ok(run(index_dir, "--text-precision", "int8", *query)).stdout)["results"]
     by_env = json.loads(ok(run(index_dir, *query, env={"CLIPTOOL_TEXT_PRECISION": "int8"})).stdout)["results"]
     assert by_env == int8
-    assert int8[0]["scene_id"] == exact[0]["scene_id"]
     exact_scores = {r["scene_id"]: r["score"] for r in exact}
     shared_ids = [r["scene_id"] for r in int8 if r["scene_id"] in exact_scores]
     assert len(shared_ids) >= 6
     diffs = [abs(r["score"] - exact_scores[r["scene_id"]]) for r in int8 if r["scene_id"] in exact_scores]
     assert max(diffs) < 0.02 and max(diffs) > 0  # near the exact vector, and not it
+    # the same first hit, or one the exact tower scores within the int8 error of it (a near tie)
+    assert exact_scores.get(int8[0]["scene_id"], -1.0) >= exact[0]["score"] - 2 * max(diffs), (int8[:2], exact[:2])
     assert_one_line_error(run(index_dir, "--text-precision", "int4", *query), 2, "--text-precision")
 
 
