@@ -246,11 +246,12 @@ def store_damage(root: Path, lock_timeout: float = 30.0) -> dict[str, str]:
     found: dict[str, str] = {}
     for name in STORE_NAMES:
         path = Path(root) / f"{name}.ldb"
-        unreadable = _unreadable_tables(path, live_only=True)  # (LevelDB would trust their sizes and abort)
+        live = _live_tables(path)
+        unreadable = _unreadable_tables(live)  # (LevelDB would trust their footers' sizes and abort)
         if unreadable:
             found[name] = f"{', '.join(unreadable)}: its footer or index fails its checksum"
             continue
-        damaged = _damaged_tables(path)  # before an open, which may compact the tables it finds
+        damaged = _damaged_tables(path, live)  # before an open, which may compact the tables it finds
         if damaged:
             found[name] = f"{', '.join(damaged)}: a block fails its checksum"
             continue
@@ -269,16 +270,13 @@ def store_damage(root: Path, lock_timeout: float = 30.0) -> dict[str, str]:
     return found
 
 
-def _unreadable_tables(path: Path, live_only: bool = False) -> list[str]:
-    """The tables of a store whose footer or index block is damaged (checked here, in Python);
-    with `live_only`, only those its MANIFEST lists (a table a killed compaction left half
-    written is no part of the store, and LevelDB deletes it at the next open)."""
-    tables = _live_tables(path) if live_only else sorted(path.glob("*.ldb"))
+def _unreadable_tables(tables: list[Path]) -> list[str]:
+    """The names of those tables whose footer or index block is damaged (checked here, in Python)."""
     return sorted(table.name for table in tables if _table_damage(table))
 
 
-def _damaged_tables(path: Path) -> list[str]:
-    """The tables of a store in which LevelDB's repair finds a damaged block (run on links to
+def _damaged_tables(path: Path, tables: list[Path]) -> list[str]:
+    """Those tables of a store in which LevelDB's repair finds a damaged block (run on links to
     them, so the store itself is not touched)."""
     import shutil
     import tempfile
@@ -287,7 +285,7 @@ def _damaged_tables(path: Path) -> list[str]:
 
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}-verify-", dir=path.parent))
     try:
-        for table in _live_tables(path):
+        for table in tables:
             try:
                 os.link(table, work / table.name)
             except FileNotFoundError:
@@ -304,8 +302,10 @@ def _damaged_tables(path: Path) -> list[str]:
 
 
 def _live_tables(path: Path) -> list[Path]:
-    """The tables a store's current MANIFEST lists (files added, less files deleted); every
-    table in the folder when the MANIFEST cannot be read (the paranoid open then says why)."""
+    """The tables a store's current MANIFEST lists (files added, less files deleted): a table a
+    killed compaction left half written is no part of the store (LevelDB deletes it at the next
+    open). Every table in the folder when the MANIFEST cannot be read (the paranoid open then
+    says why)."""
     everything = sorted(path.glob("*.ldb"))
     try:
         manifest = (path / (path / "CURRENT").read_text().strip()).read_bytes()
@@ -368,8 +368,7 @@ def _log_records(data: bytes) -> list[bytes]:
         fragment = data[at + 7:at + 7 + length]
         if len(fragment) < length:
             break  # cut short at the end
-        rot = (crc - 0xA282EAD8) & 0xFFFFFFFF
-        if _crc32c(bytes([kind]) + fragment) != ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF:
+        if not _masked_crc_matches(crc, bytes([kind]) + fragment):
             raise ValueError("a MANIFEST record fails its checksum")
         at += 7 + length
         if kind == 1:
@@ -386,8 +385,15 @@ def _log_records(data: bytes) -> list[bytes]:
     return records
 
 
+def _masked_crc_matches(stored: int, data: bytes) -> bool:
+    """Whether `stored`, a CRC-32C masked as LevelDB stores it (rotated, plus a constant), is `data`'s."""
+    rot = (stored - 0xA282EAD8) & 0xFFFFFFFF
+    return _crc32c(data) == ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
+
+
 def _crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli), as LevelDB checksums its blocks (only small blocks are read here)."""
+    """CRC-32C (Castagnoli), as LevelDB checksums its blocks and log records (only small ones
+    are read here: index blocks, MANIFEST edits)."""
     if not _CRC32C_TABLE:
         _CRC32C_TABLE.extend(_crc32c_entry(i) for i in range(256))
     table = _CRC32C_TABLE
@@ -437,8 +443,7 @@ def _table_damage(path: Path) -> str | None:
                 f.seek(offset)
                 blocks.append(f.read(size + 5))  # contents, type byte, masked CRC32C
         for data in blocks:
-            rot = (struct.unpack("<I", data[-4:])[0] - 0xA282EAD8) & 0xFFFFFFFF  # LevelDB's masked CRC
-            if _crc32c(data[:-4]) != ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF:
+            if not _masked_crc_matches(struct.unpack("<I", data[-4:])[0], data[:-4]):
                 return "a block of its index fails its checksum"
     except (OSError, IndexError, struct.error):
         return "it cannot be read"
@@ -454,7 +459,7 @@ def repair_store(root: Path, name: str) -> None:
         (Path(root) / CLEAN_MARKER).unlink(missing_ok=True)  # what was dropped may leave orphans
         durable.sync_dir(root)
         path = Path(root) / f"{name}.ldb"
-        unreadable = _unreadable_tables(path)
+        unreadable = _unreadable_tables(sorted(path.glob("*.ldb")))  # every table: the repair reads them all
         if unreadable:  # set aside as LevelDB's repair sets aside what it cannot read (it would abort)
             durable.make_dirs(path / "lost")
             for table in unreadable:

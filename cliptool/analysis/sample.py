@@ -55,8 +55,9 @@ class ChangeSampler:
     tower sees with `--views centre`. Each is reduced to a 16x16 grid of cell averages (its
     signature). A frame is sampled when enough of the grid (`threshold`, a fraction of the
     cells; for the whole of a frame wider or taller than 3:2, times the square of 1.5 x its short
-    side over its long side, so that a thing of a given size counts about as it does in a square) differs visibly (by more than `cell_delta` of 255 in a channel) from
-    the signature of the last sample, at the same cell and at each of its neighbours (so what
+    side over its long side, so that a thing of a given size counts about as it does in a
+    square) differs visibly (by more than `cell_delta` of 255 in a channel) from the signature
+    of the last sample, at the same cell and at each of its neighbours (so what
     moved by less than a cell does not count), and then it becomes the reference. The rate is bounded:
     never within `min_gap` seconds of the last sample, and a token bucket allows on average
     one sample per `mean_gap` seconds, in bursts of up to `burst`; a strong change (`strong`

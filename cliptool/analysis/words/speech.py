@@ -37,6 +37,11 @@ _HUB_ADVICE = ("on a machine with network run `hf download {repo}` (or huggingfa
                "copy the folder here and pass --model /path/to/folder")
 
 
+def _grace(seconds: float) -> float:
+    """How long one recogniser call on `seconds` of audio may take (it cannot report meanwhile)."""
+    return UTTERANCE_GRACE * seconds + 1.0
+
+
 def transcribe(path: Path, engine: str = "pocketsphinx", model: str | None = None, language: str | None = None,
                *, vad: bool = True, progress: Callable[..., None] | None = None) -> list[Word]:
     """The words spoken in `path`'s audio track, with their times (source "speech"); [] when the
@@ -58,7 +63,7 @@ def transcribe(path: Path, engine: str = "pocketsphinx", model: str | None = Non
     for start, end in regions:
         piece = samples[int(start * RATE):int(end * RATE)]
         if progress is not None:  # one utterance is one call that cannot report: a grace for it
-            progress(UTTERANCE_GRACE * len(piece) / RATE + 1.0)
+            progress(_grace(len(piece) / RATE))
         words.extend(recogniser(piece, start, progress))
     return words
 
@@ -127,9 +132,9 @@ class _Sphinx:
             for a in range(0, len(samples), CHUNK_S * RATE):
                 d.process_raw(to_pcm16(samples[a:a + CHUNK_S * RATE]), False, False)
                 if progress is not None:
-                    progress(UTTERANCE_GRACE * CHUNK_S + 1.0)
+                    progress(_grace(CHUNK_S))
         if progress is not None:  # the second passes over the whole utterance are one call too
-            progress(UTTERANCE_GRACE * len(samples) / RATE + 1.0)
+            progress(_grace(len(samples) / RATE))
         d.end_utt()
         if d.hyp() is None:
             return []
@@ -185,7 +190,7 @@ class _Whisper:
         out = []
         for seg in segments:
             if progress is not None:  # the next segment may be a window of up to 30 s decoded in one call
-                progress(UTTERANCE_GRACE * min(30.0, len(samples) / RATE) + 1.0)
+                progress(_grace(min(30.0, len(samples) / RATE)))
             for w in seg.words or []:
                 text = w.word.strip()
                 if text:
