@@ -179,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                          "caption above --pos, every other shape caption (all of them for a picture without a shape) below --neg")
     ap.add_argument("--pos", type=float, default=0.5)
     ap.add_argument("--neg", type=float, default=0.25)
+    ap.add_argument("--rank", type=float, default=0.0,
+                    help="weight of a ranking loss: in each batch, every picture of a shape scores its caption at least "
+                         "--rank-margin above every picture without a shape (the evaluation's worst-case margin)")
+    ap.add_argument("--rank-margin", type=float, default=0.1)
     ap.add_argument("--init", type=Path, default=None,
                     help="start from these weights (a weights.safetensors of the same config) instead of random ones")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -261,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
             pos = F.relu(args.pos - cos[own]).pow(2).sum() / max(1, int(own.sum()))
             neg = F.relu(cos[~own] - args.neg).pow(2).sum() / len(y)
             loss = loss + args.calibrate * (pos + neg)
+        if args.rank > 0:  # each shape picture's own caption score above every empty picture's score for it
+            cos = img @ txt[:n_caps].T
+            empty = y >= n_caps
+            if empty.any() and (~empty).any():
+                own = cos[~empty, y[~empty]]  # (shapes,)
+                against = cos[empty][:, y[~empty]]  # (empties, shapes): the empty pictures' scores for those captions
+                loss = loss + args.rank * F.relu(against - own[None, :] + args.rank_margin).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -300,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {"seed": args.seed, "init": str(args.init) if args.init else None, "lr": args.lr, "steps": step, "minutes": minutes, "batch": args.batch,
                "train_size": args.train_size, "empty_share": args.empty_share,
                "squeeze_share": args.squeeze_share, "calibrate": args.calibrate, "pos": args.pos, "neg": args.neg,
+               "rank": args.rank, "rank_margin": args.rank_margin,
                "val_top1_squeezed": final_squeezed, "captions": toy_world.ALL_CAPTIONS,
                "val_top1": final_val, "evaluation": ev, "history": history}
     (args.out / "training.json").write_text(json.dumps(metrics, indent=1) + "\n")
