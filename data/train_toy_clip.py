@@ -259,14 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         target = (y[None, :] == present[:, None]).float()
         loss_t = -(F.log_softmax(logits.T[present], dim=1) * target / target.sum(1, keepdim=True)).sum(1).mean()
         loss = (loss_i + loss_t) / 2
+        cos = img @ txt[:n_caps].T  # cosine scores for the shape captions (the product ranks by them)
         if args.calibrate > 0:  # absolute scores: a shape's own caption above --pos, every other shape caption below --neg
-            cos = (img @ txt[:n_caps].T)
             own = F.one_hot(y.clamp(max=n_caps - 1), n_caps).bool() & (y < n_caps)[:, None]
             pos = F.relu(args.pos - cos[own]).pow(2).sum() / max(1, int(own.sum()))
             neg = F.relu(cos[~own] - args.neg).pow(2).sum() / len(y)
             loss = loss + args.calibrate * (pos + neg)
         if args.rank > 0:  # each shape picture's own caption score above every empty picture's score for it
-            cos = img @ txt[:n_caps].T
             empty = y >= n_caps
             if empty.any() and (~empty).any():
                 own = cos[~empty, y[~empty]]  # (shapes,)

@@ -80,8 +80,7 @@ class ChangeSampler:
         self.burst = max(1, burst)
         self.cell_delta = cell_delta
         self.global_change = global_change
-        self._ref: np.ndarray | None = None
-        self._shifted: np.ndarray | None = None  # the reference's shifted copies, made once per reference
+        self._ref: np.ndarray | None = None  # the reference signature moved by one cell each way: (9, grid, grid, ch)
         self._last = -math.inf
         self._tokens = float(self.burst)
         self._clock: float | None = None
@@ -103,12 +102,14 @@ class ChangeSampler:
         hand, a swaying branch) does not count; what appeared, went or changed colour does."""
         if self._ref is None:
             return 1.0
-        if self._shifted is None:  # the reference moved by one cell each way: (9, grid, grid, channels)
-            g = self.grid
-            padded = np.pad(self._ref, ((1, 1), (1, 1), (0, 0)), mode="edge")
-            self._shifted = np.stack([padded[dy:dy + g, dx:dx + g] for dy in range(3) for dx in range(3)])
-        best = np.abs(self._shifted - sig).max(axis=3).min(axis=0)
+        best = np.abs(self._ref - sig).max(axis=3).min(axis=0)
         return float(np.count_nonzero(best > self.cell_delta)) / best.size
+
+    def _set_reference(self, sig: np.ndarray) -> None:
+        """Makes `sig` the reference, kept as its nine one-cell shifts (made once, compared with every frame)."""
+        g = self.grid
+        padded = np.pad(sig, ((1, 1), (1, 1), (0, 0)), mode="edge")
+        self._ref = np.stack([padded[dy:dy + g, dx:dx + g] for dy in range(3) for dx in range(3)])
 
     def offer(self, time: float, small: np.ndarray) -> bool:
         """Called for each frame in decode order with its small BGR copy; sample it?"""
@@ -126,11 +127,11 @@ class ChangeSampler:
             self._tokens = min(float(self.burst), self._tokens + max(0.0, time - self._clock) / self.mean_gap)
         self._clock = time
         if self._ref is None:
-            self._ref, self._shifted = sig, None
+            self._set_reference(sig)
             return False
         change = self.changed(sig)
         if change >= self.global_change:
-            self._ref, self._shifted = sig, None
+            self._set_reference(sig)
             return False
         # a strong change (something appeared) may borrow up to a burst's worth of tokens, paid
         # back by later refills: the long-run rate stays one per mean_gap
@@ -138,7 +139,7 @@ class ChangeSampler:
         floor = 1.0 - self.burst if change >= self.strong * threshold else 1.0
         if change < threshold or time - self._last < self.min_gap - _TIME_EPS or self._tokens < floor:
             return False
-        self._ref, self._shifted = sig, None
+        self._set_reference(sig)
         self._last = time
         self._tokens -= 1.0  # (may go below zero: a strong change's loan)
         self.taken += 1
